@@ -1,0 +1,2 @@
+//! ferry's operator library: the custom resource types, the reconciler that
+//! derives Grants, and the broker that issues short-lived credentials.
