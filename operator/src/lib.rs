@@ -1,2 +1,8 @@
 //! ferry's operator library: the custom resource types, the reconciler that
 //! derives Grants, and the broker that issues short-lived credentials.
+
+pub mod duration;
+pub mod grants;
+pub mod resources;
+
+pub use resources::{crds, crds_yaml};

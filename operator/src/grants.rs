@@ -1,0 +1,595 @@
+//! The pure heart of the reconciler: from one AccessPolicy, the
+//! BrokeredSecrets of its namespace and the cluster's namespaces, compute
+//! the Grants that should exist, and what is wrong with the policy.
+//!
+//! Each Grant traces to exactly one policy; permissions are never merged
+//! across policies. A policy can only narrow a secret (maxTtl, audience,
+//! scopes), and only grant secrets of its own namespace.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+use kube::api::ObjectMeta;
+use kube::core::{Selector, SelectorExt};
+use sha2::{Digest, Sha256};
+
+use crate::duration::{format_duration, parse_duration};
+use crate::resources::{
+    AccessPolicy, BrokeredSecret, Grant, GrantSpec, PolicyReference, SecretAccess, SecretReference,
+};
+
+/// Label on every Grant: the UID of the policy it comes from.
+pub const POLICY_UID_LABEL: &str = "ferry.dev/policy-uid";
+
+/// Label on every Grant: who manages it.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+
+/// Value of [`MANAGED_BY_LABEL`] on Grants.
+pub const MANAGED_BY: &str = "ferry-operator";
+
+/// What is wrong with one entry of a policy (the entry grants nothing).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Problem {
+    /// The BrokeredSecret does not exist (or is being deleted).
+    SecretNotFound {
+        /// The secret's name.
+        secret: String,
+    },
+    /// The entry asks for more than the secret allows, or for something
+    /// the secret's source does not have.
+    InvalidNarrowing {
+        /// The secret's name.
+        secret: String,
+        /// What exceeds the secret.
+        detail: String,
+    },
+}
+
+impl Problem {
+    /// The condition reason for this problem.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Problem::SecretNotFound { .. } => "SecretNotFound",
+            Problem::InvalidNarrowing { .. } => "InvalidNarrowing",
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Problem::SecretNotFound { secret } => {
+                write!(
+                    f,
+                    "BrokeredSecret {secret} not found in the policy's namespace"
+                )
+            }
+            Problem::InvalidNarrowing { secret, detail } => write!(f, "secret {secret}: {detail}"),
+        }
+    }
+}
+
+/// The outcome of deriving one policy's grants.
+#[derive(Debug, Clone)]
+pub struct Derivation {
+    /// The Grants that should exist for this policy, by name.
+    pub grants: Vec<Grant>,
+    /// Entries that grant nothing, and why.
+    pub problems: Vec<Problem>,
+    /// The policy's validUntil has passed: it grants nothing.
+    pub expired: bool,
+    /// The distinct service accounts the policy resolves to.
+    pub subjects: usize,
+}
+
+/// Everything [`derive_grants`] reads.
+#[derive(Debug, Clone, Copy)]
+pub struct PolicyWorld<'a> {
+    /// BrokeredSecrets in the policy's namespace, by name.
+    pub secrets: &'a BTreeMap<String, BrokeredSecret>,
+    /// Every namespace of the cluster (for namespaceSelector subjects).
+    pub namespaces: &'a [Namespace],
+    /// The time to judge validUntil against.
+    pub now: Timestamp,
+}
+
+/// Computes the Grants `policy` should produce, and its problems.
+pub fn derive_grants(policy: &AccessPolicy, world: PolicyWorld<'_>) -> Derivation {
+    let policy_ns = policy.namespace().unwrap_or_default();
+    let valid_until = policy.spec.valid_until.clone();
+    let expired = valid_until.as_ref().is_some_and(|t| t.0 <= world.now);
+    let subjects = resolve_subjects(policy, world.namespaces);
+    let mut derivation = Derivation {
+        grants: Vec::new(),
+        problems: Vec::new(),
+        expired,
+        subjects: 0,
+    };
+    if expired {
+        return derivation;
+    }
+    derivation.subjects = subjects.len();
+    let policy_ref = PolicyReference {
+        namespace: policy_ns.clone(),
+        name: policy.name_any(),
+        uid: policy.uid().unwrap_or_default(),
+    };
+    for access in &policy.spec.secrets {
+        let secret = world
+            .secrets
+            .get(&access.name)
+            .filter(|s| s.metadata.deletion_timestamp.is_none());
+        let Some(secret) = secret else {
+            derivation.problems.push(Problem::SecretNotFound {
+                secret: access.name.clone(),
+            });
+            continue;
+        };
+        match narrow(access, secret) {
+            Err(detail) => derivation.problems.push(Problem::InvalidNarrowing {
+                secret: access.name.clone(),
+                detail,
+            }),
+            Ok(limits) => {
+                for (namespace, service_account) in &subjects {
+                    let spec = GrantSpec {
+                        service_account: service_account.clone(),
+                        secret: SecretReference {
+                            namespace: policy_ns.clone(),
+                            name: access.name.clone(),
+                        },
+                        max_ttl: limits.max_ttl.clone(),
+                        audience: limits.audience.clone(),
+                        scopes: limits.scopes.clone(),
+                        valid_until: valid_until.clone(),
+                        policy: policy_ref.clone(),
+                    };
+                    derivation.grants.push(grant(namespace, spec));
+                }
+            }
+        }
+    }
+    derivation
+}
+
+/// The limits one entry grants, after narrowing.
+struct Limits {
+    max_ttl: String,
+    audience: Vec<String>,
+    scopes: Vec<String>,
+}
+
+/// Applies an entry's narrowing to a secret, refusing anything wider.
+fn narrow(access: &SecretAccess, secret: &BrokeredSecret) -> Result<Limits, String> {
+    let secret_max =
+        parse_duration(&secret.spec.max_ttl).map_err(|e| format!("the secret's maxTtl: {e}"))?;
+    let max_ttl = match &access.max_ttl {
+        None => secret_max,
+        Some(text) => {
+            let asked = parse_duration(text).map_err(|e| format!("maxTtl: {e}"))?;
+            if asked > secret_max {
+                return Err(format!(
+                    "maxTtl {text} exceeds the secret's maxTtl {}",
+                    secret.spec.max_ttl
+                ));
+            }
+            asked
+        }
+    };
+    let jwt = secret.spec.source.jwt.as_ref();
+    let audience = subset(
+        "audience",
+        access.audience.as_deref(),
+        jwt.map(|j| j.audience.as_slice()),
+    )?;
+    let scopes = subset(
+        "scopes",
+        access.scopes.as_deref(),
+        jwt.map(|j| j.scopes.as_slice()),
+    )?;
+    Ok(Limits {
+        max_ttl: format_duration(max_ttl),
+        audience,
+        scopes,
+    })
+}
+
+/// `asked` must be a subset of `allowed`; no request means all of it.
+/// `allowed` is `None` when the secret is not a JWT.
+fn subset(
+    field: &str,
+    asked: Option<&[String]>,
+    allowed: Option<&[String]>,
+) -> Result<Vec<String>, String> {
+    match (asked, allowed) {
+        (None, allowed) => Ok(allowed.unwrap_or_default().to_vec()),
+        (Some(_), None) => Err(format!("{field} applies to jwt secrets only")),
+        (Some(asked), Some(allowed)) => {
+            let wider: Vec<&str> = asked
+                .iter()
+                .filter(|a| !allowed.contains(a))
+                .map(String::as_str)
+                .collect();
+            if wider.is_empty() {
+                let unique: BTreeSet<&String> = asked.iter().collect();
+                Ok(unique.into_iter().cloned().collect())
+            } else {
+                Err(format!(
+                    "{field} {wider:?} not among the secret's {allowed:?}"
+                ))
+            }
+        }
+    }
+}
+
+/// The distinct (namespace, service account) pairs a policy names.
+fn resolve_subjects(policy: &AccessPolicy, namespaces: &[Namespace]) -> BTreeSet<(String, String)> {
+    let mut subjects = BTreeSet::new();
+    for subject in &policy.spec.subjects {
+        if let Some(sa) = &subject.service_account {
+            subjects.insert((sa.namespace.clone(), sa.name.clone()));
+        }
+        if let (Some(selector), Some(name)) =
+            (&subject.namespace_selector, &subject.service_account_name)
+        {
+            // A selector the apiserver admitted but we cannot parse matches
+            // nothing: deny by default.
+            let Ok(selector) = Selector::try_from(selector.clone()) else {
+                continue;
+            };
+            for ns in namespaces {
+                if ns.metadata.deletion_timestamp.is_none()
+                    && selector.matches(ns.metadata.labels.as_ref().unwrap_or(&BTreeMap::new()))
+                {
+                    subjects.insert((ns.name_any(), name.clone()));
+                }
+            }
+        }
+    }
+    subjects
+}
+
+/// A Grant object in `namespace` with its deterministic name and labels.
+fn grant(namespace: &str, spec: GrantSpec) -> Grant {
+    let labels = BTreeMap::from([
+        (MANAGED_BY_LABEL.to_string(), MANAGED_BY.to_string()),
+        (POLICY_UID_LABEL.to_string(), spec.policy.uid.clone()),
+    ]);
+    let name = grant_name(&spec);
+    Grant {
+        metadata: ObjectMeta {
+            name: Some(name),
+            namespace: Some(namespace.to_string()),
+            labels: Some(labels),
+            ..ObjectMeta::default()
+        },
+        spec,
+    }
+}
+
+/// `<secret namespace>.<policy>.<secret>.<service account>`, readable in
+/// `kubectl get grants`; shortened with a hash past the 253-character limit.
+pub fn grant_name(spec: &GrantSpec) -> String {
+    let full = format!(
+        "{}.{}.{}.{}",
+        spec.secret.namespace, spec.policy.name, spec.secret.name, spec.service_account
+    );
+    if full.len() <= 253 {
+        return full;
+    }
+    let digest = Sha256::digest(full.as_bytes());
+    let hash: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    let prefix = full[..236].trim_end_matches(['.', '-']);
+    format!("{prefix}-{hash}")
+}
+
+/// When a policy's grants change next by the clock alone: its validUntil,
+/// if still ahead.
+pub fn next_expiry(policy: &AccessPolicy, now: Timestamp) -> Option<std::time::Duration> {
+    let Time(until) = policy.spec.valid_until.as_ref()?;
+    let left = until.duration_since(now);
+    (!left.is_negative())
+        .then(|| std::time::Duration::try_from(left).ok())
+        .flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn now() -> Timestamp {
+        "2026-06-01T00:00:00Z".parse().unwrap()
+    }
+
+    fn secret(name: &str, spec: serde_json::Value) -> BrokeredSecret {
+        serde_json::from_value(json!({
+            "apiVersion": "ferry.dev/v1alpha1", "kind": "BrokeredSecret",
+            "metadata": {"name": name, "namespace": "payments"},
+            "spec": spec,
+        }))
+        .unwrap()
+    }
+
+    fn postgres(name: &str) -> BrokeredSecret {
+        secret(
+            name,
+            json!({"ttl": "15m", "maxTtl": "1h", "source": {"postgres": {"connectionSecretRef": {"name": "admin"}}}}),
+        )
+    }
+
+    fn jwt(name: &str) -> BrokeredSecret {
+        secret(
+            name,
+            json!({"ttl": "5m", "maxTtl": "30m", "source": {"jwt": {"audience": ["orders-api", "billing-api"], "scopes": ["read", "write"]}}}),
+        )
+    }
+
+    fn policy(spec: serde_json::Value) -> AccessPolicy {
+        serde_json::from_value(json!({
+            "apiVersion": "ferry.dev/v1alpha1", "kind": "AccessPolicy",
+            "metadata": {"name": "checkout-reads", "namespace": "payments", "uid": "0000-policy-uid"},
+            "spec": spec,
+        }))
+        .unwrap()
+    }
+
+    fn checkout(secrets: serde_json::Value) -> AccessPolicy {
+        policy(
+            json!({"subjects": [{"serviceAccount": {"name": "checkout", "namespace": "shop"}}], "secrets": secrets}),
+        )
+    }
+
+    fn namespace(name: &str, labels: serde_json::Value) -> Namespace {
+        serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}})).unwrap()
+    }
+
+    fn derive(
+        policy: &AccessPolicy,
+        secrets: &[BrokeredSecret],
+        namespaces: &[Namespace],
+    ) -> Derivation {
+        let secrets = secrets.iter().map(|s| (s.name_any(), s.clone())).collect();
+        derive_grants(
+            policy,
+            PolicyWorld {
+                secrets: &secrets,
+                namespaces,
+                now: now(),
+            },
+        )
+    }
+
+    #[test]
+    fn service_account_subject_gets_one_grant_per_secret_in_its_own_namespace() {
+        let d = derive(
+            &checkout(json!([{"name": "orders-db"}])),
+            &[postgres("orders-db")],
+            &[],
+        );
+
+        assert!(d.problems.is_empty() && !d.expired);
+        assert_eq!(d.subjects, 1);
+        let [grant] = d.grants.as_slice() else {
+            panic!("{:?}", d.grants)
+        };
+        assert_eq!(grant.metadata.namespace.as_deref(), Some("shop"));
+        assert_eq!(
+            grant.name_any(),
+            "payments.checkout-reads.orders-db.checkout"
+        );
+        assert_eq!(grant.spec.service_account, "checkout");
+        assert_eq!(
+            grant.spec.secret,
+            SecretReference {
+                namespace: "payments".into(),
+                name: "orders-db".into()
+            }
+        );
+        assert_eq!(grant.spec.max_ttl, "1h");
+        assert_eq!(grant.spec.policy.uid, "0000-policy-uid");
+        assert_eq!(grant.labels()[POLICY_UID_LABEL], "0000-policy-uid");
+        assert_eq!(grant.labels()[MANAGED_BY_LABEL], MANAGED_BY);
+    }
+
+    #[test]
+    fn narrower_max_ttl_is_granted_as_asked() {
+        let d = derive(
+            &checkout(json!([{"name": "orders-db", "maxTtl": "10m"}])),
+            &[postgres("orders-db")],
+            &[],
+        );
+        assert_eq!(d.grants[0].spec.max_ttl, "10m");
+    }
+
+    #[test]
+    fn wider_max_ttl_is_invalid_narrowing_and_grants_nothing() {
+        let d = derive(
+            &checkout(json!([{"name": "orders-db", "maxTtl": "2h"}])),
+            &[postgres("orders-db")],
+            &[],
+        );
+        assert!(d.grants.is_empty());
+        assert_eq!(d.problems[0].reason(), "InvalidNarrowing");
+        assert!(
+            d.problems[0]
+                .to_string()
+                .contains("maxTtl 2h exceeds the secret's maxTtl 1h"),
+            "{}",
+            d.problems[0]
+        );
+    }
+
+    #[test]
+    fn jwt_audience_and_scopes_default_to_the_secrets_and_may_be_narrowed() {
+        let all = derive(&checkout(json!([{"name": "token"}])), &[jwt("token")], &[]);
+        assert_eq!(all.grants[0].spec.audience, ["orders-api", "billing-api"]);
+        assert_eq!(all.grants[0].spec.scopes, ["read", "write"]);
+
+        let narrow = derive(
+            &checkout(json!([{"name": "token", "audience": ["orders-api"], "scopes": ["read"]}])),
+            &[jwt("token")],
+            &[],
+        );
+        assert_eq!(narrow.grants[0].spec.audience, ["orders-api"]);
+        assert_eq!(narrow.grants[0].spec.scopes, ["read"]);
+    }
+
+    #[test]
+    fn audience_or_scope_beyond_the_secret_is_invalid_narrowing() {
+        for entry in [
+            json!({"name": "token", "audience": ["orders-api", "admin-api"]}),
+            json!({"name": "token", "scopes": ["delete"]}),
+        ] {
+            let d = derive(&checkout(json!([entry])), &[jwt("token")], &[]);
+            assert!(d.grants.is_empty(), "{entry}");
+            assert_eq!(d.problems[0].reason(), "InvalidNarrowing");
+        }
+    }
+
+    #[test]
+    fn audience_on_a_non_jwt_secret_is_invalid_narrowing() {
+        let d = derive(
+            &checkout(json!([{"name": "orders-db", "audience": ["x"]}])),
+            &[postgres("orders-db")],
+            &[],
+        );
+        assert!(
+            d.problems[0]
+                .to_string()
+                .contains("audience applies to jwt secrets only")
+        );
+    }
+
+    #[test]
+    fn missing_secret_is_reported_and_other_secrets_are_still_granted() {
+        let d = derive(
+            &checkout(json!([{"name": "gone"}, {"name": "orders-db"}])),
+            &[postgres("orders-db")],
+            &[],
+        );
+        assert_eq!(
+            d.problems,
+            vec![Problem::SecretNotFound {
+                secret: "gone".into()
+            }]
+        );
+        assert_eq!(d.grants.len(), 1);
+        assert_eq!(d.grants[0].spec.secret.name, "orders-db");
+    }
+
+    #[test]
+    fn secret_being_deleted_counts_as_not_found() {
+        let mut deleting = postgres("orders-db");
+        deleting.metadata.deletion_timestamp = Some(Time(now()));
+        let d = derive(&checkout(json!([{"name": "orders-db"}])), &[deleting], &[]);
+        assert_eq!(d.problems[0].reason(), "SecretNotFound");
+        assert!(d.grants.is_empty());
+    }
+
+    #[test]
+    fn namespace_selector_grants_the_named_account_in_each_matching_namespace() {
+        let p = policy(json!({
+            "subjects": [{"namespaceSelector": {"matchLabels": {"team": "payments"}}, "serviceAccountName": "batch"}],
+            "secrets": [{"name": "orders-db"}],
+        }));
+        let mut leaving = namespace("leaving", json!({"team": "payments"}));
+        leaving.metadata.deletion_timestamp = Some(Time(now()));
+        let namespaces = [
+            namespace("a", json!({"team": "payments"})),
+            namespace("b", json!({"team": "shop"})),
+            namespace("c", json!({"team": "payments"})),
+            leaving,
+        ];
+
+        let d = derive(&p, &[postgres("orders-db")], &namespaces);
+
+        let placed: Vec<(String, String)> = d
+            .grants
+            .iter()
+            .map(|g| (g.namespace().unwrap(), g.spec.service_account.clone()))
+            .collect();
+        assert_eq!(
+            placed,
+            [
+                ("a".to_string(), "batch".to_string()),
+                ("c".to_string(), "batch".to_string())
+            ]
+        );
+        assert_eq!(d.subjects, 2);
+    }
+
+    #[test]
+    fn repeated_subjects_yield_one_grant() {
+        let p = policy(json!({
+            "subjects": [
+                {"serviceAccount": {"name": "batch", "namespace": "a"}},
+                {"namespaceSelector": {"matchLabels": {"team": "payments"}}, "serviceAccountName": "batch"},
+            ],
+            "secrets": [{"name": "orders-db"}],
+        }));
+        let d = derive(
+            &p,
+            &[postgres("orders-db")],
+            &[namespace("a", json!({"team": "payments"}))],
+        );
+        assert_eq!(d.grants.len(), 1);
+    }
+
+    #[test]
+    fn expired_policy_grants_nothing() {
+        let mut p = checkout(json!([{"name": "orders-db"}]));
+        p.spec.valid_until = Some(Time("2026-05-31T23:59:59Z".parse().unwrap()));
+        let d = derive(&p, &[postgres("orders-db")], &[]);
+        assert!(d.expired);
+        assert!(d.grants.is_empty());
+        assert_eq!(next_expiry(&p, now()), None);
+    }
+
+    #[test]
+    fn time_boxed_policy_passes_valid_until_to_its_grants_and_requeues_then() {
+        let mut p = checkout(json!([{"name": "orders-db"}]));
+        let until = Time("2026-06-01T01:00:00Z".parse().unwrap());
+        p.spec.valid_until = Some(until.clone());
+        let d = derive(&p, &[postgres("orders-db")], &[]);
+        assert_eq!(d.grants[0].spec.valid_until, Some(until));
+        assert_eq!(
+            next_expiry(&p, now()),
+            Some(std::time::Duration::from_secs(3600))
+        );
+    }
+
+    #[test]
+    fn grants_always_name_the_policys_own_namespace() {
+        // A policy in `payments` naming `orders-db` grants payments/orders-db,
+        // whatever other namespaces hold: it cannot reach across.
+        let d = derive(
+            &checkout(json!([{"name": "orders-db"}])),
+            &[postgres("orders-db")],
+            &[namespace("shop", json!({}))],
+        );
+        assert!(
+            d.grants
+                .iter()
+                .all(|g| g.spec.secret.namespace == "payments")
+        );
+    }
+
+    #[test]
+    fn long_grant_names_are_shortened_deterministically_within_the_limit() {
+        let long = "x".repeat(200);
+        let p = policy(
+            json!({"subjects": [{"serviceAccount": {"name": long, "namespace": "shop"}}], "secrets": [{"name": "orders-db"}]}),
+        );
+        let a = derive(&p, &[postgres("orders-db")], &[]);
+        let b = derive(&p, &[postgres("orders-db")], &[]);
+        let name = a.grants[0].name_any();
+        assert!(name.len() <= 253, "{}", name.len());
+        assert_eq!(name, b.grants[0].name_any());
+        assert!(name.starts_with("payments.checkout-reads.orders-db.xxx"));
+    }
+}

@@ -1,0 +1,382 @@
+//! ferry's custom resources (`ferry.dev/v1alpha1`): `BrokeredSecret` (what a
+//! secret is and where it comes from), `AccessPolicy` (who may have it, how
+//! narrowly, for how long) and `Grant` (derived by the reconciler; the one
+//! thing the webhook and the broker read).
+//!
+//! Doc comments become the schema's descriptions (`kubectl explain`).
+//! Validation lives in the schema wherever it can: patterns, bounds, enums
+//! and CEL rules, so the apiserver refuses a malformed object with a clear
+//! message before any controller sees it.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Go-style duration as the schema accepts it: number-unit pairs with the
+/// units `s`, `m` and `h`, for example `90s`, `15m` or `1h30m`.
+pub const DURATION_PATTERN: &str = r"^([0-9]{1,6}(s|m|h))+$";
+
+/// A DNS-1123 subdomain: names of secrets and service accounts.
+const SUBDOMAIN_PATTERN: &str = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$";
+
+/// A DNS-1123 label: namespace names.
+const LABEL_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+
+fn default_ttl() -> String {
+    "15m".into()
+}
+
+fn default_max_ttl() -> String {
+    "1h".into()
+}
+
+/// A secret that ferry brokers: where its material comes from, how long one
+/// issued credential lives, and the files it is rendered into in a pod.
+/// Lives in the namespace of the team that owns the backend.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "ferry.dev",
+    version = "v1alpha1",
+    kind = "BrokeredSecret",
+    doc = "A secret that ferry brokers to pods, short-lived and narrowed.",
+    namespaced,
+    shortname = "bs",
+    category = "ferry",
+    status = "BrokeredSecretStatus",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Source","type":"string","jsonPath":".status.source"}"#,
+    printcolumn = r#"{"name":"TTL","type":"string","jsonPath":".spec.ttl"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("duration(self.ttl) <= duration(self.maxTtl)").message("ttl must not exceed maxTtl"))]
+pub struct BrokeredSecretSpec {
+    /// Default lifetime of one issued credential, like `15m` or `1h`
+    /// (between 10s and 24h).
+    #[serde(default = "default_ttl")]
+    #[schemars(regex(pattern = DURATION_PATTERN), length(max = 32))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('10s') && duration(self) <= duration('24h')").message("ttl must be between 10s and 24h"))]
+    pub ttl: String,
+    /// Hard cap on a credential's lifetime, renewals included (at most 168h).
+    #[serde(default = "default_max_ttl")]
+    #[schemars(regex(pattern = DURATION_PATTERN), length(max = 32))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('10s') && duration(self) <= duration('168h')").message("maxTtl must be between 10s and 168h"))]
+    pub max_ttl: String,
+    /// Where the material comes from: exactly one of `postgres`,
+    /// `kubernetesSecret` or `jwt`.
+    pub source: SecretSource,
+    /// Files written into the pod's secrets directory: file name to
+    /// template. Names are plain file names (no `/`, no `..`, no leading
+    /// dot). Without files, each source writes its natural keys.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 32))]
+    #[x_kube(validation = Rule::new("self.all(k, size(k) <= 253 && k.matches('^[A-Za-z0-9_-][A-Za-z0-9._-]*$') && !k.contains('..'))").message("file names must be plain names: letters, digits, '.', '_' or '-', no '/', no '..', no leading dot"))]
+    #[x_kube(validation = Rule::new("self.all(k, size(self[k]) <= 16384)").message("a file template may be at most 16384 characters"))]
+    pub files: BTreeMap<String, String>,
+}
+
+/// Where a secret's material comes from. Exactly one field is set.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("[has(self.postgres), has(self.kubernetesSecret), has(self.jwt)].filter(x, x).size() == 1").message("exactly one of postgres, kubernetesSecret or jwt must be set"))]
+pub struct SecretSource {
+    /// A dynamic PostgreSQL role per pod: `CREATE ROLE ... VALID UNTIL`,
+    /// member of roles the database owner already defined.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<PostgresSource>,
+    /// A copy of a static Secret in this namespace (a migration path).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes_secret: Option<KubernetesSecretSource>,
+    /// A JWT minted and signed by the broker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<JwtSource>,
+}
+
+/// Issues one PostgreSQL role per pod lease.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PostgresSource {
+    /// The Secret (in this namespace) holding the admin connection string
+    /// the broker uses to create and drop roles. Only the broker reads it.
+    pub connection_secret_ref: SecretKeyRef,
+    /// Existing roles each issued role is made a member of; privileges are
+    /// managed in the database, never in this spec. Plain PostgreSQL role
+    /// names: lower-case letters, digits and `_`, at most 63 characters.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(regex(pattern = r"^[a-z_][a-z0-9_]{0,62}$")))]
+    pub member_of: Vec<String>,
+}
+
+/// A key of a Secret in the resource's own namespace.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Name of the Secret.
+    #[schemars(regex(pattern = SUBDOMAIN_PATTERN), length(min = 1, max = 253))]
+    pub name: String,
+    /// Key within the Secret.
+    #[serde(default = "default_dsn_key")]
+    #[schemars(regex(pattern = r"^[-._a-zA-Z0-9]+$"), length(min = 1, max = 253))]
+    pub key: String,
+}
+
+fn default_dsn_key() -> String {
+    "dsn".into()
+}
+
+/// Copies every key of a Secret in the resource's namespace.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct KubernetesSecretSource {
+    /// Name of the Secret to copy.
+    #[schemars(regex(pattern = SUBDOMAIN_PATTERN), length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// A JWT minted by the broker for each lease.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct JwtSource {
+    /// The `iss` claim; defaults to the broker's issuer URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub issuer: Option<String>,
+    /// The audiences a token may carry; a policy may narrow them.
+    #[schemars(length(min = 1, max = 16), inner(length(min = 1, max = 253)))]
+    pub audience: Vec<String>,
+    /// The scopes a token may carry (the `scope` claim); a policy may
+    /// narrow them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(regex(pattern = r"^[!#-\[\]-~]{1,128}$")))]
+    pub scopes: Vec<String>,
+    /// Extra static claims. Registered claims are set by the broker and
+    /// cannot be overridden.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 16))]
+    #[x_kube(validation = Rule::new("self.all(k, size(k) <= 64 && !(k in ['iss', 'sub', 'aud', 'exp', 'nbf', 'iat', 'jti', 'scope', 'pod_uid']) && size(self[k]) <= 1024)").message("claims may not set iss, sub, aud, exp, nbf, iat, jti, scope or pod_uid; names are at most 64 and values at most 1024 characters"))]
+    pub claims: BTreeMap<String, String>,
+    /// The signing algorithm.
+    #[serde(default)]
+    pub algorithm: JwtAlgorithm,
+}
+
+/// Signing algorithm of minted JWTs.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum JwtAlgorithm {
+    /// ECDSA with P-256 and SHA-256.
+    #[default]
+    ES256,
+    /// Ed25519.
+    EdDSA,
+}
+
+/// Observed state of a BrokeredSecret.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct BrokeredSecretStatus {
+    /// `Ready` says whether the secret's references resolve.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// The generation the conditions describe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// The kind of source (`postgres`, `kubernetesSecret`, `jwt`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+}
+
+/// Who may have which secrets of this namespace, how narrowly, and for how
+/// long. Lives in the secrets' namespace: the team that owns a secret
+/// consents to every grant of it. Deny by default.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "ferry.dev",
+    version = "v1alpha1",
+    kind = "AccessPolicy",
+    doc = "Which service accounts may have which secrets of this namespace.",
+    namespaced,
+    shortname = "ap",
+    category = "ferry",
+    status = "AccessPolicyStatus",
+    printcolumn = r#"{"name":"Subjects","type":"integer","jsonPath":".status.subjects"}"#,
+    printcolumn = r#"{"name":"Secrets","type":"string","jsonPath":".spec.secrets[*].name"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct AccessPolicySpec {
+    /// The service accounts that may have the secrets.
+    #[schemars(length(min = 1, max = 64))]
+    pub subjects: Vec<Subject>,
+    /// The secrets (BrokeredSecrets in this namespace) and how narrowly
+    /// they are granted. Each secret is listed once.
+    #[schemars(length(min = 1, max = 32))]
+    #[x_kube(validation = Rule::new("self.all(s, self.exists_one(t, t.name == s.name))").message("each secret may be listed only once"))]
+    pub secrets: Vec<SecretAccess>,
+    /// When set, access ends at this time and the grants are removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid_until: Option<Time>,
+}
+
+/// One subject: a service account by name, or a service account name in
+/// every namespace matching a selector.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.serviceAccount) != has(self.namespaceSelector)").message("set exactly one of serviceAccount or namespaceSelector"))]
+#[x_kube(validation = Rule::new("has(self.namespaceSelector) == has(self.serviceAccountName)").message("namespaceSelector needs serviceAccountName (and serviceAccountName needs namespaceSelector)"))]
+pub struct Subject {
+    /// A single service account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<ServiceAccountRef>,
+    /// Namespaces whose service account `serviceAccountName` is a subject.
+    /// An empty selector matches every namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_selector: Option<LabelSelector>,
+    /// The service account name used with `namespaceSelector`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = SUBDOMAIN_PATTERN), length(min = 1, max = 253))]
+    pub service_account_name: Option<String>,
+}
+
+/// A service account in a namespace.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceAccountRef {
+    /// Name of the service account.
+    #[schemars(regex(pattern = SUBDOMAIN_PATTERN), length(min = 1, max = 253))]
+    pub name: String,
+    /// Namespace of the service account.
+    #[schemars(regex(pattern = LABEL_PATTERN), length(min = 1, max = 63))]
+    pub namespace: String,
+}
+
+/// Access to one BrokeredSecret, optionally narrower than the secret.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretAccess {
+    /// Name of a BrokeredSecret in the policy's namespace.
+    #[schemars(regex(pattern = SUBDOMAIN_PATTERN), length(min = 1, max = 253))]
+    pub name: String,
+    /// Caps credential lifetime below the secret's own maxTtl.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN), length(max = 32))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('10s')").message("maxTtl must be at least 10s"))]
+    pub max_ttl: Option<String>,
+    /// JWT audiences allowed; a subset of the secret's audiences.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 16), inner(length(min = 1, max = 253)))]
+    pub audience: Option<Vec<String>>,
+    /// JWT scopes allowed; a subset of the secret's scopes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32), inner(length(min = 1, max = 128)))]
+    pub scopes: Option<Vec<String>>,
+}
+
+/// Observed state of an AccessPolicy.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct AccessPolicyStatus {
+    /// `Ready` says whether every listed secret is granted as written; the
+    /// reason names what is wrong (SecretNotFound, InvalidNarrowing,
+    /// Expired).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// The generation the conditions describe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// How many service accounts currently hold grants from this policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subjects: Option<i64>,
+    /// How many Grants this policy currently produces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grants: Option<i64>,
+}
+
+/// Derived permission: one service account may have one secret, this
+/// narrowly, because of exactly one AccessPolicy. Written by the
+/// reconciler only, in the service account's namespace; edits and
+/// deletions are repaired.
+#[derive(CustomResource, JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "ferry.dev",
+    version = "v1alpha1",
+    kind = "Grant",
+    doc = "One service account may have one secret, derived from one AccessPolicy.",
+    namespaced,
+    category = "ferry",
+    printcolumn = r#"{"name":"ServiceAccount","type":"string","jsonPath":".spec.serviceAccount"}"#,
+    printcolumn = r#"{"name":"Secret","type":"string","jsonPath":".spec.secret.name"}"#,
+    printcolumn = r#"{"name":"From","type":"string","jsonPath":".spec.secret.namespace"}"#,
+    printcolumn = r#"{"name":"MaxTTL","type":"string","jsonPath":".spec.maxTtl"}"#,
+    printcolumn = r#"{"name":"ValidUntil","type":"date","jsonPath":".spec.validUntil"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct GrantSpec {
+    /// The service account (in this Grant's namespace) that may have the secret.
+    pub service_account: String,
+    /// The BrokeredSecret granted.
+    pub secret: SecretReference,
+    /// Upper bound on a credential's lifetime, renewals included.
+    pub max_ttl: String,
+    /// JWT audiences allowed (empty: not a JWT secret).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub audience: Vec<String>,
+    /// JWT scopes allowed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<String>,
+    /// When the grant ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid_until: Option<Time>,
+    /// The AccessPolicy this grant comes from.
+    pub policy: PolicyReference,
+}
+
+/// A BrokeredSecret by namespace and name.
+#[derive(
+    JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord,
+)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretReference {
+    /// Namespace of the BrokeredSecret.
+    pub namespace: String,
+    /// Name of the BrokeredSecret.
+    pub name: String,
+}
+
+/// The AccessPolicy a Grant comes from.
+#[derive(
+    JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord,
+)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyReference {
+    /// Namespace of the policy (always the secret's namespace).
+    pub namespace: String,
+    /// Name of the policy.
+    pub name: String,
+    /// UID of the policy, so a policy recreated under the same name does
+    /// not inherit the old one's grants.
+    pub uid: String,
+}
+
+/// The three CRDs, in the order they should be applied.
+pub fn crds()
+-> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
+{
+    use kube::CustomResourceExt;
+    vec![BrokeredSecret::crd(), AccessPolicy::crd(), Grant::crd()]
+}
+
+/// The three CRDs as one multi-document YAML stream, as committed under
+/// `crds/`.
+pub fn crds_yaml() -> Result<String, serde_yaml::Error> {
+    let mut out = String::from("# Generated by `ferry-operator crds` (make crds). Do not edit.\n");
+    for crd in crds() {
+        out.push_str("---\n");
+        out.push_str(&serde_yaml::to_string(&crd)?);
+    }
+    Ok(out)
+}
