@@ -9,10 +9,34 @@
 //! Pending unless a test stands in for the node.
 
 mod cluster;
+mod crds;
+mod operator;
 pub mod pki;
 mod process;
 
 pub use cluster::{Cluster, controlplane_bin_dir};
+pub use crds::install_crds;
+pub use operator::RunningOperator;
+
+/// Polls `check` until it returns `Some`, and returns that; panics with
+/// `what` after `deadline`. Tests wait on conditions, never fixed sleeps.
+pub async fn eventually<T, F, Fut>(what: &str, deadline: std::time::Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let end = std::time::Instant::now() + deadline;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        #[allow(clippy::panic)]
+        if std::time::Instant::now() > end {
+            panic!("timed out after {deadline:?} waiting for {what}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
 
 /// Why the harness could not do what it was asked.
 #[derive(Debug, thiserror::Error)]

@@ -1,8 +1,10 @@
 //! ferry's operator library: the custom resource types, the reconciler that
 //! derives Grants, and the broker that issues short-lived credentials.
 
+pub mod controller;
 pub mod duration;
 pub mod grants;
+pub mod metrics;
 pub mod resources;
 
 pub use resources::{crds, crds_yaml};

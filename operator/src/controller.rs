@@ -1,0 +1,640 @@
+//! The controllers: AccessPolicy → Grants, and BrokeredSecret validation.
+//!
+//! Each reconcile is a pipeline: read the world from watch caches, derive
+//! the desired state with a pure function ([`crate::grants`]), apply it with
+//! server-side apply (one field manager), delete what is stale, and write
+//! status (conditions with reasons) only when it changed. An invalid policy
+//! becomes a `Ready=False` condition and waits for a change; it never stops
+//! other objects from reconciling.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{Event as Finalized, finalizer};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+
+use crate::grants::{
+    MANAGED_BY, MANAGED_BY_LABEL, POLICY_UID_LABEL, PolicyWorld, derive_grants, next_expiry,
+};
+use crate::metrics::OperatorMetrics;
+use crate::resources::{
+    AccessPolicy, AccessPolicyStatus, BrokeredSecret, BrokeredSecretStatus, Grant,
+};
+
+/// The field manager of everything the operator applies.
+pub const FIELD_MANAGER: &str = "ferry-operator";
+
+/// Finalizer on AccessPolicies: their Grants live in other namespaces, where
+/// owner references cannot reach, so deletion is ours to do.
+pub const POLICY_FINALIZER: &str = "ferry.dev/grants";
+
+/// How often an unchanged object is looked at again anyway.
+const RESYNC: Duration = Duration::from_secs(600);
+
+/// How soon a BrokeredSecret whose references do not resolve is rechecked
+/// (Secrets are not watched: the operator only `get`s the ones named).
+const UNRESOLVED_RECHECK: Duration = Duration::from_secs(20);
+
+/// How soon a failed reconcile is retried.
+const RETRY: Duration = Duration::from_secs(10);
+
+/// Why a reconcile failed (it is retried; the object's status says more).
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// A call to the apiserver failed.
+    #[error("{what}: {source}")]
+    Kube {
+        /// What the controller was doing.
+        what: String,
+        /// The apiserver's answer.
+        source: kube::Error,
+    },
+    /// Adding or removing the finalizer failed.
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<ReconcileError>>),
+    /// A watch cache closed (the process is shutting down).
+    #[error("watch cache closed")]
+    CacheClosed,
+}
+
+impl ReconcileError {
+    fn kube(what: impl Into<String>) -> impl FnOnce(kube::Error) -> Self {
+        let what = what.into();
+        move |source| Self::Kube { what, source }
+    }
+
+    /// A short, stable label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Kube { .. } => "kube",
+            Self::Finalizer(_) => "finalizer",
+            Self::CacheClosed => "cache_closed",
+        }
+    }
+}
+
+/// What every reconcile reads: the client, watch caches and the recorder.
+pub struct Context {
+    client: Client,
+    secrets: Store<BrokeredSecret>,
+    namespaces: Store<Namespace>,
+    grants: Store<Grant>,
+    recorder: Recorder,
+    metrics: Arc<OperatorMetrics>,
+}
+
+impl Context {
+    /// Waits until every watch cache holds its initial list: deriving from
+    /// a half-filled cache would delete valid grants.
+    async fn caches_ready(&self) -> Result<(), ReconcileError> {
+        self.secrets
+            .wait_until_ready()
+            .await
+            .map_err(|_| ReconcileError::CacheClosed)?;
+        self.namespaces
+            .wait_until_ready()
+            .await
+            .map_err(|_| ReconcileError::CacheClosed)?;
+        self.grants
+            .wait_until_ready()
+            .await
+            .map_err(|_| ReconcileError::CacheClosed)
+    }
+}
+
+/// Runs both controllers until `shutdown` completes.
+pub async fn run(
+    client: Client,
+    metrics: Arc<OperatorMetrics>,
+    reporter_instance: Option<String>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let (secrets, secrets_writer) = reflector::store();
+    let (namespaces, namespaces_writer) = reflector::store();
+    let (grants, grants_writer) = reflector::store();
+    let secret_events = reflect(
+        secrets_writer,
+        Api::<BrokeredSecret>::all(client.clone()),
+        watcher::Config::default(),
+    );
+    let namespace_events = reflect(
+        namespaces_writer,
+        Api::<Namespace>::all(client.clone()),
+        watcher::Config::default(),
+    );
+    let grant_events = reflect(
+        grants_writer,
+        Api::<Grant>::all(client.clone()),
+        watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}")),
+    );
+    let reporter = Reporter {
+        controller: FIELD_MANAGER.into(),
+        instance: reporter_instance,
+    };
+    let context = Arc::new(Context {
+        client: client.clone(),
+        secrets,
+        namespaces,
+        grants,
+        recorder: Recorder::new(client.clone(), reporter),
+        metrics,
+    });
+
+    let policies = Controller::new(
+        Api::<AccessPolicy>::all(client.clone()),
+        watcher::Config::default(),
+    );
+    let policy_store = policies.store();
+    let by_secret = policy_store.clone();
+    let by_namespace = policy_store.clone();
+    let policies = policies
+        .watches_stream(secret_events, move |secret| {
+            policies_naming(&by_secret, &secret)
+        })
+        .watches_stream(namespace_events, move |_| {
+            policies_selecting_namespaces(&by_namespace)
+        })
+        .watches_stream(grant_events, |grant| {
+            Some(ObjectRef::new(&grant.spec.policy.name).within(&grant.spec.policy.namespace))
+        })
+        .graceful_shutdown_on(shutdown.clone().cancelled_owned())
+        .run(reconcile_policy, retry_policy, context.clone())
+        .for_each(|_| futures::future::ready(()));
+
+    let secrets = Controller::new(
+        Api::<BrokeredSecret>::all(client),
+        watcher::Config::default(),
+    )
+    .graceful_shutdown_on(shutdown.clone().cancelled_owned())
+    .run(reconcile_secret, retry_secret, context.clone())
+    .for_each(|_| futures::future::ready(()));
+
+    let orphans = sweep_orphans(context, policy_store, shutdown);
+    tokio::join!(policies, secrets, orphans);
+}
+
+/// A reflector over `api`: keeps `writer`'s store current and yields every
+/// touched object, retrying watch errors with backoff.
+fn reflect<K>(
+    writer: reflector::store::Writer<K>,
+    api: Api<K>,
+    config: watcher::Config,
+) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    reflector::reflector(writer, watcher(api, config))
+        .default_backoff()
+        .touched_objects()
+}
+
+/// Policies in a BrokeredSecret's namespace that name it.
+fn policies_naming(
+    policies: &Store<AccessPolicy>,
+    secret: &BrokeredSecret,
+) -> Vec<ObjectRef<AccessPolicy>> {
+    let (namespace, name) = (secret.namespace(), secret.name_any());
+    policies
+        .state()
+        .iter()
+        .filter(|p| p.namespace() == namespace && p.spec.secrets.iter().any(|s| s.name == name))
+        .map(|p| ObjectRef::from_obj(p.as_ref()))
+        .collect()
+}
+
+/// Policies with a namespaceSelector subject (a namespace's labels changed).
+fn policies_selecting_namespaces(policies: &Store<AccessPolicy>) -> Vec<ObjectRef<AccessPolicy>> {
+    policies
+        .state()
+        .iter()
+        .filter(|p| {
+            p.spec
+                .subjects
+                .iter()
+                .any(|s| s.namespace_selector.is_some())
+        })
+        .map(|p| ObjectRef::from_obj(p.as_ref()))
+        .collect()
+}
+
+async fn reconcile_policy(
+    policy: Arc<AccessPolicy>,
+    ctx: Arc<Context>,
+) -> Result<Action, ReconcileError> {
+    let started = Instant::now();
+    let result = reconcile_policy_inner(policy, &ctx).await;
+    ctx.metrics.observe_reconcile(
+        "accesspolicy",
+        started.elapsed(),
+        result.as_ref().map(|_| ()).map_err(|e| e.kind()),
+    );
+    result
+}
+
+async fn reconcile_policy_inner(
+    policy: Arc<AccessPolicy>,
+    ctx: &Context,
+) -> Result<Action, ReconcileError> {
+    ctx.caches_ready().await?;
+    let api: Api<AccessPolicy> =
+        Api::namespaced(ctx.client.clone(), &policy.namespace().unwrap_or_default());
+    finalizer(&api, POLICY_FINALIZER, policy, |event| async {
+        match event {
+            Finalized::Apply(policy) => apply_policy(&policy, ctx).await,
+            Finalized::Cleanup(policy) => delete_grants_of(&policy, ctx)
+                .await
+                .map(|()| Action::await_change()),
+        }
+    })
+    .await
+    .map_err(|e| ReconcileError::Finalizer(Box::new(e)))
+}
+
+/// Derives the policy's grants, applies them, deletes stale ones, and
+/// records the outcome in status.
+async fn apply_policy(policy: &AccessPolicy, ctx: &Context) -> Result<Action, ReconcileError> {
+    let namespace = policy.namespace().unwrap_or_default();
+    let uid = policy.uid().unwrap_or_default();
+    let secrets: BTreeMap<String, BrokeredSecret> = ctx
+        .secrets
+        .state()
+        .iter()
+        .filter(|s| s.namespace().as_deref() == Some(namespace.as_str()))
+        .map(|s| (s.name_any(), s.as_ref().clone()))
+        .collect();
+    let namespaces: Vec<Namespace> = if policy
+        .spec
+        .subjects
+        .iter()
+        .any(|s| s.namespace_selector.is_some())
+    {
+        ctx.namespaces
+            .state()
+            .iter()
+            .map(|n| n.as_ref().clone())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let now = Timestamp::now();
+    let derivation = derive_grants(
+        policy,
+        PolicyWorld {
+            secrets: &secrets,
+            namespaces: &namespaces,
+            now,
+        },
+    );
+
+    let existing = ctx.grants.state_filter(|g| g.spec.policy.uid == uid);
+    let apply = PatchParams::apply(FIELD_MANAGER).force();
+    for desired in &derivation.grants {
+        let (grant_ns, name) = (desired.namespace().unwrap_or_default(), desired.name_any());
+        let unchanged = existing.iter().any(|g| {
+            g.namespace().as_deref() == Some(grant_ns.as_str())
+                && g.name_any() == name
+                && g.spec == desired.spec
+                && g.labels() == desired.labels()
+        });
+        if unchanged {
+            continue;
+        }
+        let mut object = serde_json::to_value(desired).map_err(|e| ReconcileError::Kube {
+            what: format!("serializing Grant {grant_ns}/{name}"),
+            source: kube::Error::SerdeError(e),
+        })?;
+        object["apiVersion"] = json!("ferry.dev/v1alpha1");
+        object["kind"] = json!("Grant");
+        Api::<Grant>::namespaced(ctx.client.clone(), &grant_ns)
+            .patch(&name, &apply, &Patch::Apply(object))
+            .await
+            .map_err(ReconcileError::kube(format!(
+                "applying Grant {grant_ns}/{name}"
+            )))?;
+    }
+    let wanted: BTreeSet<(String, String)> = derivation
+        .grants
+        .iter()
+        .map(|g| (g.namespace().unwrap_or_default(), g.name_any()))
+        .collect();
+    for stale in existing
+        .iter()
+        .filter(|g| !wanted.contains(&(g.namespace().unwrap_or_default(), g.name_any())))
+    {
+        delete_grant(ctx, stale).await?;
+    }
+
+    let (status, reason, message) = if derivation.expired {
+        (
+            "False",
+            "Expired".to_string(),
+            "validUntil has passed; the policy grants nothing".to_string(),
+        )
+    } else if let Some(first) = derivation.problems.first() {
+        let all: Vec<String> = derivation
+            .problems
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        ("False", first.reason().to_string(), all.join("; "))
+    } else {
+        let message = format!(
+            "{} grants for {} service accounts",
+            derivation.grants.len(),
+            derivation.subjects
+        );
+        ("True", "Granted".to_string(), message)
+    };
+    let current = policy.status.clone().unwrap_or_default();
+    let ready = ready_condition(
+        &current.conditions,
+        status,
+        &reason,
+        &message,
+        policy.metadata.generation,
+    );
+    let desired = AccessPolicyStatus {
+        conditions: vec![ready.clone()],
+        observed_generation: policy.metadata.generation,
+        subjects: Some(derivation.subjects as i64),
+        grants: Some(derivation.grants.len() as i64),
+    };
+    if desired != current {
+        let api: Api<AccessPolicy> = Api::namespaced(ctx.client.clone(), &namespace);
+        let patch =
+            json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "AccessPolicy", "status": desired});
+        api.patch_status(&policy.name_any(), &apply, &Patch::Apply(patch))
+            .await
+            .map_err(ReconcileError::kube(format!(
+                "writing status of AccessPolicy {namespace}/{}",
+                policy.name_any()
+            )))?;
+        announce_transition(ctx, policy.object_ref(&()), &current.conditions, &ready).await;
+    }
+
+    Ok(match next_expiry(policy, now) {
+        // One second past validUntil, so the clock has surely passed it.
+        Some(left) if left < RESYNC => Action::requeue(left + Duration::from_secs(1)),
+        _ => Action::requeue(RESYNC),
+    })
+}
+
+async fn delete_grant(ctx: &Context, grant: &Grant) -> Result<(), ReconcileError> {
+    let (namespace, name) = (grant.namespace().unwrap_or_default(), grant.name_any());
+    match Api::<Grant>::namespaced(ctx.client.clone(), &namespace)
+        .delete(&name, &DeleteParams::default())
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(source) => Err(ReconcileError::Kube {
+            what: format!("deleting Grant {namespace}/{name}"),
+            source,
+        }),
+    }
+}
+
+/// Deletes every Grant of a policy being deleted. Lists from the apiserver
+/// rather than the cache: missing one here would leave access behind.
+async fn delete_grants_of(policy: &AccessPolicy, ctx: &Context) -> Result<(), ReconcileError> {
+    let uid = policy.uid().unwrap_or_default();
+    let selector = ListParams::default().labels(&format!("{POLICY_UID_LABEL}={uid}"));
+    let grants = Api::<Grant>::all(ctx.client.clone())
+        .list(&selector)
+        .await
+        .map_err(ReconcileError::kube(format!(
+            "listing Grants of AccessPolicy {}",
+            policy.name_any()
+        )))?;
+    for grant in &grants.items {
+        delete_grant(ctx, grant).await?;
+    }
+    Ok(())
+}
+
+/// Deletes Grants whose policy no longer exists (for example when the
+/// operator was down while a policy's finalizer was removed by hand).
+async fn sweep_orphans(
+    ctx: Arc<Context>,
+    policies: Store<AccessPolicy>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    const EVERY: Duration = Duration::from_secs(60);
+    loop {
+        if ctx.caches_ready().await.is_ok() && policies.wait_until_ready().await.is_ok() {
+            let live: BTreeSet<String> = policies.state().iter().filter_map(|p| p.uid()).collect();
+            let grants = ctx.grants.state();
+            ctx.metrics.set_grants(grants.len() as i64);
+            for orphan in grants.iter().filter(|g| !live.contains(&g.spec.policy.uid)) {
+                // Re-check with the apiserver before deleting: the policy
+                // cache may lag behind a policy created a moment ago.
+                let api: Api<AccessPolicy> =
+                    Api::namespaced(ctx.client.clone(), &orphan.spec.policy.namespace);
+                let exists = match api.get_opt(&orphan.spec.policy.name).await {
+                    Ok(policy) => policy.is_some_and(|p| {
+                        p.uid().as_deref() == Some(orphan.spec.policy.uid.as_str())
+                    }),
+                    Err(_) => true,
+                };
+                if !exists {
+                    tracing::info!(grant = %ObjectRef::from_obj(orphan.as_ref()), "deleting Grant whose AccessPolicy is gone");
+                    if let Err(error) = delete_grant(&ctx, orphan).await {
+                        tracing::warn!(%error, "could not delete an orphaned Grant");
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(EVERY) => {}
+        }
+    }
+}
+
+fn retry_policy(policy: Arc<AccessPolicy>, error: &ReconcileError, ctx: Arc<Context>) -> Action {
+    tracing::warn!(policy = %ObjectRef::from_obj(policy.as_ref()), %error, "reconcile failed; retrying");
+    ctx.metrics.observe_error("accesspolicy", error.kind());
+    Action::requeue(RETRY)
+}
+
+async fn reconcile_secret(
+    secret: Arc<BrokeredSecret>,
+    ctx: Arc<Context>,
+) -> Result<Action, ReconcileError> {
+    let started = Instant::now();
+    let result = reconcile_secret_inner(&secret, &ctx).await;
+    ctx.metrics.observe_reconcile(
+        "brokeredsecret",
+        started.elapsed(),
+        result.as_ref().map(|_| ()).map_err(|e| e.kind()),
+    );
+    result
+}
+
+/// Checks that a BrokeredSecret's references resolve and says so in status.
+async fn reconcile_secret_inner(
+    secret: &BrokeredSecret,
+    ctx: &Context,
+) -> Result<Action, ReconcileError> {
+    let namespace = secret.namespace().unwrap_or_default();
+    let source = &secret.spec.source;
+    let (kind, reference) = if let Some(pg) = &source.postgres {
+        (
+            "postgres",
+            Some((
+                pg.connection_secret_ref.name.as_str(),
+                Some(pg.connection_secret_ref.key.as_str()),
+            )),
+        )
+    } else if let Some(k8s) = &source.kubernetes_secret {
+        ("kubernetesSecret", Some((k8s.name.as_str(), None)))
+    } else {
+        ("jwt", None)
+    };
+    let (status, reason, message) = match reference {
+        None => (
+            "True",
+            "Resolved",
+            format!("{kind} source needs no reference"),
+        ),
+        Some((name, key)) => {
+            let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+            let found = secrets
+                .get_opt(name)
+                .await
+                .map_err(ReconcileError::kube(format!(
+                    "reading Secret {namespace}/{name}"
+                )))?;
+            // Only key names are looked at; values never leave this scope.
+            let has_key = |k: &str| {
+                found
+                    .as_ref()
+                    .is_some_and(|s| s.data.as_ref().is_some_and(|d| d.contains_key(k)))
+            };
+            match (found.is_some(), key) {
+                (false, _) => (
+                    "False",
+                    "SecretNotFound",
+                    format!("Secret {namespace}/{name} not found"),
+                ),
+                (true, Some(key)) if !has_key(key) => (
+                    "False",
+                    "KeyNotFound",
+                    format!("Secret {namespace}/{name} has no key {key:?}"),
+                ),
+                _ => (
+                    "True",
+                    "Resolved",
+                    format!("Secret {namespace}/{name} found"),
+                ),
+            }
+        }
+    };
+    let current = secret.status.clone().unwrap_or_default();
+    let ready = ready_condition(
+        &current.conditions,
+        status,
+        reason,
+        &message,
+        secret.metadata.generation,
+    );
+    let desired = BrokeredSecretStatus {
+        conditions: vec![ready.clone()],
+        observed_generation: secret.metadata.generation,
+        source: Some(kind.to_string()),
+    };
+    if desired != current {
+        let api: Api<BrokeredSecret> = Api::namespaced(ctx.client.clone(), &namespace);
+        let patch = json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "BrokeredSecret", "status": desired});
+        api.patch_status(
+            &secret.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(patch),
+        )
+        .await
+        .map_err(ReconcileError::kube(format!(
+            "writing status of BrokeredSecret {namespace}/{}",
+            secret.name_any()
+        )))?;
+        announce_transition(ctx, secret.object_ref(&()), &current.conditions, &ready).await;
+    }
+    Ok(Action::requeue(if status == "True" {
+        RESYNC
+    } else {
+        UNRESOLVED_RECHECK
+    }))
+}
+
+fn retry_secret(secret: Arc<BrokeredSecret>, error: &ReconcileError, ctx: Arc<Context>) -> Action {
+    tracing::warn!(secret = %ObjectRef::from_obj(secret.as_ref()), %error, "reconcile failed; retrying");
+    ctx.metrics.observe_error("brokeredsecret", error.kind());
+    Action::requeue(RETRY)
+}
+
+/// The `Ready` condition, keeping its transition time unless the status
+/// actually changed.
+fn ready_condition(
+    previous: &[Condition],
+    status: &str,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+) -> Condition {
+    let last = previous.iter().find(|c| c.type_ == "Ready");
+    let last_transition_time = match last {
+        Some(c) if c.status == status => c.last_transition_time.clone(),
+        _ => Time(Timestamp::now()),
+    };
+    Condition {
+        type_: "Ready".into(),
+        status: status.into(),
+        reason: reason.into(),
+        message: message.into(),
+        observed_generation: generation,
+        last_transition_time,
+    }
+}
+
+/// Publishes an Event when the Ready condition's status or reason changes.
+async fn announce_transition(
+    ctx: &Context,
+    reference: k8s_openapi::api::core::v1::ObjectReference,
+    previous: &[Condition],
+    ready: &Condition,
+) {
+    let before = previous.iter().find(|c| c.type_ == "Ready");
+    if before.is_some_and(|c| c.status == ready.status && c.reason == ready.reason) {
+        return;
+    }
+    let event = Event {
+        type_: if ready.status == "True" {
+            EventType::Normal
+        } else {
+            EventType::Warning
+        },
+        reason: ready.reason.clone(),
+        note: Some(ready.message.clone()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(error) = ctx.recorder.publish(&event, &reference).await {
+        tracing::warn!(%error, "could not publish an Event");
+    }
+}
