@@ -92,24 +92,40 @@ pub struct Context {
     grants: Store<Grant>,
     recorder: Recorder,
     metrics: Arc<OperatorMetrics>,
+    caches_filled: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Context {
     /// Waits until every watch cache holds its initial list: deriving from
     /// a half-filled cache would delete valid grants.
     async fn caches_ready(&self) -> Result<(), ReconcileError> {
-        self.secrets
-            .wait_until_ready()
+        let mut filled = self.caches_filled.clone();
+        filled
+            .wait_for(|filled| *filled)
             .await
-            .map_err(|_| ReconcileError::CacheClosed)?;
-        self.namespaces
-            .wait_until_ready()
-            .await
-            .map_err(|_| ReconcileError::CacheClosed)?;
-        self.grants
-            .wait_until_ready()
-            .await
+            .map(|_| ())
             .map_err(|_| ReconcileError::CacheClosed)
+    }
+}
+
+/// Flips `filled` once every watch cache holds its initial list.
+///
+/// kube-runtime's `Store::wait_until_ready` wakes only the most recent of
+/// several concurrent waiters (it polls one oneshot receiver from each), so
+/// exactly one task waits on each store, here, and everyone else waits on
+/// the watch channel.
+async fn announce_filled(
+    secrets: Store<BrokeredSecret>,
+    namespaces: Store<Namespace>,
+    grants: Store<Grant>,
+    filled: tokio::sync::watch::Sender<bool>,
+) {
+    let ready = secrets.wait_until_ready().await.is_ok()
+        && namespaces.wait_until_ready().await.is_ok()
+        && grants.wait_until_ready().await.is_ok();
+    if ready {
+        tracing::debug!("watch caches filled");
+        let _ = filled.send(true);
     }
 }
 
@@ -123,25 +139,17 @@ pub async fn run(
     let (secrets, secrets_writer) = reflector::store();
     let (namespaces, namespaces_writer) = reflector::store();
     let (grants, grants_writer) = reflector::store();
-    let secret_events = reflect(
-        secrets_writer,
-        Api::<BrokeredSecret>::all(client.clone()),
-        watcher::Config::default(),
-    );
-    let namespace_events = reflect(
-        namespaces_writer,
-        Api::<Namespace>::all(client.clone()),
-        watcher::Config::default(),
-    );
-    let grant_events = reflect(
-        grants_writer,
-        Api::<Grant>::all(client.clone()),
-        watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}")),
-    );
     let reporter = Reporter {
         controller: FIELD_MANAGER.into(),
         instance: reporter_instance,
     };
+    let (filled_tx, caches_filled) = tokio::sync::watch::channel(false);
+    let filled = announce_filled(
+        secrets.clone(),
+        namespaces.clone(),
+        grants.clone(),
+        filled_tx,
+    );
     let context = Arc::new(Context {
         client: client.clone(),
         secrets,
@@ -149,6 +157,7 @@ pub async fn run(
         grants,
         recorder: Recorder::new(client.clone(), reporter),
         metrics,
+        caches_filled,
     });
 
     let policies = Controller::new(
@@ -156,18 +165,50 @@ pub async fn run(
         watcher::Config::default(),
     );
     let policy_store = policies.store();
-    let by_secret = policy_store.clone();
-    let by_namespace = policy_store.clone();
+
+    // The watch caches are driven here, not through the controller: a
+    // reconcile waits for them to be filled, so they must make progress
+    // whatever the controller is doing. Their changes reach the controller
+    // as triggers through a channel.
+    let (triggers, triggered) = futures::channel::mpsc::unbounded();
+    let secret_watch = drive(
+        reflect(
+            secrets_writer,
+            Api::<BrokeredSecret>::all(client.clone()),
+            watcher::Config::default(),
+        ),
+        policy_store.clone(),
+        triggers.clone(),
+        policies_naming,
+        shutdown.clone(),
+    );
+    let namespace_watch = drive(
+        reflect(
+            namespaces_writer,
+            Api::<Namespace>::all(client.clone()),
+            watcher::Config::default(),
+        ),
+        policy_store.clone(),
+        triggers.clone(),
+        |policies, _| policies_selecting_namespaces(policies),
+        shutdown.clone(),
+    );
+    let grant_watch = drive(
+        reflect(
+            grants_writer,
+            Api::<Grant>::all(client.clone()),
+            watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}")),
+        ),
+        policy_store.clone(),
+        triggers,
+        |_, grant| {
+            vec![ObjectRef::new(&grant.spec.policy.name).within(&grant.spec.policy.namespace)]
+        },
+        shutdown.clone(),
+    );
+
     let policies = policies
-        .watches_stream(secret_events, move |secret| {
-            policies_naming(&by_secret, &secret)
-        })
-        .watches_stream(namespace_events, move |_| {
-            policies_selecting_namespaces(&by_namespace)
-        })
-        .watches_stream(grant_events, |grant| {
-            Some(ObjectRef::new(&grant.spec.policy.name).within(&grant.spec.policy.namespace))
-        })
+        .reconcile_on(triggered)
         .graceful_shutdown_on(shutdown.clone().cancelled_owned())
         .run(reconcile_policy, retry_policy, context.clone())
         .for_each(|_| futures::future::ready(()));
@@ -181,7 +222,39 @@ pub async fn run(
     .for_each(|_| futures::future::ready(()));
 
     let orphans = sweep_orphans(context, policy_store, shutdown);
-    tokio::join!(policies, secrets, orphans);
+    tokio::join!(
+        policies,
+        secrets,
+        orphans,
+        secret_watch,
+        namespace_watch,
+        grant_watch,
+        filled
+    );
+}
+
+/// Drains a watch-cache stream until shutdown, sending the policies each
+/// changed object concerns to the controller.
+async fn drive<K>(
+    events: impl Stream<Item = Result<K, watcher::Error>> + Send,
+    policies: Store<AccessPolicy>,
+    triggers: futures::channel::mpsc::UnboundedSender<ObjectRef<AccessPolicy>>,
+    concerned: impl Fn(&Store<AccessPolicy>, &K) -> Vec<ObjectRef<AccessPolicy>>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let events = events.take_until(shutdown.cancelled_owned());
+    futures::pin_mut!(events);
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(object) => {
+                for policy in concerned(&policies, &object) {
+                    // Fails only once the controller has stopped.
+                    let _ = triggers.unbounded_send(policy);
+                }
+            }
+            Err(error) => tracing::warn!(%error, "watch failed; retrying with backoff"),
+        }
+    }
 }
 
 /// A reflector over `api`: keeps `writer`'s store current and yields every
@@ -341,6 +414,9 @@ async fn apply_policy(policy: &AccessPolicy, ctx: &Context) -> Result<Action, Re
         delete_grant(ctx, stale).await?;
     }
 
+    // Counted from the cache, which may trail the writes above by a moment.
+    ctx.metrics.set_grants(ctx.grants.state().len() as i64);
+
     let (status, reason, message) = if derivation.expired {
         (
             "False",
@@ -431,6 +507,11 @@ async fn delete_grants_of(policy: &AccessPolicy, ctx: &Context) -> Result<(), Re
 
 /// Deletes Grants whose policy no longer exists (for example when the
 /// operator was down while a policy's finalizer was removed by hand).
+///
+/// The first sweep waits a full period so the controller's policy cache is
+/// filled (waiting on that store here would steal its readiness wake-up
+/// from the controller, see [`announce_filled`]); and each candidate is
+/// re-checked with the apiserver before deletion anyway.
 async fn sweep_orphans(
     ctx: Arc<Context>,
     policies: Store<AccessPolicy>,
@@ -438,7 +519,11 @@ async fn sweep_orphans(
 ) {
     const EVERY: Duration = Duration::from_secs(60);
     loop {
-        if ctx.caches_ready().await.is_ok() && policies.wait_until_ready().await.is_ok() {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(EVERY) => {}
+        }
+        if ctx.caches_ready().await.is_ok() {
             let live: BTreeSet<String> = policies.state().iter().filter_map(|p| p.uid()).collect();
             let grants = ctx.grants.state();
             ctx.metrics.set_grants(grants.len() as i64);
@@ -460,10 +545,6 @@ async fn sweep_orphans(
                     }
                 }
             }
-        }
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(EVERY) => {}
         }
     }
 }
