@@ -1,9 +1,11 @@
 //! ferry's operator library: the custom resource types, the reconciler that
 //! derives Grants, and the broker that issues short-lived credentials.
 
+pub mod admin;
 pub mod controller;
 pub mod duration;
 pub mod grants;
+pub mod leader;
 pub mod metrics;
 pub mod resources;
 
