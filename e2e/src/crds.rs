@@ -1,43 +1,46 @@
 //! Installing ferry's CRDs into a harness cluster.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::wait::{await_condition, conditions::is_crd_established};
 use kube::{Client, ResourceExt};
 
 use crate::HarnessError;
 
-/// How long the apiserver may take to establish the CRDs.
+/// The field manager the harness applies CRDs with.
+const FIELD_MANAGER: &str = "ferry-e2e";
+
+/// How long the apiserver may take to establish one CRD.
 const ESTABLISH_DEADLINE: Duration = Duration::from_secs(60);
 
-/// Applies ferry's CRDs (server-side apply, idempotent, safe to call from
-/// many tests at once) and waits until each is Established.
+/// Applies ferry's CRDs with server-side apply and waits until each is
+/// Established. Idempotent, and safe to call from many tests at once: every
+/// call applies the same objects as the same field manager.
 pub async fn install_crds(client: &Client) -> Result<(), HarnessError> {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let apply = PatchParams::apply("ferry-e2e").force();
-    for crd in ferry_operator::crds() {
-        api.patch(&crd.name_any(), &apply, &Patch::Apply(&crd))
+    let apply = PatchParams::apply(FIELD_MANAGER).force();
+    let crds = ferry_operator::crds();
+    for crd in &crds {
+        api.patch(&crd.name_any(), &apply, &Patch::Apply(crd))
             .await?;
     }
-    let deadline = Instant::now() + ESTABLISH_DEADLINE;
-    for crd in ferry_operator::crds() {
-        loop {
-            let current = api.get(&crd.name_any()).await?;
-            let established = current.status.and_then(|s| s.conditions).is_some_and(|c| {
-                c.iter()
-                    .any(|c| c.type_ == "Established" && c.status == "True")
-            });
-            if established {
-                break;
-            }
-            if Instant::now() > deadline {
+    for crd in &crds {
+        let name = crd.name_any();
+        let established = await_condition(api.clone(), &name, is_crd_established());
+        match tokio::time::timeout(ESTABLISH_DEADLINE, established).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => {
                 return Err(HarnessError::Process(format!(
-                    "CRD {} not established after {ESTABLISH_DEADLINE:?}",
-                    crd.name_any()
+                    "waiting for CRD {name} to be established: {error}"
                 )));
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            Err(_) => {
+                return Err(HarnessError::Process(format!(
+                    "CRD {name} was not established after {ESTABLISH_DEADLINE:?}"
+                )));
+            }
         }
     }
     Ok(())

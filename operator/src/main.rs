@@ -2,8 +2,15 @@
 //! Grants, and serves the broker.
 
 use std::io::Write;
+use std::sync::Arc;
 
-use clap::{Parser, Subcommand};
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use ferry_operator::admin::{self, AdminState, Readiness};
+use ferry_operator::controller;
+use ferry_operator::leader::{self, LeaderConfig, LeaderElector};
+use ferry_operator::metrics::OperatorMetrics;
+use tokio_util::sync::CancellationToken;
 
 /// Command-line interface of the operator.
 #[derive(Debug, Parser)]
@@ -15,18 +22,168 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Commands {
+    /// Run the controllers: AccessPolicies and BrokeredSecrets into Grants.
+    /// Replicas elect a leader on a Lease; only the leader reconciles.
+    Run(RunArgs),
     /// Print ferry's CustomResourceDefinitions as YAML (for `kubectl apply -f -`).
-    Crds,
+    Crds {
+        /// Write one `<crd name>.yaml` per CRD into DIR instead (created if
+        /// missing; stale files of ferry's API group are removed).
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<std::path::PathBuf>,
+    },
 }
 
-fn main() -> anyhow::Result<()> {
+/// Options of `ferry-operator run`.
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// Address of the admin server (/livez, /readyz, /metrics).
+    #[arg(long, env = "FERRY_ADMIN_ADDR", default_value = "0.0.0.0:8080")]
+    admin_addr: String,
+    /// Namespace of the leader-election Lease: the operator's own.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "ferry-system")]
+    namespace: String,
+    /// Name of the leader-election Lease.
+    #[arg(long, env = "FERRY_LEASE_NAME", default_value = "ferry-operator")]
+    lease_name: String,
+    /// Log format: JSON lines for production, text for a terminal.
+    #[arg(long, env = "FERRY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
+    log_format: LogFormat,
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable text.
+    Text,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Commands::Crds => print_crds(),
+        Commands::Run(args) => run(args).await,
+        Commands::Crds { out_dir } => print_crds(out_dir.as_deref()),
     }
 }
 
-fn print_crds() -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
-    out.write_all(ferry_operator::crds_yaml()?.as_bytes())?;
+fn init_tracing(format: LogFormat) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+/// Serves the admin port at once (standbys are live and ready too), waits
+/// to lead, runs the controllers, and on SIGTERM stops them, releases the
+/// lease so another replica takes over at once, and exits.
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    init_tracing(args.log_format);
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to Kubernetes (in-cluster config or KUBECONFIG)")?;
+    let registry = prometheus::Registry::new();
+    let metrics = Arc::new(OperatorMetrics::new(&registry)?);
+    let readiness = Readiness::default();
+    let shutdown = CancellationToken::new();
+
+    let listener = admin::bind_admin(&args.admin_addr).await?;
+    let admin = tokio::spawn(admin::serve_admin(
+        listener,
+        AdminState {
+            readiness: readiness.clone(),
+            registry,
+        },
+        shutdown.clone().cancelled_owned(),
+    ));
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+
+    let identity = leader::default_identity();
+    let config = LeaderConfig::new(&args.namespace, &args.lease_name, &identity);
+    let elector = LeaderElector::new(client.clone(), config)?;
+    readiness.set_ready();
+    tracing::info!(%identity, lease = %format!("{}/{}", args.namespace, args.lease_name), "waiting to lead");
+    let guard = tokio::select! {
+        guard = elector.run_until_leader() => guard?,
+        () = shutdown.cancelled() => {
+            let _ = admin.await;
+            return Ok(());
+        }
+    };
+    metrics.set_leader(true);
+    tracing::info!(%identity, "leading; starting controllers");
+
+    let controllers = controller::run(client, metrics.clone(), Some(identity), shutdown.clone());
+    tokio::pin!(controllers);
+    let lost = guard.lost();
+    let outcome = tokio::select! {
+        () = &mut controllers => Ok(()),
+        () = lost => Err(anyhow::anyhow!(
+            "lost the leader lease; exiting so that a restart rejoins as a candidate"
+        )),
+    };
+    shutdown.cancel();
+    if outcome.is_err() {
+        // Stop reconciling before anyone else may start.
+        controllers.await;
+    }
+    metrics.set_leader(false);
+    if let Err(error) = guard.release().await {
+        tracing::warn!(%error, "could not release the leader lease; it will expire");
+    }
+    let _ = admin.await;
+    tracing::info!("stopped");
+    outcome
+}
+
+/// Cancels `shutdown` on SIGTERM (pod deletion) or SIGINT (Ctrl-C).
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let terminate = signal(SignalKind::terminate());
+    match terminate {
+        Ok(mut terminate) => tokio::select! {
+            _ = terminate.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        },
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for SIGTERM; only Ctrl-C stops the operator");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+    tracing::info!("shutting down");
+    shutdown.cancel();
+}
+
+fn print_crds(out_dir: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let Some(dir) = out_dir else {
+        let mut out = std::io::stdout().lock();
+        out.write_all(ferry_operator::crds_yaml()?.as_bytes())?;
+        return Ok(());
+    };
+    let files = ferry_operator::resources::crd_files()?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    // A renamed or removed CRD must not linger in the directory.
+    let ours = format!(".{}.yaml", ferry_sidecar::contract::API_GROUP);
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry?.path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        if name.ends_with(&ours) && !files.iter().any(|(file, _)| file == name) {
+            std::fs::remove_file(&path)
+                .with_context(|| format!("removing stale {}", path.display()))?;
+        }
+    }
+    for (name, yaml) in files {
+        let path = dir.join(name);
+        std::fs::write(&path, yaml).with_context(|| format!("writing {}", path.display()))?;
+    }
     Ok(())
 }
