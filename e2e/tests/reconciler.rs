@@ -71,6 +71,20 @@ fn service_account(name: &str, ns: &str) -> serde_json::Value {
     json!([{"serviceAccount": {"name": name, "namespace": ns}}])
 }
 
+/// Creates BrokeredSecret `orders-db` and policy `p` giving `checkout` in
+/// `shop` the access `entry`; returns the Grant once it exists.
+async fn grant_orders_db_to_checkout(
+    client: &Client,
+    ns: &str,
+    shop: &str,
+    entry: serde_json::Value,
+) -> Grant {
+    create::<BrokeredSecret>(client, ns, postgres_secret("orders-db")).await;
+    let p = policy("p", service_account("checkout", shop), json!([entry]));
+    create::<AccessPolicy>(client, ns, p).await;
+    wait_grants(client, shop, "p", 1).await.remove(0)
+}
+
 /// Grants in `ns` that come from policy `policy`.
 async fn grants_of(client: &Client, ns: &str, policy: &str) -> Vec<Grant> {
     let all = Api::<Grant>::namespaced(client.clone(), ns)
@@ -163,21 +177,9 @@ async fn policy_yields_a_grant_per_subject_and_secret_and_reports_ready() {
 async fn editing_a_policy_narrows_its_grants() {
     let (cluster, client, ns) = setup("rec-edit").await;
     let shop = cluster.create_namespace("rec-edit-shop").await.unwrap();
-    create::<BrokeredSecret>(&client, &ns, postgres_secret("orders-db")).await;
-    create::<AccessPolicy>(
-        &client,
-        &ns,
-        policy(
-            "p",
-            service_account("checkout", &shop),
-            json!([{"name": "orders-db"}]),
-        ),
-    )
-    .await;
-    assert_eq!(
-        wait_grants(&client, &shop, "p", 1).await[0].spec.max_ttl,
-        "1h"
-    );
+    let granted =
+        grant_orders_db_to_checkout(&client, &ns, &shop, json!({"name": "orders-db"})).await;
+    assert_eq!(granted.spec.max_ttl, "1h");
 
     let patch = json!({"spec": {"secrets": [{"name": "orders-db", "maxTtl": "5m"}]}});
     Api::<AccessPolicy>::namespaced(client.clone(), &ns)
@@ -199,18 +201,7 @@ async fn editing_a_policy_narrows_its_grants() {
 async fn deleting_a_policy_deletes_its_grants_and_the_policy() {
     let (cluster, client, ns) = setup("rec-delete").await;
     let shop = cluster.create_namespace("rec-delete-shop").await.unwrap();
-    create::<BrokeredSecret>(&client, &ns, postgres_secret("orders-db")).await;
-    create::<AccessPolicy>(
-        &client,
-        &ns,
-        policy(
-            "p",
-            service_account("checkout", &shop),
-            json!([{"name": "orders-db"}]),
-        ),
-    )
-    .await;
-    wait_grants(&client, &shop, "p", 1).await;
+    grant_orders_db_to_checkout(&client, &ns, &shop, json!({"name": "orders-db"})).await;
 
     let policies = Api::<AccessPolicy>::namespaced(client.clone(), &ns);
     policies
@@ -231,18 +222,8 @@ async fn deleting_a_policy_deletes_its_grants_and_the_policy() {
 async fn grant_deleted_by_hand_is_recreated() {
     let (cluster, client, ns) = setup("rec-repair").await;
     let shop = cluster.create_namespace("rec-repair-shop").await.unwrap();
-    create::<BrokeredSecret>(&client, &ns, postgres_secret("orders-db")).await;
-    create::<AccessPolicy>(
-        &client,
-        &ns,
-        policy(
-            "p",
-            service_account("checkout", &shop),
-            json!([{"name": "orders-db"}]),
-        ),
-    )
-    .await;
-    let original = wait_grants(&client, &shop, "p", 1).await.remove(0);
+    let original =
+        grant_orders_db_to_checkout(&client, &ns, &shop, json!({"name": "orders-db"})).await;
 
     Api::<Grant>::namespaced(client.clone(), &shop)
         .delete(&original.name_any(), &DeleteParams::default())
@@ -262,18 +243,13 @@ async fn grant_deleted_by_hand_is_recreated() {
 async fn grant_edited_by_hand_is_restored() {
     let (cluster, client, ns) = setup("rec-restore").await;
     let shop = cluster.create_namespace("rec-restore-shop").await.unwrap();
-    create::<BrokeredSecret>(&client, &ns, postgres_secret("orders-db")).await;
-    create::<AccessPolicy>(
+    let grant = grant_orders_db_to_checkout(
         &client,
         &ns,
-        policy(
-            "p",
-            service_account("checkout", &shop),
-            json!([{"name": "orders-db", "maxTtl": "10m"}]),
-        ),
+        &shop,
+        json!({"name": "orders-db", "maxTtl": "10m"}),
     )
     .await;
-    let grant = wait_grants(&client, &shop, "p", 1).await.remove(0);
 
     let widen = json!({"spec": {"maxTtl": "24h"}});
     Api::<Grant>::namespaced(client.clone(), &shop)
@@ -302,18 +278,7 @@ async fn deleting_the_secret_marks_the_policy_not_ready_and_removes_its_grants()
         .create_namespace("rec-secret-gone-shop")
         .await
         .unwrap();
-    create::<BrokeredSecret>(&client, &ns, postgres_secret("orders-db")).await;
-    create::<AccessPolicy>(
-        &client,
-        &ns,
-        policy(
-            "p",
-            service_account("checkout", &shop),
-            json!([{"name": "orders-db"}]),
-        ),
-    )
-    .await;
-    wait_grants(&client, &shop, "p", 1).await;
+    grant_orders_db_to_checkout(&client, &ns, &shop, json!({"name": "orders-db"})).await;
 
     Api::<BrokeredSecret>::namespaced(client.clone(), &ns)
         .delete("orders-db", &DeleteParams::default())
