@@ -30,7 +30,6 @@ where
         if let Some(value) = check().await {
             return value;
         }
-        #[allow(clippy::panic)]
         if std::time::Instant::now() > end {
             panic!("timed out after {deadline:?} waiting for {what}");
         }
