@@ -49,6 +49,12 @@ const UNRESOLVED_RECHECK: Duration = Duration::from_secs(20);
 /// How soon a failed reconcile is retried.
 const RETRY: Duration = Duration::from_secs(10);
 
+/// How soon a reconcile that lost a write race is retried: the finalizer
+/// patch carries a precondition, and a reconcile started from a cached
+/// object that trails our own last write fails it. The cache catches up
+/// within moments, so waiting the full [`RETRY`] would only delay grants.
+const RETRY_CONFLICT: Duration = Duration::from_secs(1);
+
 /// Why a reconcile failed (it is retried; the object's status says more).
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
@@ -552,7 +558,10 @@ async fn sweep_orphans(
 fn retry_policy(policy: Arc<AccessPolicy>, error: &ReconcileError, ctx: Arc<Context>) -> Action {
     tracing::warn!(policy = %ObjectRef::from_obj(policy.as_ref()), %error, "reconcile failed; retrying");
     ctx.metrics.observe_error("accesspolicy", error.kind());
-    Action::requeue(RETRY)
+    Action::requeue(match error {
+        ReconcileError::Finalizer(_) => RETRY_CONFLICT,
+        _ => RETRY,
+    })
 }
 
 async fn reconcile_secret(
