@@ -338,17 +338,21 @@ impl LeaderElector {
         }
     }
 
+    /// The Lease as it is now, if it exists.
+    async fn read_lease(&self) -> Result<Option<Lease>, LeaderError> {
+        self.leases
+            .get_opt(&self.config.lease_name)
+            .await
+            .map_err(|source| LeaderError::Read {
+                lease: self.config.lease_ref(),
+                source,
+            })
+    }
+
     /// One attempt to take (or, when `renewing`, keep) the lease.
     async fn attempt(&self, renewing: bool) -> Result<Attempt, LeaderError> {
         let config = &self.config;
-        let current = self
-            .leases
-            .get_opt(&config.lease_name)
-            .await
-            .map_err(|source| LeaderError::Read {
-                lease: config.lease_ref(),
-                source,
-            })?;
+        let current = self.read_lease().await?;
         let seconds = config.lease_duration_seconds()?;
         let started = Instant::now();
         let now = wall_clock_now();
@@ -394,15 +398,7 @@ impl LeaderElector {
     /// Clears the holder if it is still us, so another replica takes over now.
     async fn release(&self) -> Result<(), LeaderError> {
         let config = &self.config;
-        let Some(mut lease) = self
-            .leases
-            .get_opt(&config.lease_name)
-            .await
-            .map_err(|source| LeaderError::Read {
-                lease: config.lease_ref(),
-                source,
-            })?
-        else {
+        let Some(mut lease) = self.read_lease().await? else {
             return Ok(());
         };
         let Some(spec) = lease.spec.as_ref() else {
