@@ -216,7 +216,11 @@ pub async fn run(
     let policies = policies
         .reconcile_on(triggered)
         .graceful_shutdown_on(shutdown.clone().cancelled_owned())
-        .run(reconcile_policy, retry_policy, context.clone())
+        .run(
+            |policy, ctx| observed::<AccessPolicy>(ctx.clone(), reconcile_policy(policy, ctx)),
+            retry::<AccessPolicy>,
+            context.clone(),
+        )
         .for_each(|_| futures::future::ready(()));
 
     let secrets = Controller::new(
@@ -224,7 +228,11 @@ pub async fn run(
         watcher::Config::default(),
     )
     .graceful_shutdown_on(shutdown.clone().cancelled_owned())
-    .run(reconcile_secret, retry_secret, context.clone())
+    .run(
+        |secret, ctx| observed::<BrokeredSecret>(ctx.clone(), reconcile_secret(secret, ctx)),
+        retry::<BrokeredSecret>,
+        context.clone(),
+    )
     .for_each(|_| futures::future::ready(()));
 
     let orphans = sweep_orphans(context, policy_store, shutdown);
@@ -317,20 +325,7 @@ async fn reconcile_policy(
     policy: Arc<AccessPolicy>,
     ctx: Arc<Context>,
 ) -> Result<Action, ReconcileError> {
-    let started = Instant::now();
-    let result = reconcile_policy_inner(policy, &ctx).await;
-    ctx.metrics.observe_reconcile(
-        "accesspolicy",
-        started.elapsed(),
-        result.as_ref().map(|_| ()).map_err(|e| e.kind()),
-    );
-    result
-}
-
-async fn reconcile_policy_inner(
-    policy: Arc<AccessPolicy>,
-    ctx: &Context,
-) -> Result<Action, ReconcileError> {
+    let ctx = ctx.as_ref();
     ctx.caches_ready().await?;
     let api: Api<AccessPolicy> =
         Api::namespaced(ctx.client.clone(), &policy.namespace().unwrap_or_default());
@@ -399,8 +394,8 @@ async fn apply_policy(policy: &AccessPolicy, ctx: &Context) -> Result<Action, Re
             what: format!("serializing Grant {grant_ns}/{name}"),
             source: kube::Error::SerdeError(e),
         })?;
-        object["apiVersion"] = json!("ferry.dev/v1alpha1");
-        object["kind"] = json!("Grant");
+        object["apiVersion"] = json!(Grant::api_version(&()));
+        object["kind"] = json!(Grant::kind(&()));
         Api::<Grant>::namespaced(ctx.client.clone(), &grant_ns)
             .patch(&name, &apply, &Patch::Apply(object))
             .await
@@ -458,24 +453,51 @@ async fn apply_policy(policy: &AccessPolicy, ctx: &Context) -> Result<Action, Re
         subjects: Some(derivation.subjects as i64),
         grants: Some(derivation.grants.len() as i64),
     };
-    if desired != current {
-        let api: Api<AccessPolicy> = Api::namespaced(ctx.client.clone(), &namespace);
-        let patch =
-            json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "AccessPolicy", "status": desired});
-        api.patch_status(&policy.name_any(), &apply, &Patch::Apply(patch))
-            .await
-            .map_err(ReconcileError::kube(format!(
-                "writing status of AccessPolicy {namespace}/{}",
-                policy.name_any()
-            )))?;
-        announce_transition(ctx, policy.object_ref(&()), &current.conditions, &ready).await;
-    }
+    write_status(ctx, policy, &current, &desired, &current.conditions, &ready).await?;
 
     Ok(match next_expiry(policy, now) {
         // One second past validUntil, so the clock has surely passed it.
         Some(left) if left < RESYNC => Action::requeue(left + Duration::from_secs(1)),
         _ => Action::requeue(RESYNC),
     })
+}
+
+/// Server-side applies `desired` as the status of `object` when it differs
+/// from `current`, and announces a change of the Ready condition from
+/// `previous` to `ready` with an Event.
+async fn write_status<K, S>(
+    ctx: &Context,
+    object: &K,
+    current: &S,
+    desired: &S,
+    previous: &[Condition],
+    ready: &Condition,
+) -> Result<(), ReconcileError>
+where
+    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    S: serde::Serialize + PartialEq,
+{
+    if desired == current {
+        return Ok(());
+    }
+    let (namespace, name) = (object.namespace().unwrap_or_default(), object.name_any());
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &namespace);
+    let patch = json!({"apiVersion": K::api_version(&()), "kind": K::kind(&()), "status": desired});
+    api.patch_status(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(patch),
+    )
+    .await
+    .map_err(ReconcileError::kube(format!(
+        "writing status of {} {namespace}/{name}",
+        K::kind(&())
+    )))?;
+    announce_transition(ctx, object.object_ref(&()), previous, ready).await;
+    Ok(())
 }
 
 async fn delete_grant(ctx: &Context, grant: &Grant) -> Result<(), ReconcileError> {
@@ -555,34 +577,12 @@ async fn sweep_orphans(
     }
 }
 
-fn retry_policy(policy: Arc<AccessPolicy>, error: &ReconcileError, ctx: Arc<Context>) -> Action {
-    tracing::warn!(policy = %ObjectRef::from_obj(policy.as_ref()), %error, "reconcile failed; retrying");
-    ctx.metrics.observe_error("accesspolicy", error.kind());
-    Action::requeue(match error {
-        ReconcileError::Finalizer(_) => RETRY_CONFLICT,
-        _ => RETRY,
-    })
-}
-
+/// Checks that a BrokeredSecret's references resolve and says so in status.
 async fn reconcile_secret(
     secret: Arc<BrokeredSecret>,
     ctx: Arc<Context>,
 ) -> Result<Action, ReconcileError> {
-    let started = Instant::now();
-    let result = reconcile_secret_inner(&secret, &ctx).await;
-    ctx.metrics.observe_reconcile(
-        "brokeredsecret",
-        started.elapsed(),
-        result.as_ref().map(|_| ()).map_err(|e| e.kind()),
-    );
-    result
-}
-
-/// Checks that a BrokeredSecret's references resolve and says so in status.
-async fn reconcile_secret_inner(
-    secret: &BrokeredSecret,
-    ctx: &Context,
-) -> Result<Action, ReconcileError> {
+    let (secret, ctx) = (secret.as_ref(), ctx.as_ref());
     let namespace = secret.namespace().unwrap_or_default();
     let source = &secret.spec.source;
     let (kind, reference) = if let Some(pg) = &source.postgres {
@@ -650,21 +650,7 @@ async fn reconcile_secret_inner(
         observed_generation: secret.metadata.generation,
         source: Some(kind.to_string()),
     };
-    if desired != current {
-        let api: Api<BrokeredSecret> = Api::namespaced(ctx.client.clone(), &namespace);
-        let patch = json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "BrokeredSecret", "status": desired});
-        api.patch_status(
-            &secret.name_any(),
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(patch),
-        )
-        .await
-        .map_err(ReconcileError::kube(format!(
-            "writing status of BrokeredSecret {namespace}/{}",
-            secret.name_any()
-        )))?;
-        announce_transition(ctx, secret.object_ref(&()), &current.conditions, &ready).await;
-    }
+    write_status(ctx, secret, &current, &desired, &current.conditions, &ready).await?;
     Ok(Action::requeue(if status == "True" {
         RESYNC
     } else {
@@ -672,10 +658,36 @@ async fn reconcile_secret_inner(
     }))
 }
 
-fn retry_secret(secret: Arc<BrokeredSecret>, error: &ReconcileError, ctx: Arc<Context>) -> Action {
-    tracing::warn!(secret = %ObjectRef::from_obj(secret.as_ref()), %error, "reconcile failed; retrying");
-    ctx.metrics.observe_error("brokeredsecret", error.kind());
-    Action::requeue(RETRY)
+/// Records a finished reconcile of `K` in the metrics (the controller
+/// label is the kind in lower case) and passes its result on.
+async fn observed<K: Resource<DynamicType = ()>>(
+    ctx: Arc<Context>,
+    reconcile: impl std::future::Future<Output = Result<Action, ReconcileError>>,
+) -> Result<Action, ReconcileError> {
+    let started = Instant::now();
+    let result = reconcile.await;
+    let controller = K::kind(&()).to_lowercase();
+    ctx.metrics.observe_reconcile(
+        &controller,
+        started.elapsed(),
+        result.as_ref().map(|_| ()).map_err(|e| e.kind()),
+    );
+    result
+}
+
+/// What to do after a failed reconcile of `object`: log, count, retry.
+fn retry<K: Resource<DynamicType = ()>>(
+    object: Arc<K>,
+    error: &ReconcileError,
+    ctx: Arc<Context>,
+) -> Action {
+    tracing::warn!(object = %ObjectRef::from_obj(object.as_ref()), %error, "reconcile failed; retrying");
+    ctx.metrics
+        .observe_error(&K::kind(&()).to_lowercase(), error.kind());
+    Action::requeue(match error {
+        ReconcileError::Finalizer(_) => RETRY_CONFLICT,
+        _ => RETRY,
+    })
 }
 
 /// The `Ready` condition, keeping its transition time unless the status
