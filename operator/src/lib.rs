@@ -4,7 +4,9 @@
 pub mod admin;
 pub mod controller;
 pub mod duration;
+pub mod grant_index;
 pub mod grants;
+pub mod https;
 pub mod leader;
 pub mod metrics;
 pub mod resources;

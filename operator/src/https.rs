@@ -1,0 +1,363 @@
+//! HTTPS serving for the broker and the webhook: warp filters served by
+//! hyper on tokio-rustls streams, with a certificate that is reloaded when
+//! its files change, so a rotated serving certificate (cert-manager, or the
+//! operator's own) takes effect without a restart.
+//!
+//! Files are polled rather than watched with inotify: Kubernetes updates a
+//! mounted Secret by swapping a `..data` symlink, which inotify on the
+//! files themselves misses, and reading two small files every few seconds
+//! costs nothing.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use rustls::ServerConfig;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use warp::filters::BoxedFilter;
+use warp::reply::Response;
+use zeroize::Zeroizing;
+
+/// How long a client may take to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a client may take to send a request's headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long in-flight connections get to finish after shutdown begins.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a serving certificate could not be loaded. Messages name files, never
+/// their content.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The certificate file holds no PEM certificate.
+    #[error("{path}: no PEM certificate found")]
+    NoCertificate {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The key file holds no usable PEM private key.
+    #[error("{path}: no usable PEM private key (PKCS#8, PKCS#1 or SEC1): {reason}")]
+    BadKey {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said.
+        reason: String,
+    },
+    /// The key does not belong to the certificate, or is of an unsupported type.
+    #[error("{cert} and {key} do not form a usable pair: {reason}")]
+    Mismatch {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The key file.
+        key: PathBuf,
+        /// What rustls said.
+        reason: String,
+    },
+    /// rustls refused the configuration.
+    #[error("TLS configuration: {0}")]
+    Config(#[from] rustls::Error),
+    /// The listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}
+
+/// The crypto provider every ferry TLS endpoint uses.
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A serving certificate read from a PEM certificate chain and a PEM key,
+/// swapped in place when [`ReloadingCertificate::reload`] finds the files
+/// changed.
+#[derive(Debug)]
+pub struct ReloadingCertificate {
+    cert_path: PathBuf,
+    key_path: PathBuf,
+    state: RwLock<Loaded>,
+}
+
+#[derive(Debug)]
+struct Loaded {
+    key: Arc<CertifiedKey>,
+    // The raw files, to tell whether they changed. The key is private
+    // material: it is wiped from memory when dropped.
+    cert_pem: Vec<u8>,
+    key_pem: Zeroizing<Vec<u8>>,
+}
+
+/// What a reload found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reload {
+    /// The files are as they were.
+    Unchanged,
+    /// New files were loaded and are now served.
+    Replaced,
+}
+
+impl ReloadingCertificate {
+    /// Loads the certificate chain at `cert_path` and the key at `key_path`.
+    pub fn load(cert_path: &Path, key_path: &Path) -> Result<Arc<Self>, TlsError> {
+        let (cert_pem, key_pem) = read_pair(cert_path, key_path)?;
+        let key = certified_key(cert_path, &cert_pem, key_path, &key_pem)?;
+        Ok(Arc::new(Self {
+            cert_path: cert_path.to_owned(),
+            key_path: key_path.to_owned(),
+            state: RwLock::new(Loaded {
+                key,
+                cert_pem,
+                key_pem,
+            }),
+        }))
+    }
+
+    /// Rereads the files and serves them from now on if they changed and
+    /// form a valid pair; on error the current certificate stays in use.
+    pub fn reload(&self) -> Result<Reload, TlsError> {
+        let (cert_pem, key_pem) = read_pair(&self.cert_path, &self.key_path)?;
+        {
+            let current = self.state.read().unwrap_or_else(PoisonError::into_inner);
+            if current.cert_pem == cert_pem && current.key_pem == key_pem {
+                return Ok(Reload::Unchanged);
+            }
+        }
+        let key = certified_key(&self.cert_path, &cert_pem, &self.key_path, &key_pem)?;
+        *self.state.write().unwrap_or_else(PoisonError::into_inner) = Loaded {
+            key,
+            cert_pem,
+            key_pem,
+        };
+        Ok(Reload::Replaced)
+    }
+
+    /// Reloads every `interval` until `shutdown` is cancelled, logging
+    /// replacements and failures.
+    pub async fn reload_every(&self, interval: Duration, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(interval) => {}
+            }
+            match self.reload() {
+                Ok(Reload::Unchanged) => {}
+                Ok(Reload::Replaced) => tracing::info!(
+                    cert = %self.cert_path.display(),
+                    "serving certificate reloaded"
+                ),
+                Err(error) => tracing::warn!(
+                    %error,
+                    "serving certificate not reloaded; keeping the current one"
+                ),
+            }
+        }
+    }
+
+    /// The certificate currently served.
+    pub fn current(&self) -> Arc<CertifiedKey> {
+        Arc::clone(
+            &self
+                .state
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .key,
+        )
+    }
+}
+
+impl ResolvesServerCert for ReloadingCertificate {
+    fn resolve(&self, _client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+}
+
+fn read_pair(cert_path: &Path, key_path: &Path) -> Result<(Vec<u8>, Zeroizing<Vec<u8>>), TlsError> {
+    let read = |path: &Path| {
+        std::fs::read(path).map_err(|source| TlsError::Read {
+            path: path.to_owned(),
+            source,
+        })
+    };
+    Ok((read(cert_path)?, Zeroizing::new(read(key_path)?)))
+}
+
+fn certified_key(
+    cert_path: &Path,
+    cert_pem: &[u8],
+    key_path: &Path,
+    key_pem: &[u8],
+) -> Result<Arc<CertifiedKey>, TlsError> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
+        .filter_map(Result::ok)
+        .collect();
+    if chain.is_empty() {
+        return Err(TlsError::NoCertificate {
+            path: cert_path.to_owned(),
+        });
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|error| TlsError::BadKey {
+        path: key_path.to_owned(),
+        reason: error.to_string(),
+    })?;
+    let certified =
+        CertifiedKey::from_der(chain, key, &provider()).map_err(|error| TlsError::Mismatch {
+            cert: cert_path.to_owned(),
+            key: key_path.to_owned(),
+            reason: error.to_string(),
+        })?;
+    Ok(Arc::new(certified))
+}
+
+/// A rustls server configuration that serves whatever `certificate` holds
+/// at each handshake, speaking HTTP/2 and HTTP/1.1.
+pub fn server_config(certificate: Arc<ReloadingCertificate>) -> Result<ServerConfig, TlsError> {
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_cert_resolver(certificate);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// Binds `addr` (such as `0.0.0.0:8443`, or `127.0.0.1:0` in tests).
+pub async fn bind(addr: &str) -> Result<TcpListener, TlsError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| TlsError::Bind {
+            addr: addr.to_owned(),
+            source,
+        })
+}
+
+/// Serves `filter` over TLS on `listener` until `shutdown` completes; then
+/// stops accepting, lets in-flight requests finish (bounded), and returns.
+pub async fn serve(
+    listener: TcpListener,
+    config: Arc<ServerConfig>,
+    filter: BoxedFilter<(Response,)>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let local: Option<SocketAddr> = listener.local_addr().ok();
+    tracing::info!(addr = ?local, "https server listening");
+    let acceptor = TlsAcceptor::from(config);
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors and the like: back off briefly.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let acceptor = acceptor.clone();
+        let service = TowerToHyperService::new(warp::service(filter.clone()));
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(error)) => {
+                    tracing::debug!(%peer, %error, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT);
+            let connection = builder
+                .serve_connection(TokioIo::new(tls), service)
+                .into_owned();
+            if let Err(error) = watcher.watch(connection).await {
+                tracing::debug!(%peer, %error, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(addr = ?local, "connections still open after the drain timeout");
+    }
+    tracing::info!(addr = ?local, "https server stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_pair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+        let issued = rcgen::generate_simple_self_signed(vec![name.to_owned()]).unwrap();
+        let cert = dir.join("tls.crt");
+        let key = dir.join("tls.key");
+        std::fs::write(&cert, issued.cert.pem()).unwrap();
+        std::fs::write(&key, issued.signing_key.serialize_pem()).unwrap();
+        (cert, key)
+    }
+
+    #[test]
+    fn reload_serves_new_files_and_keeps_the_old_pair_when_the_new_one_is_broken() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = write_pair(dir.path(), "first.example");
+        let served = ReloadingCertificate::load(&cert, &key).unwrap();
+        let first = served.current();
+        assert_eq!(served.reload().unwrap(), Reload::Unchanged);
+
+        write_pair(dir.path(), "second.example");
+        assert_eq!(served.reload().unwrap(), Reload::Replaced);
+        let second = served.current();
+        assert_ne!(first.cert, second.cert);
+
+        std::fs::write(&key, "not a key").unwrap();
+        let error = served.reload().unwrap_err().to_string();
+        assert!(error.contains("tls.key"), "{error}");
+        assert_eq!(served.current().cert, second.cert);
+    }
+
+    #[test]
+    fn a_key_that_does_not_match_the_certificate_is_refused() {
+        let one = tempfile::tempdir().unwrap();
+        let other = tempfile::tempdir().unwrap();
+        let (cert, _) = write_pair(one.path(), "one.example");
+        let (_, key) = write_pair(other.path(), "other.example");
+        let error = ReloadingCertificate::load(&cert, &key).unwrap_err();
+        assert!(matches!(error, TlsError::Mismatch { .. }), "{error}");
+    }
+}
