@@ -1,2 +1,7 @@
 //! ferry's admission webhook library: the pure mutation from a pod to the
-//! patch that injects the ferry sidecar.
+//! patch that injects the ferry sidecar, the AdmissionReview handling
+//! around it, and the MutatingWebhookConfiguration that routes pods to it.
+
+pub mod annotations;
+pub mod config;
+pub mod mutation;
