@@ -1,0 +1,229 @@
+//! The webhook's servers: AdmissionReview over HTTPS at `/mutate`, and the
+//! admin port (`/livez`, `/readyz`, `/metrics`), with the Grant index kept
+//! in step by a watch and the serving certificate reloaded on change.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ferry_operator::admin::{self, AdminState, Readiness};
+use ferry_operator::grant_index::GrantIndex;
+use ferry_operator::https::{self, ReloadingCertificate, TlsError};
+use ferry_operator::resources::Grant;
+use k8s_openapi::jiff::Timestamp;
+use prometheus::Registry;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use warp::Filter;
+use warp::filters::BoxedFilter;
+use warp::http::StatusCode;
+use warp::reply::{Reply, Response};
+
+use crate::admission::{Decision, review_pod_admission};
+use crate::config::InjectionConfig;
+use crate::metrics::WebhookMetrics;
+
+/// The path the apiserver posts AdmissionReviews to.
+pub const MUTATE_PATH: &str = "/mutate";
+
+/// The largest request body accepted. The apiserver caps objects at about
+/// 3 MiB; a review wraps one pod (twice, for updates).
+pub const MAX_BODY_BYTES: u64 = 7 * 1024 * 1024;
+
+/// What the `/mutate` handler needs.
+#[derive(Clone, Debug)]
+pub struct WebhookState {
+    /// What to inject.
+    pub config: Arc<InjectionConfig>,
+    /// Who holds which Grants.
+    pub grants: GrantIndex,
+    /// Counters and latencies.
+    pub metrics: WebhookMetrics,
+}
+
+/// The `/mutate` route, answering every failure with a JSON error body.
+pub fn mutate_route(state: WebhookState) -> BoxedFilter<(Response,)> {
+    warp::path("mutate")
+        .and(warp::path::end())
+        .and(warp::post())
+        .and(warp::body::content_length_limit(MAX_BODY_BYTES))
+        .and(warp::body::bytes())
+        .map(move |body: Bytes| answer(&state, &body))
+        .recover(move |rejection| async move { Ok::<_, Infallible>(rejected(rejection)) })
+        .unify()
+        .boxed()
+}
+
+fn answer(state: &WebhookState, body: &[u8]) -> Response {
+    let started = Instant::now();
+    if !state.grants.is_synced() {
+        state.metrics.observe_bad_request(503);
+        return error_reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ferry webhook is starting: its Grant index has not been filled from the apiserver yet",
+        );
+    }
+    match review_pod_admission(body, &state.config, &state.grants, Timestamp::now()) {
+        Ok(reviewed) => {
+            let reply = warp::reply::json(&reviewed.review).into_response();
+            state.metrics.observe(&reviewed.decision, started.elapsed());
+            match &reviewed.decision {
+                Decision::Untouched(reason) => {
+                    tracing::debug!(pod = %reviewed.pod, reason, "admitted untouched");
+                }
+                Decision::Injected { secrets, warned } => {
+                    tracing::info!(pod = %reviewed.pod, secrets, warned, "sidecar injected");
+                }
+                Decision::Refused(reason) => {
+                    tracing::info!(pod = %reviewed.pod, reason, "pod refused");
+                }
+            }
+            reply
+        }
+        Err(bad) => {
+            state.metrics.observe_bad_request(400);
+            tracing::warn!(error = %bad, "malformed admission request");
+            error_reply(StatusCode::BAD_REQUEST, &bad.to_string())
+        }
+    }
+}
+
+/// The JSON error shape every ferry HTTPS endpoint uses.
+fn error_reply(status: StatusCode, message: &str) -> Response {
+    let body = serde_json::json!({"error": {"code": status.as_u16(), "message": message}});
+    warp::reply::with_status(warp::reply::json(&body), status).into_response()
+}
+
+fn rejected(rejection: warp::Rejection) -> Response {
+    let (status, message) = if rejection.is_not_found() {
+        (
+            StatusCode::NOT_FOUND,
+            format!("not found: this webhook serves POST {MUTATE_PATH}"),
+        )
+    } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
+        (
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{MUTATE_PATH} takes POST"),
+        )
+    } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
+        (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body is larger than {MAX_BODY_BYTES} bytes"),
+        )
+    } else if rejection.find::<warp::reject::LengthRequired>().is_some() {
+        (
+            StatusCode::LENGTH_REQUIRED,
+            "request has no Content-Length".to_owned(),
+        )
+    } else {
+        (
+            StatusCode::BAD_REQUEST,
+            format!("bad request: {rejection:?}"),
+        )
+    };
+    error_reply(status, &message)
+}
+
+/// Everything [`serve`] needs besides the apiserver client.
+pub struct ServeOptions {
+    /// Where AdmissionReviews arrive (TLS).
+    pub listener: TcpListener,
+    /// Where `/livez`, `/readyz` and `/metrics` are served (plain HTTP).
+    pub admin_listener: TcpListener,
+    /// The serving certificate.
+    pub certificate: Arc<ReloadingCertificate>,
+    /// How often the certificate files are checked for changes.
+    pub reload_interval: Duration,
+    /// What to inject.
+    pub config: InjectionConfig,
+}
+
+/// Runs the webhook until `shutdown` is cancelled: watches Grants, serves
+/// admission and admin requests, reloads the certificate. Ready once the
+/// Grant index is filled. On shutdown, stops accepting and drains.
+pub async fn serve(
+    client: kube::Client,
+    options: ServeOptions,
+    registry: Registry,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
+    let metrics = WebhookMetrics::new(&registry)?;
+    let tls = Arc::new(https::server_config(Arc::clone(&options.certificate))?);
+    let grants = GrantIndex::new();
+    let readiness = Readiness::not_ready("the Grant index is not filled yet");
+    let state = WebhookState {
+        config: Arc::new(options.config),
+        grants: grants.clone(),
+        metrics: metrics.clone(),
+    };
+
+    let mut tasks = tokio::task::JoinSet::new();
+    {
+        let (grants, shutdown) = (grants.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            grants
+                .maintain(kube::Api::<Grant>::all(client), shutdown)
+                .await
+        });
+    }
+    {
+        let (grants, readiness, shutdown) = (grants.clone(), readiness.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = grants.wait_synced() => readiness.set_ready(),
+            }
+            // Keep the gauge current; the index changes with every watch event.
+            loop {
+                metrics.set_grants(grants.len());
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_secs(5)) => {}
+                }
+            }
+        });
+    }
+    {
+        let (certificate, shutdown) = (options.certificate, shutdown.clone());
+        let interval = options.reload_interval;
+        tasks.spawn(async move { certificate.reload_every(interval, shutdown).await });
+    }
+    {
+        let admin_state = AdminState {
+            readiness: readiness.clone(),
+            registry,
+        };
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            admin::serve_admin(
+                options.admin_listener,
+                admin_state,
+                shutdown.cancelled_owned(),
+            )
+            .await;
+        });
+    }
+    {
+        let shutdown = shutdown.clone();
+        let route = mutate_route(state);
+        tasks.spawn(async move {
+            https::serve(options.listener, tls, route, shutdown.cancelled_owned()).await;
+        });
+    }
+    shutdown.cancelled().await;
+    readiness.set_not_ready("shutting down");
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// Why the webhook could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// TLS setup failed.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// Metrics could not be registered.
+    #[error("registering metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
