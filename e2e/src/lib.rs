@@ -13,10 +13,12 @@ mod crds;
 mod operator;
 pub mod pki;
 mod process;
+mod webhook;
 
 pub use cluster::{Cluster, controlplane_bin_dir};
 pub use crds::install_crds;
 pub use operator::RunningOperator;
+pub use webhook::{RunningWebhook, wait_webhook_active};
 
 /// Polls `check` until it returns `Some`, and returns that; panics with
 /// `what` after `deadline`. Tests wait on conditions, never fixed sleeps.
@@ -35,6 +37,89 @@ where
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
+}
+
+/// One plain-HTTP reply, as read by [`http_get`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpReply {
+    /// The status code.
+    pub status: u16,
+    /// The Content-Type header, if any.
+    pub content_type: Option<String>,
+    /// The body.
+    pub body: String,
+}
+
+/// One HTTP/1.1 GET over a fresh connection, enough for admin ports
+/// (`/livez`, `/readyz`, `/metrics`).
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> Result<HttpReply, HarnessError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let io = |source| HarnessError::Io {
+        what: format!("GET http://{addr}{path}"),
+        source,
+    };
+    let mut stream = tokio::net::TcpStream::connect(addr).await.map_err(io)?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.map_err(io)?;
+    let mut response = String::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        stream.read_to_string(&mut response),
+    )
+    .await
+    .map_err(|_| HarnessError::Process(format!("GET http://{addr}{path} timed out")))?
+    .map_err(io)?;
+    let malformed = || HarnessError::Process(format!("GET http://{addr}{path}: malformed reply"));
+    let (head, body) = response.split_once("\r\n\r\n").ok_or_else(malformed)?;
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|line| line.split(' ').nth(1))
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(malformed)?;
+    let content_type = lines
+        .filter_map(|line| line.split_once(':'))
+        .find(|(name, _)| name.eq_ignore_ascii_case("content-type"))
+        .map(|(_, value)| value.trim().to_owned());
+    Ok(HttpReply {
+        status,
+        content_type,
+        body: body.to_owned(),
+    })
+}
+
+/// Builds the binary of workspace package `package` (a no-op when up to
+/// date, in the same profile and target directory as the caller) and
+/// returns its path. For tests and the demo, which run ferry's binaries as
+/// a Deployment would.
+pub fn workspace_binary(package: &str) -> Result<std::path::PathBuf, HarnessError> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = std::process::Command::new(cargo)
+        .args(["build", "--quiet", "-p", package, "--bin", package])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .map_err(|source| HarnessError::Io {
+            what: format!("running cargo build -p {package}"),
+            source,
+        })?;
+    if !status.success() {
+        return Err(HarnessError::Build(format!(
+            "cargo build -p {package} failed: {status}"
+        )));
+    }
+    // Tests run from <target>/debug/deps/, binaries from <target>/debug/.
+    let exe = std::env::current_exe().map_err(|source| HarnessError::Io {
+        what: "locating the running executable".into(),
+        source,
+    })?;
+    let mut dir = exe
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    Ok(dir.join(package))
 }
 
 /// Why the harness could not do what it was asked.

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use ferry_e2e::{Cluster, eventually, install_crds};
+use ferry_e2e::{Cluster, eventually, install_crds, workspace_binary};
 use ferry_operator::resources::{AccessPolicy, BrokeredSecret, Grant};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Client;
@@ -17,29 +17,6 @@ use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(60);
-
-/// Builds the operator binary (a no-op when up to date) and returns it.
-fn operator_binary() -> PathBuf {
-    let status = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "--quiet",
-            "-p",
-            "ferry-operator",
-            "--bin",
-            "ferry-operator",
-        ])
-        .status()
-        .unwrap();
-    assert!(status.success(), "cargo build -p ferry-operator failed");
-    // This test runs from <target>/debug/deps/; the binary is in <target>/debug/.
-    let exe = std::env::current_exe().unwrap();
-    exe.parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("ferry-operator")
-}
 
 /// A replica that is killed if the test fails before it stops.
 struct Replica(Child);
@@ -94,7 +71,7 @@ async fn grant_and_wait(client: &Client, ns: &str, shop: &str, policy: &str) {
 
 #[tokio::test]
 async fn two_replicas_elect_one_leader_that_hands_over_on_sigterm() {
-    let binary = operator_binary();
+    let binary = workspace_binary("ferry-operator").unwrap();
     let cluster = Cluster::start().await.unwrap();
     let client = cluster.client().unwrap();
     install_crds(&client).await.unwrap();

@@ -211,6 +211,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             certificate,
             reload_interval: Duration::from_secs(args.tls_reload_seconds.max(1)),
             config,
+            readiness: ferry_operator::admin::Readiness::not_ready("starting"),
         },
         prometheus::Registry::new(),
         shutdown,

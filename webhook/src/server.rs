@@ -137,6 +137,9 @@ pub struct ServeOptions {
     pub reload_interval: Duration,
     /// What to inject.
     pub config: InjectionConfig,
+    /// Set ready once the Grant index is filled, and not ready again at
+    /// shutdown; backs `/readyz`.
+    pub readiness: Readiness,
 }
 
 /// Runs the webhook until `shutdown` is cancelled: watches Grants, serves
@@ -151,7 +154,8 @@ pub async fn serve(
     let metrics = WebhookMetrics::new(&registry)?;
     let tls = Arc::new(https::server_config(Arc::clone(&options.certificate))?);
     let grants = GrantIndex::new();
-    let readiness = Readiness::not_ready("the Grant index is not filled yet");
+    let readiness = options.readiness;
+    readiness.set_not_ready("the Grant index is not filled yet");
     let state = WebhookState {
         config: Arc::new(options.config),
         grants: grants.clone(),

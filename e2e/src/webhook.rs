@@ -1,0 +1,261 @@
+//! ferry's webhook running in-process against a harness cluster, served
+//! over real TLS on 127.0.0.1 and registered with the apiserver by the same
+//! MutatingWebhookConfiguration the chart installs.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use ferry_operator::admin::Readiness;
+use ferry_operator::https::ReloadingCertificate;
+use ferry_webhook::config::InjectionConfig;
+use ferry_webhook::configuration::{
+    CONFIGURATION_NAME, WebhookEndpoint, mutating_webhook_configuration,
+};
+use ferry_webhook::server::{ServeOptions, serve};
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use tokio_util::sync::CancellationToken;
+
+use crate::{Cluster, HarnessError};
+
+/// How long [`RunningWebhook::start`] waits for the Grant index to fill.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The webhook on a thread of its own (with its own tokio runtime), serving
+/// HTTPS on a free loopback port. Stopped on drop.
+pub struct RunningWebhook {
+    shutdown: CancellationToken,
+    thread: Option<JoinHandle<()>>,
+    addr: SocketAddr,
+    admin_addr: SocketAddr,
+    ca_pem: String,
+    registry: prometheus::Registry,
+}
+
+impl RunningWebhook {
+    /// Starts the webhook with `config` against `cluster`, with a serving
+    /// certificate for 127.0.0.1 from the cluster's authority, and waits
+    /// until it is ready (its Grant index filled).
+    pub fn start(cluster: &Cluster, config: InjectionConfig) -> Result<Self, HarnessError> {
+        static STARTED: AtomicU32 = AtomicU32::new(0);
+        let stem = format!("webhook-{}", STARTED.fetch_add(1, Ordering::Relaxed));
+        let files =
+            cluster
+                .authority()
+                .serving_cert(&["127.0.0.1", "localhost"], cluster.dir(), &stem)?;
+        let certificate = ReloadingCertificate::load(&files.cert, &files.key)
+            .map_err(|e| HarnessError::Process(format!("webhook certificate: {e}")))?;
+        let bind = |what: &str| {
+            let listener =
+                std::net::TcpListener::bind("127.0.0.1:0").map_err(|source| HarnessError::Io {
+                    what: format!("binding the webhook's {what} port"),
+                    source,
+                })?;
+            listener
+                .set_nonblocking(true)
+                .map_err(|source| HarnessError::Io {
+                    what: format!("configuring the webhook's {what} port"),
+                    source,
+                })?;
+            Ok::<_, HarnessError>(listener)
+        };
+        let (listener, admin_listener) = (bind("https")?, bind("admin")?);
+        let local = |listener: &std::net::TcpListener| {
+            listener.local_addr().map_err(|source| HarnessError::Io {
+                what: "reading a webhook port".into(),
+                source,
+            })
+        };
+        let (addr, admin_addr) = (local(&listener)?, local(&admin_listener)?);
+
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .map_err(|source| HarnessError::Io {
+                what: "starting the webhook's runtime".into(),
+                source,
+            })?;
+        let shutdown = CancellationToken::new();
+        let readiness = Readiness::not_ready("starting");
+        let registry = prometheus::Registry::new();
+        let kube_config = cluster.config().clone();
+        let (token, thread_readiness, thread_registry) =
+            (shutdown.clone(), readiness.clone(), registry.clone());
+        let thread = std::thread::Builder::new()
+            .name(stem)
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let client = match kube::Client::try_from(kube_config) {
+                        Ok(client) => client,
+                        Err(error) => return tracing::error!(%error, "webhook client"),
+                    };
+                    let (listener, admin_listener) = match (
+                        tokio::net::TcpListener::from_std(listener),
+                        tokio::net::TcpListener::from_std(admin_listener),
+                    ) {
+                        (Ok(listener), Ok(admin)) => (listener, admin),
+                        _ => return tracing::error!("webhook listeners"),
+                    };
+                    let options = ServeOptions {
+                        listener,
+                        admin_listener,
+                        certificate,
+                        reload_interval: Duration::from_secs(1),
+                        config,
+                        readiness: thread_readiness,
+                    };
+                    if let Err(error) = serve(client, options, thread_registry, token).await {
+                        tracing::error!(%error, "webhook stopped");
+                    }
+                });
+            })
+            .map_err(|source| HarnessError::Io {
+                what: "starting the webhook's thread".into(),
+                source,
+            })?;
+        let webhook = Self {
+            shutdown,
+            thread: Some(thread),
+            addr,
+            admin_addr,
+            ca_pem: cluster.authority().cert_pem(),
+            registry,
+        };
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while !readiness.is_ready() {
+            if Instant::now() > deadline {
+                return Err(HarnessError::Process(format!(
+                    "webhook not ready after {READY_TIMEOUT:?}: {:?}",
+                    readiness.check()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(webhook)
+    }
+
+    /// The base URL the apiserver reaches the webhook at.
+    pub fn url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    /// The admission server's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The admin server's address (`/livez`, `/readyz`, `/metrics`).
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// The PEM CA that signed the serving certificate.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    /// The webhook's metrics, rendered in the Prometheus text format.
+    pub fn metrics_text(&self) -> String {
+        ferry_operator::admin::render_metrics(&self.registry).unwrap_or_default()
+    }
+
+    /// Registers this webhook with the apiserver (server-side apply of the
+    /// one MutatingWebhookConfiguration, pointed at [`Self::url`]), with
+    /// `ferry_namespace` excluded.
+    pub async fn register(
+        &self,
+        client: &kube::Client,
+        ferry_namespace: &str,
+    ) -> Result<(), HarnessError> {
+        let configuration = mutating_webhook_configuration(
+            &WebhookEndpoint::Url(self.url()),
+            self.ca_pem.as_bytes(),
+            ferry_namespace,
+        );
+        Api::<MutatingWebhookConfiguration>::all(client.clone())
+            .patch(
+                CONFIGURATION_NAME,
+                &PatchParams::apply("ferry-e2e").force(),
+                &Patch::Apply(&configuration),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Removes the MutatingWebhookConfiguration, if present.
+    pub async fn unregister(client: &kube::Client) -> Result<(), HarnessError> {
+        match Api::<MutatingWebhookConfiguration>::all(client.clone())
+            .delete(CONFIGURATION_NAME, &DeleteParams::default())
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// Stops the webhook and waits for it to drain.
+    pub fn stop(mut self) {
+        self.shutdown_and_join();
+    }
+
+    fn shutdown_and_join(&mut self) {
+        self.shutdown.cancel();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for RunningWebhook {
+    fn drop(&mut self) {
+        self.shutdown_and_join();
+    }
+}
+
+/// Waits until the apiserver routes opted-in pods in `namespace` to ferry's
+/// webhook: registration reaches the apiserver's admission chain a moment
+/// after the object is stored. Probes with a dry-run create, which the
+/// webhook refuses (the probe secret is never granted).
+pub async fn wait_webhook_active(
+    client: &kube::Client,
+    namespace: &str,
+) -> Result<(), HarnessError> {
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::PostParams;
+    let probe: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {
+            "name": "ferry-e2e-webhook-probe",
+            "labels": {ferry_sidecar::contract::INJECT_LABEL: "true"},
+            "annotations": {ferry_sidecar::contract::SECRETS_ANNOTATION: "ferry-e2e-probe"},
+        },
+        "spec": {"containers": [{"name": "probe", "image": "probe"}]},
+    }))
+    .map_err(|e| HarnessError::Process(format!("probe pod: {e}")))?;
+    let pods = Api::<Pod>::namespaced(client.clone(), namespace);
+    let params = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        match pods.create(&params, &probe).await {
+            Err(kube::Error::Api(status))
+                if status
+                    .message
+                    .contains(ferry_webhook::configuration::WEBHOOK_NAME) =>
+            {
+                return Ok(());
+            }
+            Ok(_) | Err(_) if Instant::now() > deadline => {
+                return Err(HarnessError::Process(format!(
+                    "the apiserver did not call the webhook within {READY_TIMEOUT:?}"
+                )));
+            }
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
