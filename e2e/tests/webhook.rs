@@ -386,3 +386,37 @@ async fn with_the_webhook_stopped_opted_in_pods_fail_clearly_and_others_still_cr
     let created = pods.create(&PostParams::default(), &plain).await.unwrap();
     assert_eq!(sidecar_count(&created), 0);
 }
+
+#[tokio::test]
+async fn opted_in_pods_in_ferrys_namespace_are_never_sent_to_the_webhook() {
+    let (client, _) = setup("protected").await;
+    let namespace: k8s_openapi::api::core::v1::Namespace =
+        serde_json::from_value(json!({"metadata": {"name": FERRY_NAMESPACE}})).unwrap();
+    match Api::all(client.clone())
+        .create(&PostParams::default(), &namespace)
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(status)) if status.code == 409 => {}
+        Err(error) => panic!("creating {FERRY_NAMESPACE}: {error}"),
+    }
+    // The default service account appears a moment after the namespace.
+    let pods = Api::<Pod>::namespaced(client.clone(), FERRY_NAMESPACE);
+    let mut pod = opted_in("ferry-own", "orders-db");
+    pod["spec"]["serviceAccountName"] = json!("default");
+    let pod: Pod = serde_json::from_value(pod).unwrap();
+    let created = eventually("the pod in ferry's namespace", WAIT, || async {
+        match pods.create(&PostParams::default(), &pod).await {
+            Ok(created) => Some(created),
+            Err(kube::Error::Api(status)) if status.message.contains("serviceaccount") => None,
+            Err(error) => panic!("creating the pod: {error}"),
+        }
+    })
+    .await;
+    assert_eq!(sidecar_count(&created), 0);
+    assert!(
+        !created
+            .annotations()
+            .contains_key(contract::STATUS_ANNOTATION)
+    );
+}
