@@ -93,21 +93,7 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> Result<HttpRepl
 /// returns its path. For tests and the demo, which run ferry's binaries as
 /// a Deployment would.
 pub fn workspace_binary(package: &str) -> Result<std::path::PathBuf, HarnessError> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = std::process::Command::new(cargo)
-        .args(["build", "--quiet", "-p", package, "--bin", package])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .map_err(|source| HarnessError::Io {
-            what: format!("running cargo build -p {package}"),
-            source,
-        })?;
-    if !status.success() {
-        return Err(HarnessError::Build(format!(
-            "cargo build -p {package} failed: {status}"
-        )));
-    }
-    // Tests run from <target>/debug/deps/, binaries from <target>/debug/.
+    // Tests run from <target>/<profile>/deps/, binaries from <target>/<profile>/.
     let exe = std::env::current_exe().map_err(|source| HarnessError::Io {
         what: "locating the running executable".into(),
         source,
@@ -118,6 +104,24 @@ pub fn workspace_binary(package: &str) -> Result<std::path::PathBuf, HarnessErro
         .unwrap_or_default();
     if dir.ends_with("deps") {
         dir.pop();
+    }
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut build = std::process::Command::new(cargo);
+    build
+        .args(["build", "--quiet", "-p", package, "--bin", package])
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    // Benchmarks run from the release directory: build the binary there.
+    if dir.ends_with("release") {
+        build.arg("--release");
+    }
+    let status = build.status().map_err(|source| HarnessError::Io {
+        what: format!("running cargo build -p {package}"),
+        source,
+    })?;
+    if !status.success() {
+        return Err(HarnessError::Build(format!(
+            "cargo build -p {package} failed: {status}"
+        )));
     }
     Ok(dir.join(package))
 }

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use futures::StreamExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
 use kube::Api;
 use kube::runtime::WatchStreamExt;
@@ -44,8 +45,26 @@ struct Entries {
     by_name: HashMap<(String, String), (Subject, SecretReference)>,
 }
 
+/// The Grant as the index keeps it: the spec, and of the metadata only what
+/// names it. Watch events carry managedFields, labels and more, which would
+/// triple the index's memory for nothing.
+fn compact(grant: Grant) -> Grant {
+    let metadata = grant.metadata;
+    Grant {
+        metadata: ObjectMeta {
+            name: metadata.name,
+            namespace: metadata.namespace,
+            uid: metadata.uid,
+            resource_version: metadata.resource_version,
+            ..ObjectMeta::default()
+        },
+        spec: grant.spec,
+    }
+}
+
 impl Entries {
     fn insert(&mut self, grant: Grant) {
+        let grant = compact(grant);
         let Some(namespace) = grant.metadata.namespace.clone() else {
             return;
         };
@@ -217,7 +236,7 @@ impl GrantIndex {
                 }
                 Some(Ok(Event::Init)) => relist = Some(Vec::new()),
                 Some(Ok(Event::InitApply(grant))) => match relist.as_mut() {
-                    Some(grants) => grants.push(grant),
+                    Some(grants) => grants.push(compact(grant)),
                     None => self.apply(grant),
                 },
                 Some(Ok(Event::InitDone)) => {
@@ -257,7 +276,7 @@ pub fn grant_is_valid_at(grant: &Grant, now: Timestamp) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     use super::*;
     use crate::resources::{GrantSpec, PolicyReference};

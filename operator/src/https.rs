@@ -281,6 +281,10 @@ pub async fn serve(
                 }
             },
         };
+        // Replies are small and latency matters more than packet count.
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%peer, %error, "cannot set TCP_NODELAY");
+        }
         let acceptor = acceptor.clone();
         let service = TowerToHyperService::new(warp::service(filter.clone()));
         let watcher = graceful.watcher();

@@ -1,0 +1,317 @@
+//! Load benchmark of the real `ferry-webhook` binary (release build) over
+//! TLS: AdmissionReviews for an opted-in, granted pod at a fixed rate on
+//! keep-alive connections, as the apiserver sends them. Prints client-side
+//! latency percentiles (exact, from send to full reply, TLS and loopback
+//! included), server-side
+//! percentiles (interpolated from the webhook's own histogram), and the
+//! webhook's resident memory idle and under load.
+//!
+//! Not a test: nothing is asserted about the numbers. Run with `make bench`
+//! or `cargo bench -p ferry-e2e --bench webhook_load`. Tunable with
+//! FERRY_BENCH_RATE (requests/s, default 500), FERRY_BENCH_SECONDS
+//! (default 20), FERRY_BENCH_CONNECTIONS (default 4) and FERRY_BENCH_GRANTS
+//! (Grants in the cluster, default 10,000).
+
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ferry_e2e::{Cluster, http_get, install_crds, workspace_binary};
+use ferry_operator::resources::Grant;
+use futures::StreamExt;
+use http_body_util::{BodyExt, Full};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, PostParams};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use serde_json::json;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+struct Webhook(Child);
+
+impl Drop for Webhook {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn free_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// VmRSS and VmHWM of `pid`, in KiB.
+fn memory_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|line| line.starts_with(name))
+            .and_then(|line| line.split_whitespace().nth(1))
+            .and_then(|kib| kib.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// The cumulative buckets of `ferry_webhook_admission_duration_seconds`.
+fn buckets(metrics: &str) -> Vec<(f64, f64)> {
+    metrics
+        .lines()
+        .filter_map(|line| {
+            line.strip_prefix("ferry_webhook_admission_duration_seconds_bucket{le=\"")
+        })
+        .filter_map(|rest| {
+            let (le, count) = rest.split_once("\"} ")?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, count.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// The `q` quantile from the difference of two cumulative histograms,
+/// interpolated linearly inside the bucket it falls in.
+fn histogram_quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> f64 {
+    let counts: Vec<(f64, f64)> = after
+        .iter()
+        .zip(before)
+        .map(|((le, a), (_, b))| (*le, a - b))
+        .collect();
+    let total = counts.last().map(|(_, c)| *c).unwrap_or(0.0);
+    let rank = q * total;
+    let (mut lower, mut below) = (0.0, 0.0);
+    for (le, cumulative) in counts {
+        if cumulative >= rank {
+            if le.is_infinite() {
+                return lower;
+            }
+            let share = if cumulative > below {
+                (rank - below) / (cumulative - below)
+            } else {
+                0.0
+            };
+            return lower + (le - lower) * share;
+        }
+        (lower, below) = (le, cumulative);
+    }
+    lower
+}
+
+fn percentile(sorted: &[Duration], q: f64) -> Duration {
+    let index = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[index]
+}
+
+async fn connect(
+    addr: SocketAddr,
+    tls: &TlsConnector,
+) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.set_nodelay(true).unwrap();
+    let name = ServerName::try_from("127.0.0.1").unwrap();
+    let stream = tls.connect(name, tcp).await.unwrap();
+    let (sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    sender
+}
+
+#[tokio::main]
+async fn main() {
+    let rate = env_or("FERRY_BENCH_RATE", 500);
+    let seconds = env_or("FERRY_BENCH_SECONDS", 20);
+    let connections = env_or("FERRY_BENCH_CONNECTIONS", 4).max(1);
+    let grant_count = env_or("FERRY_BENCH_GRANTS", 10_000).max(2);
+
+    let binary = workspace_binary("ferry-webhook").unwrap();
+    let cluster = Cluster::start().await.unwrap();
+    let client = cluster.client().unwrap();
+    install_crds(&client).await.unwrap();
+    let namespace: Namespace =
+        serde_json::from_value(json!({"metadata": {"name": "orders"}})).unwrap();
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &namespace)
+        .await
+        .unwrap();
+    // The fixture's two Grants among 10,000, as in a busy cluster.
+    let grants = Api::<Grant>::namespaced(client.clone(), "orders");
+    futures::stream::iter(0..grant_count)
+        .map(|i| {
+            let grants = grants.clone();
+            async move {
+                let (sa, secret) = match i {
+                    0 => ("api".to_owned(), ("orders", "orders-db")),
+                    1 => ("api".to_owned(), ("payments", "orders-key")),
+                    _ => (format!("sa-{i}"), ("orders", "orders-db")),
+                };
+                let grant: Grant = serde_json::from_value(json!({
+                    "apiVersion": "ferry.dev/v1alpha1", "kind": "Grant",
+                    "metadata": {"name": format!("g-{i}")},
+                    "spec": {"serviceAccount": sa, "secret": {"namespace": secret.0, "name": secret.1},
+                             "maxTtl": "1h", "policy": {"namespace": secret.0, "name": "p", "uid": "u"}},
+                }))
+                .unwrap();
+                grants.create(&PostParams::default(), &grant).await.unwrap();
+            }
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<()>>()
+        .await;
+
+    let files = cluster
+        .authority()
+        .serving_cert(&["127.0.0.1"], cluster.dir(), "bench-webhook")
+        .unwrap();
+    let (addr, admin) = (free_port(), free_port());
+    let webhook = Webhook(
+        Command::new(&binary)
+            .args(["run", "--log-format", "json"])
+            .args(["--listen-addr", &addr.to_string()])
+            .args(["--admin-addr", &admin.to_string()])
+            .arg("--tls-cert")
+            .arg(&files.cert)
+            .arg("--tls-key")
+            .arg(&files.key)
+            .env("KUBECONFIG", cluster.kubeconfig())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let started = Instant::now();
+    loop {
+        if let Ok(reply) = http_get(admin, "/readyz").await
+            && reply.status == 200
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "webhook not ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let pid = webhook.0.id();
+    let idle = memory_kib(pid);
+
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(cluster.ca_pem().as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let tls = TlsConnector::from(Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    ));
+    let body = Bytes::from(
+        std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../webhook/tests/fixtures/create_opted_in_pod.json"
+        ))
+        .unwrap(),
+    );
+
+    // Warm up: connections, TLS sessions, allocator.
+    let run = |duration: Duration| {
+        let (tls, body) = (tls.clone(), body.clone());
+        async move {
+            let interval = Duration::from_secs_f64(connections as f64 / rate as f64);
+            let mut tasks = Vec::new();
+            for c in 0..connections {
+                let (tls, body) = (tls.clone(), body.clone());
+                tasks.push(tokio::spawn(async move {
+                    let mut sender = connect(addr, &tls).await;
+                    // Stagger the connections across one interval.
+                    tokio::time::sleep(interval.mul_f64(c as f64 / connections as f64)).await;
+                    let mut ticks = tokio::time::interval(interval);
+                    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+                    let end = Instant::now() + duration;
+                    let mut latencies = Vec::new();
+                    while Instant::now() < end {
+                        ticks.tick().await;
+                        let sent = Instant::now();
+                        let request = hyper::Request::post("/mutate")
+                            .header("host", "127.0.0.1")
+                            .header("content-type", "application/json")
+                            .header("content-length", body.len())
+                            .body(Full::new(body.clone()))
+                            .unwrap();
+                        let response = sender.send_request(request).await.unwrap();
+                        assert_eq!(response.status(), 200);
+                        let reply = response.into_body().collect().await.unwrap().to_bytes();
+                        latencies.push(sent.elapsed());
+                        assert!(reply.starts_with(b"{\"apiVersion\""));
+                    }
+                    latencies
+                }));
+            }
+            let mut all = Vec::new();
+            for task in tasks {
+                all.extend(task.await.unwrap());
+            }
+            all
+        }
+    };
+    run(Duration::from_secs(2)).await;
+
+    let before = buckets(&http_get(admin, "/metrics").await.unwrap().body);
+    let wall = Instant::now();
+    let mut latencies = run(Duration::from_secs(seconds)).await;
+    let wall = wall.elapsed();
+    let after = buckets(&http_get(admin, "/metrics").await.unwrap().body);
+    let loaded = memory_kib(pid);
+    latencies.sort();
+
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!();
+    println!("ferry-webhook under load (release build, TLS 1.3, HTTP/1.1 keep-alive)");
+    println!(
+        "  offered: {rate} req/s on {connections} connections for {seconds}s; achieved {:.0} req/s ({} requests)",
+        latencies.len() as f64 / wall.as_secs_f64(),
+        latencies.len()
+    );
+    println!(
+        "  server-side (histogram, interpolated): p50 {:.3} ms  p99 {:.3} ms",
+        histogram_quantile(&before, &after, 0.50) * 1000.0,
+        histogram_quantile(&before, &after, 0.99) * 1000.0
+    );
+    println!(
+        "  client-side (exact, incl. TLS+loopback): p50 {:.3} ms  p99 {:.3} ms  max {:.3} ms",
+        ms(percentile(&latencies, 0.50)),
+        ms(percentile(&latencies, 0.99)),
+        ms(*latencies.last().unwrap())
+    );
+    println!(
+        "  webhook RSS: idle {:.1} MiB, after load {:.1} MiB (peak {:.1} MiB), {grant_count} Grants indexed",
+        idle.0 as f64 / 1024.0,
+        loaded.0 as f64 / 1024.0,
+        loaded.1 as f64 / 1024.0
+    );
+    println!("  goal: p99 < 5 ms");
+}
