@@ -39,6 +39,16 @@ impl RunningWebhook {
     /// certificate for 127.0.0.1 from the cluster's authority, and waits
     /// until it is ready (its Grant index filled).
     pub fn start(cluster: &Cluster, config: InjectionConfig) -> Result<Self, HarnessError> {
+        Self::start_as(cluster, cluster.config().clone(), config)
+    }
+
+    /// Like [`Self::start`], reaching the apiserver with `kube_config`
+    /// (such as one impersonating the webhook's service account).
+    pub fn start_as(
+        cluster: &Cluster,
+        kube_config: kube::Config,
+        config: InjectionConfig,
+    ) -> Result<Self, HarnessError> {
         static STARTED: AtomicU32 = AtomicU32::new(0);
         let stem = format!("webhook-{}", STARTED.fetch_add(1, Ordering::Relaxed));
         let files =
@@ -81,7 +91,6 @@ impl RunningWebhook {
         let shutdown = CancellationToken::new();
         let readiness = Readiness::not_ready("starting");
         let registry = prometheus::Registry::new();
-        let kube_config = cluster.config().clone();
         let (token, thread_readiness, thread_registry) =
             (shutdown.clone(), readiness.clone(), registry.clone());
         let thread = std::thread::Builder::new()

@@ -420,3 +420,83 @@ async fn opted_in_pods_in_ferrys_namespace_are_never_sent_to_the_webhook() {
             .contains_key(contract::STATUS_ANNOTATION)
     );
 }
+
+#[tokio::test]
+async fn webhook_does_its_job_with_exactly_its_documented_rbac() {
+    let cluster = Cluster::start().await.unwrap();
+    let client = cluster.client().unwrap();
+    install_crds(&client).await.unwrap();
+    let rbac = concat!(env!("CARGO_MANIFEST_DIR"), "/../rbac/webhook.yaml");
+    for args in [
+        vec!["create", "namespace", FERRY_NAMESPACE],
+        vec!["apply", "-f", rbac],
+    ] {
+        let output = cluster.kubectl().args(&args).output().unwrap();
+        assert!(output.status.success(), "kubectl {args:?}: {output:?}");
+    }
+    let subject = format!("--as=system:serviceaccount:{FERRY_NAMESPACE}:ferry-webhook");
+    for (verb, resource, expected) in [
+        ("watch", "grants.ferry.dev", "yes"),
+        ("get", "secrets", "no"),
+        ("list", "pods", "no"),
+        ("create", "grants.ferry.dev", "no"),
+    ] {
+        let output = cluster
+            .kubectl()
+            .args([
+                "auth",
+                "can-i",
+                verb,
+                resource,
+                "--all-namespaces",
+                &subject,
+            ])
+            .output()
+            .unwrap();
+        let answer = String::from_utf8_lossy(&output.stdout);
+        assert_eq!(
+            answer.trim(),
+            expected,
+            "can the webhook {verb} {resource}?"
+        );
+    }
+    let ns = cluster.create_namespace("rbac").await.unwrap();
+    apply::<ServiceAccount>(&client, &ns, json!({"metadata": {"name": "checkout"}})).await;
+    // A Grant as the operator would write it (no operator runs here).
+    apply::<Grant>(
+        &client,
+        &ns,
+        json!({
+            "apiVersion": "ferry.dev/v1alpha1", "kind": "Grant",
+            "metadata": {"name": "orders-db-for-checkout"},
+            "spec": {"serviceAccount": "checkout", "secret": {"namespace": ns, "name": "orders-db"},
+                     "maxTtl": "1h", "policy": {"namespace": ns, "name": "p", "uid": "u"}},
+        }),
+    )
+    .await;
+
+    let mut as_webhook = cluster.config().clone();
+    as_webhook.auth_info.impersonate = Some(format!(
+        "system:serviceaccount:{FERRY_NAMESPACE}:ferry-webhook"
+    ));
+    as_webhook.auth_info.impersonate_groups = Some(vec![
+        "system:serviceaccounts".into(),
+        format!("system:serviceaccounts:{FERRY_NAMESPACE}"),
+    ]);
+    let webhook = RunningWebhook::start_as(&cluster, as_webhook, webhook_config()).unwrap();
+    webhook.register(&client, FERRY_NAMESPACE).await.unwrap();
+    wait_webhook_active(&client, &ns).await.unwrap();
+
+    let injected = create_granted_pod(&client, &ns, opted_in("api", "orders-db")).await;
+    assert_injected_once(&injected);
+    let pod: Pod = serde_json::from_value(opted_in("greedy", "orders-db, cards")).unwrap();
+    let error = Api::<Pod>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &pod)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains(&format!("has no Grant for BrokeredSecret {ns}/cards")),
+        "{error}"
+    );
+}
