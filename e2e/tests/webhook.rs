@@ -500,3 +500,35 @@ async fn webhook_does_its_job_with_exactly_its_documented_rbac() {
         "{error}"
     );
 }
+
+#[tokio::test]
+async fn the_readme_examples_apply_and_their_pod_is_injected() {
+    let (client, _) = setup("examples").await;
+    let cluster = Cluster::shared().await.unwrap();
+    let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
+    let applied = cluster
+        .kubectl()
+        .args(["apply", "-f", &format!("{examples}/access.yaml")])
+        .output()
+        .unwrap();
+    assert!(applied.status.success(), "{applied:?}");
+    let pod: Pod =
+        serde_yaml::from_str(&std::fs::read_to_string(format!("{examples}/pod.yaml")).unwrap())
+            .unwrap();
+    let namespace = pod.namespace().unwrap();
+    let created =
+        create_granted_pod(&client, &namespace, serde_json::to_value(&pod).unwrap()).await;
+    assert_injected_once(&created);
+    // The example runs as 1000 with fsGroup 1000: so does the sidecar.
+    let sidecar = &created
+        .spec
+        .as_ref()
+        .unwrap()
+        .init_containers
+        .as_ref()
+        .unwrap()[0];
+    assert_eq!(
+        sidecar.security_context.as_ref().unwrap().run_as_user,
+        Some(1000)
+    );
+}
