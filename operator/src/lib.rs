@@ -8,6 +8,7 @@ pub mod grant_index;
 pub mod grants;
 pub mod https;
 pub mod leader;
+pub mod lifecycle;
 pub mod metrics;
 pub mod resources;
 

@@ -5,10 +5,11 @@ use std::io::Write;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use ferry_operator::admin::{self, AdminState, Readiness};
 use ferry_operator::controller;
 use ferry_operator::leader::{self, LeaderConfig, LeaderElector};
+use ferry_operator::lifecycle::{LogFormat, cancel_on_signal, init_tracing};
 use ferry_operator::metrics::OperatorMetrics;
 use tokio_util::sync::CancellationToken;
 
@@ -51,32 +52,11 @@ struct RunArgs {
     log_format: LogFormat,
 }
 
-/// How logs are written.
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum LogFormat {
-    /// One JSON object per line.
-    Json,
-    /// Human-readable text.
-    Text,
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Commands::Run(args) => run(args).await,
         Commands::Crds { out_dir } => print_crds(out_dir.as_deref()),
-    }
-}
-
-fn init_tracing(format: LogFormat) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
     }
 }
 
@@ -140,24 +120,6 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let _ = admin.await;
     tracing::info!("stopped");
     outcome
-}
-
-/// Cancels `shutdown` on SIGTERM (pod deletion) or SIGINT (Ctrl-C).
-async fn cancel_on_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let terminate = signal(SignalKind::terminate());
-    match terminate {
-        Ok(mut terminate) => tokio::select! {
-            _ = terminate.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        },
-        Err(error) => {
-            tracing::warn!(%error, "cannot listen for SIGTERM; only Ctrl-C stops the operator");
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-    tracing::info!("shutting down");
-    shutdown.cancel();
 }
 
 fn print_crds(out_dir: Option<&std::path::Path>) -> anyhow::Result<()> {

@@ -6,8 +6,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use ferry_operator::https::{self, ReloadingCertificate};
+use ferry_operator::lifecycle::{LogFormat, cancel_on_signal, init_tracing};
 use ferry_webhook::config::{InjectionConfig, MissingGrant};
 use ferry_webhook::configuration::{WebhookEndpoint, mutating_webhook_configuration_yaml};
 use ferry_webhook::server::{self, ServeOptions};
@@ -131,32 +132,11 @@ struct ConfigurationArgs {
     ca_bundle_file: Option<PathBuf>,
 }
 
-/// How logs are written.
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum LogFormat {
-    /// One JSON object per line.
-    Json,
-    /// Human-readable text.
-    Text,
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Commands::Run(args) => run(*args).await,
         Commands::Configuration(args) => print_configuration(&args),
-    }
-}
-
-fn init_tracing(format: LogFormat) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
     }
 }
 
@@ -219,23 +199,6 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     .await?;
     tracing::info!("ferry-webhook stopped");
     Ok(())
-}
-
-/// Cancels `shutdown` on SIGTERM (the kubelet) or SIGINT (a terminal).
-async fn cancel_on_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop with SIGKILL");
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
-    }
-    shutdown.cancel();
 }
 
 fn print_configuration(args: &ConfigurationArgs) -> anyhow::Result<()> {
