@@ -8,6 +8,7 @@
 //! against the real thing. There is no kubelet: pods are stored and stay
 //! Pending unless a test stands in for the node.
 
+mod background;
 mod cluster;
 mod crds;
 mod operator;

@@ -4,9 +4,10 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::background::Background;
+use crate::{Cluster, HarnessError};
 use ferry_operator::admin::Readiness;
 use ferry_operator::https::ReloadingCertificate;
 use ferry_webhook::config::InjectionConfig;
@@ -16,9 +17,6 @@ use ferry_webhook::configuration::{
 use ferry_webhook::server::{ServeOptions, serve};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
-use tokio_util::sync::CancellationToken;
-
-use crate::{Cluster, HarnessError};
 
 /// How long [`RunningWebhook::start`] waits for the Grant index to fill.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -26,8 +24,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// The webhook on a thread of its own (with its own tokio runtime), serving
 /// HTTPS on a free loopback port. Stopped on drop.
 pub struct RunningWebhook {
-    shutdown: CancellationToken,
-    thread: Option<JoinHandle<()>>,
+    background: Background,
     addr: SocketAddr,
     admin_addr: SocketAddr,
     ca_pem: String,
@@ -80,54 +77,35 @@ impl RunningWebhook {
         };
         let (addr, admin_addr) = (local(&listener)?, local(&admin_listener)?);
 
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .map_err(|source| HarnessError::Io {
-                what: "starting the webhook's runtime".into(),
-                source,
-            })?;
-        let shutdown = CancellationToken::new();
         let readiness = Readiness::not_ready("starting");
         let registry = prometheus::Registry::new();
-        let (token, thread_readiness, thread_registry) =
-            (shutdown.clone(), readiness.clone(), registry.clone());
-        let thread = std::thread::Builder::new()
-            .name(stem)
-            .spawn(move || {
-                runtime.block_on(async move {
-                    let client = match kube::Client::try_from(kube_config) {
-                        Ok(client) => client,
-                        Err(error) => return tracing::error!(%error, "webhook client"),
-                    };
-                    let (listener, admin_listener) = match (
-                        tokio::net::TcpListener::from_std(listener),
-                        tokio::net::TcpListener::from_std(admin_listener),
-                    ) {
-                        (Ok(listener), Ok(admin)) => (listener, admin),
-                        _ => return tracing::error!("webhook listeners"),
-                    };
-                    let options = ServeOptions {
-                        listener,
-                        admin_listener,
-                        certificate,
-                        reload_interval: Duration::from_secs(1),
-                        config,
-                        readiness: thread_readiness,
-                    };
-                    if let Err(error) = serve(client, options, thread_registry, token).await {
-                        tracing::error!(%error, "webhook stopped");
-                    }
-                });
-            })
-            .map_err(|source| HarnessError::Io {
-                what: "starting the webhook's thread".into(),
-                source,
-            })?;
+        let (thread_readiness, thread_registry) = (readiness.clone(), registry.clone());
+        let background = Background::spawn(&stem, move |shutdown| async move {
+            let client = match kube::Client::try_from(kube_config) {
+                Ok(client) => client,
+                Err(error) => return tracing::error!(%error, "webhook client"),
+            };
+            let (listener, admin_listener) = match (
+                tokio::net::TcpListener::from_std(listener),
+                tokio::net::TcpListener::from_std(admin_listener),
+            ) {
+                (Ok(listener), Ok(admin)) => (listener, admin),
+                _ => return tracing::error!("webhook listeners"),
+            };
+            let options = ServeOptions {
+                listener,
+                admin_listener,
+                certificate,
+                reload_interval: Duration::from_secs(1),
+                config,
+                readiness: thread_readiness,
+            };
+            if let Err(error) = serve(client, options, thread_registry, shutdown).await {
+                tracing::error!(%error, "webhook stopped");
+            }
+        })?;
         let webhook = Self {
-            shutdown,
-            thread: Some(thread),
+            background,
             addr,
             admin_addr,
             ca_pem: cluster.authority().cert_pem(),
@@ -208,20 +186,7 @@ impl RunningWebhook {
 
     /// Stops the webhook and waits for it to drain.
     pub fn stop(mut self) {
-        self.shutdown_and_join();
-    }
-
-    fn shutdown_and_join(&mut self) {
-        self.shutdown.cancel();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-impl Drop for RunningWebhook {
-    fn drop(&mut self) {
-        self.shutdown_and_join();
+        self.background.stop();
     }
 }
 
