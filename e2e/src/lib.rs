@@ -40,6 +40,27 @@ where
     }
 }
 
+/// Creates the namespaced object `value` (JSON, as a manifest would say it)
+/// in `namespace`, and returns it as stored.
+pub async fn create_object<K>(
+    client: &kube::Client,
+    namespace: &str,
+    value: serde_json::Value,
+) -> Result<K, HarnessError>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+        + std::fmt::Debug,
+{
+    let object: K = serde_json::from_value(value)
+        .map_err(|e| HarnessError::Process(format!("not a valid object: {e}")))?;
+    Ok(kube::Api::<K>::namespaced(client.clone(), namespace)
+        .create(&kube::api::PostParams::default(), &object)
+        .await?)
+}
+
 /// One plain-HTTP reply, as read by [`http_get`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpReply {

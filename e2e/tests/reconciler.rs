@@ -8,7 +8,7 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use ferry_e2e::{Cluster, RunningOperator, eventually, install_crds};
+use ferry_e2e::{Cluster, RunningOperator, create_object, eventually, install_crds};
 use ferry_operator::resources::{AccessPolicy, BrokeredSecret, Grant};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::api::events::v1::Event;
@@ -30,21 +30,6 @@ async fn setup(prefix: &str) -> (&'static Cluster, Client, String) {
     }
     let ns = cluster.create_namespace(prefix).await.unwrap();
     (cluster, client, ns)
-}
-
-async fn create<K>(client: &Client, ns: &str, value: serde_json::Value) -> K
-where
-    K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + serde::Serialize
-        + std::fmt::Debug,
-{
-    let object: K = serde_json::from_value(value).unwrap();
-    Api::<K>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &object)
-        .await
-        .unwrap()
 }
 
 fn postgres_secret(name: &str) -> serde_json::Value {
@@ -79,9 +64,11 @@ async fn grant_orders_db_to_checkout(
     shop: &str,
     entry: serde_json::Value,
 ) -> Grant {
-    create::<BrokeredSecret>(client, ns, postgres_secret("orders-db")).await;
+    create_object::<BrokeredSecret>(client, ns, postgres_secret("orders-db"))
+        .await
+        .unwrap();
     let p = policy("p", service_account("checkout", shop), json!([entry]));
-    create::<AccessPolicy>(client, ns, p).await;
+    create_object::<AccessPolicy>(client, ns, p).await.unwrap();
     wait_grants(client, shop, "p", 1).await.remove(0)
 }
 
@@ -134,13 +121,17 @@ async fn wait_ready(client: &Client, ns: &str, policy: &str, status: &str, reaso
 async fn policy_yields_a_grant_per_subject_and_secret_and_reports_ready() {
     let (cluster, client, ns) = setup("rec-basic").await;
     let shop = cluster.create_namespace("rec-basic-shop").await.unwrap();
-    create::<BrokeredSecret>(&client, &ns, postgres_secret("orders-db")).await;
-    create::<BrokeredSecret>(&client, &ns, postgres_secret("ledger-db")).await;
+    create_object::<BrokeredSecret>(&client, &ns, postgres_secret("orders-db"))
+        .await
+        .unwrap();
+    create_object::<BrokeredSecret>(&client, &ns, postgres_secret("ledger-db"))
+        .await
+        .unwrap();
     let subjects = json!([
         {"serviceAccount": {"name": "checkout", "namespace": shop}},
         {"serviceAccount": {"name": "refunds", "namespace": shop}},
     ]);
-    create::<AccessPolicy>(
+    create_object::<AccessPolicy>(
         &client,
         &ns,
         policy(
@@ -149,7 +140,8 @@ async fn policy_yields_a_grant_per_subject_and_secret_and_reports_ready() {
             json!([{"name": "orders-db", "maxTtl": "10m"}, {"name": "ledger-db"}]),
         ),
     )
-    .await;
+    .await
+    .unwrap();
 
     let grants = wait_grants(&client, &shop, "shop-reads", 4).await;
     let checkout_orders = grants
@@ -315,14 +307,17 @@ async fn namespace_label_changes_add_and_remove_grants() {
         )
         .await
         .unwrap();
-    create::<BrokeredSecret>(&client, &ns, postgres_secret("orders-db")).await;
+    create_object::<BrokeredSecret>(&client, &ns, postgres_secret("orders-db"))
+        .await
+        .unwrap();
     let subjects = json!([{"namespaceSelector": {"matchLabels": {"ferry-e2e/team": team}}, "serviceAccountName": "batch"}]);
-    create::<AccessPolicy>(
+    create_object::<AccessPolicy>(
         &client,
         &ns,
         policy("p", subjects, json!([{"name": "orders-db"}])),
     )
-    .await;
+    .await
+    .unwrap();
     assert_eq!(
         wait_grants(&client, &a, "p", 1).await[0]
             .spec
@@ -355,8 +350,10 @@ async fn policy_cannot_grant_a_secret_of_another_namespace() {
     let other = cluster.create_namespace("rec-cross-owner").await.unwrap();
     let shop = cluster.create_namespace("rec-cross-shop").await.unwrap();
     // The secret exists, but in `other`: a policy in `ns` cannot reach it.
-    create::<BrokeredSecret>(&client, &other, postgres_secret("orders-db")).await;
-    create::<AccessPolicy>(
+    create_object::<BrokeredSecret>(&client, &other, postgres_secret("orders-db"))
+        .await
+        .unwrap();
+    create_object::<AccessPolicy>(
         &client,
         &ns,
         policy(
@@ -365,7 +362,8 @@ async fn policy_cannot_grant_a_secret_of_another_namespace() {
             json!([{"name": "orders-db"}]),
         ),
     )
-    .await;
+    .await
+    .unwrap();
 
     wait_ready(&client, &ns, "p", "False", "SecretNotFound").await;
     assert!(grants_of(&client, &shop, "p").await.is_empty());
@@ -375,7 +373,9 @@ async fn policy_cannot_grant_a_secret_of_another_namespace() {
 async fn valid_until_expiry_removes_the_grant() {
     let (cluster, client, ns) = setup("rec-expiry").await;
     let shop = cluster.create_namespace("rec-expiry-shop").await.unwrap();
-    create::<BrokeredSecret>(&client, &ns, postgres_secret("orders-db")).await;
+    create_object::<BrokeredSecret>(&client, &ns, postgres_secret("orders-db"))
+        .await
+        .unwrap();
     let until =
         k8s_openapi::jiff::Timestamp::now() + k8s_openapi::jiff::SignedDuration::from_secs(6);
     let mut p = policy(
@@ -384,7 +384,9 @@ async fn valid_until_expiry_removes_the_grant() {
         json!([{"name": "orders-db"}]),
     );
     p["spec"]["validUntil"] = json!(until.to_string());
-    create::<AccessPolicy>(&client, &ns, p).await;
+    create_object::<AccessPolicy>(&client, &ns, p)
+        .await
+        .unwrap();
 
     let grant = wait_grants(&client, &shop, "p", 1).await.remove(0);
     assert!(grant.spec.valid_until.is_some());
@@ -396,9 +398,11 @@ async fn valid_until_expiry_removes_the_grant() {
 async fn bad_policies_get_reasons_and_do_not_stop_good_ones() {
     let (cluster, client, ns) = setup("rec-bad").await;
     let shop = cluster.create_namespace("rec-bad-shop").await.unwrap();
-    create::<BrokeredSecret>(&client, &ns, postgres_secret("orders-db")).await;
+    create_object::<BrokeredSecret>(&client, &ns, postgres_secret("orders-db"))
+        .await
+        .unwrap();
     let sa = service_account("checkout", &shop);
-    create::<AccessPolicy>(
+    create_object::<AccessPolicy>(
         &client,
         &ns,
         policy(
@@ -407,8 +411,9 @@ async fn bad_policies_get_reasons_and_do_not_stop_good_ones() {
             json!([{"name": "orders-db", "maxTtl": "2h"}]),
         ),
     )
-    .await;
-    create::<AccessPolicy>(
+    .await
+    .unwrap();
+    create_object::<AccessPolicy>(
         &client,
         &ns,
         policy(
@@ -417,19 +422,22 @@ async fn bad_policies_get_reasons_and_do_not_stop_good_ones() {
             json!([{"name": "orders-db", "audience": ["api"]}]),
         ),
     )
-    .await;
-    create::<AccessPolicy>(
+    .await
+    .unwrap();
+    create_object::<AccessPolicy>(
         &client,
         &ns,
         policy("missing", sa.clone(), json!([{"name": "nope"}])),
     )
-    .await;
-    create::<AccessPolicy>(
+    .await
+    .unwrap();
+    create_object::<AccessPolicy>(
         &client,
         &ns,
         policy("good", sa, json!([{"name": "orders-db"}])),
     )
-    .await;
+    .await
+    .unwrap();
 
     wait_grants(&client, &shop, "good", 1).await;
     let message = wait_ready(&client, &ns, "too-wide", "False", "InvalidNarrowing").await;
@@ -447,7 +455,9 @@ async fn bad_policies_get_reasons_and_do_not_stop_good_ones() {
 #[tokio::test]
 async fn brokered_secret_ready_follows_its_connection_secret() {
     let (_cluster, client, ns) = setup("rec-bs").await;
-    create::<BrokeredSecret>(&client, &ns, postgres_secret("orders-db")).await;
+    create_object::<BrokeredSecret>(&client, &ns, postgres_secret("orders-db"))
+        .await
+        .unwrap();
     let api = Api::<BrokeredSecret>::namespaced(client.clone(), &ns);
     let condition = |reason: &'static str| {
         let api = api.clone();

@@ -9,7 +9,8 @@
 use std::time::Duration;
 
 use ferry_e2e::{
-    Cluster, RunningOperator, RunningWebhook, eventually, install_crds, wait_webhook_active,
+    Cluster, RunningOperator, RunningWebhook, create_object, eventually, install_crds,
+    wait_webhook_active,
 };
 use ferry_operator::resources::{AccessPolicy, BrokeredSecret, Grant};
 use ferry_sidecar::contract;
@@ -57,26 +58,13 @@ fn webhook_config() -> InjectionConfig {
     }
 }
 
-async fn apply<K>(client: &Client, ns: &str, value: Value) -> K
-where
-    K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + serde::Serialize
-        + std::fmt::Debug,
-{
-    let object: K = serde_json::from_value(value).unwrap();
-    Api::<K>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &object)
-        .await
-        .unwrap()
-}
-
 /// Grants service account `checkout` (created here) the BrokeredSecret
 /// `orders-db` in `ns`, and waits for the Grant.
 async fn grant_orders_db_to_checkout(client: &Client, ns: &str) {
-    apply::<ServiceAccount>(client, ns, json!({"metadata": {"name": "checkout"}})).await;
-    apply::<BrokeredSecret>(
+    create_object::<ServiceAccount>(client, ns, json!({"metadata": {"name": "checkout"}}))
+        .await
+        .unwrap();
+    create_object::<BrokeredSecret>(
         client,
         ns,
         json!({
@@ -86,8 +74,9 @@ async fn grant_orders_db_to_checkout(client: &Client, ns: &str) {
                      "source": {"postgres": {"connectionSecretRef": {"name": "db-admin"}}}},
         }),
     )
-    .await;
-    apply::<AccessPolicy>(
+    .await
+    .unwrap();
+    create_object::<AccessPolicy>(
         client,
         ns,
         json!({
@@ -97,7 +86,8 @@ async fn grant_orders_db_to_checkout(client: &Client, ns: &str) {
                      "secrets": [{"name": "orders-db"}]},
         }),
     )
-    .await;
+    .await
+    .unwrap();
     let grants = Api::<Grant>::namespaced(client.clone(), ns);
     eventually("the Grant for checkout", WAIT, || async {
         let list = grants.list(&ListParams::default()).await.unwrap();
@@ -232,7 +222,7 @@ async fn unlabelled_pod_is_untouched() {
         json!({"app": "plain"}),
         json!({contract::SECRETS_ANNOTATION: "orders-db"}),
     );
-    let created = apply::<Pod>(&client, &ns, pod).await;
+    let created = create_object::<Pod>(&client, &ns, pod).await.unwrap();
     assert_eq!(sidecar_count(&created), 0);
     assert!(created.spec.as_ref().unwrap().init_containers.is_none());
     assert!(
@@ -280,7 +270,9 @@ async fn pod_asking_for_an_ungranted_secret_is_refused_with_the_reason() {
 #[tokio::test]
 async fn malformed_annotation_is_refused_with_the_reason() {
     let (client, ns) = setup("malformed").await;
-    apply::<ServiceAccount>(&client, &ns, json!({"metadata": {"name": "checkout"}})).await;
+    create_object::<ServiceAccount>(&client, &ns, json!({"metadata": {"name": "checkout"}}))
+        .await
+        .unwrap();
     let pod: Pod = serde_json::from_value(opted_in("bad", "orders-db,,../etc")).unwrap();
     let error = Api::<Pod>::namespaced(client.clone(), &ns)
         .create(&PostParams::default(), &pod)
@@ -322,7 +314,7 @@ async fn pods_created_by_a_deployment_are_injected() {
     // controller creates pods (it would back off on a refusal).
     create_granted_pod(&client, &ns, opted_in("warmup", "orders-db")).await;
     let template = opted_in("ignored", "orders-db");
-    apply::<Deployment>(
+    create_object::<Deployment>(
         &client,
         &ns,
         json!({
@@ -340,7 +332,8 @@ async fn pods_created_by_a_deployment_are_injected() {
             },
         }),
     )
-    .await;
+    .await
+    .unwrap();
     let pods = Api::<Pod>::namespaced(client.clone(), &ns);
     let created = eventually("two pods from the Deployment", WAIT, || async {
         let list = pods
@@ -369,7 +362,9 @@ async fn with_the_webhook_stopped_opted_in_pods_fail_clearly_and_others_still_cr
     wait_webhook_active(&client, &ns).await.unwrap();
     webhook.stop();
 
-    apply::<ServiceAccount>(&client, &ns, json!({"metadata": {"name": "checkout"}})).await;
+    create_object::<ServiceAccount>(&client, &ns, json!({"metadata": {"name": "checkout"}}))
+        .await
+        .unwrap();
     let pods = Api::<Pod>::namespaced(client.clone(), &ns);
     let pod: Pod = serde_json::from_value(opted_in("api", "orders-db")).unwrap();
     let error = pods
@@ -461,9 +456,11 @@ async fn webhook_does_its_job_with_exactly_its_documented_rbac() {
         );
     }
     let ns = cluster.create_namespace("rbac").await.unwrap();
-    apply::<ServiceAccount>(&client, &ns, json!({"metadata": {"name": "checkout"}})).await;
+    create_object::<ServiceAccount>(&client, &ns, json!({"metadata": {"name": "checkout"}}))
+        .await
+        .unwrap();
     // A Grant as the operator would write it (no operator runs here).
-    apply::<Grant>(
+    create_object::<Grant>(
         &client,
         &ns,
         json!({
@@ -473,7 +470,8 @@ async fn webhook_does_its_job_with_exactly_its_documented_rbac() {
                      "maxTtl": "1h", "policy": {"namespace": ns, "name": "p", "uid": "u"}},
         }),
     )
-    .await;
+    .await
+    .unwrap();
 
     let mut as_webhook = cluster.config().clone();
     as_webhook.auth_info.impersonate = Some(format!(
