@@ -61,6 +61,47 @@ where
         .await?)
 }
 
+/// A token for `pod`'s service account, bound to the pod (as the kubelet
+/// mints for a projected token volume), for `audience`, valid for
+/// `expiration_seconds`.
+pub async fn pod_bound_token(
+    client: &kube::Client,
+    pod: &k8s_openapi::api::core::v1::Pod,
+    audience: &str,
+    expiration_seconds: i64,
+) -> Result<String, HarnessError> {
+    use k8s_openapi::api::authentication::v1::{
+        BoundObjectReference, TokenRequest, TokenRequestSpec,
+    };
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let service_account = pod
+        .spec
+        .as_ref()
+        .and_then(|spec| spec.service_account_name.as_deref())
+        .unwrap_or("default");
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: vec![audience.to_owned()],
+            expiration_seconds: Some(expiration_seconds),
+            bound_object_ref: Some(BoundObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Pod".into()),
+                name: pod.metadata.name.clone(),
+                uid: pod.metadata.uid.clone(),
+            }),
+        },
+        ..TokenRequest::default()
+    };
+    let issued = kube::Api::<ServiceAccount>::namespaced(client.clone(), namespace)
+        .create_token_request(service_account, &kube::api::PostParams::default(), &request)
+        .await?;
+    issued
+        .status
+        .map(|status| status.token)
+        .ok_or_else(|| HarnessError::Process("TokenRequest returned no token".into()))
+}
+
 /// One plain-HTTP reply, as read by [`http_get`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpReply {

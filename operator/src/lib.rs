@@ -2,6 +2,7 @@
 //! derives Grants, and the broker that issues short-lived credentials.
 
 pub mod admin;
+pub mod broker;
 pub mod controller;
 pub mod duration;
 pub mod grant_index;

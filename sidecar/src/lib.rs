@@ -6,3 +6,4 @@
 //! kube, k8s-openapi and JSON-schema crates, so the sidecar binary stays small.
 
 pub mod contract;
+pub mod wire;

@@ -1,0 +1,241 @@
+//! Lease ids: self-describing and MAC'd, so any broker replica can renew or
+//! revoke any lease without shared state. An id carries the secret, the pod
+//! it was issued to, the provider's handle (such as a PostgreSQL role name),
+//! and when it was issued and expires; HMAC-SHA256 under a key the replicas
+//! share makes a tampered id fail to open.
+//!
+//! Format: `<base64url(JSON claims)>.<base64url(HMAC)>`. The claims hold no
+//! secret material, only names, so an id may be logged.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as BASE64URL;
+use ring::hmac;
+use serde::{Deserialize, Serialize};
+
+/// The longest id accepted, in bytes; longer input is refused unparsed.
+pub const MAX_LEASE_ID_BYTES: usize = 2048;
+
+/// The bytes of a lease-signing key.
+pub const LEASE_KEY_BYTES: usize = 32;
+
+/// What a lease id says.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct LeaseClaims {
+    /// Format version.
+    #[serde(rename = "v")]
+    pub version: u8,
+    /// Namespace of the BrokeredSecret.
+    #[serde(rename = "sn")]
+    pub secret_namespace: String,
+    /// Name of the BrokeredSecret.
+    #[serde(rename = "s")]
+    pub secret_name: String,
+    /// The uid of the pod the lease was issued to.
+    #[serde(rename = "p")]
+    pub pod_uid: String,
+    /// The provider's handle on what it issued (empty when there is
+    /// nothing to revoke).
+    #[serde(rename = "h", default, skip_serializing_if = "String::is_empty")]
+    pub handle: String,
+    /// When the lease was issued, in Unix seconds.
+    #[serde(rename = "i")]
+    pub issued_at: i64,
+    /// When the lease expires, in Unix seconds.
+    #[serde(rename = "e")]
+    pub expires_at: i64,
+    /// The latest any renewal may extend it to (issuance + the Grant's
+    /// maxTtl), in Unix seconds.
+    #[serde(rename = "m")]
+    pub max_expires_at: i64,
+}
+
+/// The current claims version.
+pub const CLAIMS_VERSION: u8 = 1;
+
+/// Why a lease id was refused. Messages say what is wrong, never echo the id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LeaseIdError {
+    /// Not of the lease-id shape at all.
+    #[error("malformed lease id: {0}")]
+    Malformed(&'static str),
+    /// Well-formed, but the MAC does not match: altered, or from another
+    /// installation.
+    #[error("lease id failed verification: it was altered or issued by another ferry installation")]
+    Tampered,
+    /// Issued by a newer broker.
+    #[error("lease id version {0} is not supported by this broker")]
+    Version(u8),
+}
+
+/// The keys lease ids are sealed and opened with: the current one seals;
+/// it and the previous ones open, so rotating the key does not void the
+/// leases already out.
+pub struct LeaseKeys {
+    current: hmac::Key,
+    previous: Vec<hmac::Key>,
+}
+
+impl std::fmt::Debug for LeaseKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeaseKeys")
+            .field("previous", &self.previous.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl LeaseKeys {
+    /// Keys from raw key bytes: `current` seals, all open.
+    pub fn new(current: &[u8], previous: &[&[u8]]) -> Self {
+        let key = |bytes: &[u8]| hmac::Key::new(hmac::HMAC_SHA256, bytes);
+        Self {
+            current: key(current),
+            previous: previous.iter().map(|bytes| key(bytes)).collect(),
+        }
+    }
+
+    /// Seals `claims` into a lease id.
+    pub fn seal(&self, claims: &LeaseClaims) -> String {
+        // Serialising a struct of strings and integers cannot fail.
+        let payload = serde_json::to_vec(claims).unwrap_or_default();
+        let tag = hmac::sign(&self.current, &payload);
+        format!(
+            "{}.{}",
+            BASE64URL.encode(&payload),
+            BASE64URL.encode(tag.as_ref())
+        )
+    }
+
+    /// Opens a lease id: checks its shape and MAC, and returns its claims.
+    /// Expiry is the caller's to judge.
+    pub fn open(&self, id: &str) -> Result<LeaseClaims, LeaseIdError> {
+        if id.len() > MAX_LEASE_ID_BYTES {
+            return Err(LeaseIdError::Malformed("too long"));
+        }
+        let (payload, tag) = id
+            .split_once('.')
+            .ok_or(LeaseIdError::Malformed("expected <claims>.<mac>"))?;
+        let payload = BASE64URL
+            .decode(payload)
+            .map_err(|_| LeaseIdError::Malformed("claims are not base64url"))?;
+        let tag = BASE64URL
+            .decode(tag)
+            .map_err(|_| LeaseIdError::Malformed("mac is not base64url"))?;
+        let verified = std::iter::once(&self.current)
+            .chain(&self.previous)
+            .any(|key| hmac::verify(key, &payload, &tag).is_ok());
+        if !verified {
+            return Err(LeaseIdError::Tampered);
+        }
+        #[derive(Deserialize)]
+        struct Version {
+            v: u8,
+        }
+        let version: Version = serde_json::from_slice(&payload)
+            .map_err(|_| LeaseIdError::Malformed("claims are not JSON"))?;
+        if version.v != CLAIMS_VERSION {
+            return Err(LeaseIdError::Version(version.v));
+        }
+        serde_json::from_slice(&payload)
+            .map_err(|_| LeaseIdError::Malformed("claims are incomplete"))
+    }
+}
+
+/// A new random lease-signing key from the OS's CSPRNG.
+pub fn generate_lease_key() -> Result<[u8; LEASE_KEY_BYTES], ring::error::Unspecified> {
+    use ring::rand::SecureRandom;
+    let mut key = [0u8; LEASE_KEY_BYTES];
+    ring::rand::SystemRandom::new().fill(&mut key)?;
+    Ok(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims() -> LeaseClaims {
+        LeaseClaims {
+            version: CLAIMS_VERSION,
+            secret_namespace: "payments".into(),
+            secret_name: "orders-db".into(),
+            pod_uid: "0b6d3b38-4a0e-4f43-9d0b-3c2d6c8a9e11".into(),
+            handle: "ferry_3f2a".into(),
+            issued_at: 1_800_000_000,
+            expires_at: 1_800_000_900,
+            max_expires_at: 1_800_003_600,
+        }
+    }
+
+    fn keys() -> LeaseKeys {
+        LeaseKeys::new(&[7; 32], &[])
+    }
+
+    #[test]
+    fn a_sealed_id_opens_to_its_claims() {
+        let id = keys().seal(&claims());
+        assert_eq!(keys().open(&id).unwrap(), claims());
+        assert!(id.len() < 300, "{}", id.len());
+    }
+
+    #[test]
+    fn any_changed_byte_fails_verification_or_parsing() {
+        let id = keys().seal(&claims());
+        for at in 0..id.len() {
+            let mut bytes = id.clone().into_bytes();
+            bytes[at] = if bytes[at] == b'A' { b'B' } else { b'A' };
+            let altered = String::from_utf8(bytes).unwrap();
+            if altered == id {
+                continue;
+            }
+            assert!(
+                keys().open(&altered).is_err(),
+                "byte {at} changed, still opens"
+            );
+        }
+    }
+
+    #[test]
+    fn claims_edited_and_resealed_with_another_key_are_tampered() {
+        let mut stretched = claims();
+        stretched.expires_at += 86_400;
+        let forged = LeaseKeys::new(&[8; 32], &[]).seal(&stretched);
+        assert_eq!(keys().open(&forged), Err(LeaseIdError::Tampered));
+    }
+
+    #[test]
+    fn ids_sealed_with_the_previous_key_still_open_after_rotation() {
+        let old = LeaseKeys::new(&[1; 32], &[]).seal(&claims());
+        let rotated = LeaseKeys::new(&[2; 32], &[&[1; 32]]);
+        assert_eq!(rotated.open(&old).unwrap(), claims());
+        let fresh = rotated.seal(&claims());
+        assert_eq!(
+            LeaseKeys::new(&[1; 32], &[]).open(&fresh),
+            Err(LeaseIdError::Tampered)
+        );
+    }
+
+    #[test]
+    fn malformed_ids_say_what_is_wrong_without_echoing_them() {
+        for (id, expected) in [
+            ("", "expected <claims>.<mac>"),
+            ("no-dot-here", "expected <claims>.<mac>"),
+            ("!!!.abc", "not base64url"),
+            ("abc.!!!", "not base64url"),
+        ] {
+            let error = keys().open(id).unwrap_err().to_string();
+            assert!(error.contains(expected), "{id:?}: {error}");
+        }
+        let long = "a".repeat(MAX_LEASE_ID_BYTES + 1);
+        assert!(
+            keys()
+                .open(&long)
+                .unwrap_err()
+                .to_string()
+                .contains("too long")
+        );
+    }
+
+    #[test]
+    fn generated_keys_differ() {
+        assert_ne!(generate_lease_key().unwrap(), generate_lease_key().unwrap());
+    }
+}

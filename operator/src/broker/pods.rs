@@ -1,0 +1,132 @@
+//! The opted-in pods the broker serves, kept in memory from a watch of
+//! pods labelled `ferry.dev/inject=true`: whether a token's pod still
+//! exists and is not terminating is a lookup, not an API call.
+
+use std::collections::HashMap;
+use std::sync::{Arc, PoisonError, RwLock};
+
+use ferry_sidecar::contract::INJECT_LABEL;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// What the broker needs to know of a pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodState {
+    /// The pod's namespace.
+    pub namespace: String,
+    /// The pod's name.
+    pub name: String,
+    /// Whether deletion has begun.
+    pub terminating: bool,
+}
+
+/// Opted-in pods by uid. Cheap to clone; clones share the index.
+#[derive(Clone, Debug)]
+pub struct PodIndex {
+    pods: Arc<RwLock<HashMap<String, PodState>>>,
+    synced: watch::Sender<bool>,
+}
+
+impl Default for PodIndex {
+    fn default() -> Self {
+        Self {
+            pods: Arc::default(),
+            synced: watch::Sender::new(false),
+        }
+    }
+}
+
+fn state(pod: &Pod) -> Option<(String, PodState)> {
+    let metadata = &pod.metadata;
+    Some((
+        metadata.uid.clone()?,
+        PodState {
+            namespace: metadata.namespace.clone()?,
+            name: metadata.name.clone()?,
+            terminating: metadata.deletion_timestamp.is_some(),
+        },
+    ))
+}
+
+impl PodIndex {
+    /// The pod with `uid`, if it exists.
+    pub fn get(&self, uid: &str) -> Option<PodState> {
+        self.pods
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(uid)
+            .cloned()
+    }
+
+    /// Whether the pod `namespace/name` with `uid` exists and is not
+    /// terminating.
+    pub fn is_live(&self, uid: &str, namespace: &str, name: &str) -> bool {
+        self.get(uid)
+            .is_some_and(|pod| pod.namespace == namespace && pod.name == name && !pod.terminating)
+    }
+
+    /// Whether the index has been filled from a complete list.
+    pub fn is_synced(&self) -> bool {
+        *self.synced.borrow()
+    }
+
+    /// Waits until the index has been filled from a complete list.
+    pub async fn wait_synced(&self) {
+        let mut synced = self.synced.subscribe();
+        let _ = synced.wait_for(|synced| *synced).await;
+    }
+
+    fn apply(&self, pod: &Pod) {
+        if let Some((uid, state)) = state(pod) {
+            self.pods
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(uid, state);
+        }
+    }
+
+    fn delete(&self, pod: &Pod) {
+        if let Some(uid) = &pod.metadata.uid {
+            self.pods
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(uid);
+        }
+    }
+
+    /// Keeps the index in step with the opted-in pods of the cluster until
+    /// `shutdown` is cancelled.
+    pub async fn maintain(&self, client: kube::Client, shutdown: CancellationToken) {
+        let config = watcher::Config::default().labels(&format!("{INJECT_LABEL}=true"));
+        let events = watcher::watcher(Api::<Pod>::all(client), config).default_backoff();
+        let mut events = std::pin::pin!(events);
+        let mut relist: Option<HashMap<String, PodState>> = None;
+        loop {
+            let event = tokio::select! {
+                () = shutdown.cancelled() => return,
+                event = events.next() => event,
+            };
+            match event {
+                None => return,
+                Some(Err(error)) => tracing::warn!(%error, "pod watch failed; retrying"),
+                Some(Ok(Event::Init)) => relist = Some(HashMap::new()),
+                Some(Ok(Event::InitApply(pod))) => match relist.as_mut() {
+                    Some(pods) => pods.extend(state(&pod)),
+                    None => self.apply(&pod),
+                },
+                Some(Ok(Event::InitDone)) => {
+                    let pods = relist.take().unwrap_or_default();
+                    *self.pods.write().unwrap_or_else(PoisonError::into_inner) = pods;
+                    self.synced.send_replace(true);
+                }
+                Some(Ok(Event::Apply(pod))) => self.apply(&pod),
+                Some(Ok(Event::Delete(pod))) => self.delete(&pod),
+            }
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! The broker's HTTP API as JSON types, shared by the broker and the
+//! sidecar. Plain serde types: the sidecar links no Kubernetes crate.
+//!
+//! ```text
+//! POST   /v1/leases              LeaseRequest  -> LeasesResponse
+//! POST   /v1/leases/{id}/renew                 -> LeasesResponse (one lease)
+//! DELETE /v1/leases/{id}                       -> 204
+//! errors                                       -> ErrorResponse
+//! ```
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Path of the issue endpoint.
+pub const LEASES_PATH: &str = "/v1/leases";
+
+/// A BrokeredSecret by namespace and name.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(deny_unknown_fields)]
+pub struct SecretRef {
+    /// Namespace of the BrokeredSecret.
+    pub namespace: String,
+    /// Name of the BrokeredSecret.
+    pub name: String,
+}
+
+/// One secret a pod asks for, optionally narrower than its Grant allows.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SecretRequest {
+    /// Namespace of the BrokeredSecret.
+    pub namespace: String,
+    /// Name of the BrokeredSecret.
+    pub name: String,
+    /// A shorter lifetime than the Grant's, such as `5m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<String>,
+    /// A subset of the Grant's JWT audiences.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<Vec<String>>,
+    /// A subset of the Grant's JWT scopes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scopes: Option<Vec<String>>,
+}
+
+/// `POST /v1/leases`: the secrets a pod wants now.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseRequest {
+    /// What to issue, one lease each.
+    pub secrets: Vec<SecretRequest>,
+}
+
+/// One issued credential.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Lease {
+    /// Opaque, self-describing id for renewal and revocation.
+    pub id: String,
+    /// The secret this lease is for.
+    pub secret: SecretRef,
+    /// File name to content, base64-encoded. Secret material: never log it.
+    pub files: BTreeMap<String, String>,
+    /// Lifetime from issuance, in seconds.
+    pub ttl: u64,
+    /// Seconds from issuance after which to renew (about two thirds of ttl).
+    pub renew_after: u64,
+    /// When the credential stops working (RFC 3339, UTC).
+    pub expires_at: String,
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The files are secret material; only their names are shown.
+        f.debug_struct("Lease")
+            .field("id", &self.id)
+            .field("secret", &self.secret)
+            .field("files", &self.files.keys().collect::<Vec<_>>())
+            .field("ttl", &self.ttl)
+            .field("renew_after", &self.renew_after)
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
+}
+
+/// The answer to an issue or renew request.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct LeasesResponse {
+    /// One lease per requested secret, in request order.
+    pub leases: Vec<Lease>,
+}
+
+/// Every error the broker answers with.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ErrorResponse {
+    /// What went wrong.
+    pub error: ErrorDetail,
+}
+
+/// The body of an [`ErrorResponse`].
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ErrorDetail {
+    /// The HTTP status code.
+    pub code: u16,
+    /// What to fix, for an operator.
+    pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lease_prints_its_file_names_but_never_their_content() {
+        let lease = Lease {
+            id: "id".into(),
+            secret: SecretRef {
+                namespace: "payments".into(),
+                name: "orders-db".into(),
+            },
+            files: BTreeMap::from([("password".into(), "c2VjcmV0LXZhbHVl".into())]),
+            ttl: 900,
+            renew_after: 600,
+            expires_at: "2026-11-23T13:00:00Z".into(),
+        };
+        let printed = format!("{lease:?}");
+        assert!(printed.contains("password"));
+        assert!(!printed.contains("c2VjcmV0LXZhbHVl"));
+    }
+
+    #[test]
+    fn requests_with_unknown_fields_are_refused() {
+        let error = serde_json::from_str::<LeaseRequest>(
+            r#"{"secrets": [{"namespace": "a", "name": "b", "tll": "5m"}]}"#,
+        )
+        .unwrap_err();
+        assert!(error.to_string().contains("unknown field `tll`"), "{error}");
+    }
+}
