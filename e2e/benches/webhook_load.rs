@@ -16,21 +16,16 @@
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use ferry_e2e::https_client::{HttpsClient, send};
 use ferry_e2e::{Cluster, http_get, install_crds, workspace_binary};
 use ferry_operator::resources::Grant;
 use futures::StreamExt;
-use http_body_util::{BodyExt, Full};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, PostParams};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::json;
-use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
 
 struct Webhook(Child);
 
@@ -121,22 +116,6 @@ fn percentile(sorted: &[Duration], q: f64) -> Duration {
     sorted[index]
 }
 
-async fn connect(
-    addr: SocketAddr,
-    tls: &TlsConnector,
-) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    tcp.set_nodelay(true).unwrap();
-    let name = ServerName::try_from("127.0.0.1").unwrap();
-    let stream = tls.connect(name, tcp).await.unwrap();
-    let (sender, connection) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(connection);
-    sender
-}
-
 #[tokio::main]
 async fn main() {
     let rate = env_or("FERRY_BENCH_RATE", 500);
@@ -216,19 +195,7 @@ async fn main() {
     let pid = webhook.0.id();
     let idle = memory_kib(pid);
 
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(cluster.ca_pem().as_bytes()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let tls = TlsConnector::from(Arc::new(
-        rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth(),
-    ));
+    let https = HttpsClient::new(addr, &cluster.ca_pem()).unwrap();
     let body = Bytes::from(
         std::fs::read(concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -239,14 +206,14 @@ async fn main() {
 
     // Warm up: connections, TLS sessions, allocator.
     let run = |duration: Duration| {
-        let (tls, body) = (tls.clone(), body.clone());
+        let (https, body) = (https.clone(), body.clone());
         async move {
             let interval = Duration::from_secs_f64(connections as f64 / rate as f64);
             let mut tasks = Vec::new();
             for c in 0..connections {
-                let (tls, body) = (tls.clone(), body.clone());
+                let (https, body) = (https.clone(), body.clone());
                 tasks.push(tokio::spawn(async move {
-                    let mut sender = connect(addr, &tls).await;
+                    let mut sender = https.connect().await.unwrap();
                     // Stagger the connections across one interval.
                     tokio::time::sleep(interval.mul_f64(c as f64 / connections as f64)).await;
                     let mut ticks = tokio::time::interval(interval);
@@ -256,17 +223,12 @@ async fn main() {
                     while Instant::now() < end {
                         ticks.tick().await;
                         let sent = Instant::now();
-                        let request = hyper::Request::post("/mutate")
-                            .header("host", "127.0.0.1")
-                            .header("content-type", "application/json")
-                            .header("content-length", body.len())
-                            .body(Full::new(body.clone()))
+                        let reply = send(&mut sender, "POST", "/mutate", None, body.clone())
+                            .await
                             .unwrap();
-                        let response = sender.send_request(request).await.unwrap();
-                        assert_eq!(response.status(), 200);
-                        let reply = response.into_body().collect().await.unwrap().to_bytes();
                         latencies.push(sent.elapsed());
-                        assert!(reply.starts_with(b"{\"apiVersion\""));
+                        assert_eq!(reply.status, 200);
+                        assert!(reply.body.starts_with(b"{\"apiVersion\""));
                     }
                     latencies
                 }));

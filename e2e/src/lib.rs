@@ -9,13 +9,16 @@
 //! Pending unless a test stands in for the node.
 
 mod background;
+mod broker;
 mod cluster;
 mod crds;
+pub mod https_client;
 mod operator;
 pub mod pki;
 mod process;
 mod webhook;
 
+pub use broker::RunningBroker;
 pub use cluster::{Cluster, controlplane_bin_dir};
 pub use crds::install_crds;
 pub use operator::RunningOperator;

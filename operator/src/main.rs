@@ -26,6 +26,10 @@ enum Commands {
     /// Run the controllers: AccessPolicies and BrokeredSecrets into Grants.
     /// Replicas elect a leader on a Lease; only the leader reconciles.
     Run(RunArgs),
+    /// Serve the broker: authenticate pods by their projected tokens and
+    /// issue, renew and revoke leases on the secrets their Grants allow.
+    /// Replicas are stateless and interchangeable.
+    Broker(BrokerArgs),
     /// Print ferry's CustomResourceDefinitions as YAML (for `kubectl apply -f -`).
     Crds {
         /// Write one `<crd name>.yaml` per CRD into DIR instead (created if
@@ -52,10 +56,48 @@ struct RunArgs {
     log_format: LogFormat,
 }
 
+/// Options of `ferry-operator broker`.
+#[derive(Debug, clap::Args)]
+struct BrokerArgs {
+    /// Address of the HTTPS API.
+    #[arg(long, env = "FERRY_BROKER_ADDR", default_value = "0.0.0.0:8443")]
+    listen_addr: String,
+    /// Address of the admin server (/livez, /readyz, /metrics).
+    #[arg(long, env = "FERRY_ADMIN_ADDR", default_value = "0.0.0.0:8081")]
+    admin_addr: String,
+    /// PEM certificate chain served; reloaded when the file changes.
+    #[arg(long, env = "FERRY_TLS_CERT", default_value = "/etc/ferry/tls/tls.crt")]
+    tls_cert: std::path::PathBuf,
+    /// PEM private key of the certificate; reloaded with it.
+    #[arg(long, env = "FERRY_TLS_KEY", default_value = "/etc/ferry/tls/tls.key")]
+    tls_key: std::path::PathBuf,
+    /// How often the certificate files are checked for changes, in seconds.
+    #[arg(long, env = "FERRY_TLS_RELOAD_SECONDS", default_value_t = 10)]
+    tls_reload_seconds: u64,
+    /// The audience sidecar tokens must carry.
+    #[arg(long, env = "FERRY_BROKER_AUDIENCE", default_value = ferry_sidecar::contract::DEFAULT_BROKER_AUDIENCE)]
+    audience: String,
+    /// ferry's namespace, where the lease-key Secret lives.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "ferry-system")]
+    namespace: String,
+    /// Name of the Secret holding the key that seals lease ids (created
+    /// when absent; shared by all replicas).
+    #[arg(
+        long,
+        env = "FERRY_LEASE_KEY_SECRET",
+        default_value = "ferry-broker-lease-key"
+    )]
+    lease_key_secret: String,
+    /// Log format: JSON lines for production, text for a terminal.
+    #[arg(long, env = "FERRY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
+    log_format: LogFormat,
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Commands::Run(args) => run(args).await,
+        Commands::Broker(args) => broker(args).await,
         Commands::Crds { out_dir } => print_crds(out_dir.as_deref()),
     }
 }
@@ -120,6 +162,40 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let _ = admin.await;
     tracing::info!("stopped");
     outcome
+}
+
+/// Serves the broker until SIGTERM, then drains and exits.
+async fn broker(args: BrokerArgs) -> anyhow::Result<()> {
+    use ferry_operator::broker::server::{self, BrokerOptions};
+    use ferry_operator::https::{self, ReloadingCertificate};
+    init_tracing(args.log_format);
+    let certificate = ReloadingCertificate::load(&args.tls_cert, &args.tls_key)?;
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to Kubernetes (in-cluster config or KUBECONFIG)")?;
+    let keys =
+        server::load_or_create_lease_keys(&client, &args.namespace, &args.lease_key_secret).await?;
+    let listener = https::bind(&args.listen_addr).await?;
+    let admin_listener = admin::bind_admin(&args.admin_addr).await?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    server::serve(
+        client,
+        BrokerOptions {
+            listener,
+            admin_listener,
+            certificate,
+            reload_interval: std::time::Duration::from_secs(args.tls_reload_seconds.max(1)),
+            audience: args.audience,
+            keys,
+            readiness: Readiness::not_ready("starting"),
+        },
+        prometheus::Registry::new(),
+        shutdown,
+    )
+    .await?;
+    tracing::info!("ferry broker stopped");
+    Ok(())
 }
 
 fn print_crds(out_dir: Option<&std::path::Path>) -> anyhow::Result<()> {

@@ -1,9 +1,12 @@
 //! The broker: the trust boundary that authenticates pods, authorizes them
 //! against their Grants, and issues, renews and revokes short-lived
-//! credentials. This module holds its parts; the server that joins them
-//! comes with the providers.
+//! credentials.
 
 pub mod auth;
 pub mod lease_id;
+pub mod metrics;
 pub mod pods;
+pub mod providers;
+pub mod server;
+pub mod service;
 pub mod terms;

@@ -1,0 +1,121 @@
+//! ferry's broker running in-process against a harness cluster, served
+//! over real TLS on 127.0.0.1.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use ferry_operator::admin::Readiness;
+use ferry_operator::broker::lease_id::LeaseKeys;
+use ferry_operator::broker::server::{BrokerOptions, serve};
+use ferry_operator::https::ReloadingCertificate;
+use ferry_sidecar::contract::DEFAULT_BROKER_AUDIENCE;
+
+use crate::background::Background;
+use crate::https_client::HttpsClient;
+use crate::{Cluster, HarnessError};
+
+/// How long [`RunningBroker::start`] waits for the indexes to fill.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The broker on a thread of its own, serving HTTPS on a free loopback
+/// port. Stopped on drop.
+pub struct RunningBroker {
+    background: Background,
+    addr: SocketAddr,
+    ca_pem: String,
+    registry: prometheus::Registry,
+}
+
+impl RunningBroker {
+    /// Starts the broker against `cluster` with lease keys `keys`, and waits
+    /// until it is ready.
+    pub fn start(cluster: &Cluster, keys: LeaseKeys) -> Result<Self, HarnessError> {
+        static STARTED: AtomicU32 = AtomicU32::new(0);
+        let stem = format!("broker-{}", STARTED.fetch_add(1, Ordering::Relaxed));
+        let files = cluster
+            .authority()
+            .serving_cert(&["127.0.0.1"], cluster.dir(), &stem)?;
+        let certificate = ReloadingCertificate::load(&files.cert, &files.key)
+            .map_err(|e| HarnessError::Process(format!("broker certificate: {e}")))?;
+        let bind = || {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                .map_err(|source| HarnessError::Io {
+                    what: "binding a broker port".into(),
+                    source,
+                })?;
+            let addr = listener.local_addr().map_err(|source| HarnessError::Io {
+                what: "reading a broker port".into(),
+                source,
+            })?;
+            Ok::<_, HarnessError>((listener, addr))
+        };
+        let ((listener, addr), (admin_listener, _)) = (bind()?, bind()?);
+        let readiness = Readiness::not_ready("starting");
+        let registry = prometheus::Registry::new();
+        let kube_config = cluster.config().clone();
+        let (thread_readiness, thread_registry) = (readiness.clone(), registry.clone());
+        let background = Background::spawn("ferry-broker", move |shutdown| async move {
+            let client = match kube::Client::try_from(kube_config) {
+                Ok(client) => client,
+                Err(error) => return tracing::error!(%error, "broker client"),
+            };
+            let (Ok(listener), Ok(admin_listener)) = (
+                tokio::net::TcpListener::from_std(listener),
+                tokio::net::TcpListener::from_std(admin_listener),
+            ) else {
+                return tracing::error!("broker listeners");
+            };
+            let options = BrokerOptions {
+                listener,
+                admin_listener,
+                certificate,
+                reload_interval: Duration::from_secs(1),
+                audience: DEFAULT_BROKER_AUDIENCE.into(),
+                keys,
+                readiness: thread_readiness,
+            };
+            if let Err(error) = serve(client, options, thread_registry, shutdown).await {
+                tracing::error!(%error, "broker stopped");
+            }
+        })?;
+        let broker = Self {
+            background,
+            addr,
+            ca_pem: cluster.authority().cert_pem(),
+            registry,
+        };
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while !readiness.is_ready() {
+            if Instant::now() > deadline {
+                return Err(HarnessError::Process(format!(
+                    "broker not ready after {READY_TIMEOUT:?}: {:?}",
+                    readiness.check()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(broker)
+    }
+
+    /// A client for the broker's API, trusting its CA.
+    pub fn client(&self) -> Result<HttpsClient, HarnessError> {
+        HttpsClient::new(self.addr, &self.ca_pem)
+    }
+
+    /// The broker's base URL.
+    pub fn url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    /// The broker's metrics, rendered in the Prometheus text format.
+    pub fn metrics_text(&self) -> String {
+        ferry_operator::admin::render_metrics(&self.registry).unwrap_or_default()
+    }
+
+    /// Stops the broker and waits for it to drain.
+    pub fn stop(mut self) {
+        self.background.stop();
+    }
+}

@@ -1,0 +1,142 @@
+//! A small HTTPS client for tests and benchmarks: HTTP/1.1 over rustls,
+//! trusting one CA, as the sidecar and the apiserver reach ferry's servers.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use crate::HarnessError;
+
+/// A client for one HTTPS server.
+#[derive(Clone)]
+pub struct HttpsClient {
+    addr: SocketAddr,
+    tls: TlsConnector,
+}
+
+/// One reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpsReply {
+    /// The status code.
+    pub status: u16,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+impl HttpsReply {
+    /// The body as JSON.
+    pub fn json(&self) -> Result<serde_json::Value, HarnessError> {
+        serde_json::from_slice(&self.body)
+            .map_err(|e| HarnessError::Process(format!("reply is not JSON: {e}")))
+    }
+}
+
+fn failed(what: &str, error: impl std::fmt::Display) -> HarnessError {
+    HarnessError::Process(format!("{what}: {error}"))
+}
+
+impl HttpsClient {
+    /// A client for `addr` (a loopback address; the certificate must name
+    /// 127.0.0.1) trusting the PEM CA `ca_pem`.
+    pub fn new(addr: SocketAddr, ca_pem: &str) -> Result<Self, HarnessError> {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+            roots
+                .add(cert.map_err(|e| failed("CA PEM", e))?)
+                .map_err(|e| failed("CA certificate", e))?;
+        }
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| failed("TLS versions", e))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        Ok(Self {
+            addr,
+            tls: TlsConnector::from(Arc::new(config)),
+        })
+    }
+
+    /// Opens a keep-alive connection.
+    pub async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, HarnessError> {
+        let tcp = TcpStream::connect(self.addr)
+            .await
+            .map_err(|e| failed("connecting", e))?;
+        tcp.set_nodelay(true)
+            .map_err(|e| failed("TCP_NODELAY", e))?;
+        let name = ServerName::IpAddress(self.addr.ip().into());
+        let stream = self
+            .tls
+            .connect(name, tcp)
+            .await
+            .map_err(|e| failed("TLS handshake", e))?;
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(|e| failed("HTTP handshake", e))?;
+        tokio::spawn(connection);
+        Ok(sender)
+    }
+
+    /// Sends one request on a fresh connection.
+    pub async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        bearer: Option<&str>,
+        body: &[u8],
+    ) -> Result<HttpsReply, HarnessError> {
+        let mut sender = self.connect().await?;
+        send(
+            &mut sender,
+            method,
+            path,
+            bearer,
+            Bytes::copy_from_slice(body),
+        )
+        .await
+    }
+}
+
+/// Sends one request on `sender`.
+pub async fn send(
+    sender: &mut SendRequest<Full<Bytes>>,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    body: Bytes,
+) -> Result<HttpsReply, HarnessError> {
+    let mut request = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "127.0.0.1")
+        .header("content-type", "application/json")
+        .header("content-length", body.len());
+    if let Some(token) = bearer {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    let request = request
+        .body(Full::new(body))
+        .map_err(|e| failed("building the request", e))?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| failed("sending the request", e))?;
+    let status = response.status().as_u16();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| failed("reading the reply", e))?
+        .to_bytes()
+        .to_vec();
+    Ok(HttpsReply { status, body })
+}

@@ -1,0 +1,407 @@
+//! The broker over real TLS against a real apiserver: a granted pod gets
+//! a kubernetesSecret lease, renews and revokes it, each decision one
+//! audit line; every refusal has its status and reason; and the planted
+//! secret value never appears in a log line.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine as _;
+use ferry_e2e::https_client::{HttpsClient, HttpsReply};
+use ferry_e2e::{
+    Cluster, RunningBroker, RunningOperator, create_object, eventually, install_crds,
+    pod_bound_token,
+};
+use ferry_operator::broker::lease_id::LeaseKeys;
+use ferry_operator::resources::Grant;
+use ferry_sidecar::contract::DEFAULT_BROKER_AUDIENCE;
+use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
+use kube::Client;
+use kube::api::{Api, DeleteParams, ListParams};
+use serde_json::json;
+use tokio::sync::OnceCell;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// The value planted in the Secret behind the BrokeredSecret: it must reach
+/// the pod and no log line.
+const PLANTED: &str = "planted-secret-value-7f3a9c";
+
+/// Every log line of this test binary (broker and operator included).
+fn logs() -> &'static Arc<Mutex<Vec<u8>>> {
+    static LOGS: std::sync::OnceLock<Arc<Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buffer = Arc::new(Mutex::new(Vec::new()));
+        struct Capture(Arc<Mutex<Vec<u8>>>);
+        impl Write for Capture {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let writer = Arc::clone(&buffer);
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter("info")
+            .with_writer(move || Capture(Arc::clone(&writer)))
+            .init();
+        buffer
+    })
+}
+
+fn log_text() -> String {
+    String::from_utf8_lossy(&logs().lock().unwrap()).into_owned()
+}
+
+struct World {
+    _operator: RunningOperator,
+    broker: RunningBroker,
+}
+
+/// The shared cluster with the CRDs, the operator and the broker.
+async fn world() -> &'static World {
+    static WORLD: OnceCell<World> = OnceCell::const_new();
+    logs();
+    WORLD
+        .get_or_init(|| async {
+            let cluster = Cluster::shared().await.unwrap();
+            install_crds(&cluster.client().unwrap()).await.unwrap();
+            World {
+                _operator: RunningOperator::start(cluster.config().clone()).unwrap(),
+                broker: RunningBroker::start(cluster, LeaseKeys::new(&[42; 32], &[])).unwrap(),
+            }
+        })
+        .await
+}
+
+/// A secrets namespace with Secret + BrokeredSecret `orders-api-key` (and a
+/// JWT one), an app namespace with service accounts `checkout` (granted
+/// both, maxTtl 30m) and `intruder` (granted nothing).
+async fn scenario(prefix: &str) -> (Client, String, String) {
+    world().await;
+    let cluster = Cluster::shared().await.unwrap();
+    let client = cluster.client().unwrap();
+    let secrets = cluster
+        .create_namespace(&format!("{prefix}-owner"))
+        .await
+        .unwrap();
+    let app = cluster
+        .create_namespace(&format!("{prefix}-app"))
+        .await
+        .unwrap();
+    create_object::<Secret>(
+        &client,
+        &secrets,
+        json!({"metadata": {"name": "orders-api-key"}, "stringData": {"token": PLANTED}}),
+    )
+    .await
+    .unwrap();
+    for (name, source) in [
+        (
+            "orders-api-key",
+            json!({"kubernetesSecret": {"name": "orders-api-key"}}),
+        ),
+        ("orders-jwt", json!({"jwt": {"audience": ["orders"]}})),
+    ] {
+        create_object::<ferry_operator::resources::BrokeredSecret>(
+            &client,
+            &secrets,
+            json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "BrokeredSecret",
+                   "metadata": {"name": name}, "spec": {"source": source}}),
+        )
+        .await
+        .unwrap();
+    }
+    create_object::<ferry_operator::resources::AccessPolicy>(
+        &client,
+        &secrets,
+        json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "AccessPolicy",
+               "metadata": {"name": "checkout"},
+               "spec": {"subjects": [{"serviceAccount": {"name": "checkout", "namespace": app}}],
+                        "secrets": [{"name": "orders-api-key", "maxTtl": "30m"},
+                                    {"name": "orders-jwt"}]}}),
+    )
+    .await
+    .unwrap();
+    for account in ["checkout", "intruder"] {
+        create_object::<ServiceAccount>(&client, &app, json!({"metadata": {"name": account}}))
+            .await
+            .unwrap();
+    }
+    let grants = Api::<Grant>::namespaced(client.clone(), &app);
+    eventually("the Grants for checkout", WAIT, || async {
+        (grants
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .len()
+            == 2)
+            .then_some(())
+    })
+    .await;
+    (client, secrets, app)
+}
+
+async fn pod(client: &Client, ns: &str, name: &str, account: &str) -> (Pod, String) {
+    let pod: Pod = create_object(
+        client,
+        ns,
+        json!({"metadata": {"name": name, "labels": {"ferry.dev/inject": "true"}},
+               "spec": {"serviceAccountName": account,
+                        "containers": [{"name": "app", "image": "app:1"}]}}),
+    )
+    .await
+    .unwrap();
+    let token = pod_bound_token(client, &pod, DEFAULT_BROKER_AUDIENCE, 600)
+        .await
+        .unwrap();
+    (pod, token)
+}
+
+fn lease_request(namespace: &str, name: &str) -> Vec<u8> {
+    serde_json::to_vec(&json!({"secrets": [{"namespace": namespace, "name": name}]})).unwrap()
+}
+
+/// Issues, retrying while the broker's indexes catch up with a pod or a
+/// Grant just created (401 unknown pod, 403 no Grant yet).
+async fn issue_when_ready(broker: &HttpsClient, token: &str, body: &[u8]) -> HttpsReply {
+    eventually("the broker to know the pod and its Grant", WAIT, || async {
+        let reply = broker
+            .request("POST", "/v1/leases", Some(token), body)
+            .await
+            .unwrap();
+        (reply.status == 200).then_some(reply)
+    })
+    .await
+}
+
+fn message(reply: &HttpsReply) -> String {
+    let body = reply.json().unwrap();
+    assert_eq!(body["error"]["code"], reply.status, "{body}");
+    body["error"]["message"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn a_granted_pod_gets_renews_and_revokes_a_kubernetes_secret_lease() {
+    let (client, secrets, app) = scenario("lease").await;
+    let broker = world().await.broker.client().unwrap();
+    let (_, token) = pod(&client, &app, "api", "checkout").await;
+
+    let issued =
+        issue_when_ready(&broker, &token, &lease_request(&secrets, "orders-api-key")).await;
+    let lease = issued.json().unwrap()["leases"][0].clone();
+    let content = base64::engine::general_purpose::STANDARD
+        .decode(lease["files"]["token"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(content, PLANTED.as_bytes());
+    assert_eq!(
+        lease["secret"],
+        json!({"namespace": secrets, "name": "orders-api-key"})
+    );
+    assert_eq!(
+        lease["ttl"], 900,
+        "the secret's default ttl, within the grant's 30m"
+    );
+    assert_eq!(lease["renewAfter"], 600);
+    let id = lease["id"].as_str().unwrap();
+
+    let renewed = broker
+        .request("POST", &format!("/v1/leases/{id}/renew"), Some(&token), b"")
+        .await
+        .unwrap();
+    assert_eq!(renewed.status, 200, "{:?}", renewed.json());
+    let renewed = renewed.json().unwrap()["leases"][0].clone();
+    // The renewed lease runs from now for the same ttl, with the current
+    // content of the Secret.
+    assert_eq!(renewed["ttl"], 900);
+    assert!(renewed["expiresAt"].as_str() >= lease["expiresAt"].as_str());
+    assert_eq!(renewed["files"], lease["files"]);
+
+    let revoked = broker
+        .request("DELETE", &format!("/v1/leases/{id}"), Some(&token), b"")
+        .await
+        .unwrap();
+    assert_eq!(revoked.status, 204);
+
+    let logs = log_text();
+    for action in ["issue", "renew", "revoke"] {
+        assert!(
+            logs.lines()
+                .any(|line| line.contains("\"target\":\"ferry::audit\"")
+                    && line.contains(&format!("\"action\":\"{action}\""))
+                    && line.contains("\"result\":\"allowed\"")
+                    && line.contains(&format!("system:serviceaccount:{app}:checkout"))),
+            "no audit line for {action}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn refusals_carry_their_status_and_reason() {
+    let (client, secrets, app) = scenario("refuse").await;
+    let broker = world().await.broker.client().unwrap();
+    let (_, token) = pod(&client, &app, "api", "checkout").await;
+    let granted = lease_request(&secrets, "orders-api-key");
+    let issued = issue_when_ready(&broker, &token, &granted).await;
+    let id = issued.json().unwrap()["leases"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let post = |token: Option<String>, body: Vec<u8>| {
+        let broker = broker.clone();
+        async move {
+            broker
+                .request("POST", "/v1/leases", token.as_deref(), &body)
+                .await
+                .unwrap()
+        }
+    };
+
+    // 403: a service account without a Grant, named in the message.
+    let (_, intruder) = pod(&client, &app, "intruder", "intruder").await;
+    let refused = eventually("the intruder pod to be known", WAIT, || async {
+        let reply = post(Some(intruder.clone()), granted.clone()).await;
+        (reply.status == 403).then_some(reply)
+    })
+    .await;
+    assert!(
+        message(&refused).contains(&format!(
+            "service account {app}/intruder has no Grant for BrokeredSecret {secrets}/orders-api-key"
+        )),
+        "{}",
+        message(&refused)
+    );
+
+    // 403: wider than the Grant.
+    let wider = serde_json::to_vec(
+        &json!({"secrets": [{"namespace": secrets, "name": "orders-api-key", "ttl": "2h"}]}),
+    )
+    .unwrap();
+    let reply = post(Some(token.clone()), wider).await;
+    assert_eq!(reply.status, 403);
+    assert!(message(&reply).contains("longer than the grant's maxTtl 30m"));
+
+    // 400: malformed JSON, and an unknown field.
+    let reply = post(Some(token.clone()), b"{\"secrets\": [".to_vec()).await;
+    assert_eq!(reply.status, 400);
+    assert!(message(&reply).contains("not a lease request"));
+    let typo = serde_json::to_vec(
+        &json!({"secrets": [{"namespace": secrets, "name": "orders-api-key", "tll": "5m"}]}),
+    )
+    .unwrap();
+    let reply = post(Some(token.clone()), typo).await;
+    assert_eq!(reply.status, 400);
+    assert!(message(&reply).contains("unknown field `tll`"));
+
+    // 413: an oversized body.
+    let reply = post(Some(token.clone()), vec![b' '; 65 * 1024]).await;
+    assert_eq!(reply.status, 413);
+
+    // 401: no token, a token for another audience.
+    let reply = post(None, granted.clone()).await;
+    assert_eq!(reply.status, 401);
+    let api_pod = Api::<Pod>::namespaced(client.clone(), &app)
+        .get("api")
+        .await
+        .unwrap();
+    let other = pod_bound_token(&client, &api_pod, "https://kubernetes.default.svc", 600)
+        .await
+        .unwrap();
+    let reply = post(Some(other), granted.clone()).await;
+    assert_eq!(reply.status, 401);
+    assert!(message(&reply).contains("not accepted for audience ferry.dev/broker"));
+
+    // 400: a tampered lease id.
+    let mut tampered = id.clone().into_bytes();
+    tampered[5] = if tampered[5] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(tampered).unwrap();
+    let reply = broker
+        .request(
+            "POST",
+            &format!("/v1/leases/{tampered}/renew"),
+            Some(&token),
+            b"",
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 400);
+    assert!(message(&reply).contains("lease id"), "{}", message(&reply));
+
+    // 403: another pod replaying this pod's lease id.
+    let (_, twin) = pod(&client, &app, "twin", "checkout").await;
+    issue_when_ready(&broker, &twin, &granted).await;
+    let reply = broker
+        .request("POST", &format!("/v1/leases/{id}/renew"), Some(&twin), b"")
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 403);
+    assert!(message(&reply).contains("belongs to another pod"));
+
+    // 501: a source this broker version does not serve, said plainly.
+    let reply = post(Some(token.clone()), lease_request(&secrets, "orders-jwt")).await;
+    assert_eq!(reply.status, 501);
+    assert!(message(&reply).contains("source jwt is not served"));
+
+    // 401: the pod is gone; its token no longer works.
+    Api::<Pod>::namespaced(client.clone(), &app)
+        .delete("api", &DeleteParams::default())
+        .await
+        .unwrap();
+    let reply = eventually("the deleted pod to be refused", WAIT, || async {
+        let reply = post(Some(token.clone()), granted.clone()).await;
+        (reply.status == 401).then_some(reply)
+    })
+    .await;
+    assert!(message(&reply).contains("no longer exists"));
+
+    // Every refusal above was audited, and nothing leaked.
+    let logs = log_text();
+    assert!(logs.contains("\"result\":\"denied\""));
+    assert!(
+        !logs.contains(PLANTED),
+        "the planted secret appears in a log line"
+    );
+    let encoded = base64::engine::general_purpose::STANDARD.encode(PLANTED);
+    assert!(
+        !logs.contains(&encoded),
+        "the planted secret's base64 appears in a log line"
+    );
+    assert!(
+        !logs.contains(&token),
+        "a bearer token appears in a log line"
+    );
+}
+
+#[tokio::test]
+async fn renewal_is_refused_once_the_policy_is_removed() {
+    let (client, secrets, app) = scenario("unpolicy").await;
+    let broker = world().await.broker.client().unwrap();
+    let (_, token) = pod(&client, &app, "api", "checkout").await;
+    let issued =
+        issue_when_ready(&broker, &token, &lease_request(&secrets, "orders-api-key")).await;
+    let id = issued.json().unwrap()["leases"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    Api::<ferry_operator::resources::AccessPolicy>::namespaced(client.clone(), &secrets)
+        .delete("checkout", &DeleteParams::default())
+        .await
+        .unwrap();
+    let reply = eventually("renewal to be refused", WAIT, || async {
+        let reply = broker
+            .request("POST", &format!("/v1/leases/{id}/renew"), Some(&token), b"")
+            .await
+            .unwrap();
+        (reply.status == 403).then_some(reply)
+    })
+    .await;
+    assert!(message(&reply).contains("has no Grant"));
+}

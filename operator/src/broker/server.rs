@@ -1,0 +1,423 @@
+//! The broker's HTTPS API (see `ferry_sidecar::wire`) and its process: the
+//! Grant, BrokeredSecret and pod indexes kept by watches, the lease keys
+//! from a Secret the replicas share, the admin port, certificate reload.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use ferry_sidecar::wire::{ErrorDetail, ErrorResponse, LeaseRequest, LeasesResponse};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::jiff::Timestamp;
+use kube::Api;
+use kube::api::PostParams;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::{reflector, watcher};
+use prometheus::Registry;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use warp::Filter;
+use warp::filters::BoxedFilter;
+use warp::http::StatusCode;
+use warp::reply::{Reply, Response};
+
+use super::auth::{AuthError, Authenticator, CacheLimits};
+use super::lease_id::{LEASE_KEY_BYTES, LeaseKeys, generate_lease_key};
+use super::metrics::BrokerMetrics;
+use super::pods::PodIndex;
+use super::providers::kubernetes_secret::KubernetesSecretProvider;
+use super::service::{Broker, BrokerError, audit_unauthenticated};
+use crate::admin::{self, AdminState, Readiness};
+use crate::grant_index::GrantIndex;
+use crate::https::{self, ReloadingCertificate, TlsError};
+use crate::resources::{BrokeredSecret, Grant};
+
+/// The largest request body accepted.
+pub const MAX_BODY_BYTES: u64 = 64 * 1024;
+
+/// The key of the lease-key Secret holding the current key.
+pub const LEASE_KEY_CURRENT: &str = "current";
+
+/// The key of the lease-key Secret holding the previous key, if any.
+pub const LEASE_KEY_PREVIOUS: &str = "previous";
+
+/// The broker and its authenticator, shared by every request.
+pub struct BrokerState {
+    /// Decisions.
+    pub broker: Broker,
+    /// Who is asking.
+    pub authenticator: Authenticator,
+}
+
+/// The broker's routes, answering every failure with a JSON error body.
+pub fn broker_routes(state: Arc<BrokerState>) -> BoxedFilter<(Response,)> {
+    let bearer = warp::header::optional::<String>("authorization");
+    let with_state = {
+        let state = Arc::clone(&state);
+        warp::any().map(move || Arc::clone(&state))
+    };
+    let issue = warp::path!("v1" / "leases")
+        .and(warp::post())
+        .and(warp::body::content_length_limit(MAX_BODY_BYTES))
+        .and(warp::body::bytes())
+        .and(bearer)
+        .and(with_state.clone())
+        .then(
+            |body: Bytes, bearer: Option<String>, state: Arc<BrokerState>| async move {
+                issue(&state, bearer, &body).await
+            },
+        );
+    let renew = warp::path!("v1" / "leases" / String / "renew")
+        .and(warp::post())
+        .and(bearer)
+        .and(with_state.clone())
+        .then(
+            |id: String, bearer: Option<String>, state: Arc<BrokerState>| async move {
+                renew(&state, bearer, &id).await
+            },
+        );
+    let revoke = warp::path!("v1" / "leases" / String)
+        .and(warp::delete())
+        .and(bearer)
+        .and(with_state)
+        .then(
+            |id: String, bearer: Option<String>, state: Arc<BrokerState>| async move {
+                revoke(&state, bearer, &id).await
+            },
+        );
+    issue
+        .or(renew)
+        .unify()
+        .or(revoke)
+        .unify()
+        .recover(|rejection| async move { Ok::<_, Infallible>(rejected(rejection)) })
+        .unify()
+        .boxed()
+}
+
+/// Authenticates the bearer token, counting the cache use and auditing a
+/// refusal.
+async fn authenticate(
+    state: &BrokerState,
+    action: &'static str,
+    bearer: Option<String>,
+) -> Result<super::auth::PodIdentity, BrokerError> {
+    let token = bearer
+        .as_deref()
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .map(str::trim)
+        .unwrap_or_default();
+    let (identity, used) = state.authenticator.authenticate(token).await;
+    if token.is_empty() {
+        // No review was made; nothing to count.
+    } else {
+        state.broker.metrics.observe_review(used);
+    }
+    identity.map_err(|error| {
+        let error = match error {
+            AuthError::Unavailable(_) => BrokerError::Unavailable(error.to_string()),
+            _ => BrokerError::Unauthenticated(error.to_string()),
+        };
+        audit_unauthenticated(&state.broker.metrics, action, &error);
+        error
+    })
+}
+
+async fn issue(state: &BrokerState, bearer: Option<String>, body: &[u8]) -> Response {
+    let started = Instant::now();
+    let result = async {
+        let pod = authenticate(state, "issue", bearer).await?;
+        let request: LeaseRequest = serde_json::from_slice(body).map_err(|error| {
+            BrokerError::BadRequest(format!("request body is not a lease request: {error}"))
+        })?;
+        state.broker.issue(&pod, request, Timestamp::now()).await
+    }
+    .await;
+    state
+        .broker
+        .metrics
+        .observe_duration("issue", started.elapsed());
+    match result {
+        Ok(leases) => warp::reply::json(&LeasesResponse { leases }).into_response(),
+        Err(error) => error_reply(&error),
+    }
+}
+
+async fn renew(state: &BrokerState, bearer: Option<String>, id: &str) -> Response {
+    let started = Instant::now();
+    let result = async {
+        let pod = authenticate(state, "renew", bearer).await?;
+        state.broker.renew(&pod, id, Timestamp::now()).await
+    }
+    .await;
+    state
+        .broker
+        .metrics
+        .observe_duration("renew", started.elapsed());
+    match result {
+        Ok(lease) => warp::reply::json(&LeasesResponse {
+            leases: vec![lease],
+        })
+        .into_response(),
+        Err(error) => error_reply(&error),
+    }
+}
+
+async fn revoke(state: &BrokerState, bearer: Option<String>, id: &str) -> Response {
+    let started = Instant::now();
+    let result = async {
+        let pod = authenticate(state, "revoke", bearer).await?;
+        state.broker.revoke(&pod, id).await
+    }
+    .await;
+    state
+        .broker
+        .metrics
+        .observe_duration("revoke", started.elapsed());
+    match result {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(error) => error_reply(&error),
+    }
+}
+
+fn error_body(code: StatusCode, message: String) -> Response {
+    let body = ErrorResponse {
+        error: ErrorDetail {
+            code: code.as_u16(),
+            message,
+        },
+    };
+    warp::reply::with_status(warp::reply::json(&body), code).into_response()
+}
+
+fn error_reply(error: &BrokerError) -> Response {
+    let code = StatusCode::from_u16(error.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    error_body(code, error.to_string())
+}
+
+fn rejected(rejection: warp::Rejection) -> Response {
+    if rejection.is_not_found() {
+        error_body(
+            StatusCode::NOT_FOUND,
+            "not found: the broker serves POST /v1/leases, POST /v1/leases/{id}/renew and DELETE /v1/leases/{id}".into(),
+        )
+    } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
+        error_body(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed on this path".into(),
+        )
+    } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
+        error_body(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body is larger than {MAX_BODY_BYTES} bytes"),
+        )
+    } else if rejection.find::<warp::reject::LengthRequired>().is_some() {
+        error_body(
+            StatusCode::LENGTH_REQUIRED,
+            "request has no Content-Length".into(),
+        )
+    } else {
+        error_body(
+            StatusCode::BAD_REQUEST,
+            format!("bad request: {rejection:?}"),
+        )
+    }
+}
+
+/// Why the broker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerStartError {
+    /// TLS setup failed.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// Metrics could not be registered.
+    #[error("registering metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// The lease-key Secret could not be read or created.
+    #[error("lease key Secret {0}")]
+    LeaseKey(String),
+}
+
+/// Reads the lease keys from the Secret `namespace/name`, creating it with a
+/// fresh random key when absent. Replicas racing to create it all end up
+/// with the one that was stored.
+pub async fn load_or_create_lease_keys(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+) -> Result<LeaseKeys, BrokerStartError> {
+    let secrets = Api::<Secret>::namespaced(client.clone(), namespace);
+    let fail = |what: String| BrokerStartError::LeaseKey(format!("{namespace}/{name}: {what}"));
+    for _ in 0..3 {
+        if let Some(secret) = secrets
+            .get_opt(name)
+            .await
+            .map_err(|e| fail(e.to_string()))?
+        {
+            let data = secret.data.unwrap_or_default();
+            let current = data
+                .get(LEASE_KEY_CURRENT)
+                .filter(|key| key.0.len() >= LEASE_KEY_BYTES)
+                .ok_or_else(|| {
+                    fail(format!(
+                        "has no {LEASE_KEY_CURRENT} key of at least {LEASE_KEY_BYTES} bytes"
+                    ))
+                })?;
+            let previous: Vec<&[u8]> = data
+                .get(LEASE_KEY_PREVIOUS)
+                .map(|key| key.0.as_slice())
+                .into_iter()
+                .collect();
+            return Ok(LeaseKeys::new(&current.0, &previous));
+        }
+        let key = generate_lease_key().map_err(|_| fail("the OS random source failed".into()))?;
+        let secret: Secret = serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": name,
+                "labels": {"app.kubernetes.io/managed-by": "ferry-broker"},
+            },
+            "type": "Opaque",
+            "data": {LEASE_KEY_CURRENT: base64::engine::general_purpose::STANDARD.encode(key)},
+        }))
+        .map_err(|e| fail(e.to_string()))?;
+        match secrets.create(&PostParams::default(), &secret).await {
+            Ok(_) => {
+                tracing::info!(secret = %format!("{namespace}/{name}"), "created the lease key")
+            }
+            Err(kube::Error::Api(status)) if status.code == 409 => {}
+            Err(error) => return Err(fail(error.to_string())),
+        }
+    }
+    Err(fail("could not be read after creating it".into()))
+}
+
+/// Everything [`serve`] needs besides the apiserver client.
+pub struct BrokerOptions {
+    /// Where the API is served (TLS).
+    pub listener: TcpListener,
+    /// Where `/livez`, `/readyz` and `/metrics` are served.
+    pub admin_listener: TcpListener,
+    /// The serving certificate.
+    pub certificate: Arc<ReloadingCertificate>,
+    /// How often the certificate files are checked.
+    pub reload_interval: Duration,
+    /// The audience tokens must carry.
+    pub audience: String,
+    /// The lease keys.
+    pub keys: LeaseKeys,
+    /// Ready once every index is filled.
+    pub readiness: Readiness,
+}
+
+/// Runs the broker until `shutdown` is cancelled.
+pub async fn serve(
+    client: kube::Client,
+    options: BrokerOptions,
+    registry: Registry,
+    shutdown: CancellationToken,
+) -> Result<(), BrokerStartError> {
+    let metrics = BrokerMetrics::new(&registry)?;
+    let tls = Arc::new(https::server_config(Arc::clone(&options.certificate))?);
+    let grants = GrantIndex::new();
+    let pods = PodIndex::default();
+    let (secrets, writer) = reflector::store::<BrokeredSecret>();
+    let readiness = options.readiness;
+    readiness.set_not_ready("indexes are not filled yet");
+
+    let mut tasks = tokio::task::JoinSet::new();
+    {
+        let (grants, client, shutdown) = (grants.clone(), client.clone(), shutdown.clone());
+        tasks.spawn(async move { grants.maintain(Api::<Grant>::all(client), shutdown).await });
+    }
+    {
+        let (pods, client, shutdown) = (pods.clone(), client.clone(), shutdown.clone());
+        tasks.spawn(async move { pods.maintain(client, shutdown).await });
+    }
+    {
+        let stream = reflector::reflector(
+            writer,
+            watcher::watcher(
+                Api::<BrokeredSecret>::all(client.clone()),
+                watcher::Config::default(),
+            ),
+        )
+        .default_backoff();
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    event = stream.next() => match event {
+                        None => return,
+                        Some(Err(error)) => tracing::warn!(%error, "BrokeredSecret watch failed; retrying"),
+                        Some(Ok(_)) => {}
+                    },
+                }
+            }
+        });
+    }
+    {
+        let (grants, pods, secrets, readiness, shutdown) = (
+            grants.clone(),
+            pods.clone(),
+            secrets.clone(),
+            readiness.clone(),
+            shutdown.clone(),
+        );
+        tasks.spawn(async move {
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                _ = async {
+                    grants.wait_synced().await;
+                    pods.wait_synced().await;
+                    secrets.wait_until_ready().await
+                } => readiness.set_ready(),
+            }
+        });
+    }
+    {
+        let (certificate, shutdown) = (options.certificate, shutdown.clone());
+        let interval = options.reload_interval;
+        tasks.spawn(async move { certificate.reload_every(interval, shutdown).await });
+    }
+    {
+        let admin_state = AdminState {
+            readiness: readiness.clone(),
+            registry,
+        };
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            admin::serve_admin(
+                options.admin_listener,
+                admin_state,
+                shutdown.cancelled_owned(),
+            )
+            .await;
+        });
+    }
+    let state = Arc::new(BrokerState {
+        broker: Broker {
+            grants,
+            secrets,
+            keys: options.keys,
+            kubernetes_secret: KubernetesSecretProvider::new(client.clone()),
+            metrics,
+        },
+        authenticator: Authenticator::new(client, &options.audience, pods, CacheLimits::default()),
+    });
+    {
+        let shutdown = shutdown.clone();
+        let routes = broker_routes(state);
+        tasks.spawn(async move {
+            https::serve(options.listener, tls, routes, shutdown.cancelled_owned()).await;
+        });
+    }
+    shutdown.cancelled().await;
+    readiness.set_not_ready("shutting down");
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}

@@ -1,0 +1,476 @@
+//! The broker's decisions: for an authenticated pod, issue, renew or revoke
+//! leases, each refused with the status and message an operator needs.
+//! Every decision is one audit line (`target: ferry::audit`) naming who,
+//! which pod, which secret, the lease, its ttl, the result and the reason,
+//! and never the material.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use ferry_sidecar::wire::{Lease, LeaseRequest, SecretRef, SecretRequest};
+use k8s_openapi::jiff::Timestamp;
+use kube::runtime::reflector::{ObjectRef, Store};
+
+use super::auth::PodIdentity;
+use super::lease_id::{CLAIMS_VERSION, LeaseClaims, LeaseIdError, LeaseKeys};
+use super::metrics::BrokerMetrics;
+use super::providers::kubernetes_secret::KubernetesSecretProvider;
+use super::providers::{IssueRequest, Issued, Provider, ProviderError};
+use super::terms::{TermsError, lease_terms};
+use crate::grant_index::{GrantIndex, grant_is_valid_at};
+use crate::resources::{BrokeredSecret, Grant, SecretReference};
+
+/// The most secrets one request may ask for.
+pub const MAX_SECRETS_PER_REQUEST: usize = 32;
+
+/// A refused request: the HTTP status and what to tell the caller.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BrokerError {
+    /// 400: the request itself is wrong.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 401: the caller is not an authenticated live pod.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// 403: no Grant, or not this pod's lease, or wider than the Grant.
+    #[error("{0}")]
+    Forbidden(String),
+    /// 404: no such BrokeredSecret, or its backend object is missing.
+    #[error("{0}")]
+    NotFound(String),
+    /// 409: the lease expired or reached its maxTtl.
+    #[error("{0}")]
+    Conflict(String),
+    /// 501: the source is not served by this broker version.
+    #[error("{0}")]
+    NotImplemented(String),
+    /// 503: a backend is unavailable; retry later.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl BrokerError {
+    /// The HTTP status code.
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::BadRequest(_) => 400,
+            Self::Unauthenticated(_) => 401,
+            Self::Forbidden(_) => 403,
+            Self::NotFound(_) => 404,
+            Self::Conflict(_) => 409,
+            Self::NotImplemented(_) => 501,
+            Self::Unavailable(_) => 503,
+        }
+    }
+
+    /// A short label for metrics and audit lines.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::BadRequest(_) => "bad_request",
+            Self::Unauthenticated(_) => "unauthenticated",
+            Self::Forbidden(_) => "forbidden",
+            Self::NotFound(_) => "not_found",
+            Self::Conflict(_) => "conflict",
+            Self::NotImplemented(_) => "not_implemented",
+            Self::Unavailable(_) => "unavailable",
+        }
+    }
+}
+
+impl From<ProviderError> for BrokerError {
+    fn from(error: ProviderError) -> Self {
+        match error {
+            ProviderError::NotFound(message) => Self::NotFound(message),
+            ProviderError::Unavailable(message) => Self::Unavailable(message),
+            ProviderError::Invalid(message) => Self::BadRequest(message),
+        }
+    }
+}
+
+impl From<LeaseIdError> for BrokerError {
+    fn from(error: LeaseIdError) -> Self {
+        Self::BadRequest(error.to_string())
+    }
+}
+
+/// Everything a decision needs: the Grants, the BrokeredSecrets, the
+/// lease keys and the providers.
+pub struct Broker {
+    /// Who holds which Grants.
+    pub grants: GrantIndex,
+    /// The BrokeredSecrets of the cluster.
+    pub secrets: Store<BrokeredSecret>,
+    /// Seal and open lease ids.
+    pub keys: LeaseKeys,
+    /// The `kubernetesSecret` provider.
+    pub kubernetes_secret: KubernetesSecretProvider,
+    /// Counters and latencies.
+    pub metrics: BrokerMetrics,
+}
+
+/// The audit record of one decision.
+struct Audit<'a> {
+    action: &'static str,
+    pod: &'a PodIdentity,
+    secret: String,
+    lease: String,
+    ttl: u64,
+}
+
+impl Audit<'_> {
+    fn record(&self, metrics: &BrokerMetrics, result: Result<(), &BrokerError>) {
+        let (outcome, reason, message) = match result {
+            Ok(()) => ("allowed", "", String::new()),
+            Err(error) => ("denied", error.reason(), error.to_string()),
+        };
+        metrics.observe_decision(self.action, outcome);
+        tracing::info!(
+            target: "ferry::audit",
+            action = self.action,
+            actor = %self.pod.subject(),
+            pod = %format!("{}/{}", self.pod.namespace, self.pod.pod_name),
+            pod_uid = %self.pod.pod_uid,
+            secret = %self.secret,
+            lease = %self.lease,
+            ttl = self.ttl,
+            result = outcome,
+            reason,
+            message = %message,
+        );
+    }
+}
+
+/// Records a refusal that happened before a pod was known (authentication).
+pub fn audit_unauthenticated(metrics: &BrokerMetrics, action: &'static str, error: &BrokerError) {
+    metrics.observe_decision(action, "denied");
+    tracing::info!(
+        target: "ferry::audit",
+        action,
+        result = "denied",
+        reason = error.reason(),
+        message = %error,
+    );
+}
+
+fn qualified(namespace: &str, name: &str) -> String {
+    format!("{namespace}/{name}")
+}
+
+impl Broker {
+    /// Issues one lease per requested secret, all or none: if one is
+    /// refused, those already issued are revoked.
+    pub async fn issue(
+        &self,
+        pod: &PodIdentity,
+        request: LeaseRequest,
+        now: Timestamp,
+    ) -> Result<Vec<Lease>, BrokerError> {
+        if request.secrets.is_empty() {
+            return Err(BrokerError::BadRequest(
+                "secrets is empty: ask for at least one".into(),
+            ));
+        }
+        if request.secrets.len() > MAX_SECRETS_PER_REQUEST {
+            return Err(BrokerError::BadRequest(format!(
+                "{} secrets asked for; at most {MAX_SECRETS_PER_REQUEST} per request",
+                request.secrets.len()
+            )));
+        }
+        let mut leases: Vec<(Lease, LeaseClaims)> = Vec::with_capacity(request.secrets.len());
+        for asked in &request.secrets {
+            let mut audit = Audit {
+                action: "issue",
+                pod,
+                secret: qualified(&asked.namespace, &asked.name),
+                lease: String::new(),
+                ttl: 0,
+            };
+            match self.issue_one(pod, asked, now).await {
+                Ok((lease, claims)) => {
+                    audit.lease = lease.id.clone();
+                    audit.ttl = lease.ttl;
+                    audit.record(&self.metrics, Ok(()));
+                    leases.push((lease, claims));
+                }
+                Err(error) => {
+                    audit.record(&self.metrics, Err(&error));
+                    for (_, claims) in &leases {
+                        let _ = self.revoke_claims(claims).await;
+                    }
+                    return Err(error);
+                }
+            }
+        }
+        Ok(leases.into_iter().map(|(lease, _)| lease).collect())
+    }
+
+    async fn issue_one(
+        &self,
+        pod: &PodIdentity,
+        asked: &SecretRequest,
+        now: Timestamp,
+    ) -> Result<(Lease, LeaseClaims), BrokerError> {
+        let (secret, grant) = self.authorize(pod, &asked.namespace, &asked.name, now)?;
+        let terms = lease_terms(&secret.spec, &grant.spec, asked, now).map_err(terms_error)?;
+        let expires_at = now.as_second() + seconds(terms.ttl);
+        let request = IssueRequest {
+            secret: &secret,
+            pod,
+            terms: &terms,
+            now,
+            expires_at,
+        };
+        let issued = self.provide_issue(&secret, request).await?;
+        let claims = LeaseClaims {
+            version: CLAIMS_VERSION,
+            secret_namespace: asked.namespace.clone(),
+            secret_name: asked.name.clone(),
+            pod_uid: pod.pod_uid.clone(),
+            handle: issued.handle.clone(),
+            issued_at: now.as_second(),
+            expires_at,
+            max_expires_at: terms.max_expires_at,
+        };
+        let lease = self.lease(&claims, Some(issued), now);
+        Ok((lease, claims))
+    }
+
+    /// The BrokeredSecret and the pod's valid Grant for it, or why not.
+    fn authorize(
+        &self,
+        pod: &PodIdentity,
+        namespace: &str,
+        name: &str,
+        now: Timestamp,
+    ) -> Result<(std::sync::Arc<BrokeredSecret>, std::sync::Arc<Grant>), BrokerError> {
+        let reference = SecretReference {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        };
+        let grant = self
+            .grants
+            .grants_for(&pod.namespace, &pod.service_account, &reference)
+            .into_iter()
+            .find(|grant| grant_is_valid_at(grant, now))
+            .ok_or_else(|| {
+                BrokerError::Forbidden(format!(
+                    "service account {}/{} has no Grant for BrokeredSecret {namespace}/{name}",
+                    pod.namespace, pod.service_account
+                ))
+            })?;
+        let secret = self
+            .secrets
+            .get(&ObjectRef::new(name).within(namespace))
+            .ok_or_else(|| {
+                BrokerError::NotFound(format!("BrokeredSecret {namespace}/{name} not found"))
+            })?;
+        Ok((secret, grant))
+    }
+
+    async fn provide_issue(
+        &self,
+        secret: &BrokeredSecret,
+        request: IssueRequest<'_>,
+    ) -> Result<Issued, BrokerError> {
+        let source = &secret.spec.source;
+        let result = if source.kubernetes_secret.is_some() {
+            self.kubernetes_secret.issue(request).await
+        } else {
+            return Err(unsupported(secret));
+        };
+        result.map_err(|error| self.provider_error(&self.kubernetes_secret, error))
+    }
+
+    fn provider_error(&self, provider: &impl Provider, error: ProviderError) -> BrokerError {
+        if matches!(error, ProviderError::Unavailable(_)) {
+            self.metrics.observe_provider_error(provider.kind());
+        }
+        error.into()
+    }
+
+    fn lease(&self, claims: &LeaseClaims, issued: Option<Issued>, now: Timestamp) -> Lease {
+        let ttl = u64::try_from(claims.expires_at - now.as_second()).unwrap_or(0);
+        Lease {
+            id: self.keys.seal(claims),
+            secret: SecretRef {
+                namespace: claims.secret_namespace.clone(),
+                name: claims.secret_name.clone(),
+            },
+            files: issued
+                .map(|issued| {
+                    issued
+                        .files
+                        .iter()
+                        .map(|(name, value)| (name.clone(), BASE64.encode(value.as_slice())))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            ttl,
+            renew_after: ttl * 2 / 3,
+            expires_at: Timestamp::from_second(claims.expires_at)
+                .map(|at| at.to_string())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Opens `id` and checks it belongs to `pod`.
+    fn open_own(&self, pod: &PodIdentity, id: &str) -> Result<LeaseClaims, BrokerError> {
+        let claims = self.keys.open(id)?;
+        if claims.pod_uid != pod.pod_uid {
+            return Err(BrokerError::Forbidden(format!(
+                "lease for {} belongs to another pod",
+                qualified(&claims.secret_namespace, &claims.secret_name)
+            )));
+        }
+        Ok(claims)
+    }
+
+    /// Renews the lease `id` for `pod`: a new id, and new files when the
+    /// credential changes, with the expiry moved on by the lease's ttl but
+    /// never past its maxTtl; refused once the Grant or secret is gone.
+    pub async fn renew(
+        &self,
+        pod: &PodIdentity,
+        id: &str,
+        now: Timestamp,
+    ) -> Result<Lease, BrokerError> {
+        let mut audit = Audit {
+            action: "renew",
+            pod,
+            secret: String::new(),
+            lease: String::new(),
+            ttl: 0,
+        };
+        let result = self.renew_checked(pod, id, now, &mut audit).await;
+        audit.record(&self.metrics, result.as_ref().map(|_| ()));
+        result
+    }
+
+    async fn renew_checked(
+        &self,
+        pod: &PodIdentity,
+        id: &str,
+        now: Timestamp,
+        audit: &mut Audit<'_>,
+    ) -> Result<Lease, BrokerError> {
+        let claims = self.open_own(pod, id)?;
+        audit.secret = qualified(&claims.secret_namespace, &claims.secret_name);
+        audit.lease = id.to_owned();
+        if claims.expires_at <= now.as_second() {
+            return Err(BrokerError::Conflict(format!(
+                "lease for {} expired; request a new one",
+                audit.secret
+            )));
+        }
+        let (secret, grant) =
+            self.authorize(pod, &claims.secret_namespace, &claims.secret_name, now)?;
+        let asked = SecretRequest {
+            namespace: claims.secret_namespace.clone(),
+            name: claims.secret_name.clone(),
+            ttl: None,
+            audience: None,
+            scopes: None,
+        };
+        let terms = lease_terms(&secret.spec, &grant.spec, &asked, now).map_err(terms_error)?;
+        let ttl = claims.expires_at - claims.issued_at;
+        let max_expires_at = claims.max_expires_at.min(terms.max_expires_at);
+        if max_expires_at <= now.as_second() {
+            return Err(BrokerError::Conflict(format!(
+                "lease for {} reached its maxTtl; request a new one",
+                audit.secret
+            )));
+        }
+        let expires_at = (now.as_second() + ttl).min(max_expires_at);
+        let renewed = LeaseClaims {
+            issued_at: now.as_second(),
+            expires_at,
+            max_expires_at,
+            ..claims.clone()
+        };
+        let request = IssueRequest {
+            secret: &secret,
+            pod,
+            terms: &terms,
+            now,
+            expires_at,
+        };
+        let issued = if secret.spec.source.kubernetes_secret.is_some() {
+            self.kubernetes_secret
+                .renew(request, &claims)
+                .await
+                .map_err(|error| self.provider_error(&self.kubernetes_secret, error))?
+        } else {
+            return Err(unsupported(&secret));
+        };
+        let lease = self.lease(&renewed, issued, now);
+        audit.ttl = lease.ttl;
+        Ok(lease)
+    }
+
+    /// Revokes the lease `id` for `pod` now. Revoking an expired lease, or
+    /// one of a secret since deleted, succeeds: its credential is gone or
+    /// going either way.
+    pub async fn revoke(&self, pod: &PodIdentity, id: &str) -> Result<(), BrokerError> {
+        let mut audit = Audit {
+            action: "revoke",
+            pod,
+            secret: String::new(),
+            lease: id.to_owned(),
+            ttl: 0,
+        };
+        let result = match self.open_own(pod, id) {
+            Ok(claims) => {
+                audit.secret = qualified(&claims.secret_namespace, &claims.secret_name);
+                self.revoke_claims(&claims).await
+            }
+            Err(error) => Err(error),
+        };
+        if result.is_err() {
+            audit.lease = String::new();
+        }
+        audit.record(&self.metrics, result.as_ref().map(|_| ()));
+        result
+    }
+
+    async fn revoke_claims(&self, claims: &LeaseClaims) -> Result<(), BrokerError> {
+        // A lease without a handle (kubernetesSecret) has nothing to revoke:
+        // the copy dies with the pod's tmpfs. Providers that hand out
+        // revocable credentials put their handle in the lease.
+        if claims.handle.is_empty() {
+            return self
+                .kubernetes_secret
+                .revoke(claims)
+                .await
+                .map_err(|error| self.provider_error(&self.kubernetes_secret, error));
+        }
+        Err(BrokerError::NotImplemented(
+            "this lease's provider is not served by this broker version".into(),
+        ))
+    }
+}
+
+fn unsupported(secret: &BrokeredSecret) -> BrokerError {
+    let kind = if secret.spec.source.jwt.is_some() {
+        "jwt"
+    } else {
+        "postgres"
+    };
+    BrokerError::NotImplemented(format!(
+        "BrokeredSecret {}/{}: source {kind} is not served by this broker version",
+        secret.metadata.namespace.as_deref().unwrap_or_default(),
+        secret.metadata.name.as_deref().unwrap_or_default(),
+    ))
+}
+
+fn terms_error(error: TermsError) -> BrokerError {
+    match error {
+        TermsError::BadTtl(_) => BrokerError::BadRequest(error.to_string()),
+        TermsError::Invalid(_) => BrokerError::Unavailable(error.to_string()),
+        _ => BrokerError::Forbidden(error.to_string()),
+    }
+}
+
+fn seconds(duration: Duration) -> i64 {
+    i64::try_from(duration.as_secs()).unwrap_or(i64::MAX)
+}
