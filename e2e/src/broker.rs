@@ -31,6 +31,16 @@ impl RunningBroker {
     /// Starts the broker against `cluster` with lease keys `keys`, and waits
     /// until it is ready.
     pub fn start(cluster: &Cluster, keys: LeaseKeys) -> Result<Self, HarnessError> {
+        Self::start_as(cluster, cluster.config().clone(), keys)
+    }
+
+    /// Like [`Self::start`], reaching the apiserver with `kube_config`
+    /// (such as one impersonating the broker's service account).
+    pub fn start_as(
+        cluster: &Cluster,
+        kube_config: kube::Config,
+        keys: LeaseKeys,
+    ) -> Result<Self, HarnessError> {
         static STARTED: AtomicU32 = AtomicU32::new(0);
         let stem = format!("broker-{}", STARTED.fetch_add(1, Ordering::Relaxed));
         let files = cluster
@@ -54,7 +64,6 @@ impl RunningBroker {
         let ((listener, addr), (admin_listener, _)) = (bind()?, bind()?);
         let readiness = Readiness::not_ready("starting");
         let registry = prometheus::Registry::new();
-        let kube_config = cluster.config().clone();
         let (thread_readiness, thread_registry) = (readiness.clone(), registry.clone());
         let background = Background::spawn("ferry-broker", move |shutdown| async move {
             let client = match kube::Client::try_from(kube_config) {

@@ -405,3 +405,104 @@ async fn renewal_is_refused_once_the_policy_is_removed() {
     .await;
     assert!(message(&reply).contains("has no Grant"));
 }
+
+#[tokio::test]
+async fn broker_does_its_job_with_exactly_its_documented_rbac() {
+    logs();
+    let cluster = Cluster::start().await.unwrap();
+    let client = cluster.client().unwrap();
+    install_crds(&client).await.unwrap();
+    let rbac = concat!(env!("CARGO_MANIFEST_DIR"), "/../rbac/broker.yaml");
+    for args in [
+        vec!["create", "namespace", "ferry-system"],
+        vec!["apply", "-f", rbac],
+    ] {
+        let output = cluster.kubectl().args(&args).output().unwrap();
+        assert!(output.status.success(), "kubectl {args:?}: {output:?}");
+    }
+    let subject = "--as=system:serviceaccount:ferry-system:ferry-broker";
+    for (verb, resource, namespace, expected) in [
+        ("create", "tokenreviews.authentication.k8s.io", None, "yes"),
+        ("watch", "grants.ferry.dev", None, "yes"),
+        ("get", "secrets", Some("default"), "yes"),
+        ("list", "secrets", None, "no"),
+        ("watch", "secrets", None, "no"),
+        ("create", "secrets", Some("default"), "no"),
+        ("create", "secrets", Some("ferry-system"), "yes"),
+        ("create", "pods/exec", Some("default"), "no"),
+        ("create", "grants.ferry.dev", None, "no"),
+    ] {
+        let mut args = vec!["auth", "can-i", verb, resource, subject];
+        match namespace {
+            Some(ns) => args.extend(["-n", ns]),
+            None => args.push("--all-namespaces"),
+        }
+        let output = cluster.kubectl().args(&args).output().unwrap();
+        let answer = String::from_utf8_lossy(&output.stdout);
+        assert_eq!(
+            answer.trim(),
+            expected,
+            "can the broker {verb} {resource} in {namespace:?}?"
+        );
+    }
+
+    let mut as_broker = cluster.config().clone();
+    as_broker.auth_info.impersonate =
+        Some("system:serviceaccount:ferry-system:ferry-broker".into());
+    as_broker.auth_info.impersonate_groups = Some(vec![
+        "system:serviceaccounts".into(),
+        "system:serviceaccounts:ferry-system".into(),
+    ]);
+    let broker_client = Client::try_from(as_broker.clone()).unwrap();
+    let keys = ferry_operator::broker::server::load_or_create_lease_keys(
+        &broker_client,
+        "ferry-system",
+        "ferry-broker-lease-key",
+    )
+    .await
+    .unwrap();
+    let broker = RunningBroker::start_as(&cluster, as_broker, keys).unwrap();
+    let https = broker.client().unwrap();
+
+    let owner = cluster.create_namespace("rbac-owner").await.unwrap();
+    let app = cluster.create_namespace("rbac-app").await.unwrap();
+    create_object::<Secret>(
+        &client,
+        &owner,
+        json!({"metadata": {"name": "api-key"}, "stringData": {"token": PLANTED}}),
+    )
+    .await
+    .unwrap();
+    create_object::<ferry_operator::resources::BrokeredSecret>(
+        &client,
+        &owner,
+        json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "BrokeredSecret",
+               "metadata": {"name": "api-key"},
+               "spec": {"source": {"kubernetesSecret": {"name": "api-key"}}}}),
+    )
+    .await
+    .unwrap();
+    // A Grant as the operator would write it (no operator runs here).
+    create_object::<Grant>(
+        &client,
+        &app,
+        json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "Grant",
+               "metadata": {"name": "api-key-for-checkout"},
+               "spec": {"serviceAccount": "checkout", "secret": {"namespace": owner, "name": "api-key"},
+                        "maxTtl": "1h", "policy": {"namespace": owner, "name": "p", "uid": "u"}}}),
+    )
+    .await
+    .unwrap();
+    create_object::<ServiceAccount>(&client, &app, json!({"metadata": {"name": "checkout"}}))
+        .await
+        .unwrap();
+    let (_, token) = pod(&client, &app, "api", "checkout").await;
+    let issued = issue_when_ready(&https, &token, &lease_request(&owner, "api-key")).await;
+    let lease = issued.json().unwrap()["leases"][0].clone();
+    assert_eq!(
+        base64::engine::general_purpose::STANDARD
+            .decode(lease["files"]["token"].as_str().unwrap())
+            .unwrap(),
+        PLANTED.as_bytes()
+    );
+}
