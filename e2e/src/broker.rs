@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use ferry_operator::admin::Readiness;
 use ferry_operator::broker::lease_id::LeaseKeys;
-use ferry_operator::broker::server::{BrokerOptions, serve};
+use ferry_operator::broker::server::{BrokerOptions, default_rate_limit, serve};
 use ferry_operator::https::ReloadingCertificate;
 use ferry_sidecar::contract::DEFAULT_BROKER_AUDIENCE;
 
@@ -31,15 +31,22 @@ impl RunningBroker {
     /// Starts the broker against `cluster` with lease keys `keys`, and waits
     /// until it is ready.
     pub fn start(cluster: &Cluster, keys: LeaseKeys) -> Result<Self, HarnessError> {
-        Self::start_as(cluster, cluster.config().clone(), keys)
+        Self::start_as(
+            cluster,
+            cluster.config().clone(),
+            keys,
+            default_rate_limit(),
+        )
     }
 
     /// Like [`Self::start`], reaching the apiserver with `kube_config`
-    /// (such as one impersonating the broker's service account).
+    /// (such as one impersonating the broker's service account) and
+    /// limiting each service account to `rate_limit`.
     pub fn start_as(
         cluster: &Cluster,
         kube_config: kube::Config,
         keys: LeaseKeys,
+        rate_limit: governor::Quota,
     ) -> Result<Self, HarnessError> {
         static STARTED: AtomicU32 = AtomicU32::new(0);
         let stem = format!("broker-{}", STARTED.fetch_add(1, Ordering::Relaxed));
@@ -84,6 +91,7 @@ impl RunningBroker {
                 audience: DEFAULT_BROKER_AUDIENCE.into(),
                 keys,
                 readiness: thread_readiness,
+                rate_limit,
             };
             if let Err(error) = serve(client, options, thread_registry, shutdown).await {
                 tracing::error!(%error, "broker stopped");

@@ -26,11 +26,21 @@ pub struct HttpsClient {
 pub struct HttpsReply {
     /// The status code.
     pub status: u16,
+    /// The headers, names in lower case.
+    pub headers: Vec<(String, String)>,
     /// The body.
     pub body: Vec<u8>,
 }
 
 impl HttpsReply {
+    /// The value of header `name` (lower case), if present.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    }
+
     /// The body as JSON.
     pub fn json(&self) -> Result<serde_json::Value, HarnessError> {
         serde_json::from_slice(&self.body)
@@ -131,6 +141,16 @@ pub async fn send(
         .await
         .map_err(|e| failed("sending the request", e))?;
     let status = response.status().as_u16();
+    let headers = response
+        .headers()
+        .iter()
+        .map(|(name, value)| {
+            (
+                name.as_str().to_owned(),
+                String::from_utf8_lossy(value.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
     let body = response
         .into_body()
         .collect()
@@ -138,5 +158,9 @@ pub async fn send(
         .map_err(|e| failed("reading the reply", e))?
         .to_bytes()
         .to_vec();
-    Ok(HttpsReply { status, body })
+    Ok(HttpsReply {
+        status,
+        headers,
+        body,
+    })
 }

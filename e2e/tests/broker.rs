@@ -461,7 +461,13 @@ async fn broker_does_its_job_with_exactly_its_documented_rbac() {
     )
     .await
     .unwrap();
-    let broker = RunningBroker::start_as(&cluster, as_broker, keys).unwrap();
+    let broker = RunningBroker::start_as(
+        &cluster,
+        as_broker,
+        keys,
+        ferry_operator::broker::server::default_rate_limit(),
+    )
+    .unwrap();
     let https = broker.client().unwrap();
 
     let owner = cluster.create_namespace("rbac-owner").await.unwrap();
@@ -505,4 +511,38 @@ async fn broker_does_its_job_with_exactly_its_documented_rbac() {
             .unwrap(),
         PLANTED.as_bytes()
     );
+}
+
+#[tokio::test]
+async fn a_service_account_asking_too_often_gets_429_with_retry_after() {
+    let (client, secrets, app) = scenario("ratelimit").await;
+    let cluster = Cluster::shared().await.unwrap();
+    // A broker of its own with a tight limit: one request a second, two at once.
+    let limited = RunningBroker::start_as(
+        cluster,
+        cluster.config().clone(),
+        LeaseKeys::new(&[42; 32], &[]),
+        governor::Quota::per_second(std::num::NonZeroU32::MIN)
+            .allow_burst(std::num::NonZeroU32::new(2).unwrap()),
+    )
+    .unwrap();
+    let https = limited.client().unwrap();
+    let (_, token) = pod(&client, &app, "api", "checkout").await;
+    let body = lease_request(&secrets, "orders-api-key");
+    let limited_reply = eventually("a 429", WAIT, || async {
+        let reply = https
+            .request("POST", "/v1/leases", Some(&token), &body)
+            .await
+            .unwrap();
+        (reply.status == 429).then_some(reply)
+    })
+    .await;
+    let retry_after: u64 = limited_reply
+        .header("retry-after")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&retry_after), "{retry_after}");
+    assert!(message(&limited_reply).contains("too many requests from this service account"));
+    assert!(log_text().contains("\"reason\":\"rate_limited\""));
 }

@@ -2,6 +2,7 @@
 //! Grants, and serves the broker.
 
 use std::io::Write;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -88,6 +89,12 @@ struct BrokerArgs {
         default_value = "ferry-broker-lease-key"
     )]
     lease_key_secret: String,
+    /// Requests a second each service account may make (all its pods together).
+    #[arg(long, env = "FERRY_RATE_LIMIT", default_value_t = NonZeroU32::new(50).unwrap_or(NonZeroU32::MIN))]
+    rate_limit: NonZeroU32,
+    /// Requests a service account may make at once after a quiet spell.
+    #[arg(long, env = "FERRY_RATE_LIMIT_BURST", default_value_t = NonZeroU32::new(100).unwrap_or(NonZeroU32::MIN))]
+    rate_limit_burst: NonZeroU32,
     /// Log format: JSON lines for production, text for a terminal.
     #[arg(long, env = "FERRY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     log_format: LogFormat,
@@ -189,6 +196,8 @@ async fn broker(args: BrokerArgs) -> anyhow::Result<()> {
             audience: args.audience,
             keys,
             readiness: Readiness::not_ready("starting"),
+            rate_limit: governor::Quota::per_second(args.rate_limit)
+                .allow_burst(args.rate_limit_burst),
         },
         prometheus::Registry::new(),
         shutdown,

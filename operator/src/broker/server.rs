@@ -3,6 +3,7 @@
 //! from a Secret the replicas share, the admin port, certificate reload.
 
 use std::convert::Infallible;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,6 +11,8 @@ use base64::Engine as _;
 use bytes::Bytes;
 use ferry_sidecar::wire::{ErrorDetail, ErrorResponse, LeaseRequest, LeasesResponse};
 use futures::StreamExt;
+use governor::Quota;
+use governor::clock::{Clock as _, DefaultClock};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
 use kube::Api;
@@ -29,7 +32,7 @@ use super::lease_id::{LEASE_KEY_BYTES, LeaseKeys, generate_lease_key};
 use super::metrics::BrokerMetrics;
 use super::pods::PodIndex;
 use super::providers::kubernetes_secret::KubernetesSecretProvider;
-use super::service::{Broker, BrokerError, audit_unauthenticated};
+use super::service::{Broker, BrokerError, audit_refused};
 use crate::admin::{self, AdminState, Readiness};
 use crate::grant_index::GrantIndex;
 use crate::https::{self, ReloadingCertificate, TlsError};
@@ -44,12 +47,23 @@ pub const LEASE_KEY_CURRENT: &str = "current";
 /// The key of the lease-key Secret holding the previous key, if any.
 pub const LEASE_KEY_PREVIOUS: &str = "previous";
 
+/// Requests per service account, across all its pods.
+pub type ServiceAccountLimiter = governor::DefaultKeyedRateLimiter<(String, String)>;
+
+/// The default rate per service account: 50 requests a second, bursts of 100.
+pub fn default_rate_limit() -> Quota {
+    Quota::per_second(NonZeroU32::new(50).unwrap_or(NonZeroU32::MIN))
+        .allow_burst(NonZeroU32::new(100).unwrap_or(NonZeroU32::MIN))
+}
+
 /// The broker and its authenticator, shared by every request.
 pub struct BrokerState {
     /// Decisions.
     pub broker: Broker,
     /// Who is asking.
     pub authenticator: Authenticator,
+    /// How often each service account may ask.
+    pub limiter: ServiceAccountLimiter,
 }
 
 /// The broker's routes, answering every failure with a JSON error body.
@@ -116,14 +130,22 @@ async fn authenticate(
     } else {
         state.broker.metrics.observe_review(used);
     }
-    identity.map_err(|error| {
+    let pod = identity.map_err(|error| {
         let error = match error {
             AuthError::Unavailable(_) => BrokerError::Unavailable(error.to_string()),
             _ => BrokerError::Unauthenticated(error.to_string()),
         };
-        audit_unauthenticated(&state.broker.metrics, action, &error);
+        audit_refused(&state.broker.metrics, action, None, &error);
         error
-    })
+    })?;
+    let key = (pod.namespace.clone(), pod.service_account.clone());
+    if let Err(not_until) = state.limiter.check_key(&key) {
+        let wait = not_until.wait_time_from(DefaultClock::default().now());
+        let error = BrokerError::RateLimited(wait.as_secs().max(1));
+        audit_refused(&state.broker.metrics, action, Some(&pod), &error);
+        return Err(error);
+    }
+    Ok(pod)
 }
 
 async fn issue(state: &BrokerState, bearer: Option<String>, body: &[u8]) -> Response {
@@ -195,7 +217,13 @@ fn error_body(code: StatusCode, message: String) -> Response {
 
 fn error_reply(error: &BrokerError) -> Response {
     let code = StatusCode::from_u16(error.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    error_body(code, error.to_string())
+    let reply = error_body(code, error.to_string());
+    match error {
+        BrokerError::RateLimited(seconds) => {
+            warp::reply::with_header(reply, "retry-after", seconds.to_string()).into_response()
+        }
+        _ => reply,
+    }
 }
 
 fn rejected(rejection: warp::Rejection) -> Response {
@@ -310,6 +338,8 @@ pub struct BrokerOptions {
     pub keys: LeaseKeys,
     /// Ready once every index is filled.
     pub readiness: Readiness,
+    /// How often each service account may ask.
+    pub rate_limit: Quota,
 }
 
 /// Runs the broker until `shutdown` is cancelled.
@@ -408,7 +438,21 @@ pub async fn serve(
             metrics,
         },
         authenticator: Authenticator::new(client, &options.audience, pods, CacheLimits::default()),
+        limiter: governor::RateLimiter::keyed(options.rate_limit),
     });
+    {
+        // Forget service accounts that have been quiet long enough to be
+        // back at a full burst, so the limiter's memory stays bounded.
+        let (state, shutdown) = (Arc::clone(&state), shutdown.clone());
+        tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_secs(60)) => state.limiter.retain_recent(),
+                }
+            }
+        });
+    }
     {
         let shutdown = shutdown.clone();
         let routes = broker_routes(state);

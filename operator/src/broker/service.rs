@@ -42,6 +42,9 @@ pub enum BrokerError {
     /// 409: the lease expired or reached its maxTtl.
     #[error("{0}")]
     Conflict(String),
+    /// 429: the service account asks too often; retry after the seconds.
+    #[error("too many requests from this service account; retry in {0}s")]
+    RateLimited(u64),
     /// 501: the source is not served by this broker version.
     #[error("{0}")]
     NotImplemented(String),
@@ -59,6 +62,7 @@ impl BrokerError {
             Self::Forbidden(_) => 403,
             Self::NotFound(_) => 404,
             Self::Conflict(_) => 409,
+            Self::RateLimited(_) => 429,
             Self::NotImplemented(_) => 501,
             Self::Unavailable(_) => 503,
         }
@@ -72,6 +76,7 @@ impl BrokerError {
             Self::Forbidden(_) => "forbidden",
             Self::NotFound(_) => "not_found",
             Self::Conflict(_) => "conflict",
+            Self::RateLimited(_) => "rate_limited",
             Self::NotImplemented(_) => "not_implemented",
             Self::Unavailable(_) => "unavailable",
         }
@@ -141,12 +146,20 @@ impl Audit<'_> {
     }
 }
 
-/// Records a refusal that happened before a pod was known (authentication).
-pub fn audit_unauthenticated(metrics: &BrokerMetrics, action: &'static str, error: &BrokerError) {
+/// Records a refusal made before the request reached a decision on a
+/// secret: authentication (no pod known yet) or rate limiting.
+pub fn audit_refused(
+    metrics: &BrokerMetrics,
+    action: &'static str,
+    pod: Option<&PodIdentity>,
+    error: &BrokerError,
+) {
     metrics.observe_decision(action, "denied");
     tracing::info!(
         target: "ferry::audit",
         action,
+        actor = %pod.map(PodIdentity::subject).unwrap_or_default(),
+        pod = %pod.map(|pod| format!("{}/{}", pod.namespace, pod.pod_name)).unwrap_or_default(),
         result = "denied",
         reason = error.reason(),
         message = %error,
