@@ -125,9 +125,8 @@ async fn authenticate(
         .map(str::trim)
         .unwrap_or_default();
     let (identity, used) = state.authenticator.authenticate(token).await;
-    if token.is_empty() {
-        // No review was made; nothing to count.
-    } else {
+    // Without a token no review is made, so there is nothing to count.
+    if !token.is_empty() {
         state.broker.metrics.observe_review(used);
     }
     let pod = identity.map_err(|error| {
