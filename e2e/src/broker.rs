@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use ferry_operator::admin::Readiness;
 use ferry_operator::broker::lease_id::LeaseKeys;
+use ferry_operator::broker::providers::jwt::{JwtProvider, generate_signing_key};
 use ferry_operator::broker::server::{BrokerOptions, default_rate_limit, serve};
 use ferry_operator::https::ReloadingCertificate;
 use ferry_sidecar::contract::DEFAULT_BROKER_AUDIENCE;
@@ -69,6 +70,10 @@ impl RunningBroker {
             Ok::<_, HarnessError>((listener, addr))
         };
         let ((listener, addr), (admin_listener, _)) = (bind()?, bind()?);
+        let signing_key = generate_signing_key()
+            .map_err(|_| HarnessError::Process("generating a JWT signing key".into()))?;
+        let jwt = JwtProvider::new(&format!("https://{addr}"), &signing_key, &[])
+            .map_err(|e| HarnessError::Process(format!("JWT provider: {e}")))?;
         let readiness = Readiness::not_ready("starting");
         let registry = prometheus::Registry::new();
         let (thread_readiness, thread_registry) = (readiness.clone(), registry.clone());
@@ -90,6 +95,7 @@ impl RunningBroker {
                 reload_interval: Duration::from_secs(1),
                 audience: DEFAULT_BROKER_AUDIENCE.into(),
                 keys,
+                jwt,
                 readiness: thread_readiness,
                 rate_limit,
             };

@@ -96,6 +96,37 @@ impl HttpsClient {
         Ok(sender)
     }
 
+    /// Writes `request` (raw HTTP/1.1 bytes) on a fresh TLS connection and
+    /// returns the status code of the reply; for requests a well-behaved
+    /// client cannot send, such as a Content-Length over a server's limit
+    /// without the body.
+    pub async fn raw_status(&self, request: &[u8]) -> Result<u16, HarnessError> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let tcp = TcpStream::connect(self.addr)
+            .await
+            .map_err(|e| failed("connecting", e))?;
+        let name = ServerName::IpAddress(self.addr.ip().into());
+        let mut stream = self
+            .tls
+            .connect(name, tcp)
+            .await
+            .map_err(|e| failed("TLS handshake", e))?;
+        stream
+            .write_all(request)
+            .await
+            .map_err(|e| failed("writing the request", e))?;
+        let mut head = vec![0u8; 64];
+        let read = tokio::time::timeout(std::time::Duration::from_secs(10), stream.read(&mut head))
+            .await
+            .map_err(|_| failed("reading the reply", "timed out"))?
+            .map_err(|e| failed("reading the reply", e))?;
+        let head = String::from_utf8_lossy(&head[..read]);
+        head.split(' ')
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .ok_or_else(|| failed("reading the reply", "no status line"))
+    }
+
     /// Sends one request on a fresh connection.
     pub async fn request(
         &self,

@@ -80,9 +80,11 @@ async fn world() -> &'static World {
         .await
 }
 
-/// A secrets namespace with Secret + BrokeredSecret `orders-api-key` (and a
-/// JWT one), an app namespace with service accounts `checkout` (granted
-/// both, maxTtl 30m) and `intruder` (granted nothing).
+/// A secrets namespace with Secret + BrokeredSecret `orders-api-key`, a JWT
+/// `orders-jwt` and a PostgreSQL `orders-db`; an app namespace with service
+/// accounts `checkout` (granted all three; the key for at most 30m, the JWT
+/// narrowed to audience `orders` and scope `read`) and `intruder` (granted
+/// nothing).
 async fn scenario(prefix: &str) -> (Client, String, String) {
     world().await;
     let cluster = Cluster::shared().await.unwrap();
@@ -107,7 +109,15 @@ async fn scenario(prefix: &str) -> (Client, String, String) {
             "orders-api-key",
             json!({"kubernetesSecret": {"name": "orders-api-key"}}),
         ),
-        ("orders-jwt", json!({"jwt": {"audience": ["orders"]}})),
+        (
+            "orders-jwt",
+            json!({"jwt": {"audience": ["orders", "billing"], "scopes": ["read", "write"],
+                                      "claims": {"team": "payments"}}}),
+        ),
+        (
+            "orders-db",
+            json!({"postgres": {"connectionSecretRef": {"name": "db-admin"}}}),
+        ),
     ] {
         create_object::<ferry_operator::resources::BrokeredSecret>(
             &client,
@@ -125,7 +135,8 @@ async fn scenario(prefix: &str) -> (Client, String, String) {
                "metadata": {"name": "checkout"},
                "spec": {"subjects": [{"serviceAccount": {"name": "checkout", "namespace": app}}],
                         "secrets": [{"name": "orders-api-key", "maxTtl": "30m"},
-                                    {"name": "orders-jwt"}]}}),
+                                    {"name": "orders-jwt", "audience": ["orders"], "scopes": ["read"]},
+                                    {"name": "orders-db"}]}}),
     )
     .await
     .unwrap();
@@ -142,7 +153,7 @@ async fn scenario(prefix: &str) -> (Client, String, String) {
             .unwrap()
             .items
             .len()
-            == 2)
+            == 3)
             .then_some(())
     })
     .await;
@@ -300,9 +311,19 @@ async fn refusals_carry_their_status_and_reason() {
     assert_eq!(reply.status, 400);
     assert!(message(&reply).contains("unknown field `tll`"));
 
-    // 413: an oversized body.
-    let reply = post(Some(token.clone()), vec![b' '; 65 * 1024]).await;
-    assert_eq!(reply.status, 413);
+    // 413: an oversized body, refused on its declared length alone.
+    let status = broker
+        .raw_status(
+            format!(
+                "POST /v1/leases HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n\
+                 Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                65 * 1024
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 413);
 
     // 401: no token, a token for another audience.
     let reply = post(None, granted.clone()).await;
@@ -345,9 +366,18 @@ async fn refusals_carry_their_status_and_reason() {
     assert!(message(&reply).contains("belongs to another pod"));
 
     // 501: a source this broker version does not serve, said plainly.
-    let reply = post(Some(token.clone()), lease_request(&secrets, "orders-jwt")).await;
+    let reply = post(Some(token.clone()), lease_request(&secrets, "orders-db")).await;
     assert_eq!(reply.status, 501);
-    assert!(message(&reply).contains("source jwt is not served"));
+    assert!(message(&reply).contains("source postgres is not served"));
+
+    // 403: a JWT audience the Grant narrowed away.
+    let billing = serde_json::to_vec(
+        &json!({"secrets": [{"namespace": secrets, "name": "orders-jwt", "audience": ["billing"]}]}),
+    )
+    .unwrap();
+    let reply = post(Some(token.clone()), billing).await;
+    assert_eq!(reply.status, 403);
+    assert!(message(&reply).contains("audience [\"billing\"] is not granted"));
 
     // 401: the pod is gone; its token no longer works.
     Api::<Pod>::namespaced(client.clone(), &app)
@@ -545,4 +575,97 @@ async fn a_service_account_asking_too_often_gets_429_with_retry_after() {
     assert!((1..=2).contains(&retry_after), "{retry_after}");
     assert!(message(&limited_reply).contains("too many requests from this service account"));
     assert!(log_text().contains("\"reason\":\"rate_limited\""));
+}
+
+#[tokio::test]
+async fn a_jwt_lease_verifies_against_the_jwks_with_the_right_claims() {
+    let (client, secrets, app) = scenario("jwt").await;
+    let running = &world().await.broker;
+    let broker = running.client().unwrap();
+    let (api, token) = pod(&client, &app, "api", "checkout").await;
+    let issued = issue_when_ready(&broker, &token, &lease_request(&secrets, "orders-jwt")).await;
+    let lease = issued.json().unwrap()["leases"][0].clone();
+    let jwt = String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(lease["files"]["token"].as_str().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+
+    let discovery = broker
+        .request("GET", "/.well-known/openid-configuration", None, b"")
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(discovery["issuer"], running.url());
+    assert_eq!(discovery["jwks_uri"], format!("{}/v1/jwks", running.url()));
+    let jwks = broker
+        .request("GET", "/v1/jwks", None, b"")
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
+    let key = &jwks["keys"][0];
+    assert_eq!(key["kty"], "EC");
+    let header = jsonwebtoken::decode_header(&jwt).unwrap();
+    assert_eq!(header.kid.as_deref(), key["kid"].as_str());
+    let decoding = jsonwebtoken::DecodingKey::from_ec_components(
+        key["x"].as_str().unwrap(),
+        key["y"].as_str().unwrap(),
+    )
+    .unwrap();
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
+    validation.set_audience(&["orders"]);
+    validation.set_issuer(&[running.url()]);
+    let claims = jsonwebtoken::decode::<serde_json::Value>(&jwt, &decoding, &validation)
+        .unwrap()
+        .claims;
+    assert_eq!(
+        claims["sub"],
+        format!("system:serviceaccount:{app}:checkout")
+    );
+    assert_eq!(claims["aud"], json!(["orders"]));
+    assert_eq!(claims["scope"], "read");
+    assert_eq!(claims["team"], "payments");
+    assert_eq!(claims["pod_uid"], json!(api.metadata.uid));
+    let (iat, exp) = (
+        claims["iat"].as_i64().unwrap(),
+        claims["exp"].as_i64().unwrap(),
+    );
+    assert_eq!(exp - iat, lease["ttl"].as_i64().unwrap());
+    assert!(claims["jti"].as_str().is_some_and(|jti| !jti.is_empty()));
+
+    // A token for another audience does not verify as one for billing.
+    let mut billing = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
+    billing.set_audience(&["billing"]);
+    assert!(jsonwebtoken::decode::<serde_json::Value>(&jwt, &decoding, &billing).is_err());
+
+    // Renewal mints a fresh token with the same narrowing.
+    let id = lease["id"].as_str().unwrap();
+    let renewed = broker
+        .request("POST", &format!("/v1/leases/{id}/renew"), Some(&token), b"")
+        .await
+        .unwrap();
+    assert_eq!(renewed.status, 200);
+    let renewed_jwt = String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(
+                renewed.json().unwrap()["leases"][0]["files"]["token"]
+                    .as_str()
+                    .unwrap(),
+            )
+            .unwrap(),
+    )
+    .unwrap();
+    assert_ne!(renewed_jwt, jwt);
+    let renewed_claims =
+        jsonwebtoken::decode::<serde_json::Value>(&renewed_jwt, &decoding, &validation)
+            .unwrap()
+            .claims;
+    assert_eq!(renewed_claims["scope"], "read");
+    assert!(
+        !log_text().contains(&jwt),
+        "a minted JWT appears in a log line"
+    );
 }

@@ -89,6 +89,22 @@ struct BrokerArgs {
         default_value = "ferry-broker-lease-key"
     )]
     lease_key_secret: String,
+    /// The default `iss` of minted JWTs, and where the JWKS is published
+    /// (`<issuer>/v1/jwks`): the broker's URL as clients reach it.
+    #[arg(
+        long,
+        env = "FERRY_ISSUER",
+        default_value = "https://ferry-broker.ferry-system.svc:8443"
+    )]
+    issuer: String,
+    /// Name of the Secret holding the JWT signing keys (created when
+    /// absent; shared by all replicas).
+    #[arg(
+        long,
+        env = "FERRY_JWT_KEY_SECRET",
+        default_value = "ferry-broker-jwt-keys"
+    )]
+    jwt_key_secret: String,
     /// Requests a second each service account may make (all its pods together).
     #[arg(long, env = "FERRY_RATE_LIMIT", default_value_t = NonZeroU32::new(50).unwrap_or(NonZeroU32::MIN))]
     rate_limit: NonZeroU32,
@@ -182,6 +198,13 @@ async fn broker(args: BrokerArgs) -> anyhow::Result<()> {
         .context("connecting to Kubernetes (in-cluster config or KUBECONFIG)")?;
     let keys =
         server::load_or_create_lease_keys(&client, &args.namespace, &args.lease_key_secret).await?;
+    let jwt = server::load_or_create_jwt_provider(
+        &client,
+        &args.namespace,
+        &args.jwt_key_secret,
+        &args.issuer,
+    )
+    .await?;
     let listener = https::bind(&args.listen_addr).await?;
     let admin_listener = admin::bind_admin(&args.admin_addr).await?;
     let shutdown = CancellationToken::new();
@@ -195,6 +218,7 @@ async fn broker(args: BrokerArgs) -> anyhow::Result<()> {
             reload_interval: std::time::Duration::from_secs(args.tls_reload_seconds.max(1)),
             audience: args.audience,
             keys,
+            jwt,
             readiness: Readiness::not_ready("starting"),
             rate_limit: governor::Quota::per_second(args.rate_limit)
                 .allow_burst(args.rate_limit_burst),

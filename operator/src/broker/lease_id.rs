@@ -47,6 +47,12 @@ pub struct LeaseClaims {
     /// maxTtl), in Unix seconds.
     #[serde(rename = "m")]
     pub max_expires_at: i64,
+    /// The JWT audiences the lease was narrowed to, kept for renewal.
+    #[serde(rename = "a", default, skip_serializing_if = "Vec::is_empty")]
+    pub audience: Vec<String>,
+    /// The JWT scopes the lease was narrowed to, kept for renewal.
+    #[serde(rename = "sc", default, skip_serializing_if = "Option::is_none")]
+    pub scopes: Option<Vec<String>>,
 }
 
 /// The current claims version.
@@ -162,6 +168,8 @@ mod tests {
             issued_at: 1_800_000_000,
             expires_at: 1_800_000_900,
             max_expires_at: 1_800_003_600,
+            audience: vec![],
+            scopes: None,
         }
     }
 

@@ -2,18 +2,20 @@
 //! Grant, BrokeredSecret and pod indexes kept by watches, the lease keys
 //! from a Secret the replicas share, the admin port, certificate reload.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use bytes::Bytes;
 use ferry_sidecar::wire::{ErrorDetail, ErrorResponse, LeaseRequest, LeasesResponse};
 use futures::StreamExt;
 use governor::Quota;
 use governor::clock::{Clock as _, DefaultClock};
+use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
 use kube::Api;
 use kube::api::PostParams;
@@ -31,6 +33,7 @@ use super::auth::{AuthError, Authenticator, CacheLimits};
 use super::lease_id::{LEASE_KEY_BYTES, LeaseKeys, generate_lease_key};
 use super::metrics::BrokerMetrics;
 use super::pods::PodIndex;
+use super::providers::jwt::{JwtProvider, generate_signing_key};
 use super::providers::kubernetes_secret::KubernetesSecretProvider;
 use super::service::{Broker, BrokerError, audit_refused};
 use crate::admin::{self, AdminState, Readiness};
@@ -102,10 +105,30 @@ pub fn broker_routes(state: Arc<BrokerState>) -> BoxedFilter<(Response,)> {
                 revoke(&state, bearer, &id).await
             },
         );
+    let jwks = {
+        let state = Arc::clone(&state);
+        warp::path!("v1" / "jwks")
+            .and(warp::get())
+            .map(move || warp::reply::json(&state.broker.jwt.jwks()).into_response())
+    };
+    let discovery = {
+        let state = Arc::clone(&state);
+        warp::path!(".well-known" / "openid-configuration")
+            .and(warp::get())
+            .map(move || {
+                let jwt = &state.broker.jwt;
+                let jwks_uri = format!("{}/v1/jwks", jwt.issuer().trim_end_matches('/'));
+                warp::reply::json(&jwt.openid_configuration(&jwks_uri)).into_response()
+            })
+    };
     issue
         .or(renew)
         .unify()
         .or(revoke)
+        .unify()
+        .or(jwks)
+        .unify()
+        .or(discovery)
         .unify()
         .recover(|rejection| async move { Ok::<_, Infallible>(rejected(rejection)) })
         .unify()
@@ -263,62 +286,124 @@ pub enum BrokerStartError {
     /// Metrics could not be registered.
     #[error("registering metrics: {0}")]
     Metrics(#[from] prometheus::Error),
-    /// The lease-key Secret could not be read or created.
-    #[error("lease key Secret {0}")]
-    LeaseKey(String),
+    /// A key Secret (lease or JWT keys) could not be read or created.
+    #[error("key Secret {0}")]
+    KeySecret(String),
 }
 
-/// Reads the lease keys from the Secret `namespace/name`, creating it with a
-/// fresh random key when absent. Replicas racing to create it all end up
-/// with the one that was stored.
-pub async fn load_or_create_lease_keys(
+/// The data of the broker's own Secret `namespace/name`, creating it with
+/// `generate()` when absent. Replicas racing to create it all end up with
+/// the one that was stored.
+async fn load_or_create_secret(
     client: &kube::Client,
     namespace: &str,
     name: &str,
-) -> Result<LeaseKeys, BrokerStartError> {
+    generate: impl Fn() -> Result<BTreeMap<String, Vec<u8>>, String>,
+) -> Result<BTreeMap<String, Vec<u8>>, BrokerStartError> {
     let secrets = Api::<Secret>::namespaced(client.clone(), namespace);
-    let fail = |what: String| BrokerStartError::LeaseKey(format!("{namespace}/{name}: {what}"));
+    let fail = |what: String| BrokerStartError::KeySecret(format!("{namespace}/{name}: {what}"));
     for _ in 0..3 {
         if let Some(secret) = secrets
             .get_opt(name)
             .await
             .map_err(|e| fail(e.to_string()))?
         {
-            let data = secret.data.unwrap_or_default();
-            let current = data
-                .get(LEASE_KEY_CURRENT)
-                .filter(|key| key.0.len() >= LEASE_KEY_BYTES)
-                .ok_or_else(|| {
-                    fail(format!(
-                        "has no {LEASE_KEY_CURRENT} key of at least {LEASE_KEY_BYTES} bytes"
-                    ))
-                })?;
-            let previous: Vec<&[u8]> = data
-                .get(LEASE_KEY_PREVIOUS)
-                .map(|key| key.0.as_slice())
+            return Ok(secret
+                .data
+                .unwrap_or_default()
                 .into_iter()
-                .collect();
-            return Ok(LeaseKeys::new(&current.0, &previous));
+                .map(|(key, value)| (key, value.0))
+                .collect());
         }
-        let key = generate_lease_key().map_err(|_| fail("the OS random source failed".into()))?;
-        let secret: Secret = serde_json::from_value(serde_json::json!({
-            "metadata": {
-                "name": name,
-                "labels": {"app.kubernetes.io/managed-by": "ferry-broker"},
+        let data: BTreeMap<String, ByteString> = generate()
+            .map_err(fail)?
+            .into_iter()
+            .map(|(key, value)| (key, ByteString(value)))
+            .collect();
+        let secret = Secret {
+            metadata: ObjectMeta {
+                name: Some(name.to_owned()),
+                labels: Some(BTreeMap::from([(
+                    "app.kubernetes.io/managed-by".to_owned(),
+                    "ferry-broker".to_owned(),
+                )])),
+                ..ObjectMeta::default()
             },
-            "type": "Opaque",
-            "data": {LEASE_KEY_CURRENT: base64::engine::general_purpose::STANDARD.encode(key)},
-        }))
-        .map_err(|e| fail(e.to_string()))?;
+            type_: Some("Opaque".into()),
+            data: Some(data),
+            ..Secret::default()
+        };
         match secrets.create(&PostParams::default(), &secret).await {
             Ok(_) => {
-                tracing::info!(secret = %format!("{namespace}/{name}"), "created the lease key")
+                tracing::info!(secret = %format!("{namespace}/{name}"), "created the broker's key Secret")
             }
             Err(kube::Error::Api(status)) if status.code == 409 => {}
             Err(error) => return Err(fail(error.to_string())),
         }
     }
     Err(fail("could not be read after creating it".into()))
+}
+
+/// The lease keys from the Secret `namespace/name` (keys `current` and,
+/// after a rotation, `previous`), created with a random key when absent.
+pub async fn load_or_create_lease_keys(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+) -> Result<LeaseKeys, BrokerStartError> {
+    let data = load_or_create_secret(client, namespace, name, || {
+        let key = generate_lease_key().map_err(|_| "the OS random source failed".to_owned())?;
+        Ok(BTreeMap::from([(
+            LEASE_KEY_CURRENT.to_owned(),
+            key.to_vec(),
+        )]))
+    })
+    .await?;
+    let current = data
+        .get(LEASE_KEY_CURRENT)
+        .filter(|key| key.len() >= LEASE_KEY_BYTES)
+        .ok_or_else(|| {
+            BrokerStartError::KeySecret(format!(
+                "{namespace}/{name}: has no {LEASE_KEY_CURRENT} key of at least {LEASE_KEY_BYTES} bytes"
+            ))
+        })?;
+    let previous: Vec<&[u8]> = data
+        .get(LEASE_KEY_PREVIOUS)
+        .map(Vec::as_slice)
+        .into_iter()
+        .collect();
+    Ok(LeaseKeys::new(current, &previous))
+}
+
+/// The JWT provider with signing keys from the Secret `namespace/name`
+/// (PKCS#8 `current` and, after a rotation, `previous`), created with a new
+/// ES256 key when absent; `issuer` is the default `iss`.
+pub async fn load_or_create_jwt_provider(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    issuer: &str,
+) -> Result<JwtProvider, BrokerStartError> {
+    let data = load_or_create_secret(client, namespace, name, || {
+        let key = generate_signing_key().map_err(|_| "the OS random source failed".to_owned())?;
+        Ok(BTreeMap::from([(
+            LEASE_KEY_CURRENT.to_owned(),
+            key.to_vec(),
+        )]))
+    })
+    .await?;
+    let current = data.get(LEASE_KEY_CURRENT).ok_or_else(|| {
+        BrokerStartError::KeySecret(format!(
+            "{namespace}/{name}: has no {LEASE_KEY_CURRENT} key"
+        ))
+    })?;
+    let previous: Vec<&[u8]> = data
+        .get(LEASE_KEY_PREVIOUS)
+        .map(Vec::as_slice)
+        .into_iter()
+        .collect();
+    JwtProvider::new(issuer, current, &previous)
+        .map_err(|error| BrokerStartError::KeySecret(format!("{namespace}/{name}: {error}")))
 }
 
 /// Everything [`serve`] needs besides the apiserver client.
@@ -335,6 +420,8 @@ pub struct BrokerOptions {
     pub audience: String,
     /// The lease keys.
     pub keys: LeaseKeys,
+    /// The JWT provider, with its signing keys.
+    pub jwt: JwtProvider,
     /// Ready once every index is filled.
     pub readiness: Readiness,
     /// How often each service account may ask.
@@ -434,6 +521,7 @@ pub async fn serve(
             secrets,
             keys: options.keys,
             kubernetes_secret: KubernetesSecretProvider::new(client.clone()),
+            jwt: options.jwt,
             metrics,
         },
         authenticator: Authenticator::new(client, &options.audience, pods, CacheLimits::default()),

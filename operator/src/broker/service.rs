@@ -15,6 +15,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use super::auth::PodIdentity;
 use super::lease_id::{CLAIMS_VERSION, LeaseClaims, LeaseIdError, LeaseKeys};
 use super::metrics::BrokerMetrics;
+use super::providers::jwt::JwtProvider;
 use super::providers::kubernetes_secret::KubernetesSecretProvider;
 use super::providers::{IssueRequest, Issued, Provider, ProviderError};
 use super::terms::{TermsError, lease_terms};
@@ -110,6 +111,8 @@ pub struct Broker {
     pub keys: LeaseKeys,
     /// The `kubernetesSecret` provider.
     pub kubernetes_secret: KubernetesSecretProvider,
+    /// The `jwt` provider.
+    pub jwt: JwtProvider,
     /// Counters and latencies.
     pub metrics: BrokerMetrics,
 }
@@ -234,7 +237,11 @@ impl Broker {
             now,
             expires_at,
         };
-        let issued = self.provide_issue(&secret, request).await?;
+        let issued = self
+            .provide(&secret, request, None)
+            .await?
+            .ok_or_else(|| BrokerError::Unavailable("the provider issued nothing".into()))?;
+        let is_jwt = secret.spec.source.jwt.is_some();
         let claims = LeaseClaims {
             version: CLAIMS_VERSION,
             secret_namespace: asked.namespace.clone(),
@@ -244,6 +251,12 @@ impl Broker {
             issued_at: now.as_second(),
             expires_at,
             max_expires_at: terms.max_expires_at,
+            audience: if is_jwt {
+                terms.audience.clone()
+            } else {
+                vec![]
+            },
+            scopes: is_jwt.then(|| terms.scopes.clone()),
         };
         let lease = self.lease(&claims, Some(issued), now);
         Ok((lease, claims))
@@ -281,18 +294,33 @@ impl Broker {
         Ok((secret, grant))
     }
 
-    async fn provide_issue(
+    /// Asks the secret's provider to issue, or with `renewing`, to renew.
+    async fn provide(
         &self,
         secret: &BrokeredSecret,
         request: IssueRequest<'_>,
-    ) -> Result<Issued, BrokerError> {
+        renewing: Option<&LeaseClaims>,
+    ) -> Result<Option<Issued>, BrokerError> {
+        async fn call<P: Provider>(
+            broker: &Broker,
+            provider: &P,
+            request: IssueRequest<'_>,
+            renewing: Option<&LeaseClaims>,
+        ) -> Result<Option<Issued>, BrokerError> {
+            let result = match renewing {
+                None => provider.issue(request).await.map(Some),
+                Some(lease) => provider.renew(request, lease).await,
+            };
+            result.map_err(|error| broker.provider_error(provider, error))
+        }
         let source = &secret.spec.source;
-        let result = if source.kubernetes_secret.is_some() {
-            self.kubernetes_secret.issue(request).await
+        if source.kubernetes_secret.is_some() {
+            call(self, &self.kubernetes_secret, request, renewing).await
+        } else if source.jwt.is_some() {
+            call(self, &self.jwt, request, renewing).await
         } else {
-            return Err(unsupported(secret));
-        };
-        result.map_err(|error| self.provider_error(&self.kubernetes_secret, error))
+            Err(unsupported(secret))
+        }
     }
 
     fn provider_error(&self, provider: &impl Provider, error: ProviderError) -> BrokerError {
@@ -378,12 +406,13 @@ impl Broker {
         }
         let (secret, grant) =
             self.authorize(pod, &claims.secret_namespace, &claims.secret_name, now)?;
+        // Renewal keeps the narrowing the lease was issued with.
         let asked = SecretRequest {
             namespace: claims.secret_namespace.clone(),
             name: claims.secret_name.clone(),
             ttl: None,
-            audience: None,
-            scopes: None,
+            audience: (!claims.audience.is_empty()).then(|| claims.audience.clone()),
+            scopes: claims.scopes.clone(),
         };
         let terms = lease_terms(&secret.spec, &grant.spec, &asked, now).map_err(terms_error)?;
         let ttl = claims.expires_at - claims.issued_at;
@@ -408,14 +437,7 @@ impl Broker {
             now,
             expires_at,
         };
-        let issued = if secret.spec.source.kubernetes_secret.is_some() {
-            self.kubernetes_secret
-                .renew(request, &claims)
-                .await
-                .map_err(|error| self.provider_error(&self.kubernetes_secret, error))?
-        } else {
-            return Err(unsupported(&secret));
-        };
+        let issued = self.provide(&secret, request, Some(&claims)).await?;
         let lease = self.lease(&renewed, issued, now);
         audit.ttl = lease.ttl;
         Ok(lease)
@@ -464,13 +486,8 @@ impl Broker {
 }
 
 fn unsupported(secret: &BrokeredSecret) -> BrokerError {
-    let kind = if secret.spec.source.jwt.is_some() {
-        "jwt"
-    } else {
-        "postgres"
-    };
     BrokerError::NotImplemented(format!(
-        "BrokeredSecret {}/{}: source {kind} is not served by this broker version",
+        "BrokeredSecret {}/{}: source postgres is not served by this broker version",
         secret.metadata.namespace.as_deref().unwrap_or_default(),
         secret.metadata.name.as_deref().unwrap_or_default(),
     ))

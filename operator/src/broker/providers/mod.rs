@@ -3,6 +3,7 @@
 //! reap what it issued that should no longer exist. Each provider is one
 //! module; the broker picks one by the BrokeredSecret's `source`.
 
+pub mod jwt;
 pub mod kubernetes_secret;
 
 use std::collections::BTreeMap;
