@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
+use ferry_sidecar::wire::{ErrorDetail, ErrorResponse};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -28,7 +29,8 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use warp::filters::BoxedFilter;
-use warp::reply::Response;
+use warp::http::StatusCode;
+use warp::reply::{Reply, Response};
 use zeroize::Zeroizing;
 
 /// How long a client may take to finish the TLS handshake.
@@ -243,6 +245,46 @@ pub fn server_config(certificate: Arc<ReloadingCertificate>) -> Result<ServerCon
         .with_cert_resolver(certificate);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
+}
+
+/// The JSON error every ferry HTTPS endpoint answers with:
+/// `{"error": {"code": <status>, "message": <what to fix>}}`.
+pub fn json_error(status: StatusCode, message: impl Into<String>) -> Response {
+    let body = ErrorResponse {
+        error: ErrorDetail {
+            code: status.as_u16(),
+            message: message.into(),
+        },
+    };
+    warp::reply::with_status(warp::reply::json(&body), status).into_response()
+}
+
+/// Turns warp's rejections into JSON errors. `served` says what the server
+/// serves (for a 404), `max_body` its body limit (for a 413).
+pub fn rejection_reply(rejection: &warp::Rejection, served: &str, max_body: u64) -> Response {
+    if rejection.is_not_found() {
+        json_error(
+            StatusCode::NOT_FOUND,
+            format!("not found: this server serves {served}"),
+        )
+    } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
+        json_error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("method not allowed: this server serves {served}"),
+        )
+    } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
+        json_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body is larger than {max_body} bytes"),
+        )
+    } else if rejection.find::<warp::reject::LengthRequired>().is_some() {
+        json_error(StatusCode::LENGTH_REQUIRED, "request has no Content-Length")
+    } else {
+        json_error(
+            StatusCode::BAD_REQUEST,
+            format!("bad request: {rejection:?}"),
+        )
+    }
 }
 
 /// Binds `addr` (such as `0.0.0.0:8443`, or `127.0.0.1:0` in tests).

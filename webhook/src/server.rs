@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use ferry_operator::admin::{self, AdminState, Readiness};
 use ferry_operator::grant_index::GrantIndex;
-use ferry_operator::https::{self, ReloadingCertificate, TlsError};
+use ferry_operator::https::{self, ReloadingCertificate, TlsError, json_error, rejection_reply};
 use ferry_operator::resources::Grant;
 use k8s_openapi::jiff::Timestamp;
 use prometheus::Registry;
@@ -50,7 +50,13 @@ pub fn mutate_route(state: WebhookState) -> BoxedFilter<(Response,)> {
         .and(warp::body::content_length_limit(MAX_BODY_BYTES))
         .and(warp::body::bytes())
         .map(move |body: Bytes| answer(&state, &body))
-        .recover(move |rejection| async move { Ok::<_, Infallible>(rejected(rejection)) })
+        .recover(move |rejection: warp::Rejection| async move {
+            Ok::<_, Infallible>(rejection_reply(
+                &rejection,
+                &format!("POST {MUTATE_PATH}"),
+                MAX_BODY_BYTES,
+            ))
+        })
         .unify()
         .boxed()
 }
@@ -59,7 +65,7 @@ fn answer(state: &WebhookState, body: &[u8]) -> Response {
     let started = Instant::now();
     if !state.grants.is_synced() {
         state.metrics.observe_bad_request(503);
-        return error_reply(
+        return json_error(
             StatusCode::SERVICE_UNAVAILABLE,
             "ferry webhook is starting: its Grant index has not been filled from the apiserver yet",
         );
@@ -84,45 +90,9 @@ fn answer(state: &WebhookState, body: &[u8]) -> Response {
         Err(bad) => {
             state.metrics.observe_bad_request(400);
             tracing::warn!(error = %bad, "malformed admission request");
-            error_reply(StatusCode::BAD_REQUEST, &bad.to_string())
+            json_error(StatusCode::BAD_REQUEST, bad.to_string())
         }
     }
-}
-
-/// The JSON error shape every ferry HTTPS endpoint uses.
-fn error_reply(status: StatusCode, message: &str) -> Response {
-    let body = serde_json::json!({"error": {"code": status.as_u16(), "message": message}});
-    warp::reply::with_status(warp::reply::json(&body), status).into_response()
-}
-
-fn rejected(rejection: warp::Rejection) -> Response {
-    let (status, message) = if rejection.is_not_found() {
-        (
-            StatusCode::NOT_FOUND,
-            format!("not found: this webhook serves POST {MUTATE_PATH}"),
-        )
-    } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
-        (
-            StatusCode::METHOD_NOT_ALLOWED,
-            format!("{MUTATE_PATH} takes POST"),
-        )
-    } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
-        (
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("request body is larger than {MAX_BODY_BYTES} bytes"),
-        )
-    } else if rejection.find::<warp::reject::LengthRequired>().is_some() {
-        (
-            StatusCode::LENGTH_REQUIRED,
-            "request has no Content-Length".to_owned(),
-        )
-    } else {
-        (
-            StatusCode::BAD_REQUEST,
-            format!("bad request: {rejection:?}"),
-        )
-    };
-    error_reply(status, &message)
 }
 
 /// Everything [`serve`] needs besides the apiserver client.

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ferry_sidecar::wire::{ErrorDetail, ErrorResponse, LeaseRequest, LeasesResponse};
+use ferry_sidecar::wire::{LeaseRequest, LeasesResponse};
 use futures::StreamExt;
 use governor::Quota;
 use governor::clock::{Clock as _, DefaultClock};
@@ -38,7 +38,7 @@ use super::providers::kubernetes_secret::KubernetesSecretProvider;
 use super::service::{Broker, BrokerError, audit_refused};
 use crate::admin::{self, AdminState, Readiness};
 use crate::grant_index::GrantIndex;
-use crate::https::{self, ReloadingCertificate, TlsError};
+use crate::https::{self, ReloadingCertificate, TlsError, json_error, rejection_reply};
 use crate::resources::{BrokeredSecret, Grant};
 
 /// The largest request body accepted.
@@ -130,7 +130,13 @@ pub fn broker_routes(state: Arc<BrokerState>) -> BoxedFilter<(Response,)> {
         .unify()
         .or(discovery)
         .unify()
-        .recover(|rejection| async move { Ok::<_, Infallible>(rejected(rejection)) })
+        .recover(|rejection: warp::Rejection| async move {
+            Ok::<_, Infallible>(rejection_reply(
+                &rejection,
+                "POST /v1/leases, POST /v1/leases/{id}/renew, DELETE /v1/leases/{id}, GET /v1/jwks",
+                MAX_BODY_BYTES,
+            ))
+        })
         .unify()
         .boxed()
 }
@@ -227,53 +233,14 @@ async fn revoke(state: &BrokerState, bearer: Option<String>, id: &str) -> Respon
     }
 }
 
-fn error_body(code: StatusCode, message: String) -> Response {
-    let body = ErrorResponse {
-        error: ErrorDetail {
-            code: code.as_u16(),
-            message,
-        },
-    };
-    warp::reply::with_status(warp::reply::json(&body), code).into_response()
-}
-
 fn error_reply(error: &BrokerError) -> Response {
     let code = StatusCode::from_u16(error.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let reply = error_body(code, error.to_string());
+    let reply = json_error(code, error.to_string());
     match error {
         BrokerError::RateLimited(seconds) => {
             warp::reply::with_header(reply, "retry-after", seconds.to_string()).into_response()
         }
         _ => reply,
-    }
-}
-
-fn rejected(rejection: warp::Rejection) -> Response {
-    if rejection.is_not_found() {
-        error_body(
-            StatusCode::NOT_FOUND,
-            "not found: the broker serves POST /v1/leases, POST /v1/leases/{id}/renew and DELETE /v1/leases/{id}".into(),
-        )
-    } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
-        error_body(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method not allowed on this path".into(),
-        )
-    } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
-        error_body(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("request body is larger than {MAX_BODY_BYTES} bytes"),
-        )
-    } else if rejection.find::<warp::reject::LengthRequired>().is_some() {
-        error_body(
-            StatusCode::LENGTH_REQUIRED,
-            "request has no Content-Length".into(),
-        )
-    } else {
-        error_body(
-            StatusCode::BAD_REQUEST,
-            format!("bad request: {rejection:?}"),
-        )
     }
 }
 
