@@ -1,9 +1,14 @@
 //! A ferry component running in-process on a thread of its own, with its
 //! own tokio runtime, so it outlives any single test's runtime and stops
-//! when dropped.
+//! when dropped; and what starting one takes: loopback listeners, and
+//! waiting for its readiness.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use ferry_operator::admin::Readiness;
 
 use tokio_util::sync::CancellationToken;
 
@@ -58,4 +63,39 @@ impl Drop for Background {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// A non-blocking listener on a free loopback port, for `what`, and its
+/// address; hand it to a component's runtime with `TcpListener::from_std`.
+pub(crate) fn bind_loopback(
+    what: &str,
+) -> Result<(std::net::TcpListener, SocketAddr), HarnessError> {
+    let io = |source| HarnessError::Io {
+        what: format!("binding a loopback port for {what}"),
+        source,
+    };
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(io)?;
+    listener.set_nonblocking(true).map_err(io)?;
+    let addr = listener.local_addr().map_err(io)?;
+    Ok((listener, addr))
+}
+
+/// Blocks until `readiness` is ready, or fails after `timeout` naming
+/// `what` and why it is not ready.
+pub(crate) fn wait_ready(
+    readiness: &Readiness,
+    what: &str,
+    timeout: Duration,
+) -> Result<(), HarnessError> {
+    let deadline = Instant::now() + timeout;
+    while !readiness.is_ready() {
+        if Instant::now() > deadline {
+            return Err(HarnessError::Process(format!(
+                "{what} not ready after {timeout:?}: {:?}",
+                readiness.check()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
 }

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ferry_operator::admin::Readiness;
 use ferry_operator::broker::lease_id::LeaseKeys;
@@ -12,7 +12,7 @@ use ferry_operator::broker::server::{BrokerOptions, default_rate_limit, serve};
 use ferry_operator::https::ReloadingCertificate;
 use ferry_sidecar::contract::DEFAULT_BROKER_AUDIENCE;
 
-use crate::background::Background;
+use crate::background::{Background, bind_loopback, wait_ready};
 use crate::https_client::HttpsClient;
 use crate::{Cluster, HarnessError};
 
@@ -56,20 +56,8 @@ impl RunningBroker {
             .serving_cert(&["127.0.0.1"], cluster.dir(), &stem)?;
         let certificate = ReloadingCertificate::load(&files.cert, &files.key)
             .map_err(|e| HarnessError::Process(format!("broker certificate: {e}")))?;
-        let bind = || {
-            let listener = std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.set_nonblocking(true).map(|()| l))
-                .map_err(|source| HarnessError::Io {
-                    what: "binding a broker port".into(),
-                    source,
-                })?;
-            let addr = listener.local_addr().map_err(|source| HarnessError::Io {
-                what: "reading a broker port".into(),
-                source,
-            })?;
-            Ok::<_, HarnessError>((listener, addr))
-        };
-        let ((listener, addr), (admin_listener, _)) = (bind()?, bind()?);
+        let (listener, addr) = bind_loopback("the broker")?;
+        let (admin_listener, _) = bind_loopback("the broker's admin server")?;
         let signing_key = generate_signing_key()
             .map_err(|_| HarnessError::Process("generating a JWT signing key".into()))?;
         let jwt = JwtProvider::new(&format!("https://{addr}"), &signing_key, &[])
@@ -109,16 +97,7 @@ impl RunningBroker {
             ca_pem: cluster.authority().cert_pem(),
             registry,
         };
-        let deadline = Instant::now() + READY_TIMEOUT;
-        while !readiness.is_ready() {
-            if Instant::now() > deadline {
-                return Err(HarnessError::Process(format!(
-                    "broker not ready after {READY_TIMEOUT:?}: {:?}",
-                    readiness.check()
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_ready(&readiness, "broker", READY_TIMEOUT)?;
         Ok(broker)
     }
 

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::background::Background;
+use crate::background::{Background, bind_loopback, wait_ready};
 use crate::{Cluster, HarnessError};
 use ferry_operator::admin::Readiness;
 use ferry_operator::https::ReloadingCertificate;
@@ -54,28 +54,8 @@ impl RunningWebhook {
                 .serving_cert(&["127.0.0.1", "localhost"], cluster.dir(), &stem)?;
         let certificate = ReloadingCertificate::load(&files.cert, &files.key)
             .map_err(|e| HarnessError::Process(format!("webhook certificate: {e}")))?;
-        let bind = |what: &str| {
-            let listener =
-                std::net::TcpListener::bind("127.0.0.1:0").map_err(|source| HarnessError::Io {
-                    what: format!("binding the webhook's {what} port"),
-                    source,
-                })?;
-            listener
-                .set_nonblocking(true)
-                .map_err(|source| HarnessError::Io {
-                    what: format!("configuring the webhook's {what} port"),
-                    source,
-                })?;
-            Ok::<_, HarnessError>(listener)
-        };
-        let (listener, admin_listener) = (bind("https")?, bind("admin")?);
-        let local = |listener: &std::net::TcpListener| {
-            listener.local_addr().map_err(|source| HarnessError::Io {
-                what: "reading a webhook port".into(),
-                source,
-            })
-        };
-        let (addr, admin_addr) = (local(&listener)?, local(&admin_listener)?);
+        let (listener, addr) = bind_loopback("the webhook")?;
+        let (admin_listener, admin_addr) = bind_loopback("the webhook's admin server")?;
 
         let readiness = Readiness::not_ready("starting");
         let registry = prometheus::Registry::new();
@@ -111,16 +91,7 @@ impl RunningWebhook {
             ca_pem: cluster.authority().cert_pem(),
             registry,
         };
-        let deadline = Instant::now() + READY_TIMEOUT;
-        while !readiness.is_ready() {
-            if Instant::now() > deadline {
-                return Err(HarnessError::Process(format!(
-                    "webhook not ready after {READY_TIMEOUT:?}: {:?}",
-                    readiness.check()
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_ready(&readiness, "webhook", READY_TIMEOUT)?;
         Ok(webhook)
     }
 
