@@ -258,15 +258,28 @@ pub enum BrokerStartError {
     KeySecret(String),
 }
 
-/// The data of the broker's own Secret `namespace/name`, creating it with
-/// `generate()` when absent. Replicas racing to create it all end up with
-/// the one that was stored.
-async fn load_or_create_secret(
+/// A signing key as the broker keeps it: the `current` key, and the
+/// `previous` one after a rotation.
+struct StoredKeys {
+    current: Vec<u8>,
+    previous: Option<Vec<u8>>,
+}
+
+impl StoredKeys {
+    fn previous(&self) -> Vec<&[u8]> {
+        self.previous.as_deref().into_iter().collect()
+    }
+}
+
+/// The keys in the broker's own Secret `namespace/name`, creating it with a
+/// `current` key from `generate()` when absent. Replicas racing to create
+/// it all end up with the one that was stored.
+async fn load_or_create_keys(
     client: &kube::Client,
     namespace: &str,
     name: &str,
-    generate: impl Fn() -> Result<BTreeMap<String, Vec<u8>>, String>,
-) -> Result<BTreeMap<String, Vec<u8>>, BrokerStartError> {
+    generate: impl Fn() -> Option<Vec<u8>>,
+) -> Result<StoredKeys, BrokerStartError> {
     let secrets = Api::<Secret>::namespaced(client.clone(), namespace);
     let fail = |what: String| BrokerStartError::KeySecret(format!("{namespace}/{name}: {what}"));
     for _ in 0..3 {
@@ -275,18 +288,16 @@ async fn load_or_create_secret(
             .await
             .map_err(|e| fail(e.to_string()))?
         {
-            return Ok(secret
-                .data
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(key, value)| (key, value.0))
-                .collect());
+            let mut data = secret.data.unwrap_or_default();
+            let current = data
+                .remove(LEASE_KEY_CURRENT)
+                .ok_or_else(|| fail(format!("has no {LEASE_KEY_CURRENT} key")))?;
+            return Ok(StoredKeys {
+                current: current.0,
+                previous: data.remove(LEASE_KEY_PREVIOUS).map(|key| key.0),
+            });
         }
-        let data: BTreeMap<String, ByteString> = generate()
-            .map_err(fail)?
-            .into_iter()
-            .map(|(key, value)| (key, ByteString(value)))
-            .collect();
+        let key = generate().ok_or_else(|| fail("the OS random source failed".into()))?;
         let secret = Secret {
             metadata: ObjectMeta {
                 name: Some(name.to_owned()),
@@ -297,7 +308,10 @@ async fn load_or_create_secret(
                 ..ObjectMeta::default()
             },
             type_: Some("Opaque".into()),
-            data: Some(data),
+            data: Some(BTreeMap::from([(
+                LEASE_KEY_CURRENT.to_owned(),
+                ByteString(key),
+            )])),
             ..Secret::default()
         };
         match secrets.create(&PostParams::default(), &secret).await {
@@ -318,28 +332,16 @@ pub async fn load_or_create_lease_keys(
     namespace: &str,
     name: &str,
 ) -> Result<LeaseKeys, BrokerStartError> {
-    let data = load_or_create_secret(client, namespace, name, || {
-        let key = generate_lease_key().map_err(|_| "the OS random source failed".to_owned())?;
-        Ok(BTreeMap::from([(
-            LEASE_KEY_CURRENT.to_owned(),
-            key.to_vec(),
-        )]))
+    let keys = load_or_create_keys(client, namespace, name, || {
+        generate_lease_key().ok().map(|key| key.to_vec())
     })
     .await?;
-    let current = data
-        .get(LEASE_KEY_CURRENT)
-        .filter(|key| key.len() >= LEASE_KEY_BYTES)
-        .ok_or_else(|| {
-            BrokerStartError::KeySecret(format!(
-                "{namespace}/{name}: has no {LEASE_KEY_CURRENT} key of at least {LEASE_KEY_BYTES} bytes"
-            ))
-        })?;
-    let previous: Vec<&[u8]> = data
-        .get(LEASE_KEY_PREVIOUS)
-        .map(Vec::as_slice)
-        .into_iter()
-        .collect();
-    Ok(LeaseKeys::new(current, &previous))
+    if keys.current.len() < LEASE_KEY_BYTES {
+        return Err(BrokerStartError::KeySecret(format!(
+            "{namespace}/{name}: has no {LEASE_KEY_CURRENT} key of at least {LEASE_KEY_BYTES} bytes"
+        )));
+    }
+    Ok(LeaseKeys::new(&keys.current, &keys.previous()))
 }
 
 /// The JWT provider with signing keys from the Secret `namespace/name`
@@ -351,25 +353,11 @@ pub async fn load_or_create_jwt_provider(
     name: &str,
     issuer: &str,
 ) -> Result<JwtProvider, BrokerStartError> {
-    let data = load_or_create_secret(client, namespace, name, || {
-        let key = generate_signing_key().map_err(|_| "the OS random source failed".to_owned())?;
-        Ok(BTreeMap::from([(
-            LEASE_KEY_CURRENT.to_owned(),
-            key.to_vec(),
-        )]))
+    let keys = load_or_create_keys(client, namespace, name, || {
+        generate_signing_key().ok().map(|key| key.to_vec())
     })
     .await?;
-    let current = data.get(LEASE_KEY_CURRENT).ok_or_else(|| {
-        BrokerStartError::KeySecret(format!(
-            "{namespace}/{name}: has no {LEASE_KEY_CURRENT} key"
-        ))
-    })?;
-    let previous: Vec<&[u8]> = data
-        .get(LEASE_KEY_PREVIOUS)
-        .map(Vec::as_slice)
-        .into_iter()
-        .collect();
-    JwtProvider::new(issuer, current, &previous)
+    JwtProvider::new(issuer, &keys.current, &keys.previous())
         .map_err(|error| BrokerStartError::KeySecret(format!("{namespace}/{name}: {error}")))
 }
 
