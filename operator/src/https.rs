@@ -287,6 +287,48 @@ pub fn rejection_reply(rejection: &warp::Rejection, served: &str, max_body: u64)
     }
 }
 
+/// A ferry server's two ports and what they serve.
+pub struct ServedPorts {
+    /// The TLS listener.
+    pub listener: TcpListener,
+    /// The admin listener (`/livez`, `/readyz`, `/metrics`).
+    pub admin_listener: TcpListener,
+    /// The serving certificate, reloaded every `reload_interval`.
+    pub certificate: Arc<ReloadingCertificate>,
+    /// How often the certificate files are checked.
+    pub reload_interval: Duration,
+    /// The routes served over TLS.
+    pub routes: BoxedFilter<(Response,)>,
+    /// What the admin port reports.
+    pub admin: crate::admin::AdminState,
+}
+
+/// Spawns, onto `tasks`, what every ferry HTTPS server runs until
+/// `shutdown`: the certificate reload, the admin server, and the TLS server
+/// (which drains on shutdown).
+pub fn spawn_servers(
+    tasks: &mut tokio::task::JoinSet<()>,
+    ports: ServedPorts,
+    shutdown: &CancellationToken,
+) -> Result<(), TlsError> {
+    let config = Arc::new(server_config(Arc::clone(&ports.certificate))?);
+    let (certificate, interval) = (ports.certificate, ports.reload_interval);
+    let reload_shutdown = shutdown.clone();
+    tasks.spawn(async move { certificate.reload_every(interval, reload_shutdown).await });
+    tasks.spawn(crate::admin::serve_admin(
+        ports.admin_listener,
+        ports.admin,
+        shutdown.clone().cancelled_owned(),
+    ));
+    tasks.spawn(serve(
+        ports.listener,
+        config,
+        ports.routes,
+        shutdown.clone().cancelled_owned(),
+    ));
+    Ok(())
+}
+
 /// Binds `addr` (such as `0.0.0.0:8443`, or `127.0.0.1:0` in tests).
 pub async fn bind(addr: &str) -> Result<TcpListener, TlsError> {
     TcpListener::bind(addr)

@@ -7,9 +7,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ferry_operator::admin::{self, AdminState, Readiness};
+use ferry_operator::admin::{AdminState, Readiness};
 use ferry_operator::grant_index::GrantIndex;
-use ferry_operator::https::{self, ReloadingCertificate, TlsError, json_error, rejection_reply};
+use ferry_operator::https::{
+    self, ReloadingCertificate, ServedPorts, TlsError, json_error, rejection_reply,
+};
 use ferry_operator::resources::Grant;
 use k8s_openapi::jiff::Timestamp;
 use prometheus::Registry;
@@ -122,7 +124,6 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
     let metrics = WebhookMetrics::new(&registry)?;
-    let tls = Arc::new(https::server_config(Arc::clone(&options.certificate))?);
     let grants = GrantIndex::new();
     let readiness = options.readiness;
     readiness.set_not_ready("the Grant index is not filled yet");
@@ -158,33 +159,21 @@ pub async fn serve(
             }
         });
     }
-    {
-        let (certificate, shutdown) = (options.certificate, shutdown.clone());
-        let interval = options.reload_interval;
-        tasks.spawn(async move { certificate.reload_every(interval, shutdown).await });
-    }
-    {
-        let admin_state = AdminState {
-            readiness: readiness.clone(),
-            registry,
-        };
-        let shutdown = shutdown.clone();
-        tasks.spawn(async move {
-            admin::serve_admin(
-                options.admin_listener,
-                admin_state,
-                shutdown.cancelled_owned(),
-            )
-            .await;
-        });
-    }
-    {
-        let shutdown = shutdown.clone();
-        let route = mutate_route(state);
-        tasks.spawn(async move {
-            https::serve(options.listener, tls, route, shutdown.cancelled_owned()).await;
-        });
-    }
+    https::spawn_servers(
+        &mut tasks,
+        ServedPorts {
+            listener: options.listener,
+            admin_listener: options.admin_listener,
+            certificate: options.certificate,
+            reload_interval: options.reload_interval,
+            routes: mutate_route(state),
+            admin: AdminState {
+                readiness: readiness.clone(),
+                registry,
+            },
+        },
+        &shutdown,
+    )?;
     shutdown.cancelled().await;
     readiness.set_not_ready("shutting down");
     while tasks.join_next().await.is_some() {}

@@ -36,9 +36,11 @@ use super::pods::PodIndex;
 use super::providers::jwt::{JwtProvider, generate_signing_key};
 use super::providers::kubernetes_secret::KubernetesSecretProvider;
 use super::service::{Broker, BrokerError, audit_refused};
-use crate::admin::{self, AdminState, Readiness};
+use crate::admin::{AdminState, Readiness};
 use crate::grant_index::GrantIndex;
-use crate::https::{self, ReloadingCertificate, TlsError, json_error, rejection_reply};
+use crate::https::{
+    self, ReloadingCertificate, ServedPorts, TlsError, json_error, rejection_reply,
+};
 use crate::resources::{BrokeredSecret, Grant};
 
 /// The largest request body accepted.
@@ -391,7 +393,6 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), BrokerStartError> {
     let metrics = BrokerMetrics::new(&registry)?;
-    let tls = Arc::new(https::server_config(Arc::clone(&options.certificate))?);
     let grants = GrantIndex::new();
     let pods = PodIndex::default();
     let (secrets, writer) = reflector::store::<BrokeredSecret>();
@@ -450,26 +451,6 @@ pub async fn serve(
             }
         });
     }
-    {
-        let (certificate, shutdown) = (options.certificate, shutdown.clone());
-        let interval = options.reload_interval;
-        tasks.spawn(async move { certificate.reload_every(interval, shutdown).await });
-    }
-    {
-        let admin_state = AdminState {
-            readiness: readiness.clone(),
-            registry,
-        };
-        let shutdown = shutdown.clone();
-        tasks.spawn(async move {
-            admin::serve_admin(
-                options.admin_listener,
-                admin_state,
-                shutdown.cancelled_owned(),
-            )
-            .await;
-        });
-    }
     let state = Arc::new(BrokerState {
         broker: Broker {
             grants,
@@ -495,13 +476,21 @@ pub async fn serve(
             }
         });
     }
-    {
-        let shutdown = shutdown.clone();
-        let routes = broker_routes(state);
-        tasks.spawn(async move {
-            https::serve(options.listener, tls, routes, shutdown.cancelled_owned()).await;
-        });
-    }
+    https::spawn_servers(
+        &mut tasks,
+        ServedPorts {
+            listener: options.listener,
+            admin_listener: options.admin_listener,
+            certificate: options.certificate,
+            reload_interval: options.reload_interval,
+            routes: broker_routes(state),
+            admin: AdminState {
+                readiness: readiness.clone(),
+                registry,
+            },
+        },
+        &shutdown,
+    )?;
     shutdown.cancelled().await;
     readiness.set_not_ready("shutting down");
     while tasks.join_next().await.is_some() {}
