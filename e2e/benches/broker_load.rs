@@ -9,42 +9,19 @@
 
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ferry_e2e::https_client::{HttpsClient, send};
 use ferry_e2e::{
-    Cluster, create_object, http_get, install_crds, pod_bound_token, workspace_binary,
+    Cluster, KillOnDrop, bench_setting, create_object, free_port, http_get, install_crds,
+    percentile, pod_bound_token, workspace_binary,
 };
 use ferry_sidecar::contract::DEFAULT_BROKER_AUDIENCE;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
 use kube::api::{Api, PostParams};
 use serde_json::json;
-
-struct Broker(Child);
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
 
 fn rss_mib(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -57,15 +34,10 @@ fn rss_mib(pid: u32) -> f64 {
         / 1024.0
 }
 
-fn percentile(sorted: &[Duration], q: f64) -> Duration {
-    let index = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[index]
-}
-
 #[tokio::main]
 async fn main() {
-    let seconds = env_or("FERRY_BENCH_SECONDS", 10);
-    let connections = env_or("FERRY_BENCH_CONNECTIONS", 8).max(1);
+    let seconds = bench_setting("FERRY_BENCH_SECONDS", 10);
+    let connections = bench_setting("FERRY_BENCH_CONNECTIONS", 8).max(1);
 
     let binary = workspace_binary("ferry-operator").unwrap();
     let cluster = Cluster::start().await.unwrap();
@@ -127,8 +99,8 @@ async fn main() {
         .authority()
         .serving_cert(&["127.0.0.1"], cluster.dir(), "bench-broker")
         .unwrap();
-    let (addr, admin) = (free_port(), free_port());
-    let broker = Broker(
+    let (addr, admin) = (free_port().unwrap(), free_port().unwrap());
+    let broker = KillOnDrop(
         Command::new(&binary)
             .args(["broker", "--log-format", "json"])
             .args(["--listen-addr", &addr.to_string()])

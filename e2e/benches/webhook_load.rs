@@ -14,41 +14,20 @@
 
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ferry_e2e::https_client::{HttpsClient, send};
-use ferry_e2e::{Cluster, http_get, install_crds, workspace_binary};
+use ferry_e2e::{
+    Cluster, KillOnDrop, bench_setting, free_port, http_get, install_crds, percentile,
+    workspace_binary,
+};
 use ferry_operator::resources::Grant;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, PostParams};
 use serde_json::json;
-
-struct Webhook(Child);
-
-impl Drop for Webhook {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
 
 /// VmRSS and VmHWM of `pid`, in KiB.
 fn memory_kib(pid: u32) -> (u64, u64) {
@@ -111,17 +90,12 @@ fn histogram_quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> f6
     lower
 }
 
-fn percentile(sorted: &[Duration], q: f64) -> Duration {
-    let index = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[index]
-}
-
 #[tokio::main]
 async fn main() {
-    let rate = env_or("FERRY_BENCH_RATE", 500);
-    let seconds = env_or("FERRY_BENCH_SECONDS", 20);
-    let connections = env_or("FERRY_BENCH_CONNECTIONS", 4).max(1);
-    let grant_count = env_or("FERRY_BENCH_GRANTS", 10_000).max(2);
+    let rate = bench_setting("FERRY_BENCH_RATE", 500);
+    let seconds = bench_setting("FERRY_BENCH_SECONDS", 20);
+    let connections = bench_setting("FERRY_BENCH_CONNECTIONS", 4).max(1);
+    let grant_count = bench_setting("FERRY_BENCH_GRANTS", 10_000).max(2);
 
     let binary = workspace_binary("ferry-webhook").unwrap();
     let cluster = Cluster::start().await.unwrap();
@@ -162,8 +136,8 @@ async fn main() {
         .authority()
         .serving_cert(&["127.0.0.1"], cluster.dir(), "bench-webhook")
         .unwrap();
-    let (addr, admin) = (free_port(), free_port());
-    let webhook = Webhook(
+    let (addr, admin) = (free_port().unwrap(), free_port().unwrap());
+    let webhook = KillOnDrop(
         Command::new(&binary)
             .args(["run", "--log-format", "json"])
             .args(["--listen-addr", &addr.to_string()])

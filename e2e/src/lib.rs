@@ -105,6 +105,45 @@ pub async fn pod_bound_token(
         .ok_or_else(|| HarnessError::Process("TokenRequest returned no token".into()))
 }
 
+/// A child process (one of ferry's binaries) killed and reaped when
+/// dropped, so a failing test leaves nothing running.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A loopback address with a port free at the time of the call, for a
+/// binary that binds its own listener.
+pub fn free_port() -> Result<std::net::SocketAddr, HarnessError> {
+    let io = |source| HarnessError::Io {
+        what: "finding a free loopback port".into(),
+        source,
+    };
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .map_err(io)?
+        .local_addr()
+        .map_err(io)
+}
+
+/// The `q` quantile (0 to 1) of `sorted`, which must not be empty: the
+/// smallest value at least a fraction `q` of the values do not exceed.
+pub fn percentile(sorted: &[std::time::Duration], q: f64) -> std::time::Duration {
+    let rank = (sorted.len() as f64 * q).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// A benchmark setting from the environment variable `name`, or `default`.
+pub fn bench_setting(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(default)
+}
+
 /// One plain-HTTP reply, as read by [`http_get`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpReply {

@@ -6,10 +6,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use ferry_e2e::{Cluster, eventually, install_crds, workspace_binary};
+use ferry_e2e::{Cluster, KillOnDrop, eventually, install_crds, workspace_binary};
 use ferry_operator::resources::{AccessPolicy, BrokeredSecret, Grant};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Client;
@@ -18,17 +18,7 @@ use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(60);
 
-/// A replica that is killed if the test fails before it stops.
-struct Replica(Child);
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_replica(binary: &PathBuf, cluster: &Cluster, name: &str) -> Replica {
+fn start_replica(binary: &PathBuf, cluster: &Cluster, name: &str) -> KillOnDrop {
     let log = std::fs::File::create(cluster.dir().join(format!("logs/{name}.log"))).unwrap();
     let child = Command::new(binary)
         .args(["run", "--admin-addr", "127.0.0.1:0", "--log-format", "text"])
@@ -39,7 +29,7 @@ fn start_replica(binary: &PathBuf, cluster: &Cluster, name: &str) -> Replica {
         .stderr(log)
         .spawn()
         .unwrap();
-    Replica(child)
+    KillOnDrop(child)
 }
 
 async fn holder(leases: &Api<Lease>) -> Option<String> {

@@ -6,12 +6,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use ferry_e2e::pki::Authority;
 use ferry_e2e::{
-    Cluster, eventually, http_get, install_crds, wait_webhook_active, workspace_binary,
+    Cluster, KillOnDrop, eventually, free_port, http_get, install_crds, wait_webhook_active,
+    workspace_binary,
 };
 use ferry_webhook::configuration::{
     CONFIGURATION_NAME, WebhookEndpoint, mutating_webhook_configuration,
@@ -24,23 +25,6 @@ use nix::unistd::Pid;
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(60);
-
-/// A process that is killed if the test fails before it stops.
-struct Webhook(Child);
-
-impl Drop for Webhook {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
 
 async fn register(client: &kube::Client, addr: SocketAddr, ca_pem: &str) {
     let configuration = mutating_webhook_configuration(
@@ -96,10 +80,10 @@ async fn binary_serves_the_apiserver_reloads_its_certificate_and_exits_cleanly_o
     let first = first_ca
         .serving_cert(&["127.0.0.1"], &tls_dir, "serving")
         .unwrap();
-    let (addr, admin) = (free_port(), free_port());
+    let (addr, admin) = (free_port().unwrap(), free_port().unwrap());
     let log_path = cluster.dir().join("logs/ferry-webhook.log");
     let log = std::fs::File::create(&log_path).unwrap();
-    let mut webhook = Webhook(
+    let mut webhook = KillOnDrop(
         Command::new(&binary)
             .args(["run", "--log-format", "text", "--tls-reload-seconds", "1"])
             .args(["--listen-addr", &addr.to_string()])
