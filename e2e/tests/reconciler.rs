@@ -5,7 +5,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use ferry_e2e::{Cluster, RunningOperator, create_object, eventually, install_crds};
@@ -15,19 +14,24 @@ use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
+use tokio::sync::OnceCell;
 
 const WAIT: Duration = Duration::from_secs(60);
 
 /// The shared cluster with the CRDs installed and one operator running for
 /// the whole test binary.
 async fn setup(prefix: &str) -> (&'static Cluster, Client, String) {
-    static OPERATOR: OnceLock<RunningOperator> = OnceLock::new();
+    // Initialised once even when tests race here; with a check-then-set,
+    // racing tests each started an operator and dropped all but one.
+    static OPERATOR: OnceCell<RunningOperator> = OnceCell::const_new();
     let cluster = Cluster::shared().await.unwrap();
     let client = cluster.client().unwrap();
-    install_crds(&client).await.unwrap();
-    if OPERATOR.get().is_none() {
-        let _ = OPERATOR.set(RunningOperator::start(cluster.config().clone()).unwrap());
-    }
+    OPERATOR
+        .get_or_init(|| async {
+            install_crds(&client).await.unwrap();
+            RunningOperator::start(cluster.config().clone()).unwrap()
+        })
+        .await;
     let ns = cluster.create_namespace(prefix).await.unwrap();
     (cluster, client, ns)
 }
