@@ -35,6 +35,7 @@ use super::metrics::BrokerMetrics;
 use super::pods::PodIndex;
 use super::providers::jwt::{JwtProvider, generate_signing_key};
 use super::providers::kubernetes_secret::KubernetesSecretProvider;
+use super::providers::secret_reader::SecretReader;
 use super::service::{Broker, BrokerError, audit_refused};
 use crate::admin::{AdminState, Readiness};
 use crate::grant_index::GrantIndex;
@@ -456,7 +457,9 @@ pub async fn serve(
             grants,
             secrets,
             keys: options.keys,
-            kubernetes_secret: KubernetesSecretProvider::new(client.clone()),
+            kubernetes_secret: KubernetesSecretProvider::new(Arc::new(SecretReader::new(
+                client.clone(),
+            ))),
             jwt: options.jwt,
             metrics,
         },

@@ -5,6 +5,7 @@
 
 pub mod jwt;
 pub mod kubernetes_secret;
+pub mod secret_reader;
 
 use std::collections::BTreeMap;
 use std::future::Future;

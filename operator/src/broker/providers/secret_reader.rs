@@ -1,0 +1,94 @@
+//! Reads the Secrets providers need (the keys a `kubernetesSecret` copies,
+//! a `postgres` admin connection string) with `get`, keeping each for a few
+//! seconds in a bounded cache rather than watching them: a watch would hold
+//! every Secret of the cluster in the broker's memory and need cluster-wide
+//! `list` and `watch` on Secrets, a far larger blast radius than `get` on
+//! the few referenced.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
+use zeroize::Zeroizing;
+
+use super::{Files, ProviderError};
+
+/// How long a read Secret is reused.
+const CACHE_TTL: Duration = Duration::from_secs(5);
+
+/// The most Secrets kept at once.
+const CACHE_CAPACITY: usize = 4096;
+
+/// How long reading a Secret may take.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Recently read Secrets: (namespace, name) to (reuse until, data).
+type Cache = HashMap<(String, String), (Instant, Arc<Files>)>;
+
+/// Reads Secrets' data through a short-lived, bounded cache.
+pub struct SecretReader {
+    client: kube::Client,
+    cache: Mutex<Cache>,
+}
+
+impl SecretReader {
+    /// A reader using `client`.
+    pub fn new(client: kube::Client) -> Self {
+        Self {
+            client,
+            cache: Mutex::default(),
+        }
+    }
+
+    /// The data of Secret `namespace/name`: refused when missing or empty.
+    pub async fn data(&self, namespace: &str, name: &str) -> Result<Arc<Files>, ProviderError> {
+        let key = (namespace.to_owned(), name.to_owned());
+        let now = Instant::now();
+        if let Some((_, files)) = self
+            .cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+            .filter(|(expires, _)| *expires > now)
+        {
+            return Ok(Arc::clone(files));
+        }
+        let secrets = Api::<Secret>::namespaced(self.client.clone(), namespace);
+        let secret = tokio::time::timeout(READ_TIMEOUT, secrets.get_opt(name))
+            .await
+            .map_err(|_| {
+                ProviderError::Unavailable(format!(
+                    "reading Secret {namespace}/{name} took over {READ_TIMEOUT:?}"
+                ))
+            })?
+            .map_err(|error| {
+                ProviderError::Unavailable(format!("reading Secret {namespace}/{name}: {error}"))
+            })?
+            .ok_or_else(|| {
+                ProviderError::NotFound(format!("Secret {namespace}/{name} not found"))
+            })?;
+        let files: Files = secret
+            .data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(key, value)| (key, Zeroizing::new(value.0)))
+            .collect();
+        if files.is_empty() {
+            return Err(ProviderError::NotFound(format!(
+                "Secret {namespace}/{name} has no data"
+            )));
+        }
+        let files = Arc::new(files);
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        if cache.len() >= CACHE_CAPACITY {
+            cache.retain(|_, (expires, _)| *expires > now);
+            if cache.len() >= CACHE_CAPACITY {
+                cache.clear();
+            }
+        }
+        cache.insert(key, (now + CACHE_TTL, Arc::clone(&files)));
+        Ok(files)
+    }
+}
