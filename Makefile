@@ -8,7 +8,7 @@ SHELL := /bin/bash
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/ferry/target
 CARGO ?= cargo
 
-.PHONY: help demo test bench crds lint fmt controlplane
+.PHONY: help demo test bench crds lint fmt controlplane postgres
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -16,10 +16,13 @@ help: ## List the targets.
 controlplane: ## Build etcd, kube-apiserver, kube-controller-manager, kubectl and helm from Go modules (cached).
 	@e2e/controlplane/build.sh >/dev/null
 
-demo: controlplane ## Run the local demo on a real control plane; Ctrl-C stops it.
+postgres: ## Install PostgreSQL's server binaries (apt) if missing; tests start private servers.
+	@e2e/postgres/install.sh
+
+demo: controlplane postgres ## Run the local demo on a real control plane; Ctrl-C stops it.
 	$(CARGO) run --quiet -p ferry-e2e -- demo
 
-test: controlplane ## Run every test: unit tests and end-to-end tests against the real control plane.
+test: controlplane postgres ## Run every test: unit tests and end-to-end tests against the real control plane.
 	$(CARGO) test --workspace --no-fail-fast
 
 bench: ## Run the benchmarks and print their numbers.

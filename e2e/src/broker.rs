@@ -86,6 +86,9 @@ impl RunningBroker {
                 jwt,
                 readiness: thread_readiness,
                 rate_limit,
+                // Tests wait on the reaper; production passes every minute.
+                reap_interval: Duration::from_secs(2),
+                unknown_pod_grace: Duration::from_secs(5),
             };
             if let Err(error) = serve(client, options, thread_registry, shutdown).await {
                 tracing::error!(%error, "broker stopped");

@@ -13,15 +13,19 @@ mod broker;
 mod cluster;
 mod crds;
 pub mod https_client;
+mod log_capture;
 mod operator;
 pub mod pki;
+mod postgres;
 mod process;
 mod webhook;
 
 pub use broker::RunningBroker;
 pub use cluster::{Cluster, controlplane_bin_dir};
 pub use crds::install_crds;
+pub use log_capture::{capture_logs, captured_logs};
 pub use operator::RunningOperator;
+pub use postgres::{Postgres, postgres_bin_dir};
 pub use webhook::{RunningWebhook, wait_webhook_active};
 
 /// Polls `check` until it returns `Some`, and returns that; panics with

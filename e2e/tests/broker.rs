@@ -5,15 +5,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine as _;
 use ferry_e2e::https_client::{HttpsClient, HttpsReply};
 use ferry_e2e::{
-    Cluster, RunningBroker, RunningOperator, create_object, eventually, install_crds,
-    pod_bound_token,
+    Cluster, RunningBroker, RunningOperator, capture_logs, captured_logs, create_object,
+    eventually, install_crds, pod_bound_token,
 };
 use ferry_operator::broker::lease_id::LeaseKeys;
 use ferry_operator::resources::Grant;
@@ -30,35 +28,6 @@ const WAIT: Duration = Duration::from_secs(60);
 /// the pod and no log line.
 const PLANTED: &str = "planted-secret-value-7f3a9c";
 
-/// Every log line of this test binary (broker and operator included).
-fn logs() -> &'static Arc<Mutex<Vec<u8>>> {
-    static LOGS: std::sync::OnceLock<Arc<Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
-    LOGS.get_or_init(|| {
-        let buffer = Arc::new(Mutex::new(Vec::new()));
-        struct Capture(Arc<Mutex<Vec<u8>>>);
-        impl Write for Capture {
-            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(bytes);
-                Ok(bytes.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let writer = Arc::clone(&buffer);
-        tracing_subscriber::fmt()
-            .json()
-            .with_env_filter("info")
-            .with_writer(move || Capture(Arc::clone(&writer)))
-            .init();
-        buffer
-    })
-}
-
-fn log_text() -> String {
-    String::from_utf8_lossy(&logs().lock().unwrap()).into_owned()
-}
-
 struct World {
     _operator: RunningOperator,
     broker: RunningBroker,
@@ -67,7 +36,7 @@ struct World {
 /// The shared cluster with the CRDs, the operator and the broker.
 async fn world() -> &'static World {
     static WORLD: OnceCell<World> = OnceCell::const_new();
-    logs();
+    capture_logs();
     WORLD
         .get_or_init(|| async {
             let cluster = Cluster::shared().await.unwrap();
@@ -241,7 +210,7 @@ async fn a_granted_pod_gets_renews_and_revokes_a_kubernetes_secret_lease() {
         .unwrap();
     assert_eq!(revoked.status, 204);
 
-    let logs = log_text();
+    let logs = captured_logs();
     for action in ["issue", "renew", "revoke"] {
         assert!(
             logs.lines()
@@ -365,10 +334,10 @@ async fn refusals_carry_their_status_and_reason() {
     assert_eq!(reply.status, 403);
     assert!(message(&reply).contains("belongs to another pod"));
 
-    // 501: a source this broker version does not serve, said plainly.
+    // 404: the backend object behind the secret is missing.
     let reply = post(Some(token.clone()), lease_request(&secrets, "orders-db")).await;
-    assert_eq!(reply.status, 501);
-    assert!(message(&reply).contains("source postgres is not served"));
+    assert_eq!(reply.status, 404);
+    assert!(message(&reply).contains("db-admin not found"));
 
     // 403: a JWT audience the Grant narrowed away.
     let billing = serde_json::to_vec(
@@ -392,7 +361,7 @@ async fn refusals_carry_their_status_and_reason() {
     assert!(message(&reply).contains("no longer exists"));
 
     // Every refusal above was audited, and nothing leaked.
-    let logs = log_text();
+    let logs = captured_logs();
     assert!(logs.contains("\"result\":\"denied\""));
     assert!(
         !logs.contains(PLANTED),
@@ -438,7 +407,7 @@ async fn renewal_is_refused_once_the_policy_is_removed() {
 
 #[tokio::test]
 async fn broker_does_its_job_with_exactly_its_documented_rbac() {
-    logs();
+    capture_logs();
     let cluster = Cluster::start().await.unwrap();
     let client = cluster.client().unwrap();
     install_crds(&client).await.unwrap();
@@ -574,7 +543,7 @@ async fn a_service_account_asking_too_often_gets_429_with_retry_after() {
         .unwrap();
     assert!((1..=2).contains(&retry_after), "{retry_after}");
     assert!(message(&limited_reply).contains("too many requests from this service account"));
-    assert!(log_text().contains("\"reason\":\"rate_limited\""));
+    assert!(captured_logs().contains("\"reason\":\"rate_limited\""));
 }
 
 #[tokio::test]
@@ -665,7 +634,7 @@ async fn a_jwt_lease_verifies_against_the_jwks_with_the_right_claims() {
             .claims;
     assert_eq!(renewed_claims["scope"], "read");
     assert!(
-        !log_text().contains(&jwt),
+        !captured_logs().contains(&jwt),
         "a minted JWT appears in a log line"
     );
 }

@@ -111,6 +111,11 @@ struct BrokerArgs {
     /// Requests a service account may make at once after a quiet spell.
     #[arg(long, env = "FERRY_RATE_LIMIT_BURST", default_value_t = NonZeroU32::new(100).unwrap_or(NonZeroU32::MIN))]
     rate_limit_burst: NonZeroU32,
+    /// Seconds between reaper passes, which drop revocable credentials
+    /// (PostgreSQL roles) that expired or whose pod is gone. Pod deletions
+    /// also start a pass at once.
+    #[arg(long, env = "FERRY_REAP_INTERVAL_SECONDS", default_value_t = 60)]
+    reap_interval_seconds: u64,
     /// Log format: JSON lines for production, text for a terminal.
     #[arg(long, env = "FERRY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     log_format: LogFormat,
@@ -222,6 +227,8 @@ async fn broker(args: BrokerArgs) -> anyhow::Result<()> {
             readiness: Readiness::not_ready("starting"),
             rate_limit: governor::Quota::per_second(args.rate_limit)
                 .allow_burst(args.rate_limit_burst),
+            reap_interval: std::time::Duration::from_secs(args.reap_interval_seconds.max(1)),
+            unknown_pod_grace: std::time::Duration::from_secs(120),
         },
         prometheus::Registry::new(),
         shutdown,

@@ -2,9 +2,10 @@
 
 use std::time::Duration;
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
 
 use super::auth::CacheUse;
+use super::providers::Reaped;
 
 /// The broker's metrics, registered on one registry.
 #[derive(Clone, Debug)]
@@ -13,6 +14,8 @@ pub struct BrokerMetrics {
     duration: HistogramVec,
     reviews: IntCounterVec,
     provider_errors: IntCounterVec,
+    reaped: IntCounterVec,
+    revocable: IntGaugeVec,
 }
 
 impl BrokerMetrics {
@@ -50,7 +53,23 @@ impl BrokerMetrics {
                 ),
                 &["provider"],
             )?,
+            reaped: IntCounterVec::new(
+                Opts::new(
+                    "ferry_broker_reaped_total",
+                    "Credentials the reaper dropped, by provider and reason (expired, pod_gone).",
+                ),
+                &["provider", "reason"],
+            )?,
+            revocable: IntGaugeVec::new(
+                Opts::new(
+                    "ferry_broker_active_leases",
+                    "Revocable credentials alive in their backends at the last reaper pass, by provider (cluster-wide, read from the backends).",
+                ),
+                &["provider"],
+            )?,
         };
+        registry.register(Box::new(metrics.reaped.clone()))?;
+        registry.register(Box::new(metrics.revocable.clone()))?;
         registry.register(Box::new(metrics.decisions.clone()))?;
         registry.register(Box::new(metrics.duration.clone()))?;
         registry.register(Box::new(metrics.reviews.clone()))?;
@@ -82,6 +101,21 @@ impl BrokerMetrics {
     /// Counts one backend failure.
     pub fn observe_provider_error(&self, provider: &str) {
         self.provider_errors.with_label_values(&[provider]).inc();
+    }
+
+    /// Records one reaper pass of `provider`.
+    pub fn observe_reaped(&self, provider: &str, reaped: &Reaped) {
+        let dropped = reaped.expired + reaped.pod_gone;
+        for (reason, count) in [("expired", reaped.expired), ("pod_gone", reaped.pod_gone)] {
+            self.reaped
+                .with_label_values(&[provider, reason])
+                .inc_by(u64::try_from(count).unwrap_or(u64::MAX));
+        }
+        if reaped.failed == 0 {
+            self.revocable
+                .with_label_values(&[provider])
+                .set(i64::try_from(reaped.found - dropped.min(reaped.found)).unwrap_or(i64::MAX));
+        }
     }
 
     /// How many decisions of `action` had `result` (for tests).

@@ -2,8 +2,8 @@
 //! pods labelled `ferry.dev/inject=true`: whether a token's pod still
 //! exists and is not terminating is a lookup, not an API call.
 
-use std::collections::HashMap;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use ferry_sidecar::contract::INJECT_LABEL;
 use futures::StreamExt;
@@ -25,18 +25,37 @@ pub struct PodState {
     pub terminating: bool,
 }
 
+/// Whether a pod exists, as far as the index knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PodPresence {
+    /// In the index (terminating or not).
+    Present,
+    /// Seen deleted by this index recently.
+    Departed,
+    /// Not in the index, and not seen leaving: gone long ago, or not yet
+    /// seen by this replica.
+    Unknown,
+}
+
+/// How many departed pods are remembered.
+const DEPARTED_CAPACITY: usize = 4096;
+
 /// Opted-in pods by uid. Cheap to clone; clones share the index.
 #[derive(Clone, Debug)]
 pub struct PodIndex {
     pods: Arc<RwLock<HashMap<String, PodState>>>,
+    departed: Arc<Mutex<VecDeque<String>>>,
     synced: watch::Sender<bool>,
+    departures: watch::Sender<u64>,
 }
 
 impl Default for PodIndex {
     fn default() -> Self {
         Self {
             pods: Arc::default(),
+            departed: Arc::default(),
             synced: watch::Sender::new(false),
+            departures: watch::Sender::new(0),
         }
     }
 }
@@ -61,6 +80,23 @@ impl PodIndex {
             .unwrap_or_else(PoisonError::into_inner)
             .get(uid)
             .cloned()
+    }
+
+    /// Whether the pod with `uid` exists, left recently, or is unknown.
+    pub fn presence(&self, uid: &str) -> PodPresence {
+        if self.get(uid).is_some() {
+            PodPresence::Present
+        } else if self
+            .departed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .any(|departed| departed == uid)
+        {
+            PodPresence::Departed
+        } else {
+            PodPresence::Unknown
+        }
     }
 
     /// Whether the pod `namespace/name` with `uid` exists and is not
@@ -90,12 +126,33 @@ impl PodIndex {
         }
     }
 
+    /// Changes every time pods may have left the index (a deletion, or a
+    /// relist that replaced it), so their credentials can be reaped.
+    pub fn departures(&self) -> watch::Receiver<u64> {
+        self.departures.subscribe()
+    }
+
+    fn departed(&self, uids: impl IntoIterator<Item = String>) {
+        {
+            let mut departed = self.departed.lock().unwrap_or_else(PoisonError::into_inner);
+            for uid in uids {
+                if departed.len() == DEPARTED_CAPACITY {
+                    departed.pop_front();
+                }
+                departed.push_back(uid);
+            }
+        }
+        self.departures
+            .send_modify(|count| *count = count.wrapping_add(1));
+    }
+
     fn delete(&self, pod: &Pod) {
         if let Some(uid) = &pod.metadata.uid {
             self.pods
                 .write()
                 .unwrap_or_else(PoisonError::into_inner)
                 .remove(uid);
+            self.departed([uid.clone()]);
         }
     }
 
@@ -121,8 +178,18 @@ impl PodIndex {
                 },
                 Some(Ok(Event::InitDone)) => {
                     let pods = relist.take().unwrap_or_default();
-                    *self.pods.write().unwrap_or_else(PoisonError::into_inner) = pods;
+                    let gone: Vec<String> = {
+                        let mut current = self.pods.write().unwrap_or_else(PoisonError::into_inner);
+                        let gone = current
+                            .keys()
+                            .filter(|uid| !pods.contains_key(*uid))
+                            .cloned()
+                            .collect();
+                        *current = pods;
+                        gone
+                    };
                     self.synced.send_replace(true);
+                    self.departed(gone);
                 }
                 Some(Ok(Event::Apply(pod))) => self.apply(&pod),
                 Some(Ok(Event::Delete(pod))) => self.delete(&pod),

@@ -35,6 +35,7 @@ use super::metrics::BrokerMetrics;
 use super::pods::PodIndex;
 use super::providers::jwt::{JwtProvider, generate_signing_key};
 use super::providers::kubernetes_secret::KubernetesSecretProvider;
+use super::providers::postgres::PostgresProvider;
 use super::providers::secret_reader::SecretReader;
 use super::service::{Broker, BrokerError, audit_refused};
 use crate::admin::{AdminState, Readiness};
@@ -384,6 +385,13 @@ pub struct BrokerOptions {
     pub readiness: Readiness,
     /// How often each service account may ask.
     pub rate_limit: Quota,
+    /// How often the reaper looks for credentials to drop, besides right
+    /// after pods go away.
+    pub reap_interval: Duration,
+    /// How long the reaper leaves a credential whose pod this replica has
+    /// never seen: another replica's pod watch may be ahead. A pod seen
+    /// deleted loses its credentials at once.
+    pub unknown_pod_grace: Duration,
 }
 
 /// Runs the broker until `shutdown` is cancelled.
@@ -433,37 +441,24 @@ pub async fn serve(
             }
         });
     }
-    {
-        let (grants, pods, secrets, readiness, shutdown) = (
-            grants.clone(),
-            pods.clone(),
-            secrets.clone(),
-            readiness.clone(),
-            shutdown.clone(),
-        );
-        tasks.spawn(async move {
-            tokio::select! {
-                () = shutdown.cancelled() => {}
-                _ = async {
-                    grants.wait_synced().await;
-                    pods.wait_synced().await;
-                    secrets.wait_until_ready().await
-                } => readiness.set_ready(),
-            }
-        });
-    }
+    let grants_synced = grants.clone();
+    let secret_reader = Arc::new(SecretReader::new(client.clone()));
     let state = Arc::new(BrokerState {
         broker: Broker {
             grants,
             secrets,
             keys: options.keys,
-            kubernetes_secret: KubernetesSecretProvider::new(Arc::new(SecretReader::new(
-                client.clone(),
-            ))),
+            kubernetes_secret: KubernetesSecretProvider::new(Arc::clone(&secret_reader)),
             jwt: options.jwt,
+            postgres: PostgresProvider::new(secret_reader),
             metrics,
         },
-        authenticator: Authenticator::new(client, &options.audience, pods, CacheLimits::default()),
+        authenticator: Authenticator::new(
+            client,
+            &options.audience,
+            pods.clone(),
+            CacheLimits::default(),
+        ),
         limiter: governor::RateLimiter::keyed(options.rate_limit),
     });
     {
@@ -477,6 +472,30 @@ pub async fn serve(
                     () = tokio::time::sleep(Duration::from_secs(60)) => state.limiter.retain_recent(),
                 }
             }
+        });
+    }
+    {
+        // Ready once every index is filled; only then may the reaper ask
+        // whether a pod exists. One task waits on the BrokeredSecret store:
+        // kube-runtime 5 wakes only one of several concurrent waiters.
+        let (grants, pods, state, readiness, shutdown) = (
+            grants_synced,
+            pods,
+            Arc::clone(&state),
+            readiness.clone(),
+            shutdown.clone(),
+        );
+        let (interval, unknown_pod_grace) = (options.reap_interval, options.unknown_pod_grace);
+        tasks.spawn(async move {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = async {
+                    grants.wait_synced().await;
+                    pods.wait_synced().await;
+                    state.broker.secrets.wait_until_ready().await
+                } => readiness.set_ready(),
+            }
+            reap_until(&state, &pods, interval, unknown_pod_grace, &shutdown).await;
         });
     }
     https::spawn_servers(
@@ -498,4 +517,45 @@ pub async fn serve(
     readiness.set_not_ready("shutting down");
     while tasks.join_next().await.is_some() {}
     Ok(())
+}
+
+/// Reaps now, then every `interval` and soon after pods go away, until
+/// `shutdown`. Every replica reaps; dropping a credential twice is harmless.
+async fn reap_until(
+    state: &BrokerState,
+    pods: &PodIndex,
+    interval: Duration,
+    unknown_pod_grace: Duration,
+    shutdown: &CancellationToken,
+) {
+    /// Lets a burst of deletions (a scaled-down Deployment) end first.
+    const SETTLE: Duration = Duration::from_secs(1);
+    let mut departures = pods.departures();
+    departures.mark_unchanged();
+    loop {
+        let reaped = state
+            .broker
+            .reap(pods, unknown_pod_grace, Timestamp::now())
+            .await;
+        if reaped.expired + reaped.pod_gone + reaped.failed > 0 {
+            tracing::info!(
+                found = reaped.found,
+                expired = reaped.expired,
+                pod_gone = reaped.pod_gone,
+                failed = reaped.failed,
+                "reaper pass"
+            );
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+            Ok(()) = departures.changed() => {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(SETTLE) => {}
+                }
+                departures.mark_unchanged();
+            }
+        }
+    }
 }

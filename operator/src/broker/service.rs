@@ -15,9 +15,11 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use super::auth::PodIdentity;
 use super::lease_id::{CLAIMS_VERSION, LeaseClaims, LeaseIdError, LeaseKeys};
 use super::metrics::BrokerMetrics;
+use super::pods::PodIndex;
 use super::providers::jwt::JwtProvider;
 use super::providers::kubernetes_secret::KubernetesSecretProvider;
-use super::providers::{IssueRequest, Issued, Provider, ProviderError};
+use super::providers::postgres::PostgresProvider;
+use super::providers::{IssueRequest, Issued, Provider, ProviderError, ReapContext, Reaped};
 use super::terms::{TermsError, lease_terms};
 use crate::grant_index::{GrantIndex, grant_is_valid_at};
 use crate::resources::{BrokeredSecret, Grant, SecretReference};
@@ -90,6 +92,7 @@ impl From<ProviderError> for BrokerError {
             ProviderError::NotFound(message) => Self::NotFound(message),
             ProviderError::Unavailable(message) => Self::Unavailable(message),
             ProviderError::Invalid(message) => Self::BadRequest(message),
+            ProviderError::Gone(message) => Self::Conflict(message),
         }
     }
 }
@@ -113,6 +116,8 @@ pub struct Broker {
     pub kubernetes_secret: KubernetesSecretProvider,
     /// The `jwt` provider.
     pub jwt: JwtProvider,
+    /// The `postgres` provider.
+    pub postgres: PostgresProvider,
     /// Counters and latencies.
     pub metrics: BrokerMetrics,
 }
@@ -318,6 +323,8 @@ impl Broker {
             call(self, &self.kubernetes_secret, request, renewing).await
         } else if source.jwt.is_some() {
             call(self, &self.jwt, request, renewing).await
+        } else if source.postgres.is_some() {
+            call(self, &self.postgres, request, renewing).await
         } else {
             Err(unsupported(secret))
         }
@@ -469,25 +476,57 @@ impl Broker {
     }
 
     async fn revoke_claims(&self, claims: &LeaseClaims) -> Result<(), BrokerError> {
-        // A lease without a handle (kubernetesSecret) has nothing to revoke:
-        // the copy dies with the pod's tmpfs. Providers that hand out
-        // revocable credentials put their handle in the lease.
-        if claims.handle.is_empty() {
-            return self
-                .kubernetes_secret
-                .revoke(claims)
+        async fn call<P: Provider>(
+            broker: &Broker,
+            provider: &P,
+            secret: Option<&BrokeredSecret>,
+            claims: &LeaseClaims,
+        ) -> Result<(), BrokerError> {
+            provider
+                .revoke(secret, claims)
                 .await
-                .map_err(|error| self.provider_error(&self.kubernetes_secret, error));
+                .map_err(|error| broker.provider_error(provider, error))
         }
-        Err(BrokerError::NotImplemented(
-            "this lease's provider is not served by this broker version".into(),
-        ))
+        let secret = self
+            .secrets
+            .get(&ObjectRef::new(&claims.secret_name).within(&claims.secret_namespace));
+        let source = secret.as_deref().map(|secret| &secret.spec.source);
+        // Only postgres leases carry a handle: a lease with one is a
+        // postgres lease even when its BrokeredSecret is gone.
+        if source.is_some_and(|source| source.postgres.is_some()) || !claims.handle.is_empty() {
+            call(self, &self.postgres, secret.as_deref(), claims).await
+        } else if source.is_some_and(|source| source.jwt.is_some()) {
+            call(self, &self.jwt, secret.as_deref(), claims).await
+        } else {
+            call(self, &self.kubernetes_secret, secret.as_deref(), claims).await
+        }
+    }
+
+    /// One reaper pass over every provider: drops what should no longer
+    /// exist. `pods` must be a complete index.
+    pub async fn reap(
+        &self,
+        pods: &PodIndex,
+        unknown_pod_grace: Duration,
+        now: Timestamp,
+    ) -> Reaped {
+        let secrets = self.secrets.state();
+        let context = ReapContext {
+            secrets: &secrets,
+            presence: &|uid| pods.presence(uid),
+            now: now.as_second(),
+            unknown_pod_grace: seconds(unknown_pod_grace),
+        };
+        // kubernetesSecret copies and JWTs die on their own.
+        let reaped = self.postgres.reap(context).await;
+        self.metrics.observe_reaped(self.postgres.kind(), &reaped);
+        reaped
     }
 }
 
 fn unsupported(secret: &BrokeredSecret) -> BrokerError {
     BrokerError::NotImplemented(format!(
-        "BrokeredSecret {}/{}: source postgres is not served by this broker version",
+        "BrokeredSecret {}/{} has no source this broker version serves",
         secret.metadata.namespace.as_deref().unwrap_or_default(),
         secret.metadata.name.as_deref().unwrap_or_default(),
     ))

@@ -190,7 +190,11 @@ impl Provider for JwtProvider {
         self.mint(request).map(Some)
     }
 
-    async fn revoke(&self, _lease: &LeaseClaims) -> Result<(), ProviderError> {
+    async fn revoke(
+        &self,
+        _secret: Option<&crate::resources::BrokeredSecret>,
+        _lease: &LeaseClaims,
+    ) -> Result<(), ProviderError> {
         // Nothing to take back: the token expires by itself, within its ttl.
         Ok(())
     }

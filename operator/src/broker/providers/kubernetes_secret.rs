@@ -10,6 +10,7 @@ use std::sync::Arc;
 use super::secret_reader::SecretReader;
 use super::{IssueRequest, Issued, Provider, ProviderError};
 use crate::broker::lease_id::LeaseClaims;
+use crate::resources::BrokeredSecret;
 
 /// The `kubernetesSecret` provider.
 pub struct KubernetesSecretProvider {
@@ -68,7 +69,11 @@ impl Provider for KubernetesSecretProvider {
         self.copy(request).await.map(Some)
     }
 
-    async fn revoke(&self, _lease: &LeaseClaims) -> Result<(), ProviderError> {
+    async fn revoke(
+        &self,
+        _secret: Option<&BrokeredSecret>,
+        _lease: &LeaseClaims,
+    ) -> Result<(), ProviderError> {
         Ok(())
     }
 }

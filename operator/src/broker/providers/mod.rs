@@ -5,16 +5,20 @@
 
 pub mod jwt;
 pub mod kubernetes_secret;
+pub mod postgres;
+mod postgres_tls;
 pub mod secret_reader;
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::Arc;
 
 use k8s_openapi::jiff::Timestamp;
 use zeroize::Zeroizing;
 
 use super::auth::PodIdentity;
 use super::lease_id::LeaseClaims;
+use super::pods::PodPresence;
 use super::terms::LeaseTerms;
 use crate::resources::BrokeredSecret;
 
@@ -69,6 +73,10 @@ pub enum ProviderError {
     /// The BrokeredSecret asks for something this provider cannot do.
     #[error("{0}")]
     Invalid(String),
+    /// The lease's credential no longer exists: revoked or reaped (409 to
+    /// the caller).
+    #[error("{0}")]
+    Gone(String),
 }
 
 /// A source of credentials.
@@ -91,7 +99,47 @@ pub trait Provider: Send + Sync {
         lease: &LeaseClaims,
     ) -> impl Future<Output = Result<Option<Issued>, ProviderError>> + Send;
 
-    /// Makes the credential of `lease` stop working now.
-    fn revoke(&self, lease: &LeaseClaims)
-    -> impl Future<Output = Result<(), ProviderError>> + Send;
+    /// Makes the credential of `lease` stop working now. `secret` is the
+    /// lease's BrokeredSecret, `None` once it has been deleted.
+    fn revoke(
+        &self,
+        secret: Option<&BrokeredSecret>,
+        lease: &LeaseClaims,
+    ) -> impl Future<Output = Result<(), ProviderError>> + Send;
+
+    /// Removes what this provider issued that should no longer exist:
+    /// expired credentials and those of pods that are gone. Providers whose
+    /// credentials die on their own have nothing to reap.
+    fn reap(&self, context: ReapContext<'_>) -> impl Future<Output = Reaped> + Send {
+        let _ = context;
+        std::future::ready(Reaped::default())
+    }
+}
+
+/// What a reaper pass knows of the cluster.
+#[derive(Clone, Copy)]
+pub struct ReapContext<'a> {
+    /// Every BrokeredSecret of the cluster.
+    pub secrets: &'a [Arc<BrokeredSecret>],
+    /// Whether the pod with this uid exists. Only complete pod indexes may
+    /// be asked: a pod missing from a partial one would lose its lease.
+    pub presence: &'a (dyn Fn(&str) -> PodPresence + Sync),
+    /// The time of the pass, in Unix seconds.
+    pub now: i64,
+    /// How long a credential of a pod this replica has never seen is left
+    /// alone: another replica's pod watch may be ahead of this one's.
+    pub unknown_pod_grace: i64,
+}
+
+/// What one reaper pass did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Reaped {
+    /// Credentials found that this provider issued, before reaping.
+    pub found: usize,
+    /// Dropped because they expired.
+    pub expired: usize,
+    /// Dropped because their pod is gone.
+    pub pod_gone: usize,
+    /// Backends that could not be reached or cleaned (each logged).
+    pub failed: usize,
 }

@@ -1,0 +1,44 @@
+//! Every log line of a test binary, captured as JSON, so tests can check
+//! audit lines and that no planted secret value was ever logged.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+
+fn buffer() -> &'static Arc<Mutex<Vec<u8>>> {
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buffer = Arc::new(Mutex::new(Vec::new()));
+        struct Capture(Arc<Mutex<Vec<u8>>>);
+        impl Write for Capture {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let writer = Arc::clone(&buffer);
+        // A test binary installs one subscriber; a second attempt is a no-op.
+        let _ = tracing_subscriber::fmt()
+            .json()
+            .with_env_filter("info")
+            .with_writer(move || Capture(Arc::clone(&writer)))
+            .try_init();
+        buffer
+    })
+}
+
+/// Starts capturing this process's log lines (idempotent). Call it before
+/// starting components whose logs a test checks.
+pub fn capture_logs() {
+    buffer();
+}
+
+/// Every line logged since [`capture_logs`].
+pub fn captured_logs() -> String {
+    String::from_utf8_lossy(&buffer().lock().unwrap_or_else(PoisonError::into_inner)).into_owned()
+}

@@ -1,0 +1,239 @@
+//! A real PostgreSQL server for tests and the demo: the Debian package's
+//! binaries (`.ci/run` installs them with apt), a private temporary data
+//! directory, a free loopback port, password (SCRAM) authentication over
+//! TCP, and every statement logged, so tests can check what reached the
+//! server. It dies with the harness, like the control plane.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::HarnessError;
+use crate::process::ProcessGroup;
+
+/// The superuser's name; its password is random per server.
+const SUPERUSER: &str = "postgres";
+
+/// How long the server may take to accept connections.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A running PostgreSQL server.
+pub struct Postgres {
+    port: u16,
+    password: String,
+    processes: ProcessGroup,
+    // Removed when the server is dropped (or by the watchdog).
+    dir: tempfile::TempDir,
+}
+
+/// The directory holding `initdb` and `postgres`: `$FERRY_POSTGRES_BIN`, or
+/// the newest `/usr/lib/postgresql/<version>/bin`.
+pub fn postgres_bin_dir() -> Result<PathBuf, HarnessError> {
+    if let Some(dir) = std::env::var_os("FERRY_POSTGRES_BIN") {
+        return Ok(PathBuf::from(dir));
+    }
+    let newest = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let version: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let bin = entry.path().join("bin");
+            bin.join("postgres").exists().then_some((version, bin))
+        })
+        .max_by_key(|(version, _)| *version);
+    newest.map(|(_, bin)| bin).ok_or_else(|| {
+        HarnessError::Build(
+            "PostgreSQL is not installed: `apt-get install postgresql` (as .ci/run does), \
+             or point FERRY_POSTGRES_BIN at a directory holding initdb and postgres"
+                .into(),
+        )
+    })
+}
+
+/// PostgreSQL refuses to run as root: as root, the server runs as the
+/// package's `postgres` user, which must own its files.
+fn server_user() -> Result<Option<(u32, u32)>, HarnessError> {
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(None);
+    }
+    let user = nix::unistd::User::from_name(SUPERUSER)
+        .map_err(|error| HarnessError::Process(format!("looking up user postgres: {error}")))?
+        .ok_or_else(|| {
+            HarnessError::Process(
+                "running as root, PostgreSQL needs the `postgres` user its package creates".into(),
+            )
+        })?;
+    Ok(Some((user.uid.as_raw(), user.gid.as_raw())))
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> HarnessError {
+    let what = what.into();
+    move |source| HarnessError::Io { what, source }
+}
+
+fn as_user(command: &mut Command, user: Option<(u32, u32)>) {
+    use std::os::unix::process::CommandExt;
+    if let Some((uid, gid)) = user {
+        command.uid(uid).gid(gid);
+    }
+}
+
+impl Postgres {
+    /// Starts a new server and waits until it accepts connections.
+    pub async fn start() -> Result<Self, HarnessError> {
+        let bin = postgres_bin_dir()?;
+        let user = server_user()?;
+        let dir = tempfile::Builder::new()
+            .prefix("ferry-postgres-")
+            .tempdir()
+            .map_err(io("creating a temporary directory"))?;
+        let password = random_password()?;
+        let password_file = dir.path().join("password");
+        std::fs::write(&password_file, &password).map_err(io("writing the password file"))?;
+        if let Some((uid, gid)) = user {
+            for path in [dir.path(), password_file.as_path()] {
+                std::os::unix::fs::chown(path, Some(uid), Some(gid))
+                    .map_err(io(format!("handing {} to postgres", path.display())))?;
+            }
+        }
+        let data = dir.path().join("data");
+        let mut initdb = Command::new(bin.join("initdb"));
+        initdb
+            .arg("--pgdata")
+            .arg(&data)
+            .arg(format!("--username={SUPERUSER}"))
+            .arg("--pwfile")
+            .arg(&password_file)
+            .args(["--auth-local=trust", "--auth-host=scram-sha-256"])
+            .args(["--encoding=UTF8", "--no-sync", "--no-instructions"]);
+        as_user(&mut initdb, user);
+        let output = initdb.output().map_err(io("running initdb"))?;
+        if !output.status.success() {
+            return Err(HarnessError::Process(format!(
+                "initdb failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            )));
+        }
+        std::fs::remove_file(&password_file).map_err(io("removing the password file"))?;
+
+        let log_dir = dir.path().join("logs");
+        std::fs::create_dir(&log_dir).map_err(io("creating the log directory"))?;
+        let mut processes = ProcessGroup::new(&log_dir, dir.path())?;
+        let port = crate::free_port()?.port();
+        let mut server = Command::new(bin.join("postgres"));
+        server
+            .arg("-D")
+            .arg(&data)
+            .arg("-p")
+            .arg(port.to_string())
+            .arg("-k")
+            .arg(dir.path())
+            .args(["-c", "listen_addresses=127.0.0.1"])
+            // Test data is thrown away; durability only slows a shared machine.
+            .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
+            .args(["-c", "full_page_writes=off"])
+            // Every statement in the log: tests check no password reaches it.
+            .args(["-c", "log_statement=all"]);
+        as_user(&mut server, user);
+        processes.spawn("postgres", server)?;
+        let postgres = Self {
+            port,
+            password,
+            processes,
+            dir,
+        };
+        postgres.wait_ready().await?;
+        Ok(postgres)
+    }
+
+    /// The server shared by every test of one test binary, started on
+    /// first use. Give each test its own database or roles.
+    pub async fn shared() -> Result<&'static Self, HarnessError> {
+        static SHARED: tokio::sync::OnceCell<Postgres> = tokio::sync::OnceCell::const_new();
+        SHARED.get_or_try_init(Self::start).await
+    }
+
+    async fn wait_ready(&self) -> Result<(), HarnessError> {
+        let started = Instant::now();
+        loop {
+            match self.admin().await {
+                Ok(_) => return Ok(()),
+                Err(error) if started.elapsed() > READY_TIMEOUT => {
+                    return Err(HarnessError::Process(format!(
+                        "PostgreSQL was not ready after {READY_TIMEOUT:?} ({error}); its log ends with:\n{}",
+                        self.processes.log_tail("postgres", 20)
+                    )));
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+
+    /// The loopback port the server listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The superuser's connection string, as a BrokeredSecret's admin
+    /// Secret holds it.
+    pub fn admin_dsn(&self) -> String {
+        self.dsn(SUPERUSER, &self.password)
+    }
+
+    /// A connection string to the `postgres` database as `user`.
+    pub fn dsn(&self, user: &str, password: &str) -> String {
+        format!(
+            "postgres://{user}:{password}@127.0.0.1:{}/postgres?sslmode=disable",
+            self.port
+        )
+    }
+
+    /// A connection as the superuser.
+    pub async fn admin(&self) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        self.connect_as(SUPERUSER, &self.password).await
+    }
+
+    /// A connection as `user` with `password`, over TCP with password
+    /// authentication, as an application would connect.
+    pub async fn connect_as(
+        &self,
+        user: &str,
+        password: &str,
+    ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        let (client, connection) = tokio_postgres::Config::new()
+            .host("127.0.0.1")
+            .port(self.port)
+            .user(user)
+            .password(password)
+            .dbname("postgres")
+            .connect_timeout(Duration::from_secs(5))
+            .connect(tokio_postgres::NoTls)
+            .await?;
+        tokio::spawn(connection);
+        Ok(client)
+    }
+
+    /// Everything the server logged so far (every statement included).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.processes.log_path("postgres")).unwrap_or_default()
+    }
+
+    /// The server's private directory.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+fn random_password() -> Result<String, HarnessError> {
+    use std::fmt::Write as _;
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut random| std::io::Read::read_exact(&mut random, &mut bytes))
+        .map_err(io("reading /dev/urandom"))?;
+    Ok(bytes.iter().fold(String::new(), |mut text, byte| {
+        let _ = write!(text, "{byte:02x}");
+        text
+    }))
+}

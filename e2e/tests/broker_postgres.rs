@@ -1,0 +1,349 @@
+//! The postgres provider against a real PostgreSQL server and a real
+//! apiserver: an issued role logs in and can do exactly what its
+//! `memberOf` roles allow; renewal moves `VALID UNTIL`; revocation, expiry
+//! and the pod's deletion each end it; and neither the broker's log nor
+//! the database's statement log ever holds a password.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use ferry_e2e::https_client::HttpsClient;
+use ferry_e2e::{
+    Cluster, Postgres, RunningBroker, RunningOperator, capture_logs, captured_logs, create_object,
+    eventually, install_crds, pod_bound_token,
+};
+use ferry_operator::broker::lease_id::LeaseKeys;
+use ferry_operator::resources::{AccessPolicy, BrokeredSecret, Grant};
+use ferry_sidecar::contract::DEFAULT_BROKER_AUDIENCE;
+use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
+use kube::Client;
+use kube::api::{Api, DeleteParams, ListParams};
+use serde_json::{Value, json};
+use tokio::sync::OnceCell;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+struct World {
+    _operator: RunningOperator,
+    broker: RunningBroker,
+}
+
+/// The shared cluster, operator, broker and database. The database has a
+/// table `orders` readable by role `orders_reader` and a table `payroll`
+/// nobody is granted.
+async fn world() -> &'static World {
+    static WORLD: OnceCell<World> = OnceCell::const_new();
+    capture_logs();
+    WORLD
+        .get_or_init(|| async {
+            let database = Postgres::shared().await.unwrap();
+            database
+                .admin()
+                .await
+                .unwrap()
+                .batch_execute(
+                    "CREATE TABLE orders (id int PRIMARY KEY, item text);
+                     INSERT INTO orders VALUES (1, 'tea'), (2, 'coffee');
+                     CREATE TABLE payroll (name text, salary int);
+                     CREATE ROLE orders_reader NOLOGIN;
+                     GRANT SELECT ON orders TO orders_reader;",
+                )
+                .await
+                .unwrap();
+            let cluster = Cluster::shared().await.unwrap();
+            install_crds(&cluster.client().unwrap()).await.unwrap();
+            World {
+                _operator: RunningOperator::start(cluster.config().clone()).unwrap(),
+                broker: RunningBroker::start(cluster, LeaseKeys::new(&[7; 32], &[])).unwrap(),
+            }
+        })
+        .await
+}
+
+/// A team namespace with the admin Secret and a postgres BrokeredSecret
+/// `orders-db` (member of `orders_reader`), granted to service account
+/// `checkout` of an app namespace for at most 10 minutes.
+async fn scenario(prefix: &str) -> (Client, String, String) {
+    world().await;
+    let database = Postgres::shared().await.unwrap();
+    let cluster = Cluster::shared().await.unwrap();
+    let client = cluster.client().unwrap();
+    let owner = cluster
+        .create_namespace(&format!("{prefix}-db"))
+        .await
+        .unwrap();
+    let app = cluster
+        .create_namespace(&format!("{prefix}-app"))
+        .await
+        .unwrap();
+    create_object::<Secret>(
+        &client,
+        &owner,
+        json!({"metadata": {"name": "orders-db-admin"},
+               "stringData": {"dsn": database.admin_dsn()}}),
+    )
+    .await
+    .unwrap();
+    create_object::<BrokeredSecret>(
+        &client,
+        &owner,
+        json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "BrokeredSecret",
+               "metadata": {"name": "orders-db"},
+               "spec": {"ttl": "5m", "maxTtl": "10m",
+                        "source": {"postgres": {"connectionSecretRef": {"name": "orders-db-admin"},
+                                                "memberOf": ["orders_reader"]}}}}),
+    )
+    .await
+    .unwrap();
+    create_object::<AccessPolicy>(
+        &client,
+        &owner,
+        json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "AccessPolicy",
+               "metadata": {"name": "checkout"},
+               "spec": {"subjects": [{"serviceAccount": {"name": "checkout", "namespace": app}}],
+                        "secrets": [{"name": "orders-db"}]}}),
+    )
+    .await
+    .unwrap();
+    create_object::<ServiceAccount>(&client, &app, json!({"metadata": {"name": "checkout"}}))
+        .await
+        .unwrap();
+    let grants = Api::<Grant>::namespaced(client.clone(), &app);
+    eventually("the Grant for checkout", WAIT, || async {
+        (!grants
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty())
+        .then_some(())
+    })
+    .await;
+    (client, owner, app)
+}
+
+async fn pod(client: &Client, namespace: &str, name: &str) -> (Pod, String) {
+    let pod: Pod = create_object(
+        client,
+        namespace,
+        json!({"metadata": {"name": name, "labels": {"ferry.dev/inject": "true"}},
+               "spec": {"serviceAccountName": "checkout",
+                        "containers": [{"name": "app", "image": "app:1"}]}}),
+    )
+    .await
+    .unwrap();
+    let token = pod_bound_token(client, &pod, DEFAULT_BROKER_AUDIENCE, 600)
+        .await
+        .unwrap();
+    (pod, token)
+}
+
+/// A lease for `orders-db`, retried while the broker's indexes catch up.
+async fn issue(broker: &HttpsClient, token: &str, owner: &str, ttl: Option<&str>) -> Value {
+    let mut asked = json!({"namespace": owner, "name": "orders-db"});
+    if let Some(ttl) = ttl {
+        asked["ttl"] = json!(ttl);
+    }
+    let body = serde_json::to_vec(&json!({"secrets": [asked]})).unwrap();
+    eventually("a postgres lease", WAIT, || async {
+        let reply = broker
+            .request("POST", "/v1/leases", Some(token), &body)
+            .await
+            .unwrap();
+        (reply.status == 200).then(|| reply.json().unwrap()["leases"][0].clone())
+    })
+    .await
+}
+
+fn file(lease: &Value, name: &str) -> String {
+    let encoded = lease["files"][name].as_str().unwrap();
+    String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+/// The role's `VALID UNTIL` (Unix seconds) and comment, if it exists.
+async fn role(name: &str) -> Option<(i64, String)> {
+    let admin = Postgres::shared().await.unwrap().admin().await.unwrap();
+    admin
+        .query_opt(
+            "SELECT extract(epoch FROM rolvaliduntil)::bigint, \
+                    shobj_description(oid, 'pg_authid') \
+             FROM pg_roles WHERE rolname = $1",
+            &[&name],
+        )
+        .await
+        .unwrap()
+        .map(|row| (row.get(0), row.get(1)))
+}
+
+fn unix(rfc3339: &Value) -> i64 {
+    rfc3339
+        .as_str()
+        .unwrap()
+        .parse::<k8s_openapi::jiff::Timestamp>()
+        .unwrap()
+        .as_second()
+}
+
+async fn wait_role_dropped(name: &str) {
+    eventually(&format!("role {name} to be dropped"), WAIT, || async {
+        role(name).await.is_none().then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_issued_role_can_do_exactly_what_was_granted_until_revoked() {
+    let (client, owner, app) = scenario("pg-lease").await;
+    let broker = world().await.broker.client().unwrap();
+    let database = Postgres::shared().await.unwrap();
+    let (pod, token) = pod(&client, &app, "api").await;
+
+    let lease = issue(&broker, &token, &owner, None).await;
+    let (username, password) = (file(&lease, "username"), file(&lease, "password"));
+    assert!(username.starts_with(&format!("ferry_{}_", app.replace('-', "_"))));
+    assert!(password.len() >= 40, "a 256-bit password");
+    let (valid_until, comment) = role(&username).await.expect("the role exists");
+    assert_eq!(valid_until, unix(&lease["expiresAt"]));
+    let uid = pod.metadata.uid.unwrap();
+    assert!(comment.contains(&format!("pod={uid}")), "{comment}");
+    assert!(
+        comment.contains(&format!("secret={owner}/orders-db")),
+        "{comment}"
+    );
+
+    // It logs in as an application would, and can do what orders_reader
+    // may: read orders, nothing else.
+    let session = database.connect_as(&username, &password).await.unwrap();
+    let rows = session
+        .query("SELECT item FROM orders ORDER BY id", &[])
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 2);
+    let write = session
+        .execute("INSERT INTO orders VALUES (3, 'cake')", &[])
+        .await
+        .unwrap_err();
+    assert!(
+        write.to_string().contains("permission denied")
+            || format!("{write:?}").contains("permission denied"),
+        "{write:?}"
+    );
+    let payroll = session
+        .query("SELECT * FROM payroll", &[])
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{payroll:?}").contains("permission denied"),
+        "{payroll:?}"
+    );
+
+    // Renewal moves VALID UNTIL to the renewed lease's expiry.
+    let id = lease["id"].as_str().unwrap();
+    let renewed = broker
+        .request("POST", &format!("/v1/leases/{id}/renew"), Some(&token), b"")
+        .await
+        .unwrap();
+    assert_eq!(renewed.status, 200, "{:?}", renewed.json());
+    let renewed = renewed.json().unwrap()["leases"][0].clone();
+    assert_eq!(renewed["files"], json!({}), "the credentials stay the same");
+    assert_eq!(
+        role(&username).await.unwrap().0,
+        unix(&renewed["expiresAt"])
+    );
+
+    // Revocation ends the open session and every later login.
+    let revoked = broker
+        .request("DELETE", &format!("/v1/leases/{id}"), Some(&token), b"")
+        .await
+        .unwrap();
+    assert_eq!(revoked.status, 204);
+    assert!(role(&username).await.is_none(), "the role is dropped");
+    assert!(
+        session.query("SELECT 1", &[]).await.is_err(),
+        "the session is ended"
+    );
+    assert!(database.connect_as(&username, &password).await.is_err());
+
+    // Renewing a revoked lease says so.
+    let after = broker
+        .request("POST", &format!("/v1/leases/{id}/renew"), Some(&token), b"")
+        .await
+        .unwrap();
+    assert_eq!(after.status, 409, "{:?}", after.json());
+
+    // The password never reached a log: not the broker's, not the
+    // database's statement log.
+    assert!(
+        !captured_logs().contains(&password),
+        "the password is in the broker's log"
+    );
+    assert!(
+        !database.log().contains(&password),
+        "the password is in PostgreSQL's log"
+    );
+    assert!(
+        database
+            .log()
+            .contains(&format!("CREATE ROLE \"{username}\"")),
+        "statements are logged"
+    );
+}
+
+#[tokio::test]
+async fn an_expired_role_cannot_log_in_and_is_reaped() {
+    let (client, owner, app) = scenario("pg-expiry").await;
+    let broker = world().await.broker.client().unwrap();
+    let database = Postgres::shared().await.unwrap();
+    let (_pod, token) = pod(&client, &app, "api").await;
+
+    let lease = issue(&broker, &token, &owner, Some("3s")).await;
+    let (username, password) = (file(&lease, "username"), file(&lease, "password"));
+    let expires_at = unix(&lease["expiresAt"]);
+    eventually("the lease to expire", WAIT, || async {
+        (k8s_openapi::jiff::Timestamp::now().as_second() > expires_at).then_some(())
+    })
+    .await;
+    let refused = database.connect_as(&username, &password).await.unwrap_err();
+    assert!(
+        format!("{refused:?}").contains("password authentication failed"),
+        "{refused:?}"
+    );
+    wait_role_dropped(&username).await;
+    assert!(
+        captured_logs().contains("\"reason\":\"expired\""),
+        "the reaper audits the drop"
+    );
+}
+
+#[tokio::test]
+async fn deleting_the_pod_drops_its_role_and_ends_its_sessions() {
+    let (client, owner, app) = scenario("pg-pod").await;
+    let broker = world().await.broker.client().unwrap();
+    let database = Postgres::shared().await.unwrap();
+    let (_pod, token) = pod(&client, &app, "api").await;
+
+    let lease = issue(&broker, &token, &owner, None).await;
+    let (username, password) = (file(&lease, "username"), file(&lease, "password"));
+    let session = database.connect_as(&username, &password).await.unwrap();
+    session.query("SELECT 1", &[]).await.unwrap();
+
+    // The sidecar never says goodbye (it crashed); the pod is deleted.
+    Api::<Pod>::namespaced(client.clone(), &app)
+        .delete("api", &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    wait_role_dropped(&username).await;
+    assert!(
+        session.query("SELECT 1", &[]).await.is_err(),
+        "the session is ended"
+    );
+    assert!(database.connect_as(&username, &password).await.is_err());
+    assert!(captured_logs().contains("\"reason\":\"pod_gone\""));
+}

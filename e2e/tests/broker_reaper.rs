@@ -1,0 +1,193 @@
+//! The reaper after a broker restart: roles orphaned while no broker ran
+//! (their pod deleted, or their lease expired) are dropped by the next
+//! broker, which remembers nothing; live leases and roles ferry did not
+//! create are left alone. Its own test binary, so no other broker in the
+//! process can do the reaping for it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use ferry_e2e::{
+    Cluster, Postgres, RunningBroker, RunningOperator, create_object, eventually, install_crds,
+    pod_bound_token,
+};
+use ferry_operator::broker::lease_id::LeaseKeys;
+use ferry_operator::resources::{AccessPolicy, BrokeredSecret, Grant};
+use ferry_sidecar::contract::DEFAULT_BROKER_AUDIENCE;
+use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
+use kube::api::{Api, DeleteParams, ListParams};
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(60);
+const KEY: [u8; 32] = [9; 32];
+
+async fn role_exists(database: &Postgres, name: &str) -> bool {
+    database
+        .admin()
+        .await
+        .unwrap()
+        .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&name])
+        .await
+        .unwrap()
+        .is_some()
+}
+
+#[tokio::test]
+async fn a_restarted_broker_reaps_what_was_orphaned_while_it_was_down() {
+    let database = Postgres::shared().await.unwrap();
+    let cluster = Cluster::shared().await.unwrap();
+    let client = cluster.client().unwrap();
+    install_crds(&client).await.unwrap();
+    let _operator = RunningOperator::start(cluster.config().clone()).unwrap();
+    database
+        .admin()
+        .await
+        .unwrap()
+        .batch_execute(
+            "CREATE ROLE orders_reader NOLOGIN;
+             CREATE ROLE ferry_made_by_hand LOGIN;",
+        )
+        .await
+        .unwrap();
+
+    let ns = cluster.create_namespace("reaper").await.unwrap();
+    create_object::<Secret>(
+        &client,
+        &ns,
+        json!({"metadata": {"name": "db-admin"}, "stringData": {"dsn": database.admin_dsn()}}),
+    )
+    .await
+    .unwrap();
+    create_object::<BrokeredSecret>(
+        &client,
+        &ns,
+        json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "BrokeredSecret",
+               "metadata": {"name": "orders-db"},
+               "spec": {"source": {"postgres": {"connectionSecretRef": {"name": "db-admin"},
+                                                "memberOf": ["orders_reader"]}}}}),
+    )
+    .await
+    .unwrap();
+    create_object::<AccessPolicy>(
+        &client,
+        &ns,
+        json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "AccessPolicy",
+               "metadata": {"name": "app"},
+               "spec": {"subjects": [{"serviceAccount": {"name": "app", "namespace": ns}}],
+                        "secrets": [{"name": "orders-db"}]}}),
+    )
+    .await
+    .unwrap();
+    create_object::<ServiceAccount>(&client, &ns, json!({"metadata": {"name": "app"}}))
+        .await
+        .unwrap();
+    let grants = Api::<Grant>::namespaced(client.clone(), &ns);
+    eventually("the Grant", WAIT, || async {
+        (!grants
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty())
+        .then_some(())
+    })
+    .await;
+
+    // One broker issues three roles: for a pod that will be deleted, one
+    // whose lease will expire, and one that stays valid.
+    let first = RunningBroker::start(cluster, LeaseKeys::new(&KEY, &[])).unwrap();
+    let broker = first.client().unwrap();
+    let mut roles = Vec::new();
+    for (pod_name, ttl) in [("deleted", "10m"), ("expiring", "3s"), ("staying", "10m")] {
+        let pod: Pod = create_object(
+            &client,
+            &ns,
+            json!({"metadata": {"name": pod_name, "labels": {"ferry.dev/inject": "true"}},
+                   "spec": {"serviceAccountName": "app",
+                            "containers": [{"name": "app", "image": "app:1"}]}}),
+        )
+        .await
+        .unwrap();
+        let token = pod_bound_token(&client, &pod, DEFAULT_BROKER_AUDIENCE, 600)
+            .await
+            .unwrap();
+        let body = serde_json::to_vec(
+            &json!({"secrets": [{"namespace": ns, "name": "orders-db", "ttl": ttl}]}),
+        )
+        .unwrap();
+        let lease: Value = eventually("a lease", WAIT, || async {
+            let reply = broker
+                .request("POST", "/v1/leases", Some(&token), &body)
+                .await
+                .unwrap();
+            (reply.status == 200).then(|| reply.json().unwrap()["leases"][0].clone())
+        })
+        .await;
+        let username = base64::engine::general_purpose::STANDARD
+            .decode(lease["files"]["username"].as_str().unwrap())
+            .unwrap();
+        roles.push((
+            String::from_utf8(username).unwrap(),
+            unix(&lease["expiresAt"]),
+        ));
+    }
+    first.stop();
+
+    // While no broker runs: a pod is deleted, a lease expires.
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns);
+    pods.delete("deleted", &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    eventually("the pod to be gone", WAIT, || async {
+        pods.get_opt("deleted")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    let expiring_at = roles[1].1;
+    eventually("the short lease to expire", WAIT, || async {
+        (k8s_openapi::jiff::Timestamp::now().as_second() > expiring_at).then_some(())
+    })
+    .await;
+    for (role, _) in &roles {
+        assert!(
+            role_exists(database, role).await,
+            "{role} outlived the broker"
+        );
+    }
+
+    // A new broker, knowing nothing of them, reaps the two orphans.
+    let second = RunningBroker::start(cluster, LeaseKeys::new(&KEY, &[])).unwrap();
+    for (role, _) in &roles[..2] {
+        eventually(&format!("{role} to be reaped"), WAIT, || async {
+            (!role_exists(database, role).await).then_some(())
+        })
+        .await;
+    }
+    // A complete pass counts exactly one live ferry role: the staying one.
+    eventually("a pass counting the one live role", WAIT, || async {
+        second
+            .metrics_text()
+            .contains("ferry_broker_active_leases{provider=\"postgres\"} 1")
+            .then_some(())
+    })
+    .await;
+    assert!(
+        role_exists(database, &roles[2].0).await,
+        "a live lease was reaped"
+    );
+    assert!(role_exists(database, "ferry_made_by_hand").await);
+}
+
+fn unix(rfc3339: &Value) -> i64 {
+    rfc3339
+        .as_str()
+        .unwrap()
+        .parse::<k8s_openapi::jiff::Timestamp>()
+        .unwrap()
+        .as_second()
+}

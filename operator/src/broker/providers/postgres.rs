@@ -1,0 +1,835 @@
+//! `postgres`: one PostgreSQL role per pod lease.
+//!
+//! Each lease is a role named `ferry_<pod namespace>_<random>` that can log
+//! in with a random password until `VALID UNTIL`, and is a member of the
+//! roles the BrokeredSecret lists (`memberOf`), so privileges are managed
+//! in the database by its owner and no SQL travels through a spec. Every
+//! identifier is validated and quoted before it reaches the server.
+//!
+//! The password never reaches the server either: the broker sends a
+//! SCRAM-SHA-256 verifier computed here, which PostgreSQL stores as is, so
+//! no statement log of the database can leak a credential.
+//!
+//! The role's comment records which pod it is for, which BrokeredSecret
+//! and when it expires. That comment is the durable truth: a restarted
+//! broker lists ferry's roles and reaps those that expired or whose pod is
+//! gone ([`PostgresProvider::reap`]), so nothing is lost with the broker's
+//! memory.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt::Write as _;
+use std::str::FromStr;
+use std::sync::{Arc, PoisonError};
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD as BASE64, URL_SAFE_NO_PAD};
+use ring::rand::{SecureRandom, SystemRandom};
+use ring::{digest, hmac, pbkdf2};
+use sha2::{Digest as _, Sha256};
+use tokio_postgres::error::SqlState;
+use zeroize::Zeroizing;
+
+use super::secret_reader::SecretReader;
+use super::{Files, IssueRequest, Issued, Provider, ProviderError, ReapContext, Reaped};
+use crate::broker::lease_id::LeaseClaims;
+use crate::broker::pods::PodPresence;
+use crate::resources::{BrokeredSecret, SecretKeyRef};
+
+/// Every role ferry creates starts with this; the reaper looks at no other.
+pub const ROLE_PREFIX: &str = "ferry_";
+
+/// First word of the comment on every role ferry creates.
+const COMMENT_MARKER: &str = "ferry:v1";
+
+/// PostgreSQL's limit on identifier length, in bytes.
+const MAX_IDENTIFIER: usize = 63;
+
+/// How long connecting to a database may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long one round of statements may take.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// PBKDF2 iterations of the SCRAM verifier: PostgreSQL's own default.
+const SCRAM_ITERATIONS: u32 = 4096;
+
+/// Random bytes in a password (256 bits).
+const PASSWORD_BYTES: usize = 32;
+
+/// Which admin connection string: the Secret and key holding it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Database {
+    namespace: String,
+    secret: String,
+    key: String,
+}
+
+impl std::fmt::Display for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Secret {}/{} key {}",
+            self.namespace, self.secret, self.key
+        )
+    }
+}
+
+/// An open admin connection and the connection string it was opened with
+/// (by digest), so a rotated admin Secret gets a new connection.
+struct Connection {
+    dsn_digest: [u8; 32],
+    client: Arc<tokio_postgres::Client>,
+}
+
+/// The `postgres` provider.
+pub struct PostgresProvider {
+    secrets: Arc<SecretReader>,
+    connections: tokio::sync::Mutex<HashMap<Database, Connection>>,
+    /// The database each BrokeredSecret used, so its leases can still be
+    /// revoked and reaped after the BrokeredSecret is deleted.
+    seen: std::sync::Mutex<HashMap<(String, String), Database>>,
+    random: SystemRandom,
+}
+
+impl PostgresProvider {
+    /// A provider reading admin connection strings through `secrets`.
+    pub fn new(secrets: Arc<SecretReader>) -> Self {
+        Self {
+            secrets,
+            connections: tokio::sync::Mutex::default(),
+            seen: std::sync::Mutex::default(),
+            random: SystemRandom::new(),
+        }
+    }
+
+    fn database_of(secret: &BrokeredSecret) -> Result<Database, ProviderError> {
+        let source = secret
+            .spec
+            .source
+            .postgres
+            .as_ref()
+            .ok_or_else(|| ProviderError::Invalid("not a postgres BrokeredSecret".into()))?;
+        let SecretKeyRef { name, key } = &source.connection_secret_ref;
+        Ok(Database {
+            namespace: secret.metadata.namespace.clone().unwrap_or_default(),
+            secret: name.clone(),
+            key: key.clone(),
+        })
+    }
+
+    fn remember(&self, secret: &BrokeredSecret, database: &Database) {
+        let key = (
+            secret.metadata.namespace.clone().unwrap_or_default(),
+            secret.metadata.name.clone().unwrap_or_default(),
+        );
+        self.seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key, database.clone());
+    }
+
+    /// An admin connection to `database`, reusing an open one unless the
+    /// connection string changed or the connection closed.
+    async fn client(
+        &self,
+        database: &Database,
+    ) -> Result<Arc<tokio_postgres::Client>, ProviderError> {
+        let data = self
+            .secrets
+            .data(&database.namespace, &database.secret)
+            .await?;
+        let dsn = data.get(&database.key).ok_or_else(|| {
+            ProviderError::NotFound(format!("{database} not found (no such key)"))
+        })?;
+        let dsn_digest: [u8; 32] = Sha256::digest(dsn.as_slice()).into();
+        let mut connections = self.connections.lock().await;
+        if let Some(open) = connections.get(database)
+            && open.dsn_digest == dsn_digest
+            && !open.client.is_closed()
+        {
+            return Ok(Arc::clone(&open.client));
+        }
+        let client = Arc::new(connect(database, dsn).await?);
+        connections.insert(
+            database.clone(),
+            Connection {
+                dsn_digest,
+                client: Arc::clone(&client),
+            },
+        );
+        Ok(client)
+    }
+
+    fn random_bytes<const N: usize>(&self) -> Result<[u8; N], ProviderError> {
+        let mut bytes = [0u8; N];
+        self.random.fill(&mut bytes).map_err(|_| {
+            ProviderError::Unavailable("the operating system's random generator failed".into())
+        })?;
+        Ok(bytes)
+    }
+}
+
+impl Provider for PostgresProvider {
+    fn kind(&self) -> &'static str {
+        "postgres"
+    }
+
+    /// Creates the role for `request.pod` and returns its credentials.
+    async fn issue(&self, request: IssueRequest<'_>) -> Result<Issued, ProviderError> {
+        let database = Self::database_of(request.secret)?;
+        let member_of = &request
+            .secret
+            .spec
+            .source
+            .postgres
+            .as_ref()
+            .map(|source| source.member_of.clone())
+            .unwrap_or_default();
+        let client = self.client(&database).await?;
+        self.remember(request.secret, &database);
+
+        let role = role_name(&request.pod.namespace, &self.random_bytes::<8>()?);
+        let password =
+            Zeroizing::new(URL_SAFE_NO_PAD.encode(self.random_bytes::<PASSWORD_BYTES>()?));
+        let verifier = scram_verifier(password.as_bytes(), &self.random_bytes::<16>()?);
+        let comment = RoleComment {
+            pod_uid: request.pod.pod_uid.clone(),
+            secret: secret_name(request.secret),
+            issued_at: request.now.as_second(),
+            expires_at: request.expires_at,
+        };
+        let sql = create_role(&role, &verifier, request.expires_at, member_of, &comment)?;
+        run(&database, "creating a role", client.batch_execute(&sql)).await?;
+
+        let files = Files::from([
+            (
+                "username".to_owned(),
+                Zeroizing::new(role.clone().into_bytes()),
+            ),
+            (
+                "password".to_owned(),
+                Zeroizing::new(password.as_bytes().to_vec()),
+            ),
+        ]);
+        Ok(Issued {
+            files,
+            handle: role,
+        })
+    }
+
+    /// Moves the role's `VALID UNTIL` to `request.expires_at`. The files
+    /// the pod has stay valid, so there are none to send.
+    async fn renew(
+        &self,
+        request: IssueRequest<'_>,
+        lease: &LeaseClaims,
+    ) -> Result<Option<Issued>, ProviderError> {
+        let role = own_role(&lease.handle)?;
+        let database = Self::database_of(request.secret)?;
+        let client = self.client(&database).await?;
+        self.remember(request.secret, &database);
+        let comment = RoleComment {
+            pod_uid: lease.pod_uid.clone(),
+            secret: secret_name(request.secret),
+            issued_at: lease.issued_at,
+            expires_at: request.expires_at,
+        };
+        let sql = extend_role(role, request.expires_at, &comment)?;
+        match run(&database, "extending a role", client.batch_execute(&sql)).await {
+            Err(ProviderError::NotFound(_)) => Err(ProviderError::Gone(format!(
+                "role {role} no longer exists: the lease was revoked or reaped; request a new one"
+            ))),
+            other => other.map(|()| None),
+        }
+    }
+
+    /// Drops the lease's role now, ending its sessions. `secret` is the
+    /// BrokeredSecret when it still exists; without it, the database it
+    /// last used on this replica is tried.
+    async fn revoke(
+        &self,
+        secret: Option<&BrokeredSecret>,
+        lease: &LeaseClaims,
+    ) -> Result<(), ProviderError> {
+        let role = own_role(&lease.handle)?;
+        let database = match secret {
+            Some(secret) => Self::database_of(secret)?,
+            None => self
+                .seen
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(&(lease.secret_namespace.clone(), lease.secret_name.clone()))
+                .cloned()
+                .ok_or_else(|| {
+                    ProviderError::NotFound(format!(
+                        "BrokeredSecret {}/{} is gone; its role {role} is dropped by the \
+                         reaper of a broker that used it, and cannot log in after its expiry",
+                        lease.secret_namespace, lease.secret_name
+                    ))
+                })?,
+        };
+        let client = self.client(&database).await?;
+        drop_role(&database, &client, role).await
+    }
+
+    /// Drops, in every database the BrokeredSecrets (and those this
+    /// replica has used) point at, the ferry roles that expired or whose
+    /// pod is gone.
+    async fn reap(&self, context: ReapContext<'_>) -> Reaped {
+        let mut databases: HashSet<Database> = context
+            .secrets
+            .iter()
+            .filter_map(|secret| Self::database_of(secret).ok())
+            .collect();
+        databases.extend(
+            self.seen
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .values()
+                .cloned(),
+        );
+        let mut reaped = Reaped::default();
+        for database in databases {
+            if let Err(error) = self.reap_database(&database, context, &mut reaped).await {
+                reaped.failed += 1;
+                tracing::warn!(database = %database, %error, "reaping ferry roles failed; retrying on the next pass");
+            }
+        }
+        reaped
+    }
+}
+
+impl PostgresProvider {
+    async fn reap_database(
+        &self,
+        database: &Database,
+        context: ReapContext<'_>,
+        reaped: &mut Reaped,
+    ) -> Result<(), ProviderError> {
+        let client = self.client(database).await?;
+        let rows = run(
+            database,
+            "listing ferry roles",
+            client.query(
+                "SELECT rolname::text, shobj_description(oid, 'pg_authid') \
+                 FROM pg_roles WHERE left(rolname, length($1)) = $1",
+                &[&ROLE_PREFIX],
+            ),
+        )
+        .await?;
+        for row in rows {
+            let role: String = row.get(0);
+            let comment: Option<String> = row.get(1);
+            let Some(comment) = comment.as_deref().and_then(RoleComment::parse) else {
+                continue; // Not created by ferry: never touched.
+            };
+            reaped.found += 1;
+            let Some(reason) = comment.reap_reason(context) else {
+                continue;
+            };
+            drop_role(database, &client, &role).await?;
+            match reason {
+                ReapReason::Expired => reaped.expired += 1,
+                ReapReason::PodGone => reaped.pod_gone += 1,
+            }
+            tracing::info!(
+                target: "ferry::audit",
+                action = "reap",
+                role = %role,
+                pod_uid = %comment.pod_uid,
+                secret = %comment.secret,
+                reason = reason.as_str(),
+                "dropped a ferry role"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Opens an admin connection. Errors name the Secret, never the
+/// connection string.
+async fn connect(database: &Database, dsn: &[u8]) -> Result<tokio_postgres::Client, ProviderError> {
+    let invalid = || {
+        ProviderError::Invalid(format!(
+            "{database} is not a PostgreSQL connection string \
+             (postgres://user:password@host:port/database)"
+        ))
+    };
+    let dsn = std::str::from_utf8(dsn).map_err(|_| invalid())?;
+    let mut config = tokio_postgres::Config::from_str(dsn).map_err(|_| invalid())?;
+    config.connect_timeout(CONNECT_TIMEOUT);
+    config.application_name("ferry-broker");
+    let tls = super::postgres_tls::connector()?;
+    let (client, connection) = tokio::time::timeout(CONNECT_TIMEOUT, config.connect(tls))
+        .await
+        .map_err(|_| {
+            ProviderError::Unavailable(format!(
+                "connecting to the database of {database} took over {CONNECT_TIMEOUT:?}"
+            ))
+        })?
+        .map_err(|error| {
+            ProviderError::Unavailable(format!("connecting to the database of {database}: {error}"))
+        })?;
+    let name = database.to_string();
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::warn!(database = %name, %error, "admin connection to PostgreSQL closed");
+        }
+    });
+    Ok(client)
+}
+
+/// Runs `query` with the query timeout, mapping database errors to what
+/// the caller should be told.
+async fn run<T>(
+    database: &Database,
+    what: &str,
+    query: impl Future<Output = Result<T, tokio_postgres::Error>>,
+) -> Result<T, ProviderError> {
+    let result = tokio::time::timeout(QUERY_TIMEOUT, query)
+        .await
+        .map_err(|_| {
+            ProviderError::Unavailable(format!(
+                "{what} in the database of {database} took over {QUERY_TIMEOUT:?}"
+            ))
+        })?;
+    result.map_err(|error| match error.as_db_error() {
+        Some(db) if *db.code() == SqlState::UNDEFINED_OBJECT => ProviderError::NotFound(format!(
+            "{what} in the database of {database}: {}",
+            db.message()
+        )),
+        Some(db) if *db.code() == SqlState::INSUFFICIENT_PRIVILEGE => {
+            ProviderError::Unavailable(format!(
+                "{what} in the database of {database}: the admin role lacks a privilege: {}",
+                db.message()
+            ))
+        }
+        Some(db) => ProviderError::Unavailable(format!(
+            "{what} in the database of {database}: {}",
+            db.message()
+        )),
+        None => {
+            ProviderError::Unavailable(format!("{what} in the database of {database}: {error}"))
+        }
+    })
+}
+
+/// Takes login away, ends the role's sessions, and drops it with what it
+/// owns. A role already gone is fine.
+async fn drop_role(
+    database: &Database,
+    client: &tokio_postgres::Client,
+    role: &str,
+) -> Result<(), ProviderError> {
+    let exists = run(
+        database,
+        "looking up a role",
+        client.query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&role]),
+    )
+    .await?;
+    if exists.is_none() {
+        return Ok(());
+    }
+    let role_ident = quote_identifier(role)?;
+    run(
+        database,
+        "disabling a role",
+        client.batch_execute(&format!("ALTER ROLE {role_ident} NOLOGIN")),
+    )
+    .await?;
+    run(
+        database,
+        "ending a role's sessions",
+        client.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1",
+            &[&role],
+        ),
+    )
+    .await?;
+    match run(
+        database,
+        "dropping a role",
+        client.batch_execute(&format!(
+            "DROP OWNED BY {role_ident}; DROP ROLE IF EXISTS {role_ident}"
+        )),
+    )
+    .await
+    {
+        // Dropped by someone else in between.
+        Err(ProviderError::NotFound(_)) => Ok(()),
+        other => other,
+    }
+}
+
+/// `namespace/name` of a BrokeredSecret.
+fn secret_name(secret: &BrokeredSecret) -> String {
+    format!(
+        "{}/{}",
+        secret.metadata.namespace.as_deref().unwrap_or_default(),
+        secret.metadata.name.as_deref().unwrap_or_default()
+    )
+}
+
+/// A role name for a pod of `namespace`: the prefix, the namespace made
+/// into a plain identifier and cut short, and 16 random hex digits.
+pub fn role_name(namespace: &str, random: &[u8; 8]) -> String {
+    let mut name = String::from(ROLE_PREFIX);
+    let room = MAX_IDENTIFIER - ROLE_PREFIX.len() - 1 - 16;
+    name.extend(
+        namespace
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '_'
+                }
+            })
+            .take(room),
+    );
+    name.push('_');
+    for byte in random {
+        let _ = write!(name, "{byte:02x}");
+    }
+    name
+}
+
+/// Checks a lease's handle is a role ferry would have created.
+fn own_role(handle: &str) -> Result<&str, ProviderError> {
+    if handle.starts_with(ROLE_PREFIX) && is_plain_identifier(handle) {
+        Ok(handle)
+    } else {
+        Err(ProviderError::Invalid(
+            "the lease's handle is not a ferry PostgreSQL role".into(),
+        ))
+    }
+}
+
+/// Lower-case letters, digits and `_`, not starting with a digit, at most
+/// 63 bytes: the identifiers ferry accepts, from a spec or its own.
+pub fn is_plain_identifier(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_IDENTIFIER
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+/// `name` as a quoted SQL identifier; refused unless plain.
+pub fn quote_identifier(name: &str) -> Result<String, ProviderError> {
+    if is_plain_identifier(name) {
+        Ok(format!("\"{name}\""))
+    } else {
+        Err(ProviderError::Invalid(format!(
+            "{name:?} is not a plain PostgreSQL role name (lower-case letters, digits and _, \
+             at most 63 characters)"
+        )))
+    }
+}
+
+/// `text` as a quoted SQL string literal (standard-conforming strings).
+pub fn quote_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+/// `unix` seconds as a timestamp literal PostgreSQL reads unambiguously.
+fn timestamp_literal(unix: i64) -> Result<String, ProviderError> {
+    k8s_openapi::jiff::Timestamp::from_second(unix)
+        .map(|at| quote_literal(&at.to_string()))
+        .map_err(|_| ProviderError::Invalid(format!("expiry {unix} is out of range")))
+}
+
+/// The statements creating a lease's role: one implicit transaction.
+pub fn create_role(
+    role: &str,
+    verifier: &str,
+    expires_at: i64,
+    member_of: &[String],
+    comment: &RoleComment,
+) -> Result<String, ProviderError> {
+    let role = quote_identifier(role)?;
+    let mut sql = format!(
+        "CREATE ROLE {role} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION \
+         NOBYPASSRLS INHERIT PASSWORD {} VALID UNTIL {}",
+        quote_literal(verifier),
+        timestamp_literal(expires_at)?
+    );
+    if !member_of.is_empty() {
+        let roles = member_of
+            .iter()
+            .map(|name| quote_identifier(name))
+            .collect::<Result<Vec<_>, _>>()?;
+        let _ = write!(sql, " IN ROLE {}", roles.join(", "));
+    }
+    let _ = write!(
+        sql,
+        "; COMMENT ON ROLE {role} IS {}",
+        quote_literal(&comment.to_string())
+    );
+    Ok(sql)
+}
+
+/// The statements moving a role's expiry: one implicit transaction.
+pub fn extend_role(
+    role: &str,
+    expires_at: i64,
+    comment: &RoleComment,
+) -> Result<String, ProviderError> {
+    let role = quote_identifier(role)?;
+    Ok(format!(
+        "ALTER ROLE {role} VALID UNTIL {}; COMMENT ON ROLE {role} IS {}",
+        timestamp_literal(expires_at)?,
+        quote_literal(&comment.to_string())
+    ))
+}
+
+/// A SCRAM-SHA-256 verifier for `password` (RFC 5802, 7677), in the form
+/// PostgreSQL stores: `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`.
+pub fn scram_verifier(password: &[u8], salt: &[u8]) -> String {
+    let mut salted = Zeroizing::new([0u8; 32]);
+    let iterations =
+        std::num::NonZeroU32::new(SCRAM_ITERATIONS).unwrap_or(std::num::NonZeroU32::MIN);
+    pbkdf2::derive(
+        pbkdf2::PBKDF2_HMAC_SHA256,
+        iterations,
+        salt,
+        password,
+        salted.as_mut(),
+    );
+    let key = hmac::Key::new(hmac::HMAC_SHA256, salted.as_ref());
+    let client_key = hmac::sign(&key, b"Client Key");
+    let stored_key = digest::digest(&digest::SHA256, client_key.as_ref());
+    let server_key = hmac::sign(&key, b"Server Key");
+    format!(
+        "SCRAM-SHA-256${SCRAM_ITERATIONS}:{}${}:{}",
+        BASE64.encode(salt),
+        BASE64.encode(stored_key.as_ref()),
+        BASE64.encode(server_key.as_ref())
+    )
+}
+
+/// What ferry writes on each role it creates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoleComment {
+    /// The pod the role is for.
+    pub pod_uid: String,
+    /// The BrokeredSecret, `namespace/name`.
+    pub secret: String,
+    /// When the role was created (Unix seconds).
+    pub issued_at: i64,
+    /// When the role stops working (Unix seconds).
+    pub expires_at: i64,
+}
+
+impl std::fmt::Display for RoleComment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{COMMENT_MARKER} pod={} secret={} issued={} expires={}",
+            self.pod_uid, self.secret, self.issued_at, self.expires_at
+        )
+    }
+}
+
+/// Why the reaper drops a role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReapReason {
+    /// Past its expiry.
+    Expired,
+    /// Its pod no longer exists.
+    PodGone,
+}
+
+impl ReapReason {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Expired => "expired",
+            Self::PodGone => "pod_gone",
+        }
+    }
+}
+
+impl RoleComment {
+    /// Reads a comment ferry wrote; `None` for any other text.
+    pub fn parse(text: &str) -> Option<Self> {
+        let mut words = text.split(' ');
+        if words.next()? != COMMENT_MARKER {
+            return None;
+        }
+        let mut field = |name: &str| {
+            words
+                .next()?
+                .strip_prefix(name)?
+                .strip_prefix('=')
+                .map(str::to_owned)
+        };
+        let pod_uid = field("pod")?;
+        let secret = field("secret")?;
+        let issued_at = field("issued")?.parse().ok()?;
+        let expires_at = field("expires")?.parse().ok()?;
+        (!pod_uid.is_empty()).then_some(Self {
+            pod_uid,
+            secret,
+            issued_at,
+            expires_at,
+        })
+    }
+
+    /// Whether, and why, the role should be dropped in this pass.
+    pub fn reap_reason(&self, context: ReapContext<'_>) -> Option<ReapReason> {
+        if self.expires_at <= context.now {
+            return Some(ReapReason::Expired);
+        }
+        match (context.presence)(&self.pod_uid) {
+            PodPresence::Present => None,
+            PodPresence::Departed => Some(ReapReason::PodGone),
+            PodPresence::Unknown => (context.now - self.issued_at >= context.unknown_pod_grace)
+                .then_some(ReapReason::PodGone),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn role_names_are_plain_prefixed_and_fit_postgres() {
+        let name = role_name("shop", &[0xab; 8]);
+        assert_eq!(name, "ferry_shop_abababababababab");
+        let long = role_name(&"a-very-long-namespace".repeat(4), &[1; 8]);
+        assert!(long.len() <= MAX_IDENTIFIER, "{long}");
+        assert!(is_plain_identifier(&long), "{long}");
+        assert!(long.ends_with("_0101010101010101"));
+    }
+
+    #[test]
+    fn identifiers_from_a_spec_are_validated_before_quoting() {
+        assert_eq!(
+            quote_identifier("orders_reader").unwrap(),
+            "\"orders_reader\""
+        );
+        for bad in [
+            "",
+            "Orders",
+            "a\"b",
+            "a;drop role x",
+            "1abc",
+            &"a".repeat(64),
+        ] {
+            assert!(quote_identifier(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(quote_literal("it's"), "'it''s'");
+    }
+
+    #[test]
+    fn create_role_quotes_everything_and_refuses_bad_member_roles() {
+        let comment = RoleComment {
+            pod_uid: "uid-1".into(),
+            secret: "payments/orders-db".into(),
+            issued_at: 1_800_000_000,
+            expires_at: 1_800_000_900,
+        };
+        let sql = create_role(
+            "ferry_shop_01",
+            "SCRAM-SHA-256$4096:c2FsdA==$a:b",
+            1_800_000_900,
+            &["orders_reader".into()],
+            &comment,
+        )
+        .unwrap();
+        assert_eq!(
+            sql,
+            "CREATE ROLE \"ferry_shop_01\" WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE \
+             NOREPLICATION NOBYPASSRLS INHERIT PASSWORD 'SCRAM-SHA-256$4096:c2FsdA==$a:b' \
+             VALID UNTIL '2027-01-15T08:15:00Z' IN ROLE \"orders_reader\"; COMMENT ON ROLE \
+             \"ferry_shop_01\" IS 'ferry:v1 pod=uid-1 secret=payments/orders-db \
+             issued=1800000000 expires=1800000900'"
+        );
+        let injected = create_role(
+            "ferry_shop_01",
+            "v",
+            1,
+            &["x\"; DROP TABLE orders; --".into()],
+            &comment,
+        );
+        assert!(injected.is_err());
+    }
+
+    #[test]
+    fn comments_round_trip_and_foreign_comments_are_ignored() {
+        let comment = RoleComment {
+            pod_uid: "0f1e".into(),
+            secret: "payments/orders-db".into(),
+            issued_at: 10,
+            expires_at: 20,
+        };
+        assert_eq!(RoleComment::parse(&comment.to_string()), Some(comment));
+        assert_eq!(RoleComment::parse("created by hand"), None);
+        assert_eq!(
+            RoleComment::parse("ferry:v1 pod= secret=a/b issued=1 expires=2"),
+            None
+        );
+        assert_eq!(RoleComment::parse("ferry:v1 pod=x"), None);
+    }
+
+    #[test]
+    fn the_reaper_drops_expired_roles_and_roles_of_gone_pods_after_a_grace() {
+        let comment = RoleComment {
+            pod_uid: "pod".into(),
+            secret: "a/b".into(),
+            issued_at: 1000,
+            expires_at: 2000,
+        };
+        let reason = |now: i64, presence: PodPresence| {
+            comment.reap_reason(ReapContext {
+                secrets: &[],
+                presence: &move |_| presence,
+                now,
+                unknown_pod_grace: 60,
+            })
+        };
+        assert_eq!(
+            reason(2000, PodPresence::Present),
+            Some(ReapReason::Expired)
+        );
+        assert_eq!(reason(1500, PodPresence::Present), None);
+        assert_eq!(
+            reason(1001, PodPresence::Departed),
+            Some(ReapReason::PodGone)
+        );
+        assert_eq!(
+            reason(1500, PodPresence::Unknown),
+            Some(ReapReason::PodGone)
+        );
+        // Another replica may know a pod this one has not seen yet.
+        assert_eq!(reason(1010, PodPresence::Unknown), None);
+    }
+
+    #[test]
+    fn scram_verifiers_have_postgres_shape_and_depend_on_salt_and_password() {
+        let verifier = scram_verifier(b"pencil", b"0123456789abcdef");
+        let (method, rest) = verifier.split_once('$').unwrap();
+        assert_eq!(method, "SCRAM-SHA-256");
+        let (params, keys) = rest.split_once('$').unwrap();
+        assert_eq!(
+            params,
+            format!("4096:{}", BASE64.encode(b"0123456789abcdef"))
+        );
+        let (stored, server) = keys.split_once(':').unwrap();
+        assert_eq!(BASE64.decode(stored).unwrap().len(), 32);
+        assert_eq!(BASE64.decode(server).unwrap().len(), 32);
+        assert_ne!(verifier, scram_verifier(b"pencil", b"fedcba9876543210"));
+        assert_ne!(verifier, scram_verifier(b"pen", b"0123456789abcdef"));
+        assert!(!verifier.contains("pencil"));
+    }
+
+    #[test]
+    fn handles_that_are_not_ferry_roles_are_refused() {
+        assert!(own_role("ferry_shop_01").is_ok());
+        assert!(own_role("postgres").is_err());
+        assert!(own_role("ferry_\"x").is_err());
+    }
+}
