@@ -31,8 +31,10 @@ struct World {
 }
 
 /// The shared cluster, operator, broker and database. The database has a
-/// table `orders` readable by role `orders_reader` and a table `payroll`
-/// nobody is granted.
+/// table `orders` readable by role `orders_reader`, a table `payroll`
+/// nobody is granted, and the broker's admin role with exactly the
+/// privileges the README asks for: CREATEROLE, ADMIN OPTION on
+/// `orders_reader`, and `pg_signal_backend` to end sessions.
 async fn world() -> &'static World {
     static WORLD: OnceCell<World> = OnceCell::const_new();
     capture_logs();
@@ -48,7 +50,10 @@ async fn world() -> &'static World {
                      INSERT INTO orders VALUES (1, 'tea'), (2, 'coffee');
                      CREATE TABLE payroll (name text, salary int);
                      CREATE ROLE orders_reader NOLOGIN;
-                     GRANT SELECT ON orders TO orders_reader;",
+                     GRANT SELECT ON orders TO orders_reader;
+                     CREATE ROLE broker_admin LOGIN CREATEROLE PASSWORD 'admin-password';
+                     GRANT orders_reader TO broker_admin WITH ADMIN OPTION;
+                     GRANT pg_signal_backend TO broker_admin;",
                 )
                 .await
                 .unwrap();
@@ -82,7 +87,7 @@ async fn scenario(prefix: &str) -> (Client, String, String) {
         &client,
         &owner,
         json!({"metadata": {"name": "orders-db-admin"},
-               "stringData": {"dsn": database.admin_dsn()}}),
+               "stringData": {"dsn": database.dsn("broker_admin", "admin-password")}}),
     )
     .await
     .unwrap();

@@ -416,7 +416,9 @@ async fn run<T>(
 }
 
 /// Takes login away, ends the role's sessions, and drops it with what it
-/// owns. A role already gone is fine.
+/// owns. A role already gone is fine. `DROP OWNED` needs the role's
+/// privileges, which an admin that is not a superuser gets by granting the
+/// role to itself first (CREATEROLE allows that).
 async fn drop_role(
     database: &Database,
     client: &tokio_postgres::Client,
@@ -451,7 +453,8 @@ async fn drop_role(
         database,
         "dropping a role",
         client.batch_execute(&format!(
-            "DROP OWNED BY {role_ident}; DROP ROLE IF EXISTS {role_ident}"
+            "GRANT {role_ident} TO CURRENT_USER; DROP OWNED BY {role_ident}; \
+             DROP ROLE IF EXISTS {role_ident}"
         )),
     )
     .await
