@@ -9,4 +9,5 @@ pub mod pods;
 pub mod providers;
 pub mod server;
 pub mod service;
+pub mod templates;
 pub mod terms;
