@@ -3,6 +3,7 @@
 //! credentials.
 
 pub mod auth;
+pub mod jwt_keys;
 pub mod lease_id;
 pub mod metrics;
 pub mod pods;
