@@ -537,14 +537,14 @@ mod tests {
     fn conditions_loops_and_defaults_work_and_html_is_not_escaped() {
         let files = render_files(
             &templates(&[(
-                "f",
+                "page.html",
                 "{% if region is defined %}{{ region }}{% else %}{{ zone | default('none') }}{% endif %}\
                  {% for i in range(3) %}[{{ i }}]{% endfor %}<{{ password | upper }}>",
             )]),
             &variables(&[("password", "a&b")]),
         )
         .unwrap();
-        assert_eq!(text(&files, "f"), "none[0][1][2]<A&B>");
+        assert_eq!(text(&files, "page.html"), "none[0][1][2]<A&B>");
     }
 
     #[test]
@@ -624,6 +624,12 @@ mod tests {
             ("{% macro m() %}{% endmacro %}", "{% macro %}"),
             ("{% filter upper %}x{% endfilter %}", "{% filter %}"),
             ("{% include 'other' %}", "{% include %}"),
+            ("{%- set a = 1 -%}", "{% set %}"),
+            ("{% with a = 1 %}{% endwith %}", "{% with %}"),
+            (
+                "{% autoescape true %}{% endautoescape %}",
+                "{% autoescape %}",
+            ),
         ] {
             let error = check_templates(&templates(&[("f", source)])).unwrap_err();
             assert!(
