@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use ferry_operator::admin::Readiness;
 use ferry_operator::broker::lease_id::LeaseKeys;
-use ferry_operator::broker::providers::jwt::{JwtProvider, generate_signing_key};
+use ferry_operator::broker::providers::jwt::{JwtProvider, SigningKeys, generate_key};
 use ferry_operator::broker::server::{BrokerOptions, default_rate_limit, serve};
 use ferry_operator::https::ReloadingCertificate;
+use ferry_operator::resources::JwtAlgorithm;
 use ferry_sidecar::contract::DEFAULT_BROKER_AUDIENCE;
 
 use crate::background::{Background, bind_loopback, wait_ready};
@@ -58,10 +59,15 @@ impl RunningBroker {
             .map_err(|e| HarnessError::Process(format!("broker certificate: {e}")))?;
         let (listener, addr) = bind_loopback("the broker")?;
         let (admin_listener, _) = bind_loopback("the broker's admin server")?;
-        let signing_key = generate_signing_key()
-            .map_err(|_| HarnessError::Process("generating a JWT signing key".into()))?;
-        let jwt = JwtProvider::new(&format!("https://{addr}"), &signing_key, &[])
-            .map_err(|e| HarnessError::Process(format!("JWT provider: {e}")))?;
+        let mut signing_keys = SigningKeys::new();
+        for algorithm in [JwtAlgorithm::ES256, JwtAlgorithm::EdDSA] {
+            let key = generate_key(algorithm)
+                .map_err(|_| HarnessError::Process("generating a JWT signing key".into()))?;
+            signing_keys = signing_keys
+                .with_algorithm(algorithm, &key, &[])
+                .map_err(|e| HarnessError::Process(format!("JWT provider: {e}")))?;
+        }
+        let jwt = JwtProvider::with_keys(&format!("https://{addr}"), signing_keys);
         let readiness = Readiness::not_ready("starting");
         let registry = prometheus::Registry::new();
         let (thread_readiness, thread_registry) = (readiness.clone(), registry.clone());

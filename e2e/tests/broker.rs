@@ -13,8 +13,10 @@ use ferry_e2e::{
     Cluster, RunningBroker, RunningOperator, capture_logs, captured_logs, create_object,
     eventually, install_crds, pod_bound_token,
 };
+use ferry_operator::broker::jwt_keys::parse_rotation_period;
 use ferry_operator::broker::lease_id::LeaseKeys;
-use ferry_operator::resources::Grant;
+use ferry_operator::broker::server::refresh_jwt_keys;
+use ferry_operator::resources::{Grant, JwtAlgorithm};
 use ferry_sidecar::contract::DEFAULT_BROKER_AUDIENCE;
 use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
 use kube::Client;
@@ -160,6 +162,24 @@ async fn issue_when_ready(broker: &HttpsClient, token: &str, body: &[u8]) -> Htt
         (reply.status == 200).then_some(reply)
     })
     .await
+}
+
+/// Backdates the creation time of every `next` key in the JWT key Secret
+/// `namespace/name` by 40 days, so a 30-day rotation is due.
+async fn age_jwt_keys(client: &Client, namespace: &str, name: &str) {
+    let secrets = Api::<Secret>::namespaced(client.clone(), namespace);
+    let mut secret = secrets.get(name).await.unwrap();
+    let old = k8s_openapi::jiff::Timestamp::now()
+        - k8s_openapi::jiff::SignedDuration::from_hours(40 * 24);
+    for (key, value) in secret.data.as_mut().unwrap().iter_mut() {
+        if key.ends_with("next-created") {
+            *value = k8s_openapi::ByteString(old.to_string().into_bytes());
+        }
+    }
+    secrets
+        .replace(name, &Default::default(), &secret)
+        .await
+        .unwrap();
 }
 
 fn message(reply: &HttpsReply) -> String {
@@ -428,6 +448,13 @@ async fn broker_does_its_job_with_exactly_its_documented_rbac() {
         ("watch", "secrets", None, "no"),
         ("create", "secrets", Some("default"), "no"),
         ("create", "secrets", Some("ferry-system"), "yes"),
+        ("update", "secrets", Some("ferry-system"), "no"),
+        (
+            "update",
+            "secrets/ferry-broker-jwt-keys",
+            Some("ferry-system"),
+            "yes",
+        ),
         ("create", "pods/exec", Some("default"), "no"),
         ("create", "grants.ferry.dev", None, "no"),
     ] {
@@ -460,6 +487,26 @@ async fn broker_does_its_job_with_exactly_its_documented_rbac() {
     )
     .await
     .unwrap();
+    // The JWT keys: created, then rotated (an update) under the same role.
+    let jwt_keys = |period: &str| {
+        let client = broker_client.clone();
+        let period = parse_rotation_period(period).unwrap();
+        async move {
+            refresh_jwt_keys(&client, "ferry-system", "ferry-broker-jwt-keys", period)
+                .await
+                .unwrap()
+                .signing_keys()
+                .unwrap()
+        }
+    };
+    let created = jwt_keys("30d").await;
+    age_jwt_keys(&client, "ferry-system", "ferry-broker-jwt-keys").await;
+    let rotated = jwt_keys("30d").await;
+    assert_eq!(
+        rotated.signing_kid(JwtAlgorithm::EdDSA),
+        created.kids().get(3).copied(),
+        "the next EdDSA key signs after a rotation"
+    );
     let broker = RunningBroker::start_as(
         &cluster,
         as_broker,
@@ -637,4 +684,121 @@ async fn a_jwt_lease_verifies_against_the_jwks_with_the_right_claims() {
         !captured_logs().contains(&jwt),
         "a minted JWT appears in a log line"
     );
+}
+
+#[tokio::test]
+async fn an_eddsa_jwt_lease_verifies_against_the_jwks() {
+    let (client, secrets, app) = scenario("eddsa").await;
+    create_object::<ferry_operator::resources::BrokeredSecret>(
+        &client,
+        &secrets,
+        json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "BrokeredSecret",
+               "metadata": {"name": "orders-jwt-ed"},
+               "spec": {"source": {"jwt": {"audience": ["orders"], "algorithm": "EdDSA"}}}}),
+    )
+    .await
+    .unwrap();
+    create_object::<ferry_operator::resources::AccessPolicy>(
+        &client,
+        &secrets,
+        json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "AccessPolicy",
+               "metadata": {"name": "checkout-ed"},
+               "spec": {"subjects": [{"serviceAccount": {"name": "checkout", "namespace": app}}],
+                        "secrets": [{"name": "orders-jwt-ed"}]}}),
+    )
+    .await
+    .unwrap();
+    let running = &world().await.broker;
+    let broker = running.client().unwrap();
+    let (_, token) = pod(&client, &app, "api", "checkout").await;
+    let issued = issue_when_ready(&broker, &token, &lease_request(&secrets, "orders-jwt-ed")).await;
+    let jwt = String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(
+                issued.json().unwrap()["leases"][0]["files"]["token"]
+                    .as_str()
+                    .unwrap(),
+            )
+            .unwrap(),
+    )
+    .unwrap();
+    let header = jsonwebtoken::decode_header(&jwt).unwrap();
+    assert_eq!(header.alg, jsonwebtoken::Algorithm::EdDSA);
+    let jwks = broker
+        .request("GET", "/v1/jwks", None, b"")
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
+    let key = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|key| key["kid"].as_str() == header.kid.as_deref())
+        .unwrap();
+    assert_eq!(
+        (&key["kty"], &key["crv"]),
+        (&json!("OKP"), &json!("Ed25519"))
+    );
+    let decoding =
+        jsonwebtoken::DecodingKey::from_ed_components(key["x"].as_str().unwrap()).unwrap();
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
+    validation.set_audience(&["orders"]);
+    validation.set_issuer(&[running.url()]);
+    let claims = jsonwebtoken::decode::<serde_json::Value>(&jwt, &decoding, &validation)
+        .unwrap()
+        .claims;
+    assert_eq!(
+        claims["sub"],
+        format!("system:serviceaccount:{app}:checkout")
+    );
+}
+
+#[tokio::test]
+async fn replicas_racing_to_rotate_the_jwt_keys_rotate_once() {
+    let cluster = Cluster::shared().await.unwrap();
+    let client = cluster.client().unwrap();
+    let ns = cluster.create_namespace("jwt-rotation").await.unwrap();
+    let period = parse_rotation_period("30d").unwrap();
+    let kids = |keys: &ferry_operator::broker::jwt_keys::StoredJwtKeys| -> Vec<String> {
+        keys.signing_keys()
+            .unwrap()
+            .kids()
+            .into_iter()
+            .map(str::to_owned)
+            .collect()
+    };
+    let first = kids(
+        &refresh_jwt_keys(&client, &ns, "keys", period)
+            .await
+            .unwrap(),
+    );
+    // Per algorithm: the signing key, then next.
+    assert_eq!(first.len(), 4);
+    // Nothing is due yet: a second replica adopts the same keys.
+    assert_eq!(
+        kids(
+            &refresh_jwt_keys(&client, &ns, "keys", period)
+                .await
+                .unwrap()
+        ),
+        first
+    );
+
+    age_jwt_keys(&client, &ns, "keys").await;
+    let replicas =
+        futures::future::join_all((0..4).map(|_| refresh_jwt_keys(&client, &ns, "keys", period)))
+            .await;
+    let after: Vec<Vec<String>> = replicas
+        .iter()
+        .map(|keys| kids(keys.as_ref().unwrap()))
+        .collect();
+    assert!(after.iter().all(|kids| *kids == after[0]), "{after:?}");
+    // Rotated once: next signs, the old signing key is previous, a new next.
+    let after = &after[0];
+    assert_eq!(after.len(), 6);
+    assert_eq!(after[0], first[1], "ES256 next now signs");
+    assert_eq!(after[2], first[0], "ES256's old signing key is published");
+    assert_eq!(after[3], first[3], "EdDSA next now signs");
+    assert_eq!(after[5], first[2], "EdDSA's old signing key is published");
 }

@@ -492,3 +492,52 @@ async fn brokered_secret_ready_follows_its_connection_secret() {
     assert_eq!(resolved.status, "True");
     assert!(!resolved.message.contains("planted-admin-password"));
 }
+
+#[tokio::test]
+async fn brokered_secret_with_a_bad_template_is_not_ready_until_fixed() {
+    let (_cluster, client, ns) = setup("rec-tpl").await;
+    create_object::<BrokeredSecret>(
+        &client,
+        &ns,
+        json!({
+            "apiVersion": "ferry.dev/v1alpha1", "kind": "BrokeredSecret",
+            "metadata": {"name": "api-token"},
+            "spec": {"source": {"jwt": {"audience": ["orders"]}},
+                     "files": {"auth-header": "Bearer {{ tokne }}"}},
+        }),
+    )
+    .await
+    .unwrap();
+    let api = Api::<BrokeredSecret>::namespaced(client.clone(), &ns);
+    let ready = |reason: &'static str| {
+        let api = api.clone();
+        async move {
+            let bs = api.get("api-token").await.unwrap();
+            let ready = bs
+                .status?
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == "Ready")?;
+            (ready.reason == reason).then_some(ready)
+        }
+    };
+    let invalid = eventually("Ready=False InvalidTemplate", WAIT, || {
+        ready("InvalidTemplate")
+    })
+    .await;
+    assert_eq!(invalid.status, "False");
+    assert_eq!(
+        invalid.message,
+        "spec.files: file \"auth-header\": undefined variable {{ tokne }} (the source provides: token)"
+    );
+
+    api.patch(
+        "api-token",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"files": {"auth-header": "Bearer {{ token }}"}}})),
+    )
+    .await
+    .unwrap();
+    let fixed = eventually("Ready=True", WAIT, || ready("Resolved")).await;
+    assert_eq!(fixed.status, "True");
+}

@@ -24,6 +24,9 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 
+use crate::broker::templates::{
+    JWT_VARIABLES, POSTGRES_VARIABLES, check_templates, check_variables,
+};
 use crate::grants::{
     MANAGED_BY, MANAGED_BY_LABEL, POLICY_UID_LABEL, PolicyWorld, derive_grants, next_expiry,
 };
@@ -598,6 +601,12 @@ async fn reconcile_secret(
     } else {
         ("jwt", None)
     };
+    // The variables the source gives templates, when known.
+    let mut provided: Option<Vec<String>> = match kind {
+        "postgres" => Some(POSTGRES_VARIABLES.map(String::from).to_vec()),
+        "jwt" => Some(JWT_VARIABLES.map(String::from).to_vec()),
+        _ => None,
+    };
     let (status, reason, message) = match reference {
         None => (
             "True",
@@ -613,6 +622,11 @@ async fn reconcile_secret(
                     "reading Secret {namespace}/{name}"
                 )))?;
             // Only key names are looked at; values never leave this scope.
+            if key.is_none() {
+                provided = found
+                    .as_ref()
+                    .map(|s| s.data.iter().flat_map(|d| d.keys().cloned()).collect());
+            }
             let has_key = |k: &str| {
                 found
                     .as_ref()
@@ -637,6 +651,11 @@ async fn reconcile_secret(
             }
         }
     };
+    let (status, reason, message) = match template_problem(&secret.spec.files, provided.as_deref())
+    {
+        Some(problem) => ("False", "InvalidTemplate", problem),
+        None => (status, reason, message),
+    };
     let current = secret.status.clone().unwrap_or_default();
     let ready = ready_condition(
         &current.conditions,
@@ -656,6 +675,23 @@ async fn reconcile_secret(
     } else {
         UNRESOLVED_RECHECK
     }))
+}
+
+/// What is wrong with a BrokeredSecret's file templates, if anything: a
+/// template does not parse, leaves ferry's template subset, or uses a
+/// variable its source does not provide (`provided`, when known).
+fn template_problem(
+    files: &BTreeMap<String, String>,
+    provided: Option<&[String]>,
+) -> Option<String> {
+    let checked = match provided {
+        Some(names) => {
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            check_variables(files, &names)
+        }
+        None => check_templates(files),
+    };
+    checked.err().map(|error| format!("spec.files: {error}"))
 }
 
 /// Records a finished reconcile of `K` in the metrics (the controller
@@ -738,5 +774,51 @@ async fn announce_transition(
     };
     if let Err(error) = ctx.recorder.publish(&event, &reference).await {
         tracing::warn!(%error, "could not publish an Event");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn files(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(f, t)| (f.to_string(), t.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn valid_templates_are_no_problem() {
+        let provided = ["username".to_string(), "password".to_string()];
+        let dsn = files(&[(
+            "dsn",
+            "postgres://{{ username }}:{{ password | urlencode }}@db/x",
+        )]);
+        assert_eq!(template_problem(&dsn, Some(&provided)), None);
+        assert_eq!(template_problem(&BTreeMap::new(), Some(&[])), None);
+    }
+
+    #[test]
+    fn a_template_that_does_not_parse_is_named_with_its_line() {
+        let problem = template_problem(&files(&[("dsn", "ok\n{{ username ")]), None).unwrap();
+        assert!(
+            problem.starts_with("spec.files: file \"dsn\", line 2: syntax error"),
+            "{problem}"
+        );
+    }
+
+    #[test]
+    fn a_variable_the_source_does_not_provide_is_named_with_what_it_does() {
+        let provided = ["username".to_string(), "password".to_string()];
+        let problem = template_problem(
+            &files(&[("dsn", "{{ username }}:{{ pasword }}")]),
+            Some(&provided),
+        )
+        .unwrap();
+        assert_eq!(
+            problem,
+            "spec.files: file \"dsn\": undefined variable {{ pasword }} (the source provides: password, username)"
+        );
     }
 }

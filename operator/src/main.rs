@@ -105,6 +105,16 @@ struct BrokerArgs {
         default_value = "ferry-broker-jwt-keys"
     )]
     jwt_key_secret: String,
+    /// How often the JWT signing keys rotate, like `30d` or `720h` (at
+    /// least 24h). A key is published one period before it signs and one
+    /// after, so tokens (ttl at most 24h) verify until they expire.
+    #[arg(
+        long,
+        env = "FERRY_JWT_ROTATION_PERIOD",
+        default_value = ferry_operator::broker::jwt_keys::DEFAULT_ROTATION_PERIOD,
+        value_parser = ferry_operator::broker::jwt_keys::parse_rotation_period
+    )]
+    jwt_rotation_period: std::time::Duration,
     /// Requests a second each service account may make (all its pods together).
     #[arg(long, env = "FERRY_RATE_LIMIT", default_value_t = NonZeroU32::new(50).unwrap_or(NonZeroU32::MIN))]
     rate_limit: NonZeroU32,
@@ -208,12 +218,23 @@ async fn broker(args: BrokerArgs) -> anyhow::Result<()> {
         &args.namespace,
         &args.jwt_key_secret,
         &args.issuer,
+        args.jwt_rotation_period,
     )
     .await?;
     let listener = https::bind(&args.listen_addr).await?;
     let admin_listener = admin::bind_admin(&args.admin_addr).await?;
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
+    // Other replicas' rotations reach this one within a minute.
+    tokio::spawn(server::refresh_jwt_keys_periodically(
+        client.clone(),
+        args.namespace.clone(),
+        args.jwt_key_secret.clone(),
+        args.jwt_rotation_period,
+        jwt.key_handle(),
+        std::time::Duration::from_secs(60),
+        shutdown.clone(),
+    ));
     server::serve(
         client,
         BrokerOptions {

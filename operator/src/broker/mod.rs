@@ -3,10 +3,12 @@
 //! credentials.
 
 pub mod auth;
+pub mod jwt_keys;
 pub mod lease_id;
 pub mod metrics;
 pub mod pods;
 pub mod providers;
 pub mod server;
 pub mod service;
+pub mod templates;
 pub mod terms;

@@ -30,10 +30,11 @@ use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 
 use super::auth::{AuthError, Authenticator, CacheLimits};
+use super::jwt_keys::{StoredJwtKeys, maintain};
 use super::lease_id::{LEASE_KEY_BYTES, LeaseKeys, generate_lease_key};
 use super::metrics::BrokerMetrics;
 use super::pods::PodIndex;
-use super::providers::jwt::{JwtProvider, generate_signing_key};
+use super::providers::jwt::{JwtKeyHandle, JwtProvider, generate_key};
 use super::providers::kubernetes_secret::KubernetesSecretProvider;
 use super::providers::postgres::PostgresProvider;
 use super::providers::secret_reader::SecretReader;
@@ -349,20 +350,138 @@ pub async fn load_or_create_lease_keys(
 }
 
 /// The JWT provider with signing keys from the Secret `namespace/name`
-/// (PKCS#8 `current` and, after a rotation, `previous`), created with a new
-/// ES256 key when absent; `issuer` is the default `iss`.
+/// (see [`super::jwt_keys`] for its layout), created when absent and
+/// completed or rotated as `rotation_period` says; `issuer` is the default
+/// `iss`. Keep its keys current with [`refresh_jwt_keys_periodically`].
 pub async fn load_or_create_jwt_provider(
     client: &kube::Client,
     namespace: &str,
     name: &str,
     issuer: &str,
+    rotation_period: Duration,
 ) -> Result<JwtProvider, BrokerStartError> {
-    let keys = load_or_create_keys(client, namespace, name, || {
-        generate_signing_key().ok().map(|key| key.to_vec())
-    })
-    .await?;
-    JwtProvider::new(issuer, &keys.current, &keys.previous())
-        .map_err(|error| BrokerStartError::KeySecret(format!("{namespace}/{name}: {error}")))
+    let stored = refresh_jwt_keys(client, namespace, name, rotation_period).await?;
+    let keys = stored
+        .signing_keys()
+        .map_err(|error| BrokerStartError::KeySecret(format!("{namespace}/{name}: {error}")))?;
+    tracing::info!(secret = %format!("{namespace}/{name}"), kids = ?keys.kids(), "loaded the JWT signing keys");
+    Ok(JwtProvider::with_keys(issuer, keys))
+}
+
+/// Reads the JWT key Secret `namespace/name` and, when keys are missing or
+/// a rotation is due, writes the maintained keys back: created when absent,
+/// replaced under the resourceVersion read, so of replicas racing only one
+/// rotates and the others adopt what it stored.
+pub async fn refresh_jwt_keys(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    rotation_period: Duration,
+) -> Result<StoredJwtKeys, BrokerStartError> {
+    let secrets = Api::<Secret>::namespaced(client.clone(), namespace);
+    let fail = |what: String| BrokerStartError::KeySecret(format!("{namespace}/{name}: {what}"));
+    let generate = |algorithm| generate_key(algorithm).ok();
+    for _ in 0..3 {
+        let existing = secrets
+            .get_opt(name)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let data: BTreeMap<String, Vec<u8>> = existing
+            .as_ref()
+            .and_then(|secret| secret.data.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(key, value)| (key, value.0))
+            .collect();
+        let stored = StoredJwtKeys::from_data(&data);
+        let Some((maintained, changes)) =
+            maintain(&stored, Timestamp::now(), rotation_period, generate)
+        else {
+            return Ok(stored);
+        };
+        let data = maintained
+            .to_data()
+            .iter()
+            .map(|(key, value)| (key.clone(), ByteString(value.to_vec())))
+            .collect();
+        let written = match existing {
+            Some(mut secret) => {
+                // The resourceVersion read is kept: a concurrent writer wins.
+                secret.data = Some(data);
+                secrets
+                    .replace(name, &PostParams::default(), &secret)
+                    .await
+                    .map(drop)
+            }
+            None => {
+                let secret = Secret {
+                    metadata: ObjectMeta {
+                        name: Some(name.to_owned()),
+                        labels: Some(BTreeMap::from([(
+                            "app.kubernetes.io/managed-by".to_owned(),
+                            "ferry-broker".to_owned(),
+                        )])),
+                        ..ObjectMeta::default()
+                    },
+                    type_: Some("Opaque".into()),
+                    data: Some(data),
+                    ..Secret::default()
+                };
+                secrets
+                    .create(&PostParams::default(), &secret)
+                    .await
+                    .map(drop)
+            }
+        };
+        match written {
+            Ok(()) => {
+                tracing::info!(secret = %format!("{namespace}/{name}"), ?changes, "updated the JWT signing keys");
+                return Ok(maintained);
+            }
+            // Another replica wrote first: read what it stored.
+            Err(kube::Error::Api(status)) if status.code == 409 => {}
+            Err(error) => return Err(fail(error.to_string())),
+        }
+    }
+    Err(fail("kept changing while it was being updated".into()))
+}
+
+/// Re-reads the JWT key Secret every `every` until `shutdown`, rotating
+/// when due and swapping changed keys into `handle`, so every replica
+/// signs with the current key within `every` of a rotation. A failed
+/// refresh keeps the keys in use and is retried at the next tick.
+pub async fn refresh_jwt_keys_periodically(
+    client: kube::Client,
+    namespace: String,
+    name: String,
+    rotation_period: Duration,
+    handle: JwtKeyHandle,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        let keys = refresh_jwt_keys(&client, &namespace, &name, rotation_period)
+            .await
+            .and_then(|stored| {
+                stored.signing_keys().map_err(|error| {
+                    BrokerStartError::KeySecret(format!("{namespace}/{name}: {error}"))
+                })
+            });
+        match keys {
+            Ok(keys) if keys.kids() != handle.load().kids() => {
+                tracing::info!(kids = ?keys.kids(), "now signing and publishing new JWT keys");
+                handle.replace(keys);
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(%error, "could not refresh the JWT signing keys; keeping the current ones")
+            }
+        }
+    }
 }
 
 /// Everything [`serve`] needs besides the apiserver client.
