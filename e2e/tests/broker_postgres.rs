@@ -352,3 +352,48 @@ async fn deleting_the_pod_drops_its_role_and_ends_its_sessions() {
     assert!(database.connect_as(&username, &password).await.is_err());
     assert!(captured_logs().contains("\"reason\":\"pod_gone\""));
 }
+
+#[tokio::test]
+async fn file_templates_render_a_dsn_the_app_connects_with() {
+    let (client, owner, app) = scenario("pg-dsn").await;
+    let broker = world().await.broker.client().unwrap();
+    let database = Postgres::shared().await.unwrap();
+    let template = format!(
+        "postgres://{{{{ username }}}}:{{{{ password | urlencode }}}}@127.0.0.1:{}/postgres",
+        database.port()
+    );
+    let secrets: Api<BrokeredSecret> = Api::namespaced(client.clone(), &owner);
+    secrets
+        .patch(
+            "orders-db",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"files": {"dsn": template}}})),
+        )
+        .await
+        .unwrap();
+    let (_pod, token) = pod(&client, &app, "api").await;
+
+    // The broker's BrokeredSecret cache may still hold the old spec.
+    let lease = eventually("a lease with the rendered dsn", WAIT, || async {
+        let lease = issue(&broker, &token, &owner, None).await;
+        lease["files"].get("dsn").is_some().then_some(lease)
+    })
+    .await;
+    assert_eq!(
+        lease["files"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .collect::<Vec<_>>(),
+        ["dsn"],
+        "only the templated files"
+    );
+    let dsn = file(&lease, "dsn");
+    let config: tokio_postgres::Config = dsn.parse().unwrap();
+    let (session, connection) = config.connect(tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let rows = session.query("SELECT item FROM orders", &[]).await.unwrap();
+    assert_eq!(rows.len(), 2);
+    let password = String::from_utf8(config.get_password().unwrap().to_vec()).unwrap();
+    assert!(!captured_logs().contains(&password));
+}

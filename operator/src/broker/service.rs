@@ -20,6 +20,9 @@ use super::providers::jwt::JwtProvider;
 use super::providers::kubernetes_secret::KubernetesSecretProvider;
 use super::providers::postgres::PostgresProvider;
 use super::providers::{IssueRequest, Issued, Provider, ProviderError, ReapContext, Reaped};
+use super::templates::{
+    POSTGRES_VARIABLES, TemplateError, Variables, check_variables, render_files,
+};
 use super::terms::{TermsError, lease_terms};
 use crate::grant_index::{GrantIndex, grant_is_valid_at};
 use crate::resources::{BrokeredSecret, Grant, SecretReference};
@@ -316,7 +319,10 @@ impl Broker {
                 None => provider.issue(request).await.map(Some),
                 Some(lease) => provider.renew(request, lease).await,
             };
-            result.map_err(|error| broker.provider_error(provider, error))
+            let issued = result.map_err(|error| broker.provider_error(provider, error))?;
+            issued
+                .map(|issued| render(request.secret, issued))
+                .transpose()
         }
         let source = &secret.spec.source;
         if source.kubernetes_secret.is_some() {
@@ -324,6 +330,10 @@ impl Broker {
         } else if source.jwt.is_some() {
             call(self, &self.jwt, request, renewing).await
         } else if source.postgres.is_some() {
+            // A role is created before its templates render: refuse
+            // templates that cannot render first, so no role is left over.
+            check_variables(&secret.spec.files, &POSTGRES_VARIABLES)
+                .map_err(|error| template_error(secret, &error))?;
             call(self, &self.postgres, request, renewing).await
         } else {
             Err(unsupported(secret))
@@ -522,6 +532,32 @@ impl Broker {
         self.metrics.observe_reaped(self.postgres.kind(), &reaped);
         reaped
     }
+}
+
+/// The files the pod gets: the provider's own, or with `spec.files`, those
+/// templates rendered with the provider's files as variables (a Secret's
+/// keys, `username` and `password`, or `token`).
+fn render(secret: &BrokeredSecret, issued: Issued) -> Result<Issued, BrokerError> {
+    let templates = &secret.spec.files;
+    if templates.is_empty() {
+        return Ok(issued);
+    }
+    let files = render_files(templates, &Variables::from(issued.files))
+        .map_err(|error| template_error(secret, &error))?;
+    Ok(Issued {
+        files,
+        handle: issued.handle,
+    })
+}
+
+/// A template the secret's owner must fix: 503, since the pod can do
+/// nothing but retry once they have.
+fn template_error(secret: &BrokeredSecret, error: &TemplateError) -> BrokerError {
+    BrokerError::Unavailable(format!(
+        "BrokeredSecret {}/{}: spec.files: {error}",
+        secret.metadata.namespace.as_deref().unwrap_or_default(),
+        secret.metadata.name.as_deref().unwrap_or_default(),
+    ))
 }
 
 fn unsupported(secret: &BrokeredSecret) -> BrokerError {

@@ -28,12 +28,6 @@ impl KubernetesSecretProvider {
         let source = spec.source.kubernetes_secret.as_ref().ok_or_else(|| {
             ProviderError::Invalid("not a kubernetesSecret BrokeredSecret".into())
         })?;
-        if !spec.files.is_empty() {
-            return Err(ProviderError::Invalid(
-                "file templates are not supported by this broker version yet; remove spec.files"
-                    .into(),
-            ));
-        }
         let namespace = request
             .secret
             .metadata
