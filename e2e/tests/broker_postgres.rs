@@ -358,10 +358,9 @@ async fn file_templates_render_a_dsn_the_app_connects_with() {
     let (client, owner, app) = scenario("pg-dsn").await;
     let broker = world().await.broker.client().unwrap();
     let database = Postgres::shared().await.unwrap();
-    let template = format!(
-        "postgres://{{{{ username }}}}:{{{{ password | urlencode }}}}@127.0.0.1:{}/postgres",
-        database.port()
-    );
+    // host, port and database come from the admin connection string.
+    let template =
+        "postgres://{{ username }}:{{ password | urlencode }}@{{ host }}:{{ port }}/{{ database }}";
     let secrets: Api<BrokeredSecret> = Api::namespaced(client.clone(), &owner);
     secrets
         .patch(

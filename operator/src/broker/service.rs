@@ -4,6 +4,7 @@
 //! which pod, which secret, the lease, its ttl, the result and the reason,
 //! and never the material.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -11,6 +12,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use ferry_sidecar::wire::{Lease, LeaseRequest, SecretRef, SecretRequest};
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::reflector::{ObjectRef, Store};
+use zeroize::Zeroizing;
 
 use super::auth::PodIdentity;
 use super::lease_id::{CLAIMS_VERSION, LeaseClaims, LeaseIdError, LeaseKeys};
@@ -542,11 +544,16 @@ fn render(secret: &BrokeredSecret, issued: Issued) -> Result<Issued, BrokerError
     if templates.is_empty() {
         return Ok(issued);
     }
-    let files = render_files(templates, &Variables::from(issued.files))
-        .map_err(|error| template_error(secret, &error))?;
+    let mut variables = Variables::from(issued.files);
+    for (name, value) in issued.variables {
+        variables.insert(name, Zeroizing::new(value.into_bytes()));
+    }
+    let files =
+        render_files(templates, &variables).map_err(|error| template_error(secret, &error))?;
     Ok(Issued {
         files,
         handle: issued.handle,
+        variables: BTreeMap::new(),
     })
 }
 

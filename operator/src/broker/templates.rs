@@ -45,7 +45,7 @@ pub const MAX_TOTAL_BYTES: usize = 256 * 1024;
 pub const FUEL_PER_FILE: u64 = 50_000;
 
 /// The variables the `postgres` source provides to templates.
-pub const POSTGRES_VARIABLES: [&str; 2] = ["username", "password"];
+pub const POSTGRES_VARIABLES: [&str; 5] = ["username", "password", "host", "port", "database"];
 
 /// The variables the `jwt` source provides to templates.
 pub const JWT_VARIABLES: [&str; 1] = ["token"];
@@ -569,7 +569,7 @@ mod tests {
         .unwrap_err();
         assert_eq!(
             error.to_string(),
-            "file \"dsn\": undefined variable {{ pasword }} (the source provides: password, username)"
+            "file \"dsn\": undefined variable {{ pasword }} (the source provides: database, host, password, port, username)"
         );
         check_variables(
             &templates(&[(

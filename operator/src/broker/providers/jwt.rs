@@ -375,6 +375,7 @@ impl JwtProvider {
         Ok(Issued {
             files: BTreeMap::from([(TOKEN_FILE.to_owned(), Zeroizing::new(token.into_bytes()))]),
             handle: String::new(),
+            variables: Default::default(),
         })
     }
 }

@@ -41,6 +41,7 @@ impl KubernetesSecretProvider {
                 .map(|(name, value)| (name.clone(), value.clone()))
                 .collect(),
             handle: String::new(),
+            variables: Default::default(),
         })
     }
 }

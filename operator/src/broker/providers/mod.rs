@@ -34,6 +34,9 @@ pub struct Issued {
     /// name); empty when there is nothing to revoke. Carried in the lease
     /// id, so it must not be secret.
     pub handle: String,
+    /// Values templates may use besides the files (such as the database's
+    /// host and port); never sent to the pod unless a template uses them.
+    pub variables: BTreeMap<String, String>,
 }
 
 impl std::fmt::Debug for Issued {
@@ -41,6 +44,7 @@ impl std::fmt::Debug for Issued {
         f.debug_struct("Issued")
             .field("files", &self.files.keys().collect::<Vec<_>>())
             .field("handle", &self.handle)
+            .field("variables", &self.variables.keys().collect::<Vec<_>>())
             .finish()
     }
 }

@@ -16,7 +16,7 @@
 //! gone ([`PostgresProvider::reap`]), so nothing is lost with the broker's
 //! memory.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::str::FromStr;
 use std::sync::{Arc, PoisonError};
@@ -80,6 +80,7 @@ impl std::fmt::Display for Database {
 struct Connection {
     dsn_digest: [u8; 32],
     client: Arc<tokio_postgres::Client>,
+    endpoint: Arc<BTreeMap<String, String>>,
 }
 
 /// The `postgres` provider.
@@ -135,6 +136,16 @@ impl PostgresProvider {
         &self,
         database: &Database,
     ) -> Result<Arc<tokio_postgres::Client>, ProviderError> {
+        self.connection(database).await.map(|(client, _)| client)
+    }
+
+    /// An admin connection to `database` and where it points (`host`,
+    /// `port`, `database`, for templates), reusing an open one unless the
+    /// connection string changed or the connection closed.
+    async fn connection(
+        &self,
+        database: &Database,
+    ) -> Result<(Arc<tokio_postgres::Client>, Arc<BTreeMap<String, String>>), ProviderError> {
         let data = self
             .secrets
             .data(&database.namespace, &database.secret)
@@ -148,17 +159,19 @@ impl PostgresProvider {
             && open.dsn_digest == dsn_digest
             && !open.client.is_closed()
         {
-            return Ok(Arc::clone(&open.client));
+            return Ok((Arc::clone(&open.client), Arc::clone(&open.endpoint)));
         }
-        let client = Arc::new(connect(database, dsn).await?);
+        let (client, endpoint) = connect(database, dsn).await?;
+        let (client, endpoint) = (Arc::new(client), Arc::new(endpoint));
         connections.insert(
             database.clone(),
             Connection {
                 dsn_digest,
                 client: Arc::clone(&client),
+                endpoint: Arc::clone(&endpoint),
             },
         );
-        Ok(client)
+        Ok((client, endpoint))
     }
 
     fn random_bytes<const N: usize>(&self) -> Result<[u8; N], ProviderError> {
@@ -186,7 +199,7 @@ impl Provider for PostgresProvider {
             .as_ref()
             .map(|source| source.member_of.clone())
             .unwrap_or_default();
-        let client = self.client(&database).await?;
+        let (client, endpoint) = self.connection(&database).await?;
         self.remember(request.secret, &database);
 
         let role = role_name(&request.pod.namespace, &self.random_bytes::<8>()?);
@@ -215,6 +228,7 @@ impl Provider for PostgresProvider {
         Ok(Issued {
             files,
             handle: role,
+            variables: BTreeMap::clone(&endpoint),
         })
     }
 
@@ -349,7 +363,10 @@ impl PostgresProvider {
 
 /// Opens an admin connection. Errors name the Secret, never the
 /// connection string.
-async fn connect(database: &Database, dsn: &[u8]) -> Result<tokio_postgres::Client, ProviderError> {
+async fn connect(
+    database: &Database,
+    dsn: &[u8],
+) -> Result<(tokio_postgres::Client, BTreeMap<String, String>), ProviderError> {
     let invalid = || {
         ProviderError::Invalid(format!(
             "{database} is not a PostgreSQL connection string \
@@ -358,6 +375,7 @@ async fn connect(database: &Database, dsn: &[u8]) -> Result<tokio_postgres::Clie
     };
     let dsn = std::str::from_utf8(dsn).map_err(|_| invalid())?;
     let mut config = tokio_postgres::Config::from_str(dsn).map_err(|_| invalid())?;
+    let endpoint = endpoint(&config);
     config.connect_timeout(CONNECT_TIMEOUT);
     config.application_name("ferry-broker");
     let tls = super::postgres_tls::connector()?;
@@ -377,7 +395,29 @@ async fn connect(database: &Database, dsn: &[u8]) -> Result<tokio_postgres::Clie
             tracing::warn!(database = %name, %error, "admin connection to PostgreSQL closed");
         }
     });
-    Ok(client)
+    Ok((client, endpoint))
+}
+
+/// Where an admin connection string points, for templates: the first
+/// host and port, and the database (PostgreSQL's defaults when unset).
+fn endpoint(config: &tokio_postgres::Config) -> BTreeMap<String, String> {
+    use tokio_postgres::config::Host;
+    let host = match config.get_hosts().first() {
+        Some(Host::Tcp(host)) => host.clone(),
+        Some(Host::Unix(path)) => path.display().to_string(),
+        None => "localhost".into(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let database = config
+        .get_dbname()
+        .or(config.get_user())
+        .unwrap_or("postgres")
+        .to_owned();
+    BTreeMap::from([
+        ("host".to_owned(), host),
+        ("port".to_owned(), port.to_string()),
+        ("database".to_owned(), database),
+    ])
 }
 
 /// Runs `query` with the query timeout, mapping database errors to what
