@@ -357,7 +357,6 @@ async fn deleting_the_pod_drops_its_role_and_ends_its_sessions() {
 async fn file_templates_render_a_dsn_the_app_connects_with() {
     let (client, owner, app) = scenario("pg-dsn").await;
     let broker = world().await.broker.client().unwrap();
-    let database = Postgres::shared().await.unwrap();
     // host, port and database come from the admin connection string.
     let template =
         "postgres://{{ username }}:{{ password | urlencode }}@{{ host }}:{{ port }}/{{ database }}";
