@@ -6,8 +6,11 @@
 //! kube, k8s-openapi, tokio and JSON-schema crates, so the sidecar binary
 //! stays small: blocking I/O on a few std threads, rustls over std sockets.
 
+pub mod broker_client;
 pub mod config;
 pub mod contract;
+pub mod http1;
+pub mod keeper;
 pub mod log;
 pub mod names;
 pub mod random;
