@@ -321,7 +321,9 @@ impl BrokerClient {
             200..=299 => Ok(response),
             status => {
                 let message = error_message(&response.body);
-                if status == 429 || status >= 500 {
+                // 501: the broker does not serve this source at all;
+                // asking again cannot help, unlike 503.
+                if status == 429 || (status >= 500 && status != 501) {
                     Err(BrokerError::Unavailable {
                         action: action.into(),
                         status,

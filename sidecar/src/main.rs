@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use ferry_sidecar::broker_client::{BrokerClient, tls_config};
 use ferry_sidecar::config::SidecarConfig;
-use ferry_sidecar::contract::env;
+use ferry_sidecar::contract::{self, env};
 use ferry_sidecar::keeper::{Deadlines, Keeper};
 use ferry_sidecar::log;
 use ferry_sidecar::volume::SecretVolume;
@@ -27,6 +27,7 @@ struct Cli {
 enum Command {
     /// Fetch the pod's secrets, keep them renewed, and at SIGTERM revoke
     /// and wipe them (the sidecar container's main process).
+    #[command(name = contract::SIDECAR_RUN_ARG)]
     Run(Limits),
     /// Fetch and write the secrets once and exit 0, for Jobs or clusters
     /// without native sidecars. Nothing renews, revokes or wipes them
@@ -34,6 +35,7 @@ enum Command {
     Init(Limits),
     /// Exit 0 if every secret is written and current, else 1 with the
     /// reason on stderr (the startup probe; never calls the broker).
+    #[command(name = contract::SIDECAR_PROBE_ARG)]
     Probe {
         /// The secrets volume.
         #[arg(long, env = env::SECRETS_DIR)]
