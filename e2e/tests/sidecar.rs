@@ -217,7 +217,7 @@ async fn the_sidecar_writes_renews_and_at_sigterm_revokes_and_wipes_a_secret() {
         ready["elapsed_ms"],
         status
             .lines()
-            .filter(|l| l.starts_with("VmRSS") || l.starts_with("VmHWM"))
+            .filter(|l| l.starts_with("VmHWM") || l.starts_with("Rss") || l.starts_with("Threads"))
             .collect::<Vec<_>>()
             .join(", ")
     );
