@@ -522,6 +522,21 @@ impl Keeper {
     ) {
         self.slots[index].busy = false;
         let secret = qualified(&self.slots[index].secret);
+        // Never write one secret's files into another's directory.
+        let result = result.and_then(|lease| {
+            if lease.secret == self.slots[index].secret {
+                Ok(lease)
+            } else {
+                Err(BrokerError::InvalidLease {
+                    action: "renew".into(),
+                    message: format!(
+                        "lease {} is for {}, not {secret}",
+                        lease.id,
+                        qualified(&lease.secret)
+                    ),
+                })
+            }
+        });
         match result {
             Ok(lease) => {
                 self.hold(index, &lease, asked_at);

@@ -39,7 +39,7 @@ enum Command {
     Probe {
         /// The secrets volume.
         #[arg(long, env = env::SECRETS_DIR)]
-        dir: PathBuf,
+        dir: Option<PathBuf>,
     },
 }
 
@@ -77,13 +77,20 @@ fn main() -> ExitCode {
             Ok(keeper) => keeper.init(),
             Err(code) => code,
         },
-        Command::Probe { dir } => match SecretVolume::new(dir, None).check_ready() {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(reason) => {
-                eprintln!("not ready: {reason}");
-                ExitCode::FAILURE
+        Command::Probe { dir } => {
+            // Every failure is a plain "not ready" (exit 1), never a usage error.
+            let ready = match dir {
+                Some(dir) => SecretVolume::new(dir, None).check_ready(),
+                None => Err(format!("{} is not set", env::SECRETS_DIR)),
+            };
+            match ready {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(reason) => {
+                    eprintln!("not ready: {reason}");
+                    ExitCode::FAILURE
+                }
             }
-        },
+        }
     }
 }
 

@@ -71,6 +71,13 @@ fn probe_fails_with_a_reason_until_the_ready_marker_exists() {
 }
 
 #[test]
+fn probe_without_a_directory_is_not_ready_rather_than_a_usage_error() {
+    let output = sidecar().arg("probe").output().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stderr(&output).contains("FERRY_SECRETS_DIR is not set"));
+}
+
+#[test]
 fn probe_takes_the_directory_as_a_flag_too() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join(READY_MARKER), "{}").unwrap();
