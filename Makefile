@@ -8,7 +8,7 @@ SHELL := /bin/bash
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/ferry/target
 CARGO ?= cargo
 
-.PHONY: help demo test bench crds lint fmt controlplane postgres
+.PHONY: help demo test bench crds lint fmt controlplane postgres sidecar
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -37,3 +37,7 @@ fmt: ## Format the code.
 lint: ## Check formatting and clippy (warnings are errors).
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+sidecar: ## Build the static, size-optimised ferry-sidecar binary the image ships.
+	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --profile sidecar -p ferry-sidecar --target x86_64-unknown-linux-gnu
+	@ls -l $(CARGO_TARGET_DIR)/x86_64-unknown-linux-gnu/sidecar/ferry-sidecar

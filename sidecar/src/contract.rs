@@ -44,6 +44,16 @@ pub const TOKEN_MOUNT_PATH: &str = "/var/run/secrets/ferry.dev/serviceaccount";
 /// File name of the projected token inside [`TOKEN_MOUNT_PATH`].
 pub const TOKEN_FILE_NAME: &str = "token";
 
+/// Hidden file in the secrets directory that exists while every secret is
+/// written and current; the startup probe checks it. It holds nothing secret.
+pub const READY_MARKER: &str = "..ferry-ready";
+
+/// The sidecar's subcommand the webhook runs as the container's main process.
+pub const SIDECAR_RUN_ARG: &str = "run";
+
+/// The sidecar's subcommand the startup probe executes.
+pub const SIDECAR_PROBE_ARG: &str = "probe";
+
 /// The environment the webhook gives the sidecar container: the sidecar's
 /// whole configuration.
 pub mod env {
@@ -66,4 +76,7 @@ pub mod env {
     pub const POD_UID: &str = "FERRY_POD_UID";
     /// The pod's fsGroup when it has one: files are then made group-readable.
     pub const FS_GROUP: &str = "FERRY_FS_GROUP";
+    /// Seconds `run`/`init` may take to write every secret before giving up
+    /// (optional; the sidecar's default applies when unset).
+    pub const STARTUP_TIMEOUT_SECONDS: &str = "FERRY_STARTUP_TIMEOUT_SECONDS";
 }

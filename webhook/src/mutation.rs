@@ -12,8 +12,8 @@ use ferry_operator::grant_index::GrantLookup;
 use ferry_operator::resources::SecretReference;
 use ferry_sidecar::contract::{
     self, INJECT_LABEL, MOUNT_PATH_ANNOTATION, SECRETS_ANNOTATION, SECRETS_VOLUME_NAME,
-    SIDECAR_COMMAND, SIDECAR_CONTAINER_NAME, STATUS_ANNOTATION, TOKEN_FILE_NAME, TOKEN_MOUNT_PATH,
-    TOKEN_VOLUME_NAME,
+    SIDECAR_COMMAND, SIDECAR_CONTAINER_NAME, SIDECAR_PROBE_ARG, SIDECAR_RUN_ARG, STATUS_ANNOTATION,
+    TOKEN_FILE_NAME, TOKEN_MOUNT_PATH, TOKEN_VOLUME_NAME,
 };
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation};
@@ -443,7 +443,7 @@ fn sidecar_container(
         image: Some(config.sidecar_image.clone()),
         image_pull_policy: Some(config.image_pull_policy.clone()),
         command: Some(vec![SIDECAR_COMMAND.into()]),
-        args: Some(vec!["run".into()]),
+        args: Some(vec![SIDECAR_RUN_ARG.into()]),
         restart_policy: Some("Always".into()),
         env: Some(env),
         volume_mounts: Some(vec![
@@ -461,7 +461,7 @@ fn sidecar_container(
         ]),
         startup_probe: Some(Probe {
             exec: Some(ExecAction {
-                command: Some(vec![SIDECAR_COMMAND.into(), "probe".into()]),
+                command: Some(vec![SIDECAR_COMMAND.into(), SIDECAR_PROBE_ARG.into()]),
             }),
             period_seconds: Some(1),
             timeout_seconds: Some(1),

@@ -1,0 +1,573 @@
+//! The broker's three calls over HTTPS (rustls on a std socket, one
+//! connection per call, every step under one deadline), with the pod's
+//! token re-read for each call and the leases' files decoded into wiped
+//! buffers. Blocking: the caller decides which thread waits.
+
+use std::io::{self, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+use zeroize::{Zeroize, Zeroizing};
+
+use crate::config::BrokerUrl;
+use crate::http1::{self, HttpError, Response};
+use crate::names::check_file_name;
+use crate::volume::SecretFile;
+use crate::wire::{
+    ErrorResponse, LEASES_PATH, Lease, LeaseRequest, LeasesResponse, SecretRef, SecretRequest,
+};
+
+/// Why the client cannot be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsSetupError {
+    /// The CA bundle holds no usable certificate.
+    #[error("the broker CA bundle holds no usable certificate: {0}")]
+    NoCertificate(String),
+    /// rustls refused the configuration.
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// Why a call to the broker did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// The broker refused the request (4xx other than 429): asking again
+    /// the same way will not help.
+    #[error("broker refused to {action} ({status}): {message}")]
+    Refused {
+        /// What was asked.
+        action: String,
+        /// The HTTP status.
+        status: u16,
+        /// The broker's message.
+        message: String,
+    },
+    /// The broker is overloaded or its backend is down (429, 5xx).
+    #[error("broker could not {action} ({status}): {message}")]
+    Unavailable {
+        /// What was asked.
+        action: String,
+        /// The HTTP status.
+        status: u16,
+        /// The broker's message.
+        message: String,
+        /// How long the broker asked to wait.
+        retry_after: Option<Duration>,
+    },
+    /// No answer: DNS, connect, TLS, timeout or a malformed response.
+    #[error("cannot reach the broker to {action}: {message}")]
+    Transport {
+        /// What was asked.
+        action: String,
+        /// What failed.
+        message: String,
+    },
+    /// The token file could not be read.
+    #[error("cannot read the pod's token {}: {message}", path.display())]
+    Token {
+        /// The token file.
+        path: PathBuf,
+        /// What failed.
+        message: String,
+    },
+    /// The broker answered 2xx with leases the sidecar cannot use.
+    #[error("broker answered {action} with an unusable lease: {message}")]
+    InvalidLease {
+        /// What was asked.
+        action: String,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+impl BrokerError {
+    /// Whether repeating the same request cannot succeed.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, Self::Refused { .. } | Self::InvalidLease { .. })
+    }
+
+    /// The HTTP status, if the broker answered.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Self::Refused { status, .. } | Self::Unavailable { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// How long the broker asked to wait before the next try.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Unavailable { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+/// A lease whose files are decoded and checked, ready to write.
+#[derive(Debug)]
+pub struct IssuedLease {
+    /// The lease id, for renewal and revocation.
+    pub id: String,
+    /// The secret it is for.
+    pub secret: SecretRef,
+    /// The decoded files. Secret: never logged.
+    pub files: Vec<SecretFile>,
+    /// Lifetime from issuance.
+    pub ttl: Duration,
+    /// When to renew, from issuance.
+    pub renew_after: Duration,
+    /// The broker's expiry time (RFC 3339), for logs; the sidecar times
+    /// expiry from its own clock (`ttl` from when it asked).
+    pub expires_at: String,
+}
+
+impl IssuedLease {
+    /// The file names, for logs.
+    pub fn file_names(&self) -> Vec<&str> {
+        self.files.iter().map(|f| f.name.as_str()).collect()
+    }
+}
+
+/// Trust for the broker: the PEM bundle given, or the system's roots.
+pub fn tls_config(ca_pem: Option<&str>) -> Result<Arc<ClientConfig>, TlsSetupError> {
+    let mut roots = RootCertStore::empty();
+    match ca_pem {
+        Some(pem) => {
+            for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+                let cert = cert.map_err(|e| TlsSetupError::NoCertificate(e.to_string()))?;
+                roots.add(cert)?;
+            }
+        }
+        None => {
+            let native = rustls_native_certs::load_native_certs();
+            let (_added, _ignored) = roots.add_parsable_certificates(native.certs);
+            if roots.is_empty() {
+                let errors: Vec<String> = native.errors.iter().map(|e| e.to_string()).collect();
+                return Err(TlsSetupError::NoCertificate(format!(
+                    "no system root certificates found ({}); set the broker CA",
+                    errors.join("; ")
+                )));
+            }
+        }
+    }
+    if roots.is_empty() {
+        return Err(TlsSetupError::NoCertificate(
+            "no PEM CERTIFICATE block".into(),
+        ));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// A blocking client for the broker's lease API.
+#[derive(Clone)]
+pub struct BrokerClient {
+    url: BrokerUrl,
+    tls: Arc<ClientConfig>,
+    token_file: PathBuf,
+    timeout: Duration,
+}
+
+impl BrokerClient {
+    /// A client for the broker at `url`, trusting `tls`, presenting the
+    /// token in `token_file`; each call takes at most `timeout`.
+    pub fn new(
+        url: BrokerUrl,
+        tls: Arc<ClientConfig>,
+        token_file: impl Into<PathBuf>,
+        timeout: Duration,
+    ) -> Self {
+        Self {
+            url,
+            tls,
+            token_file: token_file.into(),
+            timeout,
+        }
+    }
+
+    /// `POST /v1/leases`: one lease per secret, in the same order, or none.
+    pub fn issue(&self, secrets: &[SecretRef]) -> Result<Vec<IssuedLease>, BrokerError> {
+        let action = format!("issue leases for {}", list(secrets));
+        let request = LeaseRequest {
+            secrets: secrets
+                .iter()
+                .map(|s| SecretRequest {
+                    namespace: s.namespace.clone(),
+                    name: s.name.clone(),
+                    ttl: None,
+                    audience: None,
+                    scopes: None,
+                })
+                .collect(),
+        };
+        let body = serde_json::to_vec(&request).map_err(|e| BrokerError::Transport {
+            action: action.clone(),
+            message: e.to_string(),
+        })?;
+        let path = format!("{}{LEASES_PATH}", self.url.path_prefix);
+        let response = self.call(&action, "POST", &path, Some(&body), self.timeout)?;
+        let leases = parse_leases(&action, &response.body)?;
+        if leases.len() != secrets.len() || leases.iter().zip(secrets).any(|(l, s)| &l.secret != s)
+        {
+            return Err(BrokerError::InvalidLease {
+                action,
+                message: format!(
+                    "asked for {}, got leases for {}",
+                    list(secrets),
+                    list(&leases.iter().map(|l| l.secret.clone()).collect::<Vec<_>>())
+                ),
+            });
+        }
+        leases
+            .into_iter()
+            .map(|lease| decode_lease(&action, lease))
+            .collect()
+    }
+
+    /// `POST /v1/leases/{id}/renew`: the renewed lease, maybe with new files.
+    pub fn renew(&self, lease_id: &str) -> Result<IssuedLease, BrokerError> {
+        let action = format!("renew lease {lease_id}");
+        let path = format!(
+            "{}{LEASES_PATH}/{}/renew",
+            self.url.path_prefix,
+            percent_encode(lease_id)
+        );
+        let response = self.call(&action, "POST", &path, Some(b"{}"), self.timeout)?;
+        let mut leases = parse_leases(&action, &response.body)?;
+        if leases.len() != 1 {
+            return Err(BrokerError::InvalidLease {
+                action,
+                message: format!("{} leases instead of one", leases.len()),
+            });
+        }
+        let lease = leases.remove(0);
+        decode_lease(&action, lease)
+    }
+
+    /// `DELETE /v1/leases/{id}`, taking at most `timeout`.
+    pub fn revoke(&self, lease_id: &str, timeout: Duration) -> Result<(), BrokerError> {
+        let action = format!("revoke lease {lease_id}");
+        let path = format!(
+            "{}{LEASES_PATH}/{}",
+            self.url.path_prefix,
+            percent_encode(lease_id)
+        );
+        self.call(&action, "DELETE", &path, None, timeout.min(self.timeout))
+            .map(drop)
+    }
+
+    fn read_token(&self) -> Result<Zeroizing<Vec<u8>>, BrokerError> {
+        let token_error = |message: String| BrokerError::Token {
+            path: self.token_file.clone(),
+            message,
+        };
+        let mut raw = Zeroizing::new(Vec::with_capacity(4096));
+        std::fs::File::open(&self.token_file)
+            .and_then(|mut file| file.read_to_end(&mut raw))
+            .map_err(|e| token_error(e.to_string()))?;
+        let token = Zeroizing::new(raw.trim_ascii().to_vec());
+        if token.is_empty() {
+            return Err(token_error("the file is empty".into()));
+        }
+        if token.iter().any(|b| b.is_ascii_control() || *b == b' ') {
+            return Err(token_error(
+                "the token has whitespace or control characters".into(),
+            ));
+        }
+        Ok(token)
+    }
+
+    fn call(
+        &self,
+        action: &str,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Result<Response, BrokerError> {
+        let deadline = Instant::now() + timeout;
+        let token = self.read_token()?;
+        let request = http1::encode_request(method, path, &self.url.host_header(), &token, body);
+        drop(token);
+        let transport = |message: String| BrokerError::Transport {
+            action: action.into(),
+            message,
+        };
+        let tcp = connect(&self.url, deadline).map_err(|e| transport(e.to_string()))?;
+        let server_name = ServerName::try_from(self.url.host.clone())
+            .map_err(|e| transport(format!("{:?}: {e}", self.url.host)))?;
+        let tls = ClientConnection::new(Arc::clone(&self.tls), server_name)
+            .map_err(|e| transport(e.to_string()))?;
+        let mut stream = StreamOwned::new(tls, DeadlineStream { tcp, deadline });
+        let response = http1::exchange(&mut stream, &request).map_err(|e| match e {
+            HttpError::Io(io) if io.kind() == io::ErrorKind::TimedOut => {
+                transport(format!("no answer within {timeout:?}"))
+            }
+            other => transport(other.to_string()),
+        })?;
+        match response.status {
+            200..=299 => Ok(response),
+            status => {
+                let message = error_message(&response.body);
+                // 501: the broker does not serve this source at all;
+                // asking again cannot help, unlike 503.
+                if status == 429 || (status >= 500 && status != 501) {
+                    Err(BrokerError::Unavailable {
+                        action: action.into(),
+                        status,
+                        message,
+                        retry_after: response.retry_after,
+                    })
+                } else {
+                    Err(BrokerError::Refused {
+                        action: action.into(),
+                        status,
+                        message,
+                    })
+                }
+            }
+        }
+    }
+}
+
+/// Connects to the first address of `url` that answers before `deadline`.
+fn connect(url: &BrokerUrl, deadline: Instant) -> io::Result<TcpStream> {
+    let mut last = io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("{} has no address", url.host),
+    );
+    for address in (url.host.as_str(), url.port).to_socket_addrs()? {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out"));
+        }
+        match TcpStream::connect_timeout(&address, remaining) {
+            Ok(stream) => {
+                stream.set_nodelay(true)?;
+                return Ok(stream);
+            }
+            Err(error) => last = io::Error::new(error.kind(), format!("{address}: {error}")),
+        }
+    }
+    Err(last)
+}
+
+/// A socket whose every read and write ends by one deadline.
+struct DeadlineStream {
+    tcp: TcpStream,
+    deadline: Instant,
+}
+
+impl DeadlineStream {
+    fn remaining(&self) -> io::Result<Duration> {
+        let remaining = self.deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            Err(io::Error::new(io::ErrorKind::TimedOut, "deadline passed"))
+        } else {
+            Ok(remaining)
+        }
+    }
+}
+
+/// Socket timeouts report `WouldBlock` on Linux; callers see `TimedOut`.
+fn timed_out(error: io::Error) -> io::Error {
+    if error.kind() == io::ErrorKind::WouldBlock {
+        io::Error::new(io::ErrorKind::TimedOut, "deadline passed")
+    } else {
+        error
+    }
+}
+
+impl Read for DeadlineStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.tcp.set_read_timeout(Some(self.remaining()?))?;
+        self.tcp.read(buf).map_err(timed_out)
+    }
+}
+
+impl Write for DeadlineStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.tcp.set_write_timeout(Some(self.remaining()?))?;
+        self.tcp.write(buf).map_err(timed_out)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.tcp.flush()
+    }
+}
+
+fn parse_leases(action: &str, body: &[u8]) -> Result<Vec<Lease>, BrokerError> {
+    serde_json::from_slice::<LeasesResponse>(body)
+        .map(|response| response.leases)
+        .map_err(|e| BrokerError::Transport {
+            action: action.into(),
+            // Not serde_json's message: it may quote a value, a secret's.
+            message: format!(
+                "not a leases response ({:?} error at line {} column {})",
+                e.classify(),
+                e.line(),
+                e.column()
+            ),
+        })
+}
+
+/// Decodes a lease's files into wiped buffers and wipes the base64 text.
+fn decode_lease(action: &str, mut lease: Lease) -> Result<IssuedLease, BrokerError> {
+    let invalid = |message: String| BrokerError::InvalidLease {
+        action: action.into(),
+        message,
+    };
+    let mut files = Vec::with_capacity(lease.files.len());
+    let mut failure = None;
+    for (name, encoded) in &mut lease.files {
+        if failure.is_none() {
+            if let Err(error) = check_file_name(name) {
+                failure = Some(format!("lease {} file name: {error}", lease.id));
+            } else {
+                let mut content = Zeroizing::new(Vec::with_capacity(encoded.len() / 4 * 3 + 3));
+                match BASE64.decode_vec(encoded.as_bytes(), &mut content) {
+                    Ok(()) => files.push(SecretFile {
+                        name: name.clone(),
+                        content,
+                    }),
+                    Err(_) => {
+                        failure = Some(format!("lease {} file {name:?} is not base64", lease.id))
+                    }
+                }
+            }
+        }
+        encoded.zeroize();
+    }
+    if let Some(message) = failure {
+        return Err(invalid(message));
+    }
+    if files.is_empty() {
+        return Err(invalid(format!("lease {} has no files", lease.id)));
+    }
+    Ok(IssuedLease {
+        id: lease.id,
+        secret: lease.secret,
+        files,
+        ttl: Duration::from_secs(lease.ttl),
+        renew_after: Duration::from_secs(lease.renew_after),
+        expires_at: lease.expires_at,
+    })
+}
+
+/// The broker's error message, or the start of the body if it is not the
+/// broker's JSON (a proxy's page, say).
+fn error_message(body: &[u8]) -> String {
+    match serde_json::from_slice::<ErrorResponse>(body) {
+        Ok(error) => error.error.message,
+        Err(_) => {
+            let text = String::from_utf8_lossy(body);
+            let text: String = text.chars().filter(|c| !c.is_control()).take(200).collect();
+            if text.is_empty() {
+                "no message".into()
+            } else {
+                text
+            }
+        }
+    }
+}
+
+/// `namespace/name, ...` for messages.
+fn list(secrets: &[SecretRef]) -> String {
+    secrets
+        .iter()
+        .map(|s| format!("{}/{}", s.namespace, s.name))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Escapes everything but RFC 3986 unreserved characters, for a lease id in
+/// a path (ids are base64url with dots, so this normally changes nothing).
+fn percent_encode(segment: &str) -> String {
+    let mut out = String::with_capacity(segment.len());
+    for byte in segment.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn lease(files: &[(&str, &str)]) -> Lease {
+        Lease {
+            id: "lease-1".into(),
+            secret: SecretRef {
+                namespace: "payments".into(),
+                name: "orders-db".into(),
+            },
+            files: files
+                .iter()
+                .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+                .collect::<BTreeMap<_, _>>(),
+            ttl: 900,
+            renew_after: 600,
+            expires_at: "2026-11-23T13:00:00Z".into(),
+        }
+    }
+
+    #[test]
+    fn lease_files_are_decoded_from_base64() {
+        let issued = decode_lease("x", lease(&[("password", "czNjcmV0")])).unwrap();
+        assert_eq!(issued.files[0].content.as_slice(), b"s3cret");
+        assert_eq!(issued.ttl, Duration::from_secs(900));
+        assert_eq!(issued.file_names(), vec!["password"]);
+        assert!(!format!("{issued:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn leases_with_escaping_names_or_bad_base64_are_refused() {
+        for files in [vec![("../x", "YQ==")], vec![("ok", "not base64!")], vec![]] {
+            let error = decode_lease("x", lease(&files)).unwrap_err();
+            assert!(error.is_permanent(), "{error}");
+            assert!(!error.to_string().contains("not base64!"), "{error}");
+        }
+    }
+
+    #[test]
+    fn broker_errors_carry_its_message() {
+        assert_eq!(
+            error_message(br#"{"error":{"code":403,"message":"no grant for sa"}}"#),
+            "no grant for sa"
+        );
+        assert_eq!(error_message(b"<html>\nbad gateway"), "<html>bad gateway");
+        assert_eq!(error_message(b""), "no message");
+    }
+
+    #[test]
+    fn lease_ids_are_escaped_in_paths() {
+        assert_eq!(percent_encode("abc-_.~XYZ09"), "abc-_.~XYZ09");
+        assert_eq!(percent_encode("a/b c"), "a%2Fb%20c");
+    }
+
+    #[test]
+    fn a_bundle_without_certificates_is_refused() {
+        assert!(matches!(
+            tls_config(Some("not pem")),
+            Err(TlsSetupError::NoCertificate(_))
+        ));
+    }
+}
