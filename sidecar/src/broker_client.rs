@@ -93,6 +93,18 @@ impl BrokerError {
         matches!(self, Self::Refused { .. } | Self::InvalidLease { .. })
     }
 
+    /// Whether retrying cannot help while the pod starts. Unlike
+    /// [`Self::is_permanent`], 401, 403 and 404 are retried then: the
+    /// broker's watches may trail a pod, Grant or BrokeredSecret created
+    /// moments ago, and a restart by the kubelet would only add its
+    /// back-off. The startup deadline still ends a refusal that lasts.
+    pub fn is_permanent_at_start(&self) -> bool {
+        match self {
+            Self::Refused { status, .. } => !matches!(status, 401 | 403 | 404),
+            other => other.is_permanent(),
+        }
+    }
+
     /// The HTTP status, if the broker answered.
     pub fn status(&self) -> Option<u16> {
         match self {
@@ -526,6 +538,22 @@ mod tests {
             ttl: 900,
             renew_after: 600,
             expires_at: "2026-11-23T13:00:00Z".into(),
+        }
+    }
+
+    #[test]
+    fn refusals_a_just_created_pod_may_meet_are_retried_while_starting() {
+        let refused = |status| BrokerError::Refused {
+            action: "issue".into(),
+            status,
+            message: "m".into(),
+        };
+        for status in [401, 403, 404] {
+            assert!(refused(status).is_permanent(), "{status}");
+            assert!(!refused(status).is_permanent_at_start(), "{status}");
+        }
+        for status in [400, 409, 413, 501] {
+            assert!(refused(status).is_permanent_at_start(), "{status}");
         }
     }
 

@@ -296,7 +296,7 @@ impl Keeper {
                         for slot in &mut self.slots {
                             slot.busy = false;
                         }
-                        if error.is_permanent() {
+                        if error.is_permanent_at_start() {
                             return Err(StartFailure::Failed(error.to_string()));
                         }
                         let delay = schedule::retry_delay(
