@@ -1,7 +1,8 @@
 //! Who is asking: a pod, proven by its projected service-account token.
 //! The token is checked with a TokenReview for the broker's audience; it
 //! must be bound to a pod (the pod-name and pod-uid extras), and that pod
-//! must exist and not be terminating. Reviews are cached briefly by the
+//! must exist and not be terminating (a terminating pod may still revoke
+//! its leases as it shuts down). Reviews are cached briefly by the
 //! SHA-256 of the token, in a bounded map; the pod check is made on every
 //! request, from the pod index, so a deleted pod's token stops working at
 //! once even while its review is cached.
@@ -162,6 +163,23 @@ impl Authenticator {
     /// Authenticates `token`: the pod it was issued to, which must still
     /// exist and not be terminating.
     pub async fn authenticate(&self, token: &str) -> (Result<PodIdentity, AuthError>, CacheUse) {
+        self.authenticate_pod(token, false).await
+    }
+
+    /// Like [`Self::authenticate`], also accepting a terminating pod: the
+    /// sidecar revokes its leases while its pod shuts down.
+    pub async fn authenticate_ending(
+        &self,
+        token: &str,
+    ) -> (Result<PodIdentity, AuthError>, CacheUse) {
+        self.authenticate_pod(token, true).await
+    }
+
+    async fn authenticate_pod(
+        &self,
+        token: &str,
+        terminating_too: bool,
+    ) -> (Result<PodIdentity, AuthError>, CacheUse) {
         if token.is_empty() {
             return (Err(AuthError::MissingToken), CacheUse::Miss);
         }
@@ -187,10 +205,11 @@ impl Authenticator {
             }
         };
         let checked = review.and_then(|identity| {
-            if self
+            let known = self
                 .pods
-                .is_live(&identity.pod_uid, &identity.namespace, &identity.pod_name)
-            {
+                .get(&identity.pod_uid)
+                .filter(|pod| pod.namespace == identity.namespace && pod.name == identity.pod_name);
+            if known.is_some_and(|pod| terminating_too || !pod.terminating) {
                 Ok(identity)
             } else {
                 Err(AuthError::PodGone {

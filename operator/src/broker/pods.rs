@@ -99,13 +99,6 @@ impl PodIndex {
         }
     }
 
-    /// Whether the pod `namespace/name` with `uid` exists and is not
-    /// terminating.
-    pub fn is_live(&self, uid: &str, namespace: &str, name: &str) -> bool {
-        self.get(uid)
-            .is_some_and(|pod| pod.namespace == namespace && pod.name == name && !pod.terminating)
-    }
-
     /// Whether the index has been filled from a complete list.
     pub fn is_synced(&self) -> bool {
         *self.synced.borrow()

@@ -158,7 +158,12 @@ async fn authenticate(
         .and_then(|value| value.strip_prefix("Bearer "))
         .map(str::trim)
         .unwrap_or_default();
-    let (identity, used) = state.authenticator.authenticate(token).await;
+    // A pod shutting down may still give its leases back.
+    let (identity, used) = if action == "revoke" {
+        state.authenticator.authenticate_ending(token).await
+    } else {
+        state.authenticator.authenticate(token).await
+    };
     // Without a token no review is made, so there is nothing to count.
     if !token.is_empty() {
         state.broker.metrics.observe_review(used);
