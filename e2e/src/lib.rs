@@ -19,6 +19,7 @@ mod operator;
 pub mod pki;
 mod postgres;
 mod process;
+mod stack;
 mod webhook;
 
 pub use broker::RunningBroker;
@@ -28,6 +29,7 @@ pub use log_capture::{capture_logs, captured_logs};
 pub use node::{NODE_NAME, NodeStandIn, PodRun, SeenFile};
 pub use operator::RunningOperator;
 pub use postgres::{Postgres, postgres_bin_dir};
+pub use stack::{FERRY_NAMESPACE, Stack};
 pub use webhook::{RunningWebhook, wait_webhook_active};
 
 /// Polls `check` until it returns `Some`, and returns that; panics with

@@ -76,6 +76,9 @@ pub struct PodRun {
     pub started: bool,
     /// The files of each emptyDir volume when the app started, by volume.
     pub seen_at_start: BTreeMap<String, Vec<SeenFile>>,
+    /// The files of each emptyDir volume once the sidecar had exited,
+    /// before the volumes were removed: what a sidecar left behind.
+    pub left_at_exit: BTreeMap<String, Vec<SeenFile>>,
     /// The sidecar's stdout and stderr.
     pub sidecar_log: PathBuf,
     /// Whether the pod has been torn down (volumes removed).
@@ -351,15 +354,13 @@ impl Kubelet {
         }
 
         // The app's containers start now: record what they would find.
-        let seen = volumes
-            .iter()
-            .filter(|(name, _)| {
-                spec.volumes
-                    .iter()
-                    .flatten()
-                    .any(|volume| &volume.name == *name && volume.empty_dir.is_some())
+        let seen = memory_volumes(pod)
+            .into_iter()
+            .filter_map(|name| {
+                volumes
+                    .get(&name)
+                    .map(|path| (name, list_files(path, false)))
             })
-            .map(|(name, path)| (name.clone(), list_files(path)))
             .collect();
         self.update(&uid, |run| {
             run.started = true;
@@ -505,6 +506,14 @@ impl Kubelet {
                 run.sidecar_pid = None;
             });
         }
+        let left = memory_volumes(pod)
+            .into_iter()
+            .filter_map(|name| {
+                let dir = self.pods_dir.join(uid).join("volumes").join(&name);
+                dir.is_dir().then(|| (name, list_files(&dir, true)))
+            })
+            .collect();
+        self.update(uid, |run| run.left_at_exit = left);
         refresher.abort();
         Ok(())
     }
@@ -652,30 +661,47 @@ fn resolve_env(
     Ok(env)
 }
 
-/// Every regular file under `dir` (symlinks followed), relative path,
-/// mode and content; hidden entries (the writer's own) skipped.
-fn list_files(dir: &Path) -> Vec<SeenFile> {
-    fn walk(root: &Path, dir: &Path, out: &mut Vec<SeenFile>) {
+/// The names of the pod's emptyDir volumes.
+fn memory_volumes(pod: &Pod) -> Vec<String> {
+    pod.spec
+        .iter()
+        .flat_map(|spec| spec.volumes.iter().flatten())
+        .filter(|volume| volume.empty_dir.is_some())
+        .map(|volume| volume.name.clone())
+        .collect()
+}
+
+/// Every file under `dir` (symlinks followed), relative path, mode and
+/// content; hidden entries (the writer's own) only with `hidden`.
+fn list_files(dir: &Path, hidden: bool) -> Vec<SeenFile> {
+    fn walk(root: &Path, dir: &Path, hidden: bool, out: &mut Vec<SeenFile>) {
         let Ok(entries) = std::fs::read_dir(dir) else {
             return;
         };
         for entry in entries.flatten() {
             let path = entry.path();
-            if entry.file_name().to_string_lossy().starts_with('.') {
+            if !hidden && entry.file_name().to_string_lossy().starts_with('.') {
                 continue;
             }
+            let relative = path
+                .strip_prefix(root)
+                .unwrap_or(&path)
+                .display()
+                .to_string();
             let Ok(metadata) = std::fs::metadata(&path) else {
+                // A dangling symlink: still something left behind.
+                out.push(SeenFile {
+                    path: relative,
+                    mode: 0,
+                    content: Vec::new(),
+                });
                 continue;
             };
             if metadata.is_dir() {
-                walk(root, &path, out);
+                walk(root, &path, hidden, out);
             } else if let Ok(content) = std::fs::read(&path) {
                 out.push(SeenFile {
-                    path: path
-                        .strip_prefix(root)
-                        .unwrap_or(&path)
-                        .display()
-                        .to_string(),
+                    path: relative,
                     mode: metadata.permissions().mode() & 0o7777,
                     content,
                 });
@@ -683,7 +709,7 @@ fn list_files(dir: &Path) -> Vec<SeenFile> {
         }
     }
     let mut files = Vec::new();
-    walk(dir, dir, &mut files);
+    walk(dir, dir, hidden, &mut files);
     files.sort_by(|a, b| a.path.cmp(&b.path));
     files
 }

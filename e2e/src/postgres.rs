@@ -17,6 +17,9 @@ const SUPERUSER: &str = "postgres";
 /// How long the server may take to accept connections.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The server shared by the tests of one binary.
+static SHARED: tokio::sync::OnceCell<Postgres> = tokio::sync::OnceCell::const_new();
+
 /// A running PostgreSQL server.
 pub struct Postgres {
     port: u16,
@@ -151,7 +154,6 @@ impl Postgres {
     /// The server shared by every test of one test binary, started on
     /// first use. Give each test its own database or roles.
     pub async fn shared() -> Result<&'static Self, HarnessError> {
-        static SHARED: tokio::sync::OnceCell<Postgres> = tokio::sync::OnceCell::const_new();
         SHARED.get_or_try_init(Self::start).await
     }
 
@@ -218,6 +220,15 @@ impl Postgres {
     /// Everything the server logged so far (every statement included).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.processes.log_path("postgres")).unwrap_or_default()
+    }
+
+    /// Everything the shared server (if started) logged so far.
+    pub fn log_of_shared() -> String {
+        Self::shared_if_started().map(Self::log).unwrap_or_default()
+    }
+
+    fn shared_if_started() -> Option<&'static Self> {
+        SHARED.get()
     }
 
     /// The server's private directory.
