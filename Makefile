@@ -19,8 +19,8 @@ controlplane: ## Build etcd, kube-apiserver, kube-controller-manager, kubectl an
 postgres: ## Install PostgreSQL's server binaries (apt) if missing; tests start private servers.
 	@e2e/postgres/install.sh
 
-demo: controlplane postgres ## Run the local demo on a real control plane; Ctrl-C stops it.
-	$(CARGO) run --quiet -p ferry-e2e -- demo
+demo: controlplane postgres ## Run the local demo on a real control plane (DEMO_ARGS=--keep leaves it running).
+	$(CARGO) run --quiet -p ferry-e2e -- demo $(DEMO_ARGS)
 
 test: controlplane postgres ## Run every test: unit tests and end-to-end tests against the real control plane.
 	$(CARGO) test --workspace --no-fail-fast

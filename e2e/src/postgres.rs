@@ -184,6 +184,11 @@ impl Postgres {
         self.dsn(SUPERUSER, &self.password)
     }
 
+    /// The superuser's password.
+    pub fn admin_password(&self) -> &str {
+        &self.password
+    }
+
     /// A connection string to the `postgres` database as `user`.
     pub fn dsn(&self, user: &str, password: &str) -> String {
         format!(
