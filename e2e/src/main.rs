@@ -61,6 +61,7 @@ async fn demo(keep: bool) -> anyhow::Result<()> {
     )?;
     println!("apiserver: {}", cluster.server());
     println!("kubeconfig: {}", cluster.kubeconfig().display());
+    println!("control-plane process group: {}", cluster.process_group());
     println!("PostgreSQL: 127.0.0.1:{}", database.port());
     println!("logs: {}", cluster.dir().join("logs").display());
     println!();
