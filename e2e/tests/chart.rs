@@ -843,3 +843,48 @@ async fn helm_installs_upgrades_and_uninstalls_keeping_the_crds_with_least_privi
         .await
         .expect("the CRDs stay after uninstall");
 }
+
+/// Runs `binary` with `args` and no reachable cluster: it fails for want of
+/// certificates or a cluster, but never because clap refused an argument
+/// (clap exits with 2 and says so).
+fn accepts_arguments(binary: &Path, args: &[String]) {
+    let output = Command::new(binary)
+        .args(args)
+        .env("KUBECONFIG", "/nonexistent/kubeconfig")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env("POD_NAMESPACE", "ferry-system")
+        .output()
+        .unwrap();
+    let message = stderr(&output);
+    assert!(
+        output.status.code() != Some(2)
+            && !message.contains("unexpected argument")
+            && !message.contains("invalid value"),
+        "{} refused the chart's arguments {args:?}: {message}",
+        binary.display()
+    );
+}
+
+#[test]
+fn binaries_accept_the_arguments_the_chart_renders() {
+    let operator = ferry_e2e::workspace_binary("ferry-operator").unwrap();
+    let webhook = ferry_e2e::workspace_binary("ferry-webhook").unwrap();
+    for sets in [
+        &[][..],
+        &["certManager.enabled=true", "webhook.missingGrant=warn"][..],
+    ] {
+        let objects = render(sets);
+        accepts_arguments(
+            &operator,
+            &args(find(&objects, "Deployment", "ferry-operator")),
+        );
+        accepts_arguments(
+            &operator,
+            &args(find(&objects, "Deployment", "ferry-broker")),
+        );
+        accepts_arguments(
+            &webhook,
+            &args(find(&objects, "Deployment", "ferry-webhook")),
+        );
+    }
+}
