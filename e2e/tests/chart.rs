@@ -256,6 +256,11 @@ fn rendered_webhook_configuration_is_the_one_rust_builds() {
         chart["metadata"].as_object_mut().unwrap().remove("labels");
         assert_eq!(chart["metadata"], json!({"name": "ferry-sidecar-injector"}));
     }
+    assert_eq!(
+        ferry_operator::certificates::DEFAULT_WEBHOOK_CONFIGURATION,
+        ferry_webhook::configuration::CONFIGURATION_NAME,
+        "the operator patches the caBundle of the configuration the webhook names"
+    );
     let with_cert_manager = render(&["certManager.enabled=true"]);
     let configuration = find(
         &with_cert_manager,
@@ -309,12 +314,17 @@ fn default_render_replicates_and_hardens_every_component() {
             "metadata.namespace"
         );
     }
-    for name in ["ferry-broker", "ferry-webhook"] {
+    use ferry_operator::certificates::{DEFAULT_BROKER_TLS_SECRET, DEFAULT_WEBHOOK_TLS_SECRET};
+    for (name, secret) in [
+        ("ferry-broker", DEFAULT_BROKER_TLS_SECRET),
+        ("ferry-webhook", DEFAULT_WEBHOOK_TLS_SECRET),
+    ] {
         let budget = find(&objects, "PodDisruptionBudget", name);
         assert_eq!(budget["spec"]["maxUnavailable"], 1);
         let deployment = find(&objects, "Deployment", name);
         let volume = &deployment["spec"]["template"]["spec"]["volumes"][0];
-        assert_eq!(volume["secret"]["secretName"], format!("{name}-tls"));
+        // The Secrets the operator's certificate manager writes by default.
+        assert_eq!(volume["secret"]["secretName"], secret);
     }
     let operator = args(find(&objects, "Deployment", "ferry-operator"));
     assert_eq!(operator[0], "run");

@@ -30,6 +30,10 @@ pub const DEFAULT_CA_SECRET: &str = "ferry-ca";
 pub const DEFAULT_WEBHOOK_TLS_SECRET: &str = "ferry-webhook-tls";
 /// Default name of the broker's serving-certificate Secret.
 pub const DEFAULT_BROKER_TLS_SECRET: &str = "ferry-broker-tls";
+/// Default MutatingWebhookConfiguration whose caBundle is kept: the name
+/// `ferry_webhook::configuration::CONFIGURATION_NAME` gives it (a chart
+/// test checks they agree; the webhook crate depends on this one).
+pub const DEFAULT_WEBHOOK_CONFIGURATION: &str = "ferry-sidecar-injector";
 /// Key of the issuing CA in a serving-certificate Secret (as cert-manager writes it).
 pub const CA_KEY: &str = "ca.crt";
 /// Key of the certificate in a `kubernetes.io/tls` Secret.

@@ -87,7 +87,7 @@ struct CertificateArgs {
     #[arg(
         long,
         env = "FERRY_WEBHOOK_CONFIGURATION",
-        default_value = "ferry-sidecar-injector"
+        default_value = certificates::DEFAULT_WEBHOOK_CONFIGURATION
     )]
     webhook_configuration: String,
     /// The cluster's DNS domain.
