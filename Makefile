@@ -8,7 +8,7 @@ SHELL := /bin/bash
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/ferry/target
 CARGO ?= cargo
 
-.PHONY: help demo test bench crds lint fmt controlplane postgres sidecar
+.PHONY: help demo test bench crds lint fmt controlplane postgres sidecar images images-check chart-lint
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -28,8 +28,30 @@ test: controlplane postgres ## Run every test: unit tests and end-to-end tests a
 bench: ## Run the benchmarks and print their numbers.
 	$(CARGO) bench --workspace
 
-crds: ## Regenerate the committed CRD YAML under crds/.
+crds: ## Regenerate the committed CRD YAML under crds/ (and the chart's copy).
 	$(CARGO) run --quiet -p ferry-operator -- crds --out-dir crds
+	$(CARGO) run --quiet -p ferry-operator -- crds --out-dir charts/ferry/crds
+
+IMAGE_REPOSITORY ?= ghcr.io/ferry-dev
+IMAGE_TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+
+images: ## Build the three container images (docker or podman; IMAGE_REPOSITORY, IMAGE_TAG).
+	@engine="$${CONTAINER_ENGINE:-}"; \
+	for e in docker podman; do \
+	  if [ -z "$$engine" ] && command -v $$e >/dev/null 2>&1 && $$e info >/dev/null 2>&1; then engine=$$e; fi; \
+	done; \
+	if [ -z "$$engine" ]; then \
+	  echo "make images: no working docker or podman here; 'make images-check' verifies the static binaries instead." >&2; exit 1; \
+	fi; \
+	for bin in operator webhook sidecar; do \
+	  $$engine build -f images/Dockerfile.$$bin -t $(IMAGE_REPOSITORY)/ferry-$$bin:$(IMAGE_TAG) . ; \
+	done
+
+images-check: ## Without a container engine: build the static musl release binaries and run each one's --version.
+	images/check.sh
+
+chart-lint: controlplane ## helm lint --strict the chart (the chart tests run it too).
+	"$$(e2e/controlplane/build.sh 2>/dev/null | tail -1)/helm" lint --strict charts/ferry
 
 fmt: ## Format the code.
 	$(CARGO) fmt --all

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod broker;
+pub mod certificates;
 pub mod controller;
 pub mod duration;
 pub mod grant_index;

@@ -8,10 +8,10 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use ferry_operator::admin::{self, AdminState, Readiness};
-use ferry_operator::controller;
 use ferry_operator::leader::{self, LeaderConfig, LeaderElector};
 use ferry_operator::lifecycle::{LogFormat, cancel_on_signal, init_tracing};
 use ferry_operator::metrics::OperatorMetrics;
+use ferry_operator::{certificates, controller};
 use tokio_util::sync::CancellationToken;
 
 /// Command-line interface of the operator.
@@ -55,6 +55,72 @@ struct RunArgs {
     /// Log format: JSON lines for production, text for a terminal.
     #[arg(long, env = "FERRY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     log_format: LogFormat,
+    #[command(flatten)]
+    certificates: CertificateArgs,
+}
+
+/// Options of the certificate manager of `ferry-operator run`.
+#[derive(Debug, clap::Args)]
+struct CertificateArgs {
+    /// Generate a CA and the webhook's and broker's serving certificates
+    /// into Secrets in the operator's namespace, renew them before they
+    /// expire, and patch the CA into the webhook configuration's caBundle
+    /// (the leader does this). Off when cert-manager does the job.
+    #[arg(long, env = "FERRY_MANAGE_CERTIFICATES")]
+    manage_certificates: bool,
+    /// Secret of the CA certificate and key.
+    #[arg(long, env = "FERRY_CA_SECRET", default_value = certificates::DEFAULT_CA_SECRET)]
+    ca_secret: String,
+    /// The webhook's Service (its certificate covers the Service's DNS names).
+    #[arg(long, env = "FERRY_WEBHOOK_SERVICE", default_value = "ferry-webhook")]
+    webhook_service: String,
+    /// Secret of the webhook's serving certificate.
+    #[arg(long, env = "FERRY_WEBHOOK_TLS_SECRET", default_value = certificates::DEFAULT_WEBHOOK_TLS_SECRET)]
+    webhook_tls_secret: String,
+    /// The broker's Service (its certificate covers the Service's DNS names).
+    #[arg(long, env = "FERRY_BROKER_SERVICE", default_value = "ferry-broker")]
+    broker_service: String,
+    /// Secret of the broker's serving certificate.
+    #[arg(long, env = "FERRY_BROKER_TLS_SECRET", default_value = certificates::DEFAULT_BROKER_TLS_SECRET)]
+    broker_tls_secret: String,
+    /// MutatingWebhookConfiguration whose caBundle is kept.
+    #[arg(
+        long,
+        env = "FERRY_WEBHOOK_CONFIGURATION",
+        default_value = certificates::DEFAULT_WEBHOOK_CONFIGURATION
+    )]
+    webhook_configuration: String,
+    /// The cluster's DNS domain.
+    #[arg(long, env = "FERRY_CLUSTER_DOMAIN", default_value = "cluster.local")]
+    cluster_domain: String,
+    /// Lifetime of serving certificates, in days (renewed with a third left).
+    #[arg(long, env = "FERRY_CERTIFICATE_DAYS", default_value_t = 365, value_parser = clap::value_parser!(u64).range(1..=3650))]
+    certificate_days: u64,
+    /// Lifetime of the CA, in days (renewed with a third left).
+    #[arg(long, env = "FERRY_CA_DAYS", default_value_t = 3650, value_parser = clap::value_parser!(u64).range(2..=36500))]
+    ca_days: u64,
+}
+
+impl CertificateArgs {
+    fn config(&self, namespace: &str) -> certificates::CertificateConfig {
+        use certificates::{CertificateConfig, ServingCertificate, service_dns_names};
+        const DAY: u64 = 86_400;
+        let serving = |service: &str, secret: &str| ServingCertificate {
+            secret: secret.to_owned(),
+            dns_names: service_dns_names(service, namespace, &self.cluster_domain),
+        };
+        CertificateConfig {
+            namespace: namespace.to_owned(),
+            ca_secret: self.ca_secret.clone(),
+            serving: vec![
+                serving(&self.webhook_service, &self.webhook_tls_secret),
+                serving(&self.broker_service, &self.broker_tls_secret),
+            ],
+            webhook_configuration: self.webhook_configuration.clone(),
+            ca_validity: std::time::Duration::from_secs(self.ca_days * DAY),
+            serving_validity: std::time::Duration::from_secs(self.certificate_days * DAY),
+        }
+    }
 }
 
 /// Options of `ferry-operator broker`.
@@ -178,6 +244,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     metrics.set_leader(true);
     tracing::info!(%identity, "leading; starting controllers");
+    if args.certificates.manage_certificates {
+        // Only the leader writes; it stops with the controllers.
+        tokio::spawn(certificates::run_certificate_manager(
+            client.clone(),
+            args.certificates.config(&args.namespace),
+            std::time::Duration::from_secs(60),
+            shutdown.clone(),
+        ));
+    }
 
     let controllers = controller::run(client, metrics.clone(), Some(identity), shutdown.clone());
     tokio::pin!(controllers);
