@@ -6,11 +6,12 @@
 
 use std::time::Duration;
 
-use ferry_e2e::{Cluster, Stack, create_object, eventually};
-use ferry_operator::resources::{AccessPolicy, BrokeredSecret, Grant};
+use ferry_e2e::{
+    Cluster, Stack, Subject, create_brokered_secret, create_object, eventually, grant,
+};
 use ferry_sidecar::contract::{READY_MARKER, SECRETS_VOLUME_NAME};
-use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
-use kube::api::{Api, ListParams, PostParams};
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::api::{Api, PostParams};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -29,40 +30,21 @@ async fn without_the_broker_a_secret_is_kept_until_its_expiry_then_removed() {
     )
     .await
     .unwrap();
-    create_object::<BrokeredSecret>(
+    create_brokered_secret(
         &client,
         &ns,
-        json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "BrokeredSecret",
-               "metadata": {"name": "api-key"},
-               "spec": {"ttl": format!("{TTL_SECONDS}s"),
-                        "source": {"kubernetesSecret": {"name": "api-key"}}}}),
+        "api-key",
+        json!({"ttl": format!("{TTL_SECONDS}s"), "source": {"kubernetesSecret": {"name": "api-key"}}}),
     )
     .await
     .unwrap();
-    create_object::<AccessPolicy>(
-        &client,
-        &ns,
-        json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "AccessPolicy",
-               "metadata": {"name": "app"},
-               "spec": {"subjects": [{"serviceAccount": {"name": "app", "namespace": ns}}],
-                        "secrets": [{"name": "api-key"}]}}),
-    )
-    .await
-    .unwrap();
-    create_object::<ServiceAccount>(&client, &ns, json!({"metadata": {"name": "app"}}))
+    let subject = Subject {
+        namespace: &ns,
+        name: "app",
+    };
+    grant(&client, &ns, "app", subject, json!([{"name": "api-key"}]))
         .await
         .unwrap();
-    let grants = Api::<Grant>::namespaced(client.clone(), &ns);
-    eventually("the Grant", WAIT, || async {
-        (!grants
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items
-            .is_empty())
-        .then_some(())
-    })
-    .await;
 
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let manifest: Pod = serde_json::from_value(json!({

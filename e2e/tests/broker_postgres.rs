@@ -11,15 +11,15 @@ use std::time::Duration;
 use base64::Engine as _;
 use ferry_e2e::https_client::HttpsClient;
 use ferry_e2e::{
-    Cluster, Postgres, RunningBroker, RunningOperator, capture_logs, captured_logs, create_object,
-    eventually, install_crds, pod_bound_token,
+    Cluster, Postgres, RunningBroker, RunningOperator, Subject, capture_logs, captured_logs,
+    create_brokered_secret, create_object, eventually, grant, install_crds, pod_bound_token,
 };
 use ferry_operator::broker::lease_id::LeaseKeys;
-use ferry_operator::resources::{AccessPolicy, BrokeredSecret, Grant};
+use ferry_operator::resources::BrokeredSecret;
 use ferry_sidecar::contract::DEFAULT_BROKER_AUDIENCE;
-use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::Client;
-use kube::api::{Api, DeleteParams, ListParams};
+use kube::api::{Api, DeleteParams};
 use serde_json::{Value, json};
 use tokio::sync::OnceCell;
 
@@ -91,41 +91,29 @@ async fn scenario(prefix: &str) -> (Client, String, String) {
     )
     .await
     .unwrap();
-    create_object::<BrokeredSecret>(
+    create_brokered_secret(
         &client,
         &owner,
-        json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "BrokeredSecret",
-               "metadata": {"name": "orders-db"},
-               "spec": {"ttl": "5m", "maxTtl": "10m",
-                        "source": {"postgres": {"connectionSecretRef": {"name": "orders-db-admin"},
-                                                "memberOf": ["orders_reader"]}}}}),
+        "orders-db",
+        json!({"ttl": "5m", "maxTtl": "10m",
+               "source": {"postgres": {"connectionSecretRef": {"name": "orders-db-admin"},
+                                       "memberOf": ["orders_reader"]}}}),
     )
     .await
     .unwrap();
-    create_object::<AccessPolicy>(
+    let subject = Subject {
+        namespace: &app,
+        name: "checkout",
+    };
+    grant(
         &client,
         &owner,
-        json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "AccessPolicy",
-               "metadata": {"name": "checkout"},
-               "spec": {"subjects": [{"serviceAccount": {"name": "checkout", "namespace": app}}],
-                        "secrets": [{"name": "orders-db"}]}}),
+        "checkout",
+        subject,
+        json!([{"name": "orders-db"}]),
     )
     .await
     .unwrap();
-    create_object::<ServiceAccount>(&client, &app, json!({"metadata": {"name": "checkout"}}))
-        .await
-        .unwrap();
-    let grants = Api::<Grant>::namespaced(client.clone(), &app);
-    eventually("the Grant for checkout", WAIT, || async {
-        (!grants
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items
-            .is_empty())
-        .then_some(())
-    })
-    .await;
     (client, owner, app)
 }
 

@@ -10,14 +10,13 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use ferry_e2e::{
-    Cluster, Postgres, RunningBroker, RunningOperator, create_object, eventually, install_crds,
-    pod_bound_token,
+    Cluster, Postgres, RunningBroker, RunningOperator, Subject, create_brokered_secret,
+    create_object, eventually, grant, install_crds, pod_bound_token,
 };
 use ferry_operator::broker::lease_id::LeaseKeys;
-use ferry_operator::resources::{AccessPolicy, BrokeredSecret, Grant};
 use ferry_sidecar::contract::DEFAULT_BROKER_AUDIENCE;
-use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
-use kube::api::{Api, DeleteParams, ListParams};
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::api::{Api, DeleteParams};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -60,40 +59,22 @@ async fn a_restarted_broker_reaps_what_was_orphaned_while_it_was_down() {
     )
     .await
     .unwrap();
-    create_object::<BrokeredSecret>(
+    create_brokered_secret(
         &client,
         &ns,
-        json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "BrokeredSecret",
-               "metadata": {"name": "orders-db"},
-               "spec": {"source": {"postgres": {"connectionSecretRef": {"name": "db-admin"},
-                                                "memberOf": ["orders_reader"]}}}}),
+        "orders-db",
+        json!({"source": {"postgres": {"connectionSecretRef": {"name": "db-admin"},
+                                       "memberOf": ["orders_reader"]}}}),
     )
     .await
     .unwrap();
-    create_object::<AccessPolicy>(
-        &client,
-        &ns,
-        json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "AccessPolicy",
-               "metadata": {"name": "app"},
-               "spec": {"subjects": [{"serviceAccount": {"name": "app", "namespace": ns}}],
-                        "secrets": [{"name": "orders-db"}]}}),
-    )
-    .await
-    .unwrap();
-    create_object::<ServiceAccount>(&client, &ns, json!({"metadata": {"name": "app"}}))
+    let subject = Subject {
+        namespace: &ns,
+        name: "app",
+    };
+    grant(&client, &ns, "app", subject, json!([{"name": "orders-db"}]))
         .await
         .unwrap();
-    let grants = Api::<Grant>::namespaced(client.clone(), &ns);
-    eventually("the Grant", WAIT, || async {
-        (!grants
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items
-            .is_empty())
-        .then_some(())
-    })
-    .await;
 
     // One broker issues three roles: for a pod that will be deleted, one
     // whose lease will expire, and one that stays valid.

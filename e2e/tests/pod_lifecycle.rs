@@ -13,13 +13,14 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use ferry_e2e::{
-    Cluster, PodRun, Postgres, Stack, capture_logs, captured_logs, create_object, eventually,
+    Cluster, PodRun, Postgres, Stack, Subject, capture_logs, captured_logs, create_brokered_secret,
+    create_object, eventually, grant,
 };
-use ferry_operator::resources::{AccessPolicy, BrokeredSecret, Grant};
+use ferry_operator::resources::AccessPolicy;
 use ferry_sidecar::contract::{READY_MARKER, SECRETS_VOLUME_NAME};
 use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
 use kube::Client;
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::json;
 use tokio::sync::OnceCell;
 
@@ -97,43 +98,22 @@ async fn scenario(prefix: &str) -> (Client, String, String) {
             json!({"ttl": "10s", "source": {"jwt": {"audience": ["orders"]}}}),
         ),
     ] {
-        create_object::<BrokeredSecret>(
-            &client,
-            &owner,
-            json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "BrokeredSecret",
-                   "metadata": {"name": name}, "spec": spec}),
-        )
-        .await
-        .unwrap();
-    }
-    create_object::<AccessPolicy>(
-        &client,
-        &owner,
-        json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "AccessPolicy",
-               "metadata": {"name": "checkout"},
-               "spec": {"subjects": [{"serviceAccount": {"name": "checkout", "namespace": app}}],
-                        "secrets": [{"name": "orders-api-key"}, {"name": "orders-db"},
-                                    {"name": "orders-token"}]}}),
-    )
-    .await
-    .unwrap();
-    for account in ["checkout", "intruder"] {
-        create_object::<ServiceAccount>(&client, &app, json!({"metadata": {"name": account}}))
+        create_brokered_secret(&client, &owner, name, spec)
             .await
             .unwrap();
     }
-    let grants = Api::<Grant>::namespaced(client.clone(), &app);
-    eventually("the Grants for checkout", WAIT, || async {
-        (grants
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items
-            .len()
-            == 3)
-            .then_some(())
-    })
-    .await;
+    let subject = Subject {
+        namespace: &app,
+        name: "checkout",
+    };
+    let secrets =
+        json!([{"name": "orders-api-key"}, {"name": "orders-db"}, {"name": "orders-token"}]);
+    grant(&client, &owner, "checkout", subject, secrets)
+        .await
+        .unwrap();
+    create_object::<ServiceAccount>(&client, &app, json!({"metadata": {"name": "intruder"}}))
+        .await
+        .unwrap();
     (client, owner, app)
 }
 

@@ -12,14 +12,12 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use ferry_e2e::{
-    Cluster, KillOnDrop, RunningBroker, RunningOperator, create_object, eventually, install_crds,
-    pod_bound_token, workspace_binary,
+    Cluster, KillOnDrop, RunningBroker, RunningOperator, Subject, create_brokered_secret,
+    create_object, eventually, grant, install_crds, pod_bound_token, workspace_binary,
 };
 use ferry_operator::broker::lease_id::LeaseKeys;
-use ferry_operator::resources::{AccessPolicy, BrokeredSecret, Grant};
 use ferry_sidecar::contract::{DEFAULT_BROKER_AUDIENCE, READY_MARKER, env};
-use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
-use kube::api::{Api, ListParams};
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::{Value, json};
@@ -79,39 +77,27 @@ async fn the_sidecar_writes_renews_and_at_sigterm_revokes_and_wipes_a_secret() {
     .await
     .unwrap();
     // The shortest ttl allowed, so that a renewal happens within the test.
-    create_object::<BrokeredSecret>(
+    create_brokered_secret(
         &client,
         &owner,
-        json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "BrokeredSecret",
-               "metadata": {"name": "api-key"},
-               "spec": {"ttl": "10s", "source": {"kubernetesSecret": {"name": "api-key"}}}}),
+        "api-key",
+        json!({"ttl": "10s", "source": {"kubernetesSecret": {"name": "api-key"}}}),
     )
     .await
     .unwrap();
-    create_object::<AccessPolicy>(
+    let subject = Subject {
+        namespace: &app,
+        name: "checkout",
+    };
+    grant(
         &client,
         &owner,
-        json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "AccessPolicy",
-               "metadata": {"name": "checkout"},
-               "spec": {"subjects": [{"serviceAccount": {"name": "checkout", "namespace": app}}],
-                        "secrets": [{"name": "api-key"}]}}),
+        "checkout",
+        subject,
+        json!([{"name": "api-key"}]),
     )
     .await
     .unwrap();
-    create_object::<ServiceAccount>(&client, &app, json!({"metadata": {"name": "checkout"}}))
-        .await
-        .unwrap();
-    let grants = Api::<Grant>::namespaced(client.clone(), &app);
-    eventually("the Grant for checkout", WAIT, || async {
-        (!grants
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items
-            .is_empty())
-        .then_some(())
-    })
-    .await;
 
     // The pod never runs: the broker only needs it to exist.
     let pod: Pod = create_object(

@@ -1,0 +1,99 @@
+//! The objects most tests start from: a BrokeredSecret, and an
+//! AccessPolicy granting secrets to one service account, created with the
+//! account, waited on until the operator has made the Grants.
+
+use std::time::Duration;
+
+use ferry_operator::resources::{AccessPolicy, BrokeredSecret, Grant};
+use k8s_openapi::api::core::v1::ServiceAccount;
+use kube::api::{Api, ListParams, PostParams};
+use serde_json::{Value, json};
+
+use crate::{HarnessError, create_object};
+
+/// How long the operator may take to make Grants.
+const GRANTS_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Creates the BrokeredSecret `namespace/name` with `spec`.
+pub async fn create_brokered_secret(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    spec: Value,
+) -> Result<BrokeredSecret, HarnessError> {
+    create_object(
+        client,
+        namespace,
+        json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "BrokeredSecret",
+               "metadata": {"name": name}, "spec": spec}),
+    )
+    .await
+}
+
+/// Who is granted: a service account and its namespace.
+#[derive(Debug, Clone, Copy)]
+pub struct Subject<'a> {
+    /// The service account's namespace.
+    pub namespace: &'a str,
+    /// The service account's name.
+    pub name: &'a str,
+}
+
+/// Creates the AccessPolicy `owner/policy` granting `secrets` (its
+/// `spec.secrets` entries) to `subject`, creates the service account if
+/// missing, and waits until the operator has made one Grant per entry.
+pub async fn grant(
+    client: &kube::Client,
+    owner: &str,
+    policy: &str,
+    subject: Subject<'_>,
+    secrets: Value,
+) -> Result<(), HarnessError> {
+    let expected = secrets.as_array().map_or(0, Vec::len);
+    create_object::<AccessPolicy>(
+        client,
+        owner,
+        json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "AccessPolicy",
+               "metadata": {"name": policy},
+               "spec": {"subjects": [{"serviceAccount":
+                                       {"name": subject.name, "namespace": subject.namespace}}],
+                        "secrets": secrets}}),
+    )
+    .await?;
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), subject.namespace);
+    if accounts.get_opt(subject.name).await?.is_none() {
+        let account: ServiceAccount =
+            serde_json::from_value(json!({"metadata": {"name": subject.name}}))
+                .map_err(|e| HarnessError::Process(e.to_string()))?;
+        match accounts.create(&PostParams::default(), &account).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 409 => {}
+            Err(error) => return Err(error.into()),
+        }
+    }
+    let grants: Api<Grant> = Api::namespaced(client.clone(), subject.namespace);
+    let started = std::time::Instant::now();
+    loop {
+        let made = grants
+            .list(&ListParams::default())
+            .await?
+            .items
+            .iter()
+            .filter(|grant| {
+                grant.spec.service_account == subject.name
+                    && grant.spec.policy.namespace == owner
+                    && grant.spec.policy.name == policy
+            })
+            .count();
+        if made >= expected {
+            return Ok(());
+        }
+        if started.elapsed() > GRANTS_DEADLINE {
+            return Err(HarnessError::Process(format!(
+                "the operator made {made} of {expected} Grants of AccessPolicy {owner}/{policy} \
+                 in {GRANTS_DEADLINE:?}"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
