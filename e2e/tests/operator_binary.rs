@@ -1,5 +1,6 @@
 //! The `ferry-operator run` binary itself, as a Deployment would run it:
-//! two replicas against a real apiserver, one leads and reconciles; on
+//! two replicas against a real apiserver, one leads, reconciles and keeps
+//! the serving certificates; on
 //! SIGTERM the leader stops, releases its Lease, exits 0, and the other
 //! replica takes over at once.
 
@@ -12,6 +13,7 @@ use std::time::Duration;
 use ferry_e2e::{Cluster, KillOnDrop, eventually, install_crds, workspace_binary};
 use ferry_operator::resources::{AccessPolicy, BrokeredSecret, Grant};
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
@@ -22,6 +24,8 @@ fn start_replica(binary: &PathBuf, cluster: &Cluster, name: &str) -> KillOnDrop 
     let log = std::fs::File::create(cluster.dir().join(format!("logs/{name}.log"))).unwrap();
     let child = Command::new(binary)
         .args(["run", "--admin-addr", "127.0.0.1:0", "--log-format", "text"])
+        // As the chart runs it: the leader also keeps the serving certificates.
+        .arg("--manage-certificates")
         .env("KUBECONFIG", cluster.kubeconfig())
         .env("POD_NAMESPACE", "ferry-system")
         .env("POD_NAME", name)
@@ -91,6 +95,15 @@ async fn two_replicas_elect_one_leader_that_hands_over_on_sigterm() {
     let leases: Api<Lease> = Api::namespaced(client.clone(), "ferry-system");
     let first = eventually("a leader", WAIT, || holder(&leases)).await;
     grant_and_wait(&client, &ns, &shop, "before").await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "ferry-system");
+    for name in ["ferry-ca", "ferry-webhook-tls", "ferry-broker-tls"] {
+        eventually(
+            &format!("the leader to create Secret {name}"),
+            WAIT,
+            || async { secrets.get_opt(name).await.unwrap() },
+        )
+        .await;
+    }
 
     let leading = replicas
         .iter()
