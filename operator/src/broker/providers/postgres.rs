@@ -191,14 +191,13 @@ impl Provider for PostgresProvider {
     /// Creates the role for `request.pod` and returns its credentials.
     async fn issue(&self, request: IssueRequest<'_>) -> Result<Issued, ProviderError> {
         let database = Self::database_of(request.secret)?;
-        let member_of = &request
+        let member_of = request
             .secret
             .spec
             .source
             .postgres
             .as_ref()
-            .map(|source| source.member_of.clone())
-            .unwrap_or_default();
+            .map_or(&[][..], |source| &source.member_of);
         let (client, endpoint) = self.connection(&database).await?;
         self.remember(request.secret, &database);
 
@@ -660,7 +659,8 @@ pub struct RoleComment {
     pub pod_uid: String,
     /// The BrokeredSecret, `namespace/name`.
     pub secret: String,
-    /// When the role was created (Unix seconds).
+    /// When the role was created or last renewed (Unix seconds): how
+    /// recently a live pod asked for it.
     pub issued_at: i64,
     /// When the role stops working (Unix seconds).
     pub expires_at: i64,
