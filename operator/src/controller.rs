@@ -717,13 +717,35 @@ fn retry<K: Resource<DynamicType = ()>>(
     error: &ReconcileError,
     ctx: Arc<Context>,
 ) -> Action {
-    tracing::warn!(object = %ObjectRef::from_obj(object.as_ref()), %error, "reconcile failed; retrying");
+    let object = ObjectRef::from_obj(object.as_ref());
     ctx.metrics
         .observe_error(&K::kind(&()).to_lowercase(), error.kind());
+    if lost_write_race(error) {
+        // Expected while the cache trails our own last write: not news.
+        tracing::debug!(%object, %error, "reconciled from a stale cache; retrying shortly");
+        return Action::requeue(RETRY_CONFLICT);
+    }
+    tracing::warn!(%object, %error, "reconcile failed; retrying");
     Action::requeue(match error {
         ReconcileError::Finalizer(_) => RETRY_CONFLICT,
         _ => RETRY,
     })
+}
+
+/// Whether a finalizer patch failed only because its precondition (the
+/// finalizer list it expected) no longer held: the apiserver answers a
+/// failed JSON-patch `test` with 422 and a stale resourceVersion with 409.
+fn lost_write_race(error: &ReconcileError) -> bool {
+    use kube::runtime::finalizer::Error as FinalizerError;
+    let ReconcileError::Finalizer(error) = error else {
+        return false;
+    };
+    matches!(
+        error.as_ref(),
+        FinalizerError::AddFinalizer(kube::Error::Api(status))
+            | FinalizerError::RemoveFinalizer(kube::Error::Api(status))
+            if status.code == 409 || status.code == 422
+    )
 }
 
 /// The `Ready` condition, keeping its transition time unless the status
@@ -780,6 +802,24 @@ async fn announce_transition(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_failed_finalizer_precondition_counts_as_a_lost_write_race() {
+        use kube::core::Status;
+        use kube::runtime::finalizer::Error as FinalizerError;
+        let api = |code| kube::Error::Api(Status::failure("m", "Invalid").with_code(code).boxed());
+        let finalizer = |error| ReconcileError::Finalizer(Box::new(error));
+        assert!(lost_write_race(&finalizer(FinalizerError::AddFinalizer(
+            api(422)
+        ))));
+        assert!(lost_write_race(&finalizer(
+            FinalizerError::RemoveFinalizer(api(409))
+        )));
+        assert!(!lost_write_race(&finalizer(FinalizerError::AddFinalizer(
+            api(403)
+        ))));
+        assert!(!lost_write_race(&finalizer(FinalizerError::UnnamedObject)));
+    }
 
     fn files(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs
