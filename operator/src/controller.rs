@@ -269,7 +269,13 @@ async fn drive<K>(
                     let _ = triggers.unbounded_send(policy);
                 }
             }
-            Err(error) => tracing::warn!(%error, "watch failed; retrying with backoff"),
+            Err(error) => {
+                let kind = std::any::type_name::<K>()
+                    .rsplit("::")
+                    .next()
+                    .unwrap_or("object");
+                crate::lifecycle::log_watch_error(kind, &error);
+            }
         }
     }
 }

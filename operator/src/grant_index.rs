@@ -232,7 +232,7 @@ impl GrantIndex {
             match event {
                 None => return,
                 Some(Err(error)) => {
-                    tracing::warn!(%error, "grant watch failed; retrying");
+                    crate::lifecycle::log_watch_error("Grant", &error);
                 }
                 Some(Ok(Event::Init)) => relist = Some(Vec::new()),
                 Some(Ok(Event::InitApply(grant))) => match relist.as_mut() {

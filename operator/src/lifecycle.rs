@@ -43,3 +43,16 @@ pub async fn cancel_on_signal(shutdown: CancellationToken) {
     }
     shutdown.cancel();
 }
+
+/// Logs a failed watch of `what` that the watcher retries: a watch whose
+/// resourceVersion expired (410 Gone) is the apiserver's normal way of
+/// asking for a fresh list, so only other failures are warnings.
+pub fn log_watch_error(what: &str, error: &kube::runtime::watcher::Error) {
+    use kube::runtime::watcher::Error;
+    match error {
+        Error::WatchError(status) if status.code == 410 => {
+            tracing::debug!(%error, "{what} watch expired; listing afresh");
+        }
+        _ => tracing::warn!(%error, "{what} watch failed; retrying"),
+    }
+}

@@ -558,7 +558,7 @@ pub async fn serve(
                     () = shutdown.cancelled() => return,
                     event = stream.next() => match event {
                         None => return,
-                        Some(Err(error)) => tracing::warn!(%error, "BrokeredSecret watch failed; retrying"),
+                        Some(Err(error)) => crate::lifecycle::log_watch_error("BrokeredSecret", &error),
                         Some(Ok(_)) => {}
                     },
                 }
