@@ -88,7 +88,10 @@ async fn demo(keep: bool) -> anyhow::Result<()> {
         "$ psql -f examples/orders-db.sql   # table orders, role orders_reader, role broker_admin"
     );
     println!();
-    show(&cluster, &["create", "namespace", "payments", "--save-config"])?;
+    show(
+        &cluster,
+        &["create", "namespace", "payments", "--save-config"],
+    )?;
     // Through the API rather than kubectl's command line, where any local
     // user could read it.
     let secret: Secret = serde_json::from_value(serde_json::json!({

@@ -303,6 +303,22 @@ pub struct ServedPorts {
     pub admin: crate::admin::AdminState,
 }
 
+/// Serves `ports` with [`spawn_servers`] until `shutdown`; then reports
+/// not ready (so no new traffic is sent) and waits for every task of
+/// `tasks`, the servers and the caller's own background work, to finish.
+pub async fn serve_until_shutdown(
+    mut tasks: tokio::task::JoinSet<()>,
+    ports: ServedPorts,
+    shutdown: &CancellationToken,
+) -> Result<(), TlsError> {
+    let readiness = ports.admin.readiness.clone();
+    spawn_servers(&mut tasks, ports, shutdown)?;
+    shutdown.cancelled().await;
+    readiness.set_not_ready("shutting down");
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}
+
 /// Spawns, onto `tasks`, what every ferry HTTPS server runs until
 /// `shutdown`: the certificate reload, the admin server, and the TLS server
 /// (which drains on shutdown).

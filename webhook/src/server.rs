@@ -159,8 +159,8 @@ pub async fn serve(
             }
         });
     }
-    https::spawn_servers(
-        &mut tasks,
+    https::serve_until_shutdown(
+        tasks,
         ServedPorts {
             listener: options.listener,
             admin_listener: options.admin_listener,
@@ -168,15 +168,13 @@ pub async fn serve(
             reload_interval: options.reload_interval,
             routes: mutate_route(state),
             admin: AdminState {
-                readiness: readiness.clone(),
+                readiness,
                 registry,
             },
         },
         &shutdown,
-    )?;
-    shutdown.cancelled().await;
-    readiness.set_not_ready("shutting down");
-    while tasks.join_next().await.is_some() {}
+    )
+    .await?;
     Ok(())
 }
 

@@ -622,8 +622,8 @@ pub async fn serve(
             reap_until(&state, &pods, interval, unknown_pod_grace, &shutdown).await;
         });
     }
-    https::spawn_servers(
-        &mut tasks,
+    https::serve_until_shutdown(
+        tasks,
         ServedPorts {
             listener: options.listener,
             admin_listener: options.admin_listener,
@@ -631,15 +631,13 @@ pub async fn serve(
             reload_interval: options.reload_interval,
             routes: broker_routes(state),
             admin: AdminState {
-                readiness: readiness.clone(),
+                readiness,
                 registry,
             },
         },
         &shutdown,
-    )?;
-    shutdown.cancelled().await;
-    readiness.set_not_ready("shutting down");
-    while tasks.join_next().await.is_some() {}
+    )
+    .await?;
     Ok(())
 }
 
