@@ -16,11 +16,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use ferry_e2e::https_client::{HttpsClient, send};
 use ferry_e2e::{
-    Cluster, KillOnDrop, bench_setting, create_object, free_port, http_get, install_crds,
+    Cluster, KillOnDrop, bench_setting, bench_tenant, free_port, http_get, install_crds,
     percentile, pod_bound_token, workspace_binary,
 };
 use ferry_sidecar::contract::DEFAULT_BROKER_AUDIENCE;
-use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, PostParams};
 use serde_json::json;
 
@@ -44,65 +44,28 @@ async fn main() {
     let cluster = Cluster::start().await.unwrap();
     let client = cluster.client().unwrap();
     install_crds(&client).await.unwrap();
-    for name in ["ferry-system", "payments", "shop"] {
-        let namespace: Namespace =
-            serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
-        Api::<Namespace>::all(client.clone())
-            .create(&PostParams::default(), &namespace)
-            .await
-            .unwrap();
-    }
-    create_object::<Secret>(
+    let pod = bench_tenant(
         &client,
-        "payments",
-        json!({"metadata": {"name": "orders-api-key"},
-               "stringData": {"token": "x".repeat(64), "url": "https://orders.payments.svc"}}),
+        &[
+            (
+                "orders-api-key",
+                json!({"source": {"kubernetesSecret": {"name": "api-key"}}}),
+            ),
+            (
+                "orders-jwt",
+                json!({"source": {"jwt": {"audience": ["orders"], "scopes": ["read"]}}}),
+            ),
+        ],
     )
     .await
     .unwrap();
-    create_object::<ferry_operator::resources::BrokeredSecret>(
-        &client,
-        "payments",
-        json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "BrokeredSecret",
-               "metadata": {"name": "orders-api-key"},
-               "spec": {"source": {"kubernetesSecret": {"name": "orders-api-key"}}}}),
-    )
-    .await
-    .unwrap();
-    create_object::<ferry_operator::resources::BrokeredSecret>(
-        &client,
-        "payments",
-        json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "BrokeredSecret",
-               "metadata": {"name": "orders-jwt"},
-               "spec": {"source": {"jwt": {"audience": ["orders"], "scopes": ["read"]}}}}),
-    )
-    .await
-    .unwrap();
-    for secret in ["orders-api-key", "orders-jwt"] {
-        create_object::<ferry_operator::resources::Grant>(
-            &client,
-            "shop",
-            json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "Grant",
-                   "metadata": {"name": format!("{secret}-for-checkout")},
-                   "spec": {"serviceAccount": "checkout",
-                            "secret": {"namespace": "payments", "name": secret},
-                            "maxTtl": "1h", "policy": {"namespace": "payments", "name": "p", "uid": "u"}}}),
-        )
+    // The broker keeps its lease and JWT keys in ferry's namespace.
+    let ferry: Namespace =
+        serde_json::from_value(json!({"metadata": {"name": "ferry-system"}})).unwrap();
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ferry)
         .await
         .unwrap();
-    }
-    create_object::<ServiceAccount>(&client, "shop", json!({"metadata": {"name": "checkout"}}))
-        .await
-        .unwrap();
-    let pod: Pod = create_object(
-        &client,
-        "shop",
-        json!({"metadata": {"name": "api", "labels": {"ferry.dev/inject": "true"}},
-               "spec": {"serviceAccountName": "checkout",
-                        "containers": [{"name": "app", "image": "app:1"}]}}),
-    )
-    .await
-    .unwrap();
     let token = pod_bound_token(&client, &pod, DEFAULT_BROKER_AUDIENCE, 3600)
         .await
         .unwrap();

@@ -15,13 +15,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ferry_e2e::{
-    Cluster, KillOnDrop, RunningBroker, bench_setting, create_object, install_crds, percentile,
+    Cluster, KillOnDrop, RunningBroker, bench_setting, bench_tenant, install_crds, percentile,
     pod_bound_token, workspace_binary,
 };
 use ferry_operator::broker::lease_id::LeaseKeys;
 use ferry_sidecar::contract::{DEFAULT_BROKER_AUDIENCE, READY_MARKER, env};
-use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
-use kube::api::{Api, PostParams};
 use serde_json::json;
 
 fn rss_kib(pid: u32) -> u64 {
@@ -44,51 +42,12 @@ async fn main() {
     let cluster = Cluster::start().await.unwrap();
     let client = cluster.client().unwrap();
     install_crds(&client).await.unwrap();
-    for name in ["payments", "shop"] {
-        let namespace: Namespace =
-            serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
-        Api::<Namespace>::all(client.clone())
-            .create(&PostParams::default(), &namespace)
-            .await
-            .unwrap();
-    }
-    create_object::<Secret>(
+    let pod = bench_tenant(
         &client,
-        "payments",
-        json!({"metadata": {"name": "api-key"},
-               "stringData": {"token": "x".repeat(64), "url": "https://orders.payments.svc"}}),
-    )
-    .await
-    .unwrap();
-    create_object::<ferry_operator::resources::BrokeredSecret>(
-        &client,
-        "payments",
-        json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "BrokeredSecret",
-               "metadata": {"name": "api-key"},
-               "spec": {"source": {"kubernetesSecret": {"name": "api-key"}}}}),
-    )
-    .await
-    .unwrap();
-    create_object::<ferry_operator::resources::Grant>(
-        &client,
-        "shop",
-        json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "Grant",
-               "metadata": {"name": "api-key-for-checkout"},
-               "spec": {"serviceAccount": "checkout",
-                        "secret": {"namespace": "payments", "name": "api-key"},
-                        "maxTtl": "1h", "policy": {"namespace": "payments", "name": "p", "uid": "u"}}}),
-    )
-    .await
-    .unwrap();
-    create_object::<ServiceAccount>(&client, "shop", json!({"metadata": {"name": "checkout"}}))
-        .await
-        .unwrap();
-    let pod: Pod = create_object(
-        &client,
-        "shop",
-        json!({"metadata": {"name": "api", "labels": {"ferry.dev/inject": "true"}},
-               "spec": {"serviceAccountName": "checkout",
-                        "containers": [{"name": "app", "image": "app:1"}]}}),
+        &[(
+            "api-key",
+            json!({"source": {"kubernetesSecret": {"name": "api-key"}}}),
+        )],
     )
     .await
     .unwrap();

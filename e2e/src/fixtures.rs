@@ -97,3 +97,53 @@ pub async fn grant(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// For benchmarks, which run no operator: namespaces `payments` and
+/// `shop`; in `payments` the Secret `api-key` (a 64-byte `token` and a
+/// `url`) and each of `secrets` (name and spec) as a BrokeredSecret, each
+/// granted to `shop/checkout` by a Grant written directly; the service
+/// account; and the opted-in pod `shop/api`, which is returned.
+pub async fn bench_tenant(
+    client: &kube::Client,
+    secrets: &[(&str, Value)],
+) -> Result<k8s_openapi::api::core::v1::Pod, HarnessError> {
+    use k8s_openapi::api::core::v1::{Namespace, Secret};
+    for name in ["payments", "shop"] {
+        let namespace: Namespace = serde_json::from_value(json!({"metadata": {"name": name}}))
+            .map_err(|e| HarnessError::Process(e.to_string()))?;
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &namespace)
+            .await?;
+    }
+    create_object::<Secret>(
+        client,
+        "payments",
+        json!({"metadata": {"name": "api-key"},
+               "stringData": {"token": "x".repeat(64), "url": "https://orders.payments.svc"}}),
+    )
+    .await?;
+    for (name, spec) in secrets {
+        create_brokered_secret(client, "payments", name, spec.clone()).await?;
+        create_object::<Grant>(
+            client,
+            "shop",
+            json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "Grant",
+                   "metadata": {"name": format!("{name}-for-checkout")},
+                   "spec": {"serviceAccount": "checkout",
+                            "secret": {"namespace": "payments", "name": name},
+                            "maxTtl": "1h",
+                            "policy": {"namespace": "payments", "name": "bench", "uid": "bench"}}}),
+        )
+        .await?;
+    }
+    create_object::<ServiceAccount>(client, "shop", json!({"metadata": {"name": "checkout"}}))
+        .await?;
+    create_object(
+        client,
+        "shop",
+        json!({"metadata": {"name": "api", "labels": {"ferry.dev/inject": "true"}},
+               "spec": {"serviceAccountName": "checkout",
+                        "containers": [{"name": "app", "image": "app:1"}]}}),
+    )
+    .await
+}

@@ -26,7 +26,7 @@ mod webhook;
 pub use broker::RunningBroker;
 pub use cluster::{Cluster, controlplane_bin_dir};
 pub use crds::install_crds;
-pub use fixtures::{Subject, create_brokered_secret, grant};
+pub use fixtures::{Subject, bench_tenant, create_brokered_secret, grant};
 pub use log_capture::{capture_logs, captured_logs};
 pub use node::{NODE_NAME, NodeStandIn, PodRun, SeenFile};
 pub use operator::RunningOperator;
