@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use ferry_e2e::https_client::{HttpsClient, send};
 use ferry_e2e::{
-    Cluster, KillOnDrop, bench_setting, bench_tenant, free_port, http_get, install_crds,
-    percentile, pod_bound_token, workspace_binary,
+    Cluster, KillOnDrop, bench_setting, bench_tenant, free_port, install_crds, percentile,
+    pod_bound_token, wait_admin_ready, workspace_binary,
 };
 use ferry_sidecar::contract::DEFAULT_BROKER_AUDIENCE;
 use k8s_openapi::api::core::v1::Namespace;
@@ -94,19 +94,9 @@ async fn main() {
             .spawn()
             .unwrap(),
     );
-    let started = Instant::now();
-    loop {
-        if let Ok(reply) = http_get(admin, "/readyz").await
-            && reply.status == 200
-        {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "broker not ready"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_admin_ready(admin, "broker", Duration::from_secs(60))
+        .await
+        .unwrap();
     let https = HttpsClient::new(addr, &cluster.ca_pem()).unwrap();
     for (secret, kind) in [
         ("orders-api-key", "kubernetesSecret"),

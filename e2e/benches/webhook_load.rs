@@ -21,7 +21,7 @@ use bytes::Bytes;
 use ferry_e2e::https_client::{HttpsClient, send};
 use ferry_e2e::{
     Cluster, KillOnDrop, bench_setting, free_port, http_get, install_crds, percentile,
-    workspace_binary,
+    wait_admin_ready, workspace_binary,
 };
 use ferry_operator::resources::Grant;
 use futures::StreamExt;
@@ -153,19 +153,9 @@ async fn main() {
             .spawn()
             .unwrap(),
     );
-    let started = Instant::now();
-    loop {
-        if let Ok(reply) = http_get(admin, "/readyz").await
-            && reply.status == 200
-        {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "webhook not ready"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_admin_ready(admin, "webhook", Duration::from_secs(60))
+        .await
+        .unwrap();
     let pid = webhook.0.id();
     let idle = memory_kib(pid);
 

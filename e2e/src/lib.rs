@@ -203,6 +203,29 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> Result<HttpRepl
     })
 }
 
+/// Waits until the admin server on `admin` of a component started as a
+/// process (`what`, for the error) answers `/readyz` with 200.
+pub async fn wait_admin_ready(
+    admin: std::net::SocketAddr,
+    what: &str,
+    deadline: std::time::Duration,
+) -> Result<(), HarnessError> {
+    let started = std::time::Instant::now();
+    loop {
+        if let Ok(reply) = http_get(admin, "/readyz").await
+            && reply.status == 200
+        {
+            return Ok(());
+        }
+        if started.elapsed() > deadline {
+            return Err(HarnessError::Process(format!(
+                "{what} was not ready after {deadline:?}"
+            )));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 /// Builds the binary of workspace package `package` (a no-op when up to
 /// date, in the same profile and target directory as the caller) and
 /// returns its path. For tests and the demo, which run ferry's binaries as
