@@ -14,12 +14,12 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use ferry_contract::DEFAULT_BROKER_AUDIENCE;
 use ferry_e2e::https_client::{HttpsClient, send};
 use ferry_e2e::{
     Cluster, KillOnDrop, bench_setting, bench_tenant, free_port, install_crds, percentile,
     pod_bound_token, wait_admin_ready, workspace_binary,
 };
-use ferry_sidecar::contract::DEFAULT_BROKER_AUDIENCE;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, PostParams};
 use serde_json::json;

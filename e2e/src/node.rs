@@ -31,7 +31,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use ferry_sidecar::contract::SIDECAR_COMMAND;
+use ferry_contract::SIDECAR_COMMAND;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{
     Container, ContainerState, ContainerStateRunning, ContainerStatus, Node, Pod, PodCondition,

@@ -8,12 +8,11 @@ use std::time::{Duration, Instant};
 
 use crate::background::{Background, bind_loopback, wait_ready};
 use crate::{Cluster, HarnessError};
+use ferry_contract::WEBHOOK_CONFIGURATION_NAME;
 use ferry_operator::admin::Readiness;
 use ferry_operator::https::ReloadingCertificate;
 use ferry_webhook::config::InjectionConfig;
-use ferry_webhook::configuration::{
-    CONFIGURATION_NAME, WebhookEndpoint, mutating_webhook_configuration,
-};
+use ferry_webhook::configuration::{WebhookEndpoint, mutating_webhook_configuration};
 use ferry_webhook::server::{ServeOptions, serve};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
@@ -135,7 +134,7 @@ impl RunningWebhook {
         );
         Api::<MutatingWebhookConfiguration>::all(client.clone())
             .patch(
-                CONFIGURATION_NAME,
+                WEBHOOK_CONFIGURATION_NAME,
                 &PatchParams::apply("ferry-e2e").force(),
                 &Patch::Apply(&configuration),
             )
@@ -146,7 +145,7 @@ impl RunningWebhook {
     /// Removes the MutatingWebhookConfiguration, if present.
     pub async fn unregister(client: &kube::Client) -> Result<(), HarnessError> {
         match Api::<MutatingWebhookConfiguration>::all(client.clone())
-            .delete(CONFIGURATION_NAME, &DeleteParams::default())
+            .delete(WEBHOOK_CONFIGURATION_NAME, &DeleteParams::default())
             .await
         {
             Ok(_) => Ok(()),
@@ -174,8 +173,8 @@ pub async fn wait_webhook_active(
     let probe: Pod = serde_json::from_value(serde_json::json!({
         "metadata": {
             "name": "ferry-e2e-webhook-probe",
-            "labels": {ferry_sidecar::contract::INJECT_LABEL: "true"},
-            "annotations": {ferry_sidecar::contract::SECRETS_ANNOTATION: "ferry-e2e-probe"},
+            "labels": {ferry_contract::INJECT_LABEL: "true"},
+            "annotations": {ferry_contract::SECRETS_ANNOTATION: "ferry-e2e-probe"},
         },
         "spec": {"containers": [{"name": "probe", "image": "probe"}]},
     }))

@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use base64::Engine as _;
+use ferry_contract::DEFAULT_BROKER_AUDIENCE;
 use ferry_e2e::https_client::{HttpsClient, HttpsReply};
 use ferry_e2e::{
     Cluster, RunningBroker, RunningOperator, capture_logs, captured_logs, create_object,
@@ -17,7 +18,6 @@ use ferry_operator::broker::jwt_keys::parse_rotation_period;
 use ferry_operator::broker::lease_id::LeaseKeys;
 use ferry_operator::broker::server::refresh_jwt_keys;
 use ferry_operator::resources::{Grant, JwtAlgorithm};
-use ferry_sidecar::contract::DEFAULT_BROKER_AUDIENCE;
 use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
 use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams};

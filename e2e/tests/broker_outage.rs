@@ -6,10 +6,10 @@
 
 use std::time::Duration;
 
+use ferry_contract::{READY_MARKER, SECRETS_VOLUME_NAME};
 use ferry_e2e::{
     Cluster, Stack, Subject, create_brokered_secret, create_object, eventually, grant,
 };
-use ferry_sidecar::contract::{READY_MARKER, SECRETS_VOLUME_NAME};
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, PostParams};
 use serde_json::json;

@@ -9,15 +9,14 @@
 
 use std::sync::Arc;
 
+use ferry_contract::WEBHOOK_CONFIGURATION_NAME;
 use ferry_e2e::Cluster;
 use ferry_operator::certificates::{
     CA_KEY, CERT_KEY, CertificateConfig, DEFAULT_BROKER_TLS_SECRET, DEFAULT_CA_SECRET,
     DEFAULT_WEBHOOK_TLS_SECRET, PRIVATE_KEY_KEY, ServingCertificate, ensure_certificates,
     service_dns_names,
 };
-use ferry_webhook::configuration::{
-    CONFIGURATION_NAME, WebhookEndpoint, mutating_webhook_configuration,
-};
+use ferry_webhook::configuration::{WebhookEndpoint, mutating_webhook_configuration};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -42,7 +41,7 @@ fn config() -> CertificateConfig {
             serving("ferry-webhook", DEFAULT_WEBHOOK_TLS_SECRET),
             serving("ferry-broker", DEFAULT_BROKER_TLS_SECRET),
         ],
-        webhook_configuration: CONFIGURATION_NAME.into(),
+        webhook_configuration: WEBHOOK_CONFIGURATION_NAME.into(),
         ca_validity: 3650 * DAY,
         serving_validity: 365 * DAY,
     }
@@ -106,7 +105,7 @@ async fn operator_keeps_ca_serving_certificates_and_ca_bundle_with_exactly_its_r
     let configurations = Api::<MutatingWebhookConfiguration>::all(admin.clone());
     configurations
         .patch(
-            CONFIGURATION_NAME,
+            WEBHOOK_CONFIGURATION_NAME,
             &PatchParams::apply("chart").force(),
             &Patch::Apply(&configuration),
         )
@@ -157,7 +156,10 @@ async fn operator_keeps_ca_serving_certificates_and_ca_bundle_with_exactly_its_r
             &format!("{service}.{NAMESPACE}.svc")
         ));
     }
-    let patched = configurations.get(CONFIGURATION_NAME).await.unwrap();
+    let patched = configurations
+        .get(WEBHOOK_CONFIGURATION_NAME)
+        .await
+        .unwrap();
     let webhook = &patched.webhooks.unwrap()[0];
     assert_eq!(
         webhook.client_config.ca_bundle.as_ref().unwrap().0,
@@ -195,7 +197,7 @@ async fn operator_keeps_ca_serving_certificates_and_ca_bundle_with_exactly_its_r
     let other = k8s_openapi::ByteString(cluster.ca_pem().into_bytes());
     configurations
         .patch(
-            CONFIGURATION_NAME,
+            WEBHOOK_CONFIGURATION_NAME,
             &PatchParams::default(),
             &Patch::Strategic(serde_json::json!({"webhooks": [{
                 "name": ferry_webhook::configuration::WEBHOOK_NAME,

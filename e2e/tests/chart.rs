@@ -256,11 +256,6 @@ fn rendered_webhook_configuration_is_the_one_rust_builds() {
         chart["metadata"].as_object_mut().unwrap().remove("labels");
         assert_eq!(chart["metadata"], json!({"name": "ferry-sidecar-injector"}));
     }
-    assert_eq!(
-        ferry_operator::certificates::DEFAULT_WEBHOOK_CONFIGURATION,
-        ferry_webhook::configuration::CONFIGURATION_NAME,
-        "the operator patches the caBundle of the configuration the webhook names"
-    );
     let with_cert_manager = render(&["certManager.enabled=true"]);
     let configuration = find(
         &with_cert_manager,

@@ -9,14 +9,13 @@ use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use ferry_contract::WEBHOOK_CONFIGURATION_NAME;
 use ferry_e2e::pki::Authority;
 use ferry_e2e::{
     Cluster, KillOnDrop, eventually, free_port, http_get, install_crds, wait_webhook_active,
     workspace_binary,
 };
-use ferry_webhook::configuration::{
-    CONFIGURATION_NAME, WebhookEndpoint, mutating_webhook_configuration,
-};
+use ferry_webhook::configuration::{WebhookEndpoint, mutating_webhook_configuration};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -34,7 +33,7 @@ async fn register(client: &kube::Client, addr: SocketAddr, ca_pem: &str) {
     );
     Api::<MutatingWebhookConfiguration>::all(client.clone())
         .patch(
-            CONFIGURATION_NAME,
+            WEBHOOK_CONFIGURATION_NAME,
             &PatchParams::apply("ferry-e2e").force(),
             &Patch::Apply(&configuration),
         )

@@ -12,6 +12,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use ferry_contract::{MANAGED_BY_LABEL, OPERATOR_MANAGER, PART_OF, PART_OF_LABEL};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Secret;
@@ -30,10 +31,6 @@ pub const DEFAULT_CA_SECRET: &str = "ferry-ca";
 pub const DEFAULT_WEBHOOK_TLS_SECRET: &str = "ferry-webhook-tls";
 /// Default name of the broker's serving-certificate Secret.
 pub const DEFAULT_BROKER_TLS_SECRET: &str = "ferry-broker-tls";
-/// Default MutatingWebhookConfiguration whose caBundle is kept: the name
-/// `ferry_webhook::configuration::CONFIGURATION_NAME` gives it (a chart
-/// test checks they agree; the webhook crate depends on this one).
-pub const DEFAULT_WEBHOOK_CONFIGURATION: &str = "ferry-sidecar-injector";
 /// Key of the issuing CA in a serving-certificate Secret (as cert-manager writes it).
 pub const CA_KEY: &str = "ca.crt";
 /// Key of the certificate in a `kubernetes.io/tls` Secret.
@@ -42,8 +39,6 @@ pub const CERT_KEY: &str = "tls.crt";
 pub const PRIVATE_KEY_KEY: &str = "tls.key";
 /// Common name of the CA ferry generates.
 const CA_COMMON_NAME: &str = "ferry-ca";
-/// The field manager of the caBundle patch.
-const FIELD_MANAGER: &str = "ferry-operator";
 
 /// Why the certificates could not be generated or stored.
 #[derive(Debug, thiserror::Error)]
@@ -327,11 +322,8 @@ fn tls_secret(namespace: &str, name: &str, key: &CertifiedKey, ca_pem: Option<&s
             name: Some(name.to_owned()),
             namespace: Some(namespace.to_owned()),
             labels: Some(BTreeMap::from([
-                ("app.kubernetes.io/part-of".to_owned(), "ferry".to_owned()),
-                (
-                    "app.kubernetes.io/managed-by".to_owned(),
-                    FIELD_MANAGER.to_owned(),
-                ),
+                (PART_OF_LABEL.to_owned(), PART_OF.to_owned()),
+                (MANAGED_BY_LABEL.to_owned(), OPERATOR_MANAGER.to_owned()),
             ])),
             ..ObjectMeta::default()
         },

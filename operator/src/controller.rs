@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ferry_contract::{MANAGED_BY_LABEL, OPERATOR_MANAGER, POLICY_UID_LABEL};
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -27,16 +28,11 @@ use serde_json::json;
 use crate::broker::templates::{
     JWT_VARIABLES, POSTGRES_VARIABLES, check_templates, check_variables,
 };
-use crate::grants::{
-    MANAGED_BY, MANAGED_BY_LABEL, POLICY_UID_LABEL, PolicyWorld, derive_grants, next_expiry,
-};
+use crate::grants::{PolicyWorld, derive_grants, next_expiry};
 use crate::metrics::OperatorMetrics;
 use crate::resources::{
     AccessPolicy, AccessPolicyStatus, BrokeredSecret, BrokeredSecretStatus, Grant,
 };
-
-/// The field manager of everything the operator applies.
-pub const FIELD_MANAGER: &str = "ferry-operator";
 
 /// Finalizer on AccessPolicies: their Grants live in other namespaces, where
 /// owner references cannot reach, so deletion is ours to do.
@@ -149,7 +145,7 @@ pub async fn run(
     let (namespaces, namespaces_writer) = reflector::store();
     let (grants, grants_writer) = reflector::store();
     let reporter = Reporter {
-        controller: FIELD_MANAGER.into(),
+        controller: OPERATOR_MANAGER.into(),
         instance: reporter_instance,
     };
     let (filled_tx, caches_filled) = tokio::sync::watch::channel(false);
@@ -206,7 +202,7 @@ pub async fn run(
         reflect(
             grants_writer,
             Api::<Grant>::all(client.clone()),
-            watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}")),
+            watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={OPERATOR_MANAGER}")),
         ),
         policy_store.clone(),
         triggers,
@@ -387,7 +383,7 @@ async fn apply_policy(policy: &AccessPolicy, ctx: &Context) -> Result<Action, Re
     );
 
     let existing = ctx.grants.state_filter(|g| g.spec.policy.uid == uid);
-    let apply = PatchParams::apply(FIELD_MANAGER).force();
+    let apply = PatchParams::apply(OPERATOR_MANAGER).force();
     for desired in &derivation.grants {
         let (grant_ns, name) = (desired.namespace().unwrap_or_default(), desired.name_any());
         let unchanged = existing.iter().any(|g| {
@@ -497,7 +493,7 @@ where
     let patch = json!({"apiVersion": K::api_version(&()), "kind": K::kind(&()), "status": desired});
     api.patch_status(
         &name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
+        &PatchParams::apply(OPERATOR_MANAGER).force(),
         &Patch::Apply(patch),
     )
     .await

@@ -17,19 +17,12 @@ use kube::api::ObjectMeta;
 use kube::core::{Selector, SelectorExt};
 use sha2::{Digest, Sha256};
 
+use ferry_contract::{MANAGED_BY_LABEL, OPERATOR_MANAGER, POLICY_UID_LABEL};
+
 use crate::duration::{format_duration, parse_duration};
 use crate::resources::{
     AccessPolicy, BrokeredSecret, Grant, GrantSpec, PolicyReference, SecretAccess, SecretReference,
 };
-
-/// Label on every Grant: the UID of the policy it comes from.
-pub const POLICY_UID_LABEL: &str = "ferry.dev/policy-uid";
-
-/// Label on every Grant: who manages it.
-pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
-
-/// Value of [`MANAGED_BY_LABEL`] on Grants.
-pub const MANAGED_BY: &str = "ferry-operator";
 
 /// What is wrong with one entry of a policy (the entry grants nothing).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -256,7 +249,7 @@ fn resolve_subjects(policy: &AccessPolicy, namespaces: &[Namespace]) -> BTreeSet
 /// A Grant object in `namespace` with its deterministic name and labels.
 fn grant(namespace: &str, spec: GrantSpec) -> Grant {
     let labels = BTreeMap::from([
-        (MANAGED_BY_LABEL.to_string(), MANAGED_BY.to_string()),
+        (MANAGED_BY_LABEL.to_string(), OPERATOR_MANAGER.to_string()),
         (POLICY_UID_LABEL.to_string(), spec.policy.uid.clone()),
     ]);
     let name = grant_name(&spec);
@@ -393,7 +386,7 @@ mod tests {
         assert_eq!(grant.spec.max_ttl, "1h");
         assert_eq!(grant.spec.policy.uid, "0000-policy-uid");
         assert_eq!(grant.labels()[POLICY_UID_LABEL], "0000-policy-uid");
-        assert_eq!(grant.labels()[MANAGED_BY_LABEL], MANAGED_BY);
+        assert_eq!(grant.labels()[MANAGED_BY_LABEL], OPERATOR_MANAGER);
     }
 
     #[test]

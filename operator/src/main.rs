@@ -47,7 +47,7 @@ struct RunArgs {
     #[arg(long, env = "FERRY_ADMIN_ADDR", default_value = "0.0.0.0:8080")]
     admin_addr: String,
     /// Namespace of the leader-election Lease: the operator's own.
-    #[arg(long, env = "POD_NAMESPACE", default_value = "ferry-system")]
+    #[arg(long, env = "POD_NAMESPACE", default_value = ferry_contract::DEFAULT_NAMESPACE)]
     namespace: String,
     /// Name of the leader-election Lease.
     #[arg(long, env = "FERRY_LEASE_NAME", default_value = "ferry-operator")]
@@ -87,7 +87,7 @@ struct CertificateArgs {
     #[arg(
         long,
         env = "FERRY_WEBHOOK_CONFIGURATION",
-        default_value = certificates::DEFAULT_WEBHOOK_CONFIGURATION
+        default_value = ferry_contract::WEBHOOK_CONFIGURATION_NAME
     )]
     webhook_configuration: String,
     /// The cluster's DNS domain.
@@ -142,10 +142,10 @@ struct BrokerArgs {
     #[arg(long, env = "FERRY_TLS_RELOAD_SECONDS", default_value_t = 10)]
     tls_reload_seconds: u64,
     /// The audience sidecar tokens must carry.
-    #[arg(long, env = "FERRY_BROKER_AUDIENCE", default_value = ferry_sidecar::contract::DEFAULT_BROKER_AUDIENCE)]
+    #[arg(long, env = "FERRY_BROKER_AUDIENCE", default_value = ferry_contract::DEFAULT_BROKER_AUDIENCE)]
     audience: String,
     /// ferry's namespace, where the lease-key Secret lives.
-    #[arg(long, env = "POD_NAMESPACE", default_value = "ferry-system")]
+    #[arg(long, env = "POD_NAMESPACE", default_value = ferry_contract::DEFAULT_NAMESPACE)]
     namespace: String,
     /// Name of the Secret holding the key that seals lease ids (created
     /// when absent; shared by all replicas).
@@ -160,7 +160,7 @@ struct BrokerArgs {
     #[arg(
         long,
         env = "FERRY_ISSUER",
-        default_value = "https://ferry-broker.ferry-system.svc:8443"
+        default_value = ferry_contract::DEFAULT_BROKER_URL
     )]
     issuer: String,
     /// Name of the Secret holding the JWT signing keys (created when
@@ -343,7 +343,7 @@ fn print_crds(out_dir: Option<&std::path::Path>) -> anyhow::Result<()> {
     let files = ferry_operator::resources::crd_files()?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     // A renamed or removed CRD must not linger in the directory.
-    let ours = format!(".{}.yaml", ferry_sidecar::contract::API_GROUP);
+    let ours = format!(".{}.yaml", ferry_contract::API_GROUP);
     for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
         let path = entry?.path();
         let name = path

@@ -20,7 +20,7 @@ use crate::config::BrokerUrl;
 use crate::http1::{self, HttpError, Response};
 use crate::names::check_file_name;
 use crate::volume::SecretFile;
-use crate::wire::{
+use ferry_contract::wire::{
     ErrorResponse, LEASES_PATH, Lease, LeaseRequest, LeasesResponse, SecretRef, SecretRequest,
 };
 

@@ -1,11 +1,11 @@
 //! The sidecar's configuration: the environment the webhook sets (see
-//! [`crate::contract::env`]), parsed and checked before anything is fetched.
+//! [`ferry_contract::env`]), parsed and checked before anything is fetched.
 
 use std::path::PathBuf;
 
-use crate::contract::env;
 use crate::names::{NameError, check_object_name};
-use crate::wire::SecretRef;
+use ferry_contract::env;
+use ferry_contract::wire::SecretRef;
 
 /// Why the environment does not describe a sidecar that can run.
 #[derive(Debug, thiserror::Error)]

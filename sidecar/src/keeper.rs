@@ -22,7 +22,7 @@ use crate::log;
 use crate::random;
 use crate::schedule::{self, REFUSED_RETRY_CAP, RETRY_CAP};
 use crate::volume::{SecretVolume, WriteOutcome};
-use crate::wire::SecretRef;
+use ferry_contract::wire::SecretRef;
 
 /// Stack of a broker-call thread: a TLS handshake and JSON parsing fit
 /// easily; only touched pages count towards memory.

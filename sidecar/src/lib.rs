@@ -1,14 +1,15 @@
-//! ferry's sidecar: the names and wire types that the sidecar shares with
-//! the broker and the webhook, and the pieces of the `ferry-sidecar` binary.
+//! ferry's sidecar: the pieces of the `ferry-sidecar` binary that keeps a
+//! pod's brokered secrets in its memory-backed volume.
 //!
-//! It sits at the root of the workspace's dependency graph (the operator and
-//! the webhook depend on it, never the other way round) and must stay free of
-//! kube, k8s-openapi, tokio and JSON-schema crates, so the sidecar binary
-//! stays small: blocking I/O on a few std threads, rustls over std sockets.
+//! It depends on `ferry-contract` (the names and wire types it shares with
+//! the broker and the webhook) and on nothing of the rest of ferry. It must
+//! never link kube, k8s-openapi, tokio or a JSON-schema crate: it is
+//! injected into every opted-in pod, so its size and memory are a feature.
+//! Blocking I/O on a few std threads, rustls over std sockets;
+//! `tests/dependencies.rs` checks what it links.
 
 pub mod broker_client;
 pub mod config;
-pub mod contract;
 pub mod http1;
 pub mod keeper;
 pub mod log;
@@ -16,4 +17,3 @@ pub mod names;
 pub mod random;
 pub mod schedule;
 pub mod volume;
-pub mod wire;

@@ -6,9 +6,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use ferry_contract::{self as contract, env};
 use ferry_sidecar::broker_client::{BrokerClient, tls_config};
 use ferry_sidecar::config::SidecarConfig;
-use ferry_sidecar::contract::{self, env};
 use ferry_sidecar::keeper::{Deadlines, Keeper};
 use ferry_sidecar::log;
 use ferry_sidecar::volume::SecretVolume;

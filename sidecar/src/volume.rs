@@ -26,9 +26,9 @@ use std::path::{Path, PathBuf};
 
 use zeroize::Zeroizing;
 
-use crate::contract::READY_MARKER;
 use crate::names::{NameError, check_file_name, check_object_name};
 use crate::random::unique_suffix;
+use ferry_contract::READY_MARKER;
 
 /// The symlink naming the current generation, as Kubernetes names it.
 pub const DATA_LINK: &str = "..data";

@@ -5,7 +5,7 @@
 
 use std::process::{Command, Output};
 
-use ferry_sidecar::contract::{READY_MARKER, env};
+use ferry_contract::{READY_MARKER, env};
 
 fn sidecar() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_ferry-sidecar"));

@@ -2,7 +2,7 @@
 //! the sidecar's image, resources and user, the broker it talks to, and how
 //! strict admission is.
 
-use ferry_sidecar::contract::DEFAULT_BROKER_AUDIENCE;
+use ferry_contract::DEFAULT_BROKER_AUDIENCE;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 /// The shortest projected-token lifetime the kubelet accepts (10 minutes).
@@ -65,13 +65,13 @@ pub struct InjectionConfig {
 impl Default for InjectionConfig {
     fn default() -> Self {
         Self {
-            ferry_namespace: "ferry-system".into(),
+            ferry_namespace: ferry_contract::DEFAULT_NAMESPACE.into(),
             sidecar_image: format!(
                 "ghcr.io/ferry-dev/ferry-sidecar:{}",
                 env!("CARGO_PKG_VERSION")
             ),
             image_pull_policy: "IfNotPresent".into(),
-            broker_url: "https://ferry-broker.ferry-system.svc:8443".into(),
+            broker_url: ferry_contract::DEFAULT_BROKER_URL.into(),
             broker_ca_pem: None,
             broker_audience: DEFAULT_BROKER_AUDIENCE.into(),
             token_expiration_seconds: MIN_TOKEN_EXPIRATION_SECONDS,

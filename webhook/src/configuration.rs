@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use ferry_sidecar::contract::{API_GROUP, INJECT_LABEL};
+use ferry_contract::{API_GROUP, INJECT_LABEL, PART_OF, PART_OF_LABEL, WEBHOOK_CONFIGURATION_NAME};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, ServiceReference,
@@ -16,9 +16,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
 
 use crate::mutation::SYSTEM_NAMESPACES;
 use crate::server::MUTATE_PATH;
-
-/// Name of the MutatingWebhookConfiguration object.
-pub const CONFIGURATION_NAME: &str = "ferry-sidecar-injector";
 
 /// Name of the one webhook in it (what the apiserver quotes in messages).
 pub const WEBHOOK_NAME: &str = "inject.ferry.dev";
@@ -77,10 +74,10 @@ pub fn mutating_webhook_configuration(
     protected.push(ferry_namespace.to_owned());
     MutatingWebhookConfiguration {
         metadata: ObjectMeta {
-            name: Some(CONFIGURATION_NAME.into()),
+            name: Some(WEBHOOK_CONFIGURATION_NAME.into()),
             labels: Some(BTreeMap::from([(
-                "app.kubernetes.io/part-of".to_owned(),
-                "ferry".to_owned(),
+                PART_OF_LABEL.to_owned(),
+                PART_OF.to_owned(),
             )])),
             ..ObjectMeta::default()
         },

@@ -52,7 +52,7 @@ struct RunArgs {
     #[arg(long, env = "FERRY_TLS_RELOAD_SECONDS", default_value_t = 10)]
     tls_reload_seconds: u64,
     /// ferry's own namespace, whose pods are never touched.
-    #[arg(long, env = "POD_NAMESPACE", default_value = "ferry-system")]
+    #[arg(long, env = "POD_NAMESPACE", default_value = ferry_contract::DEFAULT_NAMESPACE)]
     namespace: String,
     /// Image of the injected sidecar.
     #[arg(long, env = "FERRY_SIDECAR_IMAGE")]
@@ -68,14 +68,14 @@ struct RunArgs {
     #[arg(
         long,
         env = "FERRY_BROKER_URL",
-        default_value = "https://ferry-broker.ferry-system.svc:8443"
+        default_value = ferry_contract::DEFAULT_BROKER_URL
     )]
     broker_url: String,
     /// PEM bundle the sidecars trust for the broker (default: system roots).
     #[arg(long, env = "FERRY_BROKER_CA_FILE")]
     broker_ca_file: Option<PathBuf>,
     /// Audience of the token sidecars present to the broker.
-    #[arg(long, env = "FERRY_BROKER_AUDIENCE", default_value = ferry_sidecar::contract::DEFAULT_BROKER_AUDIENCE)]
+    #[arg(long, env = "FERRY_BROKER_AUDIENCE", default_value = ferry_contract::DEFAULT_BROKER_AUDIENCE)]
     broker_audience: String,
     /// Lifetime of the sidecar's projected token, in seconds (600 to 86400).
     #[arg(long, env = "FERRY_TOKEN_EXPIRATION_SECONDS", default_value_t = 600)]
@@ -116,7 +116,7 @@ struct RunArgs {
 #[derive(Debug, clap::Args)]
 struct ConfigurationArgs {
     /// ferry's namespace: excluded from injection, and the Service's.
-    #[arg(long, default_value = "ferry-system")]
+    #[arg(long, default_value = ferry_contract::DEFAULT_NAMESPACE)]
     namespace: String,
     /// Name of the webhook's Service.
     #[arg(long, default_value = "ferry-webhook")]

@@ -1,4 +1,4 @@
-//! The broker's HTTPS API (see `ferry_sidecar::wire`) and its process: the
+//! The broker's HTTPS API (see `ferry_contract::wire`) and its process: the
 //! Grant, BrokeredSecret and pod indexes kept by watches, the lease keys
 //! from a Secret the replicas share, the admin port, certificate reload.
 
@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ferry_sidecar::wire::{LeaseRequest, LeasesResponse};
+use ferry_contract::wire::{LeaseRequest, LeasesResponse};
+use ferry_contract::{BROKER_MANAGER, MANAGED_BY_LABEL};
 use futures::StreamExt;
 use governor::Quota;
 use governor::clock::{Clock as _, DefaultClock};
@@ -312,8 +313,8 @@ async fn load_or_create_keys(
             metadata: ObjectMeta {
                 name: Some(name.to_owned()),
                 labels: Some(BTreeMap::from([(
-                    "app.kubernetes.io/managed-by".to_owned(),
-                    "ferry-broker".to_owned(),
+                    MANAGED_BY_LABEL.to_owned(),
+                    BROKER_MANAGER.to_owned(),
                 )])),
                 ..ObjectMeta::default()
             },
@@ -423,8 +424,8 @@ pub async fn refresh_jwt_keys(
                     metadata: ObjectMeta {
                         name: Some(name.to_owned()),
                         labels: Some(BTreeMap::from([(
-                            "app.kubernetes.io/managed-by".to_owned(),
-                            "ferry-broker".to_owned(),
+                            MANAGED_BY_LABEL.to_owned(),
+                            BROKER_MANAGER.to_owned(),
                         )])),
                         ..ObjectMeta::default()
                     },

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use ferry_sidecar::wire::{Lease, LeaseRequest, SecretRef, SecretRequest};
+use ferry_contract::wire::{Lease, LeaseRequest, SecretRef, SecretRequest};
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::reflector::{ObjectRef, Store};
 use zeroize::Zeroizing;

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use ferry_sidecar::wire::SecretRequest;
+use ferry_contract::wire::SecretRequest;
 use k8s_openapi::jiff::Timestamp;
 
 use crate::duration::{format_duration, parse_duration};

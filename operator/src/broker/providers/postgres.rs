@@ -376,7 +376,7 @@ async fn connect(
     let mut config = tokio_postgres::Config::from_str(dsn).map_err(|_| invalid())?;
     let endpoint = endpoint(&config);
     config.connect_timeout(CONNECT_TIMEOUT);
-    config.application_name("ferry-broker");
+    config.application_name(ferry_contract::BROKER_MANAGER);
     let tls = super::postgres_tls::connector()?;
     let (client, connection) = tokio::time::timeout(CONNECT_TIMEOUT, config.connect(tls))
         .await

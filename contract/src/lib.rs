@@ -1,11 +1,57 @@
-//! One place for the facts every component agrees on: the API group, label
-//! and annotation keys, default paths. Import these; never retype them.
+//! ferry's contract: the facts every component agrees on, each defined once.
+//! The API group and version, label and annotation keys, the environment the
+//! webhook gives the sidecar, default names and paths, and the broker's wire
+//! types ([`wire`]). Import these; never retype them.
+//!
+//! This crate is the root of the workspace's dependency graph: serde and
+//! nothing else. It must never depend on kube, k8s-openapi, tokio or any
+//! other ferry crate, because the sidecar (injected into every pod, so its
+//! size is a feature) depends on it; `tests/dependencies.rs` of the sidecar
+//! checks what the sidecar links.
+
+pub mod wire;
 
 /// The Kubernetes API group of ferry's custom resources.
 pub const API_GROUP: &str = "ferry.dev";
 
 /// The API version of ferry's custom resources.
 pub const API_VERSION: &str = "v1alpha1";
+
+/// `apiVersion` of ferry's custom resources: `ferry.dev/v1alpha1`.
+pub const GROUP_VERSION: &str = "ferry.dev/v1alpha1";
+
+/// ferry's own namespace unless an installation says otherwise: where its
+/// components, keys and certificates live. Never injected, and no tenant
+/// object is honoured there.
+pub const DEFAULT_NAMESPACE: &str = "ferry-system";
+
+/// The field manager of everything the operator applies, and the
+/// `app.kubernetes.io/managed-by` value of the objects it owns (Grants,
+/// certificate Secrets).
+pub const OPERATOR_MANAGER: &str = "ferry-operator";
+
+/// The `app.kubernetes.io/managed-by` value of the Secrets the broker
+/// creates (its lease and JWT keys), and its PostgreSQL application name.
+pub const BROKER_MANAGER: &str = "ferry-broker";
+
+/// The standard label naming who manages an object.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+
+/// The standard label naming the application an object is part of.
+pub const PART_OF_LABEL: &str = "app.kubernetes.io/part-of";
+
+/// The value of [`PART_OF_LABEL`] on ferry's own objects.
+pub const PART_OF: &str = "ferry";
+
+/// Label on each Grant naming the uid of the AccessPolicy it comes from.
+pub const POLICY_UID_LABEL: &str = "ferry.dev/policy-uid";
+
+/// Name of the MutatingWebhookConfiguration that routes pods to the webhook.
+pub const WEBHOOK_CONFIGURATION_NAME: &str = "ferry-sidecar-injector";
+
+/// The broker's URL as sidecars reach it through its Service, and the
+/// default `iss` of the JWTs it mints.
+pub const DEFAULT_BROKER_URL: &str = "https://ferry-broker.ferry-system.svc:8443";
 
 /// Pod label that opts a pod into injection (the webhook's objectSelector).
 pub const INJECT_LABEL: &str = "ferry.dev/inject";
@@ -79,4 +125,19 @@ pub mod env {
     /// Seconds `run`/`init` may take to write every secret before giving up
     /// (optional; the sidecar's default applies when unset).
     pub const STARTUP_TIMEOUT_SECONDS: &str = "FERRY_STARTUP_TIMEOUT_SECONDS";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_version_is_group_and_version() {
+        assert_eq!(GROUP_VERSION, format!("{API_GROUP}/{API_VERSION}"));
+    }
+
+    #[test]
+    fn the_default_broker_url_is_the_broker_service_in_the_default_namespace() {
+        assert!(DEFAULT_BROKER_URL.contains(&format!("{BROKER_MANAGER}.{DEFAULT_NAMESPACE}.svc")));
+    }
 }
