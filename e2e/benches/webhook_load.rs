@@ -18,12 +18,12 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use ferry_api::resources::Grant;
 use ferry_e2e::https_client::{HttpsClient, send};
 use ferry_e2e::{
     Cluster, KillOnDrop, bench_setting, free_port, http_get, install_crds, percentile,
     wait_admin_ready, workspace_binary,
 };
-use ferry_operator::resources::Grant;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, PostParams};

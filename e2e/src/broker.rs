@@ -5,13 +5,13 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use ferry_api::resources::JwtAlgorithm;
 use ferry_contract::DEFAULT_BROKER_AUDIENCE;
 use ferry_operator::admin::Readiness;
 use ferry_operator::broker::lease_id::LeaseKeys;
 use ferry_operator::broker::providers::jwt::{JwtProvider, SigningKeys, generate_key};
 use ferry_operator::broker::server::{BrokerOptions, default_rate_limit, serve};
 use ferry_operator::https::ReloadingCertificate;
-use ferry_operator::resources::JwtAlgorithm;
 
 use crate::background::{Background, bind_loopback, wait_ready};
 use crate::https_client::HttpsClient;

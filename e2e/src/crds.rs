@@ -21,7 +21,7 @@ const ESTABLISH_DEADLINE: Duration = Duration::from_secs(60);
 pub async fn install_crds(client: &Client) -> Result<(), HarnessError> {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     let apply = PatchParams::apply(FIELD_MANAGER).force();
-    let crds = ferry_operator::crds();
+    let crds = ferry_api::crds();
     for crd in &crds {
         api.patch(&crd.name_any(), &apply, &Patch::Apply(crd))
             .await?;

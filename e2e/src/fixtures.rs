@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use ferry_operator::resources::{AccessPolicy, BrokeredSecret, Grant};
+use ferry_api::resources::{AccessPolicy, BrokeredSecret, Grant};
 use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::{Value, json};

@@ -5,9 +5,9 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::path::Path;
 
+use ferry_api::resources::Grant;
 use ferry_contract::SECRETS_VOLUME_NAME;
 use ferry_e2e::{Cluster, NODE_NAME, Postgres, Stack, postgres_bin_dir};
-use ferry_operator::resources::Grant;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, ListParams, PostParams};
 

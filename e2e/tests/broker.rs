@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use base64::Engine as _;
+use ferry_api::resources::{Grant, JwtAlgorithm};
 use ferry_contract::DEFAULT_BROKER_AUDIENCE;
 use ferry_e2e::https_client::{HttpsClient, HttpsReply};
 use ferry_e2e::{
@@ -17,7 +18,6 @@ use ferry_e2e::{
 use ferry_operator::broker::jwt_keys::parse_rotation_period;
 use ferry_operator::broker::lease_id::LeaseKeys;
 use ferry_operator::broker::server::refresh_jwt_keys;
-use ferry_operator::resources::{Grant, JwtAlgorithm};
 use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
 use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams};
@@ -90,7 +90,7 @@ async fn scenario(prefix: &str) -> (Client, String, String) {
             json!({"postgres": {"connectionSecretRef": {"name": "db-admin"}}}),
         ),
     ] {
-        create_object::<ferry_operator::resources::BrokeredSecret>(
+        create_object::<ferry_api::resources::BrokeredSecret>(
             &client,
             &secrets,
             json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "BrokeredSecret",
@@ -99,7 +99,7 @@ async fn scenario(prefix: &str) -> (Client, String, String) {
         .await
         .unwrap();
     }
-    create_object::<ferry_operator::resources::AccessPolicy>(
+    create_object::<ferry_api::resources::AccessPolicy>(
         &client,
         &secrets,
         json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "AccessPolicy",
@@ -410,7 +410,7 @@ async fn renewal_is_refused_once_the_policy_is_removed() {
         .unwrap()
         .to_owned();
 
-    Api::<ferry_operator::resources::AccessPolicy>::namespaced(client.clone(), &secrets)
+    Api::<ferry_api::resources::AccessPolicy>::namespaced(client.clone(), &secrets)
         .delete("checkout", &DeleteParams::default())
         .await
         .unwrap();
@@ -525,7 +525,7 @@ async fn broker_does_its_job_with_exactly_its_documented_rbac() {
     )
     .await
     .unwrap();
-    create_object::<ferry_operator::resources::BrokeredSecret>(
+    create_object::<ferry_api::resources::BrokeredSecret>(
         &client,
         &owner,
         json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "BrokeredSecret",
@@ -689,7 +689,7 @@ async fn a_jwt_lease_verifies_against_the_jwks_with_the_right_claims() {
 #[tokio::test]
 async fn an_eddsa_jwt_lease_verifies_against_the_jwks() {
     let (client, secrets, app) = scenario("eddsa").await;
-    create_object::<ferry_operator::resources::BrokeredSecret>(
+    create_object::<ferry_api::resources::BrokeredSecret>(
         &client,
         &secrets,
         json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "BrokeredSecret",
@@ -698,7 +698,7 @@ async fn an_eddsa_jwt_lease_verifies_against_the_jwks() {
     )
     .await
     .unwrap();
-    create_object::<ferry_operator::resources::AccessPolicy>(
+    create_object::<ferry_api::resources::AccessPolicy>(
         &client,
         &secrets,
         json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "AccessPolicy",

@@ -9,6 +9,7 @@
 use std::time::Duration;
 
 use base64::Engine as _;
+use ferry_api::resources::BrokeredSecret;
 use ferry_contract::DEFAULT_BROKER_AUDIENCE;
 use ferry_e2e::https_client::HttpsClient;
 use ferry_e2e::{
@@ -16,7 +17,6 @@ use ferry_e2e::{
     create_brokered_secret, create_object, eventually, grant, install_crds, pod_bound_token,
 };
 use ferry_operator::broker::lease_id::LeaseKeys;
-use ferry_operator::resources::BrokeredSecret;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::Client;
 use kube::api::{Api, DeleteParams};

@@ -6,8 +6,8 @@
 
 use std::time::Duration;
 
+use ferry_api::resources::{AccessPolicy, BrokeredSecret, Grant, JwtAlgorithm};
 use ferry_e2e::{Cluster, eventually, install_crds};
-use ferry_operator::resources::{AccessPolicy, BrokeredSecret, Grant, JwtAlgorithm};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use kube::{Client, CustomResourceExt, Resource};

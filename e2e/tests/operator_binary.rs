@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use ferry_api::resources::{AccessPolicy, BrokeredSecret, Grant};
 use ferry_e2e::{Cluster, KillOnDrop, eventually, install_crds, workspace_binary};
-use ferry_operator::resources::{AccessPolicy, BrokeredSecret, Grant};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Client;

@@ -8,8 +8,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use ferry_api::resources::{AccessPolicy, BrokeredSecret, Grant};
 use ferry_e2e::{Cluster, RunningOperator, eventually, install_crds};
-use ferry_operator::resources::{AccessPolicy, BrokeredSecret, Grant};
 use kube::api::{Api, ListParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;

@@ -12,12 +12,12 @@
 use std::time::Duration;
 
 use base64::Engine as _;
+use ferry_api::resources::AccessPolicy;
 use ferry_contract::{READY_MARKER, SECRETS_VOLUME_NAME};
 use ferry_e2e::{
     Cluster, PodRun, Postgres, Stack, Subject, capture_logs, captured_logs, create_brokered_secret,
     create_object, eventually, grant,
 };
-use ferry_operator::resources::AccessPolicy;
 use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
 use kube::Client;
 use kube::api::{Api, DeleteParams, PostParams};

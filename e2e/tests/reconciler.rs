@@ -7,8 +7,8 @@
 
 use std::time::Duration;
 
+use ferry_api::resources::{AccessPolicy, BrokeredSecret, Grant};
 use ferry_e2e::{Cluster, RunningOperator, create_object, eventually, install_crds};
-use ferry_operator::resources::{AccessPolicy, BrokeredSecret, Grant};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};

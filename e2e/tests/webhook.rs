@@ -8,12 +8,12 @@
 
 use std::time::Duration;
 
+use ferry_api::resources::{AccessPolicy, BrokeredSecret, Grant};
 use ferry_contract as contract;
 use ferry_e2e::{
     Cluster, RunningOperator, RunningWebhook, create_object, eventually, install_crds,
     wait_webhook_active,
 };
-use ferry_operator::resources::{AccessPolicy, BrokeredSecret, Grant};
 use ferry_webhook::config::InjectionConfig;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, ServiceAccount};

@@ -7,8 +7,8 @@
 use std::collections::BTreeMap;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use ferry_operator::grants::{PolicyWorld, derive_grants};
-use ferry_operator::resources::{AccessPolicy, BrokeredSecret};
+use ferry_api::grants::{PolicyWorld, derive_grants};
+use ferry_api::resources::{AccessPolicy, BrokeredSecret};
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::jiff::Timestamp;
 use serde_json::json;

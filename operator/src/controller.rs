@@ -25,14 +25,12 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 
-use crate::broker::templates::{
-    JWT_VARIABLES, POSTGRES_VARIABLES, check_templates, check_variables,
-};
-use crate::grants::{PolicyWorld, derive_grants, next_expiry};
 use crate::metrics::OperatorMetrics;
-use crate::resources::{
+use ferry_api::grants::{PolicyWorld, derive_grants, next_expiry};
+use ferry_api::resources::{
     AccessPolicy, AccessPolicyStatus, BrokeredSecret, BrokeredSecretStatus, Grant,
 };
+use ferry_api::templates::{JWT_VARIABLES, POSTGRES_VARIABLES, check_templates, check_variables};
 
 /// Finalizer on AccessPolicies: their Grants live in other namespaces, where
 /// owner references cannot reach, so deletion is ours to do.

@@ -15,22 +15,8 @@ use kube::runtime::watcher::{self, Event};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::resources::{Grant, SecretReference};
-
-/// Answers whether a service account holds a Grant for a secret. The
-/// webhook's pure mutation takes this trait, so its tests can use a plain
-/// set while production uses [`GrantIndex`].
-pub trait GrantLookup {
-    /// Whether the service account `service_account` in `namespace` holds
-    /// a Grant for `secret` that is valid at `now`.
-    fn is_granted(
-        &self,
-        namespace: &str,
-        service_account: &str,
-        secret: &SecretReference,
-        now: Timestamp,
-    ) -> bool;
-}
+use ferry_api::grants::{GrantLookup, grant_is_valid_at};
+use ferry_api::resources::{Grant, SecretReference};
 
 /// (namespace, service account): who a Grant is for.
 type Subject = (String, String);
@@ -265,21 +251,12 @@ impl GrantLookup for GrantIndex {
     }
 }
 
-/// Whether `grant` has not passed its `validUntil` at `now`.
-pub fn grant_is_valid_at(grant: &Grant, now: Timestamp) -> bool {
-    grant
-        .spec
-        .valid_until
-        .as_ref()
-        .is_none_or(|until| until.0 > now)
-}
-
 #[cfg(test)]
 mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     use super::*;
-    use crate::resources::{GrantSpec, PolicyReference};
+    use ferry_api::resources::{GrantSpec, PolicyReference};
 
     fn grant(namespace: &str, name: &str, sa: &str, secret: (&str, &str)) -> Grant {
         Grant {

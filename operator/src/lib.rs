@@ -5,13 +5,8 @@ pub mod admin;
 pub mod broker;
 pub mod certificates;
 pub mod controller;
-pub mod duration;
 pub mod grant_index;
-pub mod grants;
 pub mod https;
 pub mod leader;
 pub mod lifecycle;
 pub mod metrics;
-pub mod resources;
-
-pub use resources::{crds, crds_yaml};

@@ -337,10 +337,10 @@ async fn broker(args: BrokerArgs) -> anyhow::Result<()> {
 fn print_crds(out_dir: Option<&std::path::Path>) -> anyhow::Result<()> {
     let Some(dir) = out_dir else {
         let mut out = std::io::stdout().lock();
-        out.write_all(ferry_operator::crds_yaml()?.as_bytes())?;
+        out.write_all(ferry_api::crds_yaml()?.as_bytes())?;
         return Ok(());
     };
-    let files = ferry_operator::resources::crd_files()?;
+    let files = ferry_api::resources::crd_files()?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     // A renamed or removed CRD must not linger in the directory.
     let ours = format!(".{}.yaml", ferry_contract::API_GROUP);

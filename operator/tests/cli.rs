@@ -64,7 +64,7 @@ fn crds_out_dir_writes_one_file_per_crd_and_removes_stale_ones() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     written.sort();
-    let mut expected: Vec<String> = ferry_operator::resources::crd_files()
+    let mut expected: Vec<String> = ferry_api::resources::crd_files()
         .unwrap()
         .into_iter()
         .map(|(name, yaml)| {

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use ferry_operator::grant_index::GrantLookup;
+use ferry_api::grants::GrantLookup;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::core::admission::{AdmissionRequest, AdmissionReview, Operation};

@@ -7,8 +7,8 @@
 use std::collections::HashMap;
 use std::fmt;
 
+use ferry_api::resources::SecretReference;
 use ferry_contract::{MOUNT_PATH_ANNOTATION, SECRETS_ANNOTATION};
-use ferry_operator::resources::SecretReference;
 
 /// The longest `ferry.dev/secrets` value accepted, in bytes.
 pub const MAX_SECRETS_ANNOTATION_BYTES: usize = 4096;

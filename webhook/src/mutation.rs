@@ -8,13 +8,13 @@
 
 use std::collections::BTreeMap;
 
+use ferry_api::grants::GrantLookup;
+use ferry_api::resources::SecretReference;
 use ferry_contract::{
     self as contract, INJECT_LABEL, MOUNT_PATH_ANNOTATION, SECRETS_ANNOTATION, SECRETS_VOLUME_NAME,
     SIDECAR_COMMAND, SIDECAR_CONTAINER_NAME, SIDECAR_PROBE_ARG, SIDECAR_RUN_ARG, STATUS_ANNOTATION,
     TOKEN_FILE_NAME, TOKEN_MOUNT_PATH, TOKEN_VOLUME_NAME,
 };
-use ferry_operator::grant_index::GrantLookup;
-use ferry_operator::resources::SecretReference;
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation};
 use k8s_openapi::api::core::v1::{

@@ -7,12 +7,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use ferry_api::resources::Grant;
 use ferry_operator::admin::{AdminState, Readiness};
 use ferry_operator::grant_index::GrantIndex;
 use ferry_operator::https::{
     self, ReloadingCertificate, ServedPorts, TlsError, json_error, rejection_reply,
 };
-use ferry_operator::resources::Grant;
 use k8s_openapi::jiff::Timestamp;
 use prometheus::Registry;
 use tokio::net::TcpListener;

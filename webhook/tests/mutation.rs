@@ -3,9 +3,9 @@
 
 use std::collections::HashSet;
 
+use ferry_api::grants::GrantLookup;
+use ferry_api::resources::SecretReference;
 use ferry_contract as contract;
-use ferry_operator::grant_index::GrantLookup;
-use ferry_operator::resources::SecretReference;
 use ferry_webhook::config::{InjectionConfig, MissingGrant};
 use ferry_webhook::mutation::{Injection, Refusal, Untouched, inject_sidecar};
 use k8s_openapi::api::core::v1::{Container, Pod};

@@ -28,8 +28,8 @@ use zeroize::Zeroizing;
 
 use super::providers::ProviderError;
 use super::providers::jwt::{SigningKeys, jose_name};
-use crate::duration::{DurationError, parse_duration};
-use crate::resources::JwtAlgorithm;
+use ferry_api::duration::{DurationError, parse_duration};
+use ferry_api::resources::JwtAlgorithm;
 
 /// The default rotation period.
 pub const DEFAULT_ROTATION_PERIOD: &str = "30d";

@@ -45,7 +45,7 @@ use crate::grant_index::GrantIndex;
 use crate::https::{
     self, ReloadingCertificate, ServedPorts, TlsError, json_error, rejection_reply,
 };
-use crate::resources::{BrokeredSecret, Grant};
+use ferry_api::resources::{BrokeredSecret, Grant};
 
 /// The largest request body accepted.
 pub const MAX_BODY_BYTES: u64 = 64 * 1024;

@@ -22,12 +22,12 @@ use super::providers::jwt::JwtProvider;
 use super::providers::kubernetes_secret::KubernetesSecretProvider;
 use super::providers::postgres::PostgresProvider;
 use super::providers::{IssueRequest, Issued, Provider, ProviderError, ReapContext, Reaped};
-use super::templates::{
-    POSTGRES_VARIABLES, TemplateError, Variables, check_variables, render_files,
-};
+use super::templates::{Variables, render_files};
 use super::terms::{TermsError, lease_terms};
-use crate::grant_index::{GrantIndex, grant_is_valid_at};
-use crate::resources::{BrokeredSecret, Grant, SecretReference};
+use crate::grant_index::GrantIndex;
+use ferry_api::grants::grant_is_valid_at;
+use ferry_api::resources::{BrokeredSecret, Grant, SecretReference};
+use ferry_api::templates::{POSTGRES_VARIABLES, TemplateError, check_variables};
 
 /// The most secrets one request may ask for.
 pub const MAX_SECRETS_PER_REQUEST: usize = 32;

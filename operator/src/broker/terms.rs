@@ -7,8 +7,8 @@ use std::time::Duration;
 use ferry_contract::wire::SecretRequest;
 use k8s_openapi::jiff::Timestamp;
 
-use crate::duration::{format_duration, parse_duration};
-use crate::resources::{BrokeredSecretSpec, GrantSpec};
+use ferry_api::duration::{format_duration, parse_duration};
+use ferry_api::resources::{BrokeredSecretSpec, GrantSpec};
 
 /// What one lease may be.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -22,7 +22,7 @@ use zeroize::Zeroizing;
 
 use super::{IssueRequest, Issued, Provider, ProviderError};
 use crate::broker::lease_id::LeaseClaims;
-use crate::resources::JwtAlgorithm;
+use ferry_api::resources::JwtAlgorithm;
 
 /// The file a JWT lease writes.
 pub const TOKEN_FILE: &str = "token";
@@ -400,7 +400,7 @@ impl Provider for JwtProvider {
 
     async fn revoke(
         &self,
-        _secret: Option<&crate::resources::BrokeredSecret>,
+        _secret: Option<&ferry_api::resources::BrokeredSecret>,
         _lease: &LeaseClaims,
     ) -> Result<(), ProviderError> {
         // Nothing to take back: the token expires by itself, within its ttl.
@@ -418,7 +418,7 @@ mod tests {
     use super::*;
     use crate::broker::auth::PodIdentity;
     use crate::broker::terms::LeaseTerms;
-    use crate::resources::{BrokeredSecret, BrokeredSecretSpec, JwtSource, SecretSource};
+    use ferry_api::resources::{BrokeredSecret, BrokeredSecretSpec, JwtSource, SecretSource};
 
     fn keys_for_both(published: usize) -> SigningKeys {
         let mut keys = SigningKeys::new();

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use super::secret_reader::SecretReader;
 use super::{IssueRequest, Issued, Provider, ProviderError};
 use crate::broker::lease_id::LeaseClaims;
-use crate::resources::BrokeredSecret;
+use ferry_api::resources::BrokeredSecret;
 
 /// The `kubernetesSecret` provider.
 pub struct KubernetesSecretProvider {

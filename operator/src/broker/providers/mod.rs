@@ -14,17 +14,14 @@ use std::future::Future;
 use std::sync::Arc;
 
 use k8s_openapi::jiff::Timestamp;
-use zeroize::Zeroizing;
 
 use super::auth::PodIdentity;
 use super::lease_id::LeaseClaims;
 use super::pods::PodPresence;
 use super::terms::LeaseTerms;
-use crate::resources::BrokeredSecret;
+use ferry_api::resources::BrokeredSecret;
 
-/// A credential's files: name to content. The content is wiped from memory
-/// when dropped.
-pub type Files = BTreeMap<String, Zeroizing<Vec<u8>>>;
+pub use ferry_api::files::Files;
 
 /// What a provider issued.
 pub struct Issued {

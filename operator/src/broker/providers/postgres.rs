@@ -34,7 +34,7 @@ use super::secret_reader::SecretReader;
 use super::{Files, IssueRequest, Issued, Provider, ProviderError, ReapContext, Reaped};
 use crate::broker::lease_id::LeaseClaims;
 use crate::broker::pods::PodPresence;
-use crate::resources::{BrokeredSecret, SecretKeyRef};
+use ferry_api::resources::{BrokeredSecret, SecretKeyRef};
 
 /// Every role ferry creates starts with this; the reaper looks at no other.
 pub const ROLE_PREFIX: &str = "ferry_";

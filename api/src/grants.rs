@@ -5,6 +5,9 @@
 //! Each Grant traces to exactly one policy; permissions are never merged
 //! across policies. A policy can only narrow a secret (maxTtl, audience,
 //! scopes), and only grant secrets of its own namespace.
+//!
+//! Also the question the webhook and the broker ask of Grants
+//! ([`GrantLookup`]), and when a Grant counts ([`grant_is_valid_at`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -278,6 +281,30 @@ pub fn grant_name(spec: &GrantSpec) -> String {
     let hash: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
     let prefix = full[..236].trim_end_matches(['.', '-']);
     format!("{prefix}-{hash}")
+}
+
+/// Answers whether a service account holds a Grant for a secret. The
+/// webhook's pure mutation takes this trait, so its tests can use a plain
+/// set while production uses the runtime's Grant index.
+pub trait GrantLookup {
+    /// Whether the service account `service_account` in `namespace` holds
+    /// a Grant for `secret` that is valid at `now`.
+    fn is_granted(
+        &self,
+        namespace: &str,
+        service_account: &str,
+        secret: &SecretReference,
+        now: Timestamp,
+    ) -> bool;
+}
+
+/// Whether `grant` has not passed its `validUntil` at `now`.
+pub fn grant_is_valid_at(grant: &Grant, now: Timestamp) -> bool {
+    grant
+        .spec
+        .valid_until
+        .as_ref()
+        .is_none_or(|until| until.0 > now)
 }
 
 /// When a policy's grants change next by the clock alone: its validUntil,

@@ -108,6 +108,50 @@ pub struct SecretSource {
     pub jwt: Option<JwtSource>,
 }
 
+/// The kind of a BrokeredSecret's source: which provider serves it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SourceKind {
+    /// `postgres`: a dynamic role per lease.
+    Postgres,
+    /// `kubernetesSecret`: a copy of a Secret.
+    KubernetesSecret,
+    /// `jwt`: a token minted by the broker.
+    Jwt,
+}
+
+impl SourceKind {
+    /// The field name in `spec.source`, as status and metrics show it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Postgres => "postgres",
+            Self::KubernetesSecret => "kubernetesSecret",
+            Self::Jwt => "jwt",
+        }
+    }
+}
+
+impl std::fmt::Display for SourceKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl SecretSource {
+    /// Which source is set; `None` when none is (the schema refuses that,
+    /// but an object stored before a schema change could still say so).
+    pub fn kind(&self) -> Option<SourceKind> {
+        if self.postgres.is_some() {
+            Some(SourceKind::Postgres)
+        } else if self.kubernetes_secret.is_some() {
+            Some(SourceKind::KubernetesSecret)
+        } else if self.jwt.is_some() {
+            Some(SourceKind::Jwt)
+        } else {
+            None
+        }
+    }
+}
+
 /// Issues one PostgreSQL role per pod lease.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
