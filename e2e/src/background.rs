@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use ferry_operator::admin::Readiness;
+use ferry_runtime::admin::Readiness;
 
 use tokio_util::sync::CancellationToken;
 

@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use ferry_api::resources::JwtAlgorithm;
 use ferry_contract::DEFAULT_BROKER_AUDIENCE;
-use ferry_operator::admin::Readiness;
 use ferry_operator::broker::lease_id::LeaseKeys;
 use ferry_operator::broker::providers::jwt::{JwtProvider, SigningKeys, generate_key};
 use ferry_operator::broker::server::{BrokerOptions, default_rate_limit, serve};
-use ferry_operator::https::ReloadingCertificate;
+use ferry_runtime::admin::Readiness;
+use ferry_runtime::https::ReloadingCertificate;
 
 use crate::background::{Background, bind_loopback, wait_ready};
 use crate::https_client::HttpsClient;
@@ -122,7 +122,7 @@ impl RunningBroker {
 
     /// The broker's metrics, rendered in the Prometheus text format.
     pub fn metrics_text(&self) -> String {
-        ferry_operator::admin::render_metrics(&self.registry).unwrap_or_default()
+        ferry_runtime::admin::render_metrics(&self.registry).unwrap_or_default()
     }
 
     /// Stops the broker and waits for it to drain.

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use crate::background::{Background, bind_loopback, wait_ready};
 use crate::{Cluster, HarnessError};
 use ferry_contract::WEBHOOK_CONFIGURATION_NAME;
-use ferry_operator::admin::Readiness;
-use ferry_operator::https::ReloadingCertificate;
+use ferry_runtime::admin::Readiness;
+use ferry_runtime::https::ReloadingCertificate;
 use ferry_webhook::config::InjectionConfig;
 use ferry_webhook::configuration::{WebhookEndpoint, mutating_webhook_configuration};
 use ferry_webhook::server::{ServeOptions, serve};
@@ -116,7 +116,7 @@ impl RunningWebhook {
 
     /// The webhook's metrics, rendered in the Prometheus text format.
     pub fn metrics_text(&self) -> String {
-        ferry_operator::admin::render_metrics(&self.registry).unwrap_or_default()
+        ferry_runtime::admin::render_metrics(&self.registry).unwrap_or_default()
     }
 
     /// Registers this webhook with the apiserver (server-side apply of the

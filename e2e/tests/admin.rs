@@ -7,8 +7,8 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 
 use ferry_e2e::http_get;
-use ferry_operator::admin::{AdminState, Readiness, bind_admin, serve_admin};
 use ferry_operator::metrics::OperatorMetrics;
+use ferry_runtime::admin::{AdminState, Readiness, bind_admin, serve_admin};
 use prometheus::Registry;
 use tokio_util::sync::CancellationToken;
 

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use ferry_e2e::{Cluster, eventually};
-use ferry_operator::leader::{LeaderConfig, LeaderElector, LeaderGuard, default_identity};
+use ferry_runtime::leader::{LeaderConfig, LeaderElector, LeaderGuard, default_identity};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::Client;

@@ -268,7 +268,7 @@ async fn drive<K>(
                     .rsplit("::")
                     .next()
                     .unwrap_or("object");
-                crate::lifecycle::log_watch_error(kind, &error);
+                ferry_runtime::lifecycle::log_watch_error(kind, &error);
             }
         }
     }

@@ -1,12 +1,7 @@
 //! ferry's operator library: the custom resource types, the reconciler that
 //! derives Grants, and the broker that issues short-lived credentials.
 
-pub mod admin;
 pub mod broker;
 pub mod certificates;
 pub mod controller;
-pub mod grant_index;
-pub mod https;
-pub mod leader;
-pub mod lifecycle;
 pub mod metrics;

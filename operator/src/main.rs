@@ -7,11 +7,11 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use ferry_operator::admin::{self, AdminState, Readiness};
-use ferry_operator::leader::{self, LeaderConfig, LeaderElector};
-use ferry_operator::lifecycle::{LogFormat, cancel_on_signal, init_tracing};
 use ferry_operator::metrics::OperatorMetrics;
 use ferry_operator::{certificates, controller};
+use ferry_runtime::admin::{self, AdminState, Readiness};
+use ferry_runtime::leader::{self, LeaderConfig, LeaderElector};
+use ferry_runtime::lifecycle::{LogFormat, cancel_on_signal, init_tracing};
 use tokio_util::sync::CancellationToken;
 
 /// Command-line interface of the operator.
@@ -280,7 +280,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 /// Serves the broker until SIGTERM, then drains and exits.
 async fn broker(args: BrokerArgs) -> anyhow::Result<()> {
     use ferry_operator::broker::server::{self, BrokerOptions};
-    use ferry_operator::https::{self, ReloadingCertificate};
+    use ferry_runtime::https::{self, ReloadingCertificate};
     init_tracing(args.log_format);
     let certificate = ReloadingCertificate::load(&args.tls_cert, &args.tls_key)?;
     let client = kube::Client::try_default()

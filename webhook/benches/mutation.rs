@@ -6,7 +6,7 @@
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use ferry_api::resources::Grant;
-use ferry_operator::grant_index::GrantIndex;
+use ferry_runtime::grant_index::GrantIndex;
 use ferry_webhook::admission::review_pod_admission;
 use ferry_webhook::config::InjectionConfig;
 use ferry_webhook::mutation::{Injection, inject_sidecar};

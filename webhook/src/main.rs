@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use ferry_operator::https::{self, ReloadingCertificate};
-use ferry_operator::lifecycle::{LogFormat, cancel_on_signal, init_tracing};
+use ferry_runtime::https::{self, ReloadingCertificate};
+use ferry_runtime::lifecycle::{LogFormat, cancel_on_signal, init_tracing};
 use ferry_webhook::config::{InjectionConfig, MissingGrant};
 use ferry_webhook::configuration::{WebhookEndpoint, mutating_webhook_configuration_yaml};
 use ferry_webhook::server::{self, ServeOptions};
@@ -179,7 +179,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .await
         .context("connecting to the Kubernetes API")?;
     let listener = https::bind(&args.listen_addr).await?;
-    let admin_listener = ferry_operator::admin::bind_admin(&args.admin_addr).await?;
+    let admin_listener = ferry_runtime::admin::bind_admin(&args.admin_addr).await?;
 
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
@@ -191,7 +191,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             certificate,
             reload_interval: Duration::from_secs(args.tls_reload_seconds.max(1)),
             config,
-            readiness: ferry_operator::admin::Readiness::not_ready("starting"),
+            readiness: ferry_runtime::admin::Readiness::not_ready("starting"),
         },
         prometheus::Registry::new(),
         shutdown,

@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ferry_api::resources::Grant;
-use ferry_operator::admin::{AdminState, Readiness};
-use ferry_operator::grant_index::GrantIndex;
-use ferry_operator::https::{
+use ferry_runtime::admin::{AdminState, Readiness};
+use ferry_runtime::grant_index::GrantIndex;
+use ferry_runtime::https::{
     self, ReloadingCertificate, ServedPorts, TlsError, json_error, rejection_reply,
 };
 use k8s_openapi::jiff::Timestamp;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use base64::Engine as _;
 use ferry_api::resources::{Grant, GrantSpec, PolicyReference, SecretReference};
 use ferry_contract as contract;
-use ferry_operator::grant_index::GrantIndex;
+use ferry_runtime::grant_index::GrantIndex;
 use ferry_webhook::config::InjectionConfig;
 use ferry_webhook::metrics::WebhookMetrics;
 use ferry_webhook::server::{MAX_BODY_BYTES, WebhookState, mutate_route};

@@ -4,7 +4,7 @@
 //! many corrupted variants of a real AdmissionReview, and random
 //! annotation values.
 
-use ferry_operator::grant_index::GrantIndex;
+use ferry_runtime::grant_index::GrantIndex;
 use ferry_webhook::admission::review_pod_admission;
 use ferry_webhook::annotations::{parse_secrets_annotation, validate_mount_path};
 use ferry_webhook::config::InjectionConfig;

@@ -163,7 +163,7 @@ impl PodIndex {
             };
             match event {
                 None => return,
-                Some(Err(error)) => crate::lifecycle::log_watch_error("pod", &error),
+                Some(Err(error)) => ferry_runtime::lifecycle::log_watch_error("pod", &error),
                 Some(Ok(Event::Init)) => relist = Some(HashMap::new()),
                 Some(Ok(Event::InitApply(pod))) => match relist.as_mut() {
                     Some(pods) => pods.extend(state(&pod)),

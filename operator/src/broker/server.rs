@@ -40,12 +40,12 @@ use super::providers::kubernetes_secret::KubernetesSecretProvider;
 use super::providers::postgres::PostgresProvider;
 use super::providers::secret_reader::SecretReader;
 use super::service::{Broker, BrokerError, audit_refused};
-use crate::admin::{AdminState, Readiness};
-use crate::grant_index::GrantIndex;
-use crate::https::{
+use ferry_api::resources::{BrokeredSecret, Grant};
+use ferry_runtime::admin::{AdminState, Readiness};
+use ferry_runtime::grant_index::GrantIndex;
+use ferry_runtime::https::{
     self, ReloadingCertificate, ServedPorts, TlsError, json_error, rejection_reply,
 };
-use ferry_api::resources::{BrokeredSecret, Grant};
 
 /// The largest request body accepted.
 pub const MAX_BODY_BYTES: u64 = 64 * 1024;
@@ -559,7 +559,7 @@ pub async fn serve(
                     () = shutdown.cancelled() => return,
                     event = stream.next() => match event {
                         None => return,
-                        Some(Err(error)) => crate::lifecycle::log_watch_error("BrokeredSecret", &error),
+                        Some(Err(error)) => ferry_runtime::lifecycle::log_watch_error("BrokeredSecret", &error),
                         Some(Ok(_)) => {}
                     },
                 }

@@ -24,10 +24,10 @@ use super::providers::postgres::PostgresProvider;
 use super::providers::{IssueRequest, Issued, Provider, ProviderError, ReapContext, Reaped};
 use super::templates::{Variables, render_files};
 use super::terms::{TermsError, lease_terms};
-use crate::grant_index::GrantIndex;
 use ferry_api::grants::grant_is_valid_at;
 use ferry_api::resources::{BrokeredSecret, Grant, SecretReference};
 use ferry_api::templates::{POSTGRES_VARIABLES, TemplateError, check_variables};
+use ferry_runtime::grant_index::GrantIndex;
 
 /// The most secrets one request may ask for.
 pub const MAX_SECRETS_PER_REQUEST: usize = 32;
