@@ -14,12 +14,12 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use ferry_broker::lease_id::LeaseKeys;
 use ferry_contract::{DEFAULT_BROKER_AUDIENCE, READY_MARKER, env};
 use ferry_e2e::{
     Cluster, KillOnDrop, RunningBroker, bench_setting, bench_tenant, install_crds, percentile,
     pod_bound_token, workspace_binary,
 };
-use ferry_operator::broker::lease_id::LeaseKeys;
 use serde_json::json;
 
 fn rss_kib(pid: u32) -> u64 {

@@ -6,10 +6,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use ferry_api::resources::JwtAlgorithm;
+use ferry_broker::lease_id::LeaseKeys;
+use ferry_broker::providers::jwt::{JwtProvider, SigningKeys, generate_key};
+use ferry_broker::server::{BrokerOptions, default_rate_limit, serve};
 use ferry_contract::DEFAULT_BROKER_AUDIENCE;
-use ferry_operator::broker::lease_id::LeaseKeys;
-use ferry_operator::broker::providers::jwt::{JwtProvider, SigningKeys, generate_key};
-use ferry_operator::broker::server::{BrokerOptions, default_rate_limit, serve};
 use ferry_runtime::admin::Readiness;
 use ferry_runtime::https::ReloadingCertificate;
 

@@ -5,7 +5,7 @@
 
 use std::sync::{Mutex, PoisonError};
 
-use ferry_operator::broker::lease_id::{LeaseKeys, generate_lease_key};
+use ferry_broker::lease_id::{LeaseKeys, generate_lease_key};
 use ferry_webhook::config::InjectionConfig;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, PostParams};

@@ -9,15 +9,15 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use ferry_api::resources::{Grant, JwtAlgorithm};
+use ferry_broker::jwt_keys::parse_rotation_period;
+use ferry_broker::lease_id::LeaseKeys;
+use ferry_broker::server::refresh_jwt_keys;
 use ferry_contract::DEFAULT_BROKER_AUDIENCE;
 use ferry_e2e::https_client::{HttpsClient, HttpsReply};
 use ferry_e2e::{
     Cluster, RunningBroker, RunningOperator, capture_logs, captured_logs, create_object,
     eventually, install_crds, pod_bound_token,
 };
-use ferry_operator::broker::jwt_keys::parse_rotation_period;
-use ferry_operator::broker::lease_id::LeaseKeys;
-use ferry_operator::broker::server::refresh_jwt_keys;
 use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
 use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams};
@@ -480,7 +480,7 @@ async fn broker_does_its_job_with_exactly_its_documented_rbac() {
         "system:serviceaccounts:ferry-system".into(),
     ]);
     let broker_client = Client::try_from(as_broker.clone()).unwrap();
-    let keys = ferry_operator::broker::server::load_or_create_lease_keys(
+    let keys = ferry_broker::server::load_or_create_lease_keys(
         &broker_client,
         "ferry-system",
         "ferry-broker-lease-key",
@@ -511,7 +511,7 @@ async fn broker_does_its_job_with_exactly_its_documented_rbac() {
         &cluster,
         as_broker,
         keys,
-        ferry_operator::broker::server::default_rate_limit(),
+        ferry_broker::server::default_rate_limit(),
     )
     .unwrap();
     let https = broker.client().unwrap();
@@ -760,7 +760,7 @@ async fn replicas_racing_to_rotate_the_jwt_keys_rotate_once() {
     let client = cluster.client().unwrap();
     let ns = cluster.create_namespace("jwt-rotation").await.unwrap();
     let period = parse_rotation_period("30d").unwrap();
-    let kids = |keys: &ferry_operator::broker::jwt_keys::StoredJwtKeys| -> Vec<String> {
+    let kids = |keys: &ferry_broker::jwt_keys::StoredJwtKeys| -> Vec<String> {
         keys.signing_keys()
             .unwrap()
             .kids()

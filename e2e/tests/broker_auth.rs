@@ -8,10 +8,10 @@
 
 use std::time::Duration;
 
+use ferry_broker::auth::{AuthError, Authenticator, CacheLimits, CacheUse};
+use ferry_broker::pods::PodIndex;
 use ferry_contract::DEFAULT_BROKER_AUDIENCE;
 use ferry_e2e::{Cluster, create_object, eventually, pod_bound_token};
-use ferry_operator::broker::auth::{AuthError, Authenticator, CacheLimits, CacheUse};
-use ferry_operator::broker::pods::PodIndex;
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use kube::api::{Api, DeleteParams, PostParams};

@@ -9,12 +9,12 @@
 use std::time::Duration;
 
 use base64::Engine as _;
+use ferry_broker::lease_id::LeaseKeys;
 use ferry_contract::DEFAULT_BROKER_AUDIENCE;
 use ferry_e2e::{
     Cluster, Postgres, RunningBroker, RunningOperator, Subject, create_brokered_secret,
     create_object, eventually, grant, install_crds, pod_bound_token,
 };
-use ferry_operator::broker::lease_id::LeaseKeys;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, DeleteParams};
 use serde_json::{Value, json};

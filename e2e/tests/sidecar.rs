@@ -11,12 +11,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use ferry_broker::lease_id::LeaseKeys;
 use ferry_contract::{DEFAULT_BROKER_AUDIENCE, READY_MARKER, env};
 use ferry_e2e::{
     Cluster, KillOnDrop, RunningBroker, RunningOperator, Subject, create_brokered_secret,
     create_object, eventually, grant, install_crds, pod_bound_token, workspace_binary,
 };
-use ferry_operator::broker::lease_id::LeaseKeys;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;

@@ -177,8 +177,8 @@ struct BrokerArgs {
     #[arg(
         long,
         env = "FERRY_JWT_ROTATION_PERIOD",
-        default_value = ferry_operator::broker::jwt_keys::DEFAULT_ROTATION_PERIOD,
-        value_parser = ferry_operator::broker::jwt_keys::parse_rotation_period
+        default_value = ferry_broker::jwt_keys::DEFAULT_ROTATION_PERIOD,
+        value_parser = ferry_broker::jwt_keys::parse_rotation_period
     )]
     jwt_rotation_period: std::time::Duration,
     /// Requests a second each service account may make (all its pods together).
@@ -279,7 +279,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 
 /// Serves the broker until SIGTERM, then drains and exits.
 async fn broker(args: BrokerArgs) -> anyhow::Result<()> {
-    use ferry_operator::broker::server::{self, BrokerOptions};
+    use ferry_broker::server::{self, BrokerOptions};
     use ferry_runtime::https::{self, ReloadingCertificate};
     init_tracing(args.log_format);
     let certificate = ReloadingCertificate::load(&args.tls_cert, &args.tls_key)?;

@@ -32,8 +32,8 @@ use zeroize::Zeroizing;
 
 use super::secret_reader::SecretReader;
 use super::{Files, IssueRequest, Issued, Provider, ProviderError, ReapContext, Reaped};
-use crate::broker::lease_id::LeaseClaims;
-use crate::broker::pods::PodPresence;
+use crate::lease_id::LeaseClaims;
+use crate::pods::PodPresence;
 use ferry_api::resources::{BrokeredSecret, SecretKeyRef};
 
 /// Every role ferry creates starts with this; the reaper looks at no other.

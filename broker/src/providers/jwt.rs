@@ -1,6 +1,6 @@
 //! `jwt`: mints a short-lived JWT for the pod, ES256 by default or EdDSA
 //! (Ed25519) as the BrokeredSecret's `algorithm` says, signed by a key the
-//! broker keeps in a Kubernetes Secret (see [`crate::broker::jwt_keys`]).
+//! broker keeps in a Kubernetes Secret (see [`crate::jwt_keys`]).
 //! Claims: `iss`, `sub` (`system:serviceaccount:<ns>:<name>`), `aud` (the
 //! Grant's audiences, or fewer), `scope`, `iat`, `nbf`, `exp` (at the
 //! lease's expiry), `jti`, `pod_uid`, and the secret's own extra claims.
@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use super::{IssueRequest, Issued, Provider, ProviderError};
-use crate::broker::lease_id::LeaseClaims;
+use crate::lease_id::LeaseClaims;
 use ferry_api::resources::JwtAlgorithm;
 
 /// The file a JWT lease writes.
@@ -416,8 +416,8 @@ mod tests {
     use k8s_openapi::jiff::Timestamp;
 
     use super::*;
-    use crate::broker::auth::PodIdentity;
-    use crate::broker::terms::LeaseTerms;
+    use crate::auth::PodIdentity;
+    use crate::terms::LeaseTerms;
     use ferry_api::resources::{BrokeredSecret, BrokeredSecretSpec, JwtSource, SecretSource};
 
     fn keys_for_both(published: usize) -> SigningKeys {

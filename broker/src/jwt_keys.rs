@@ -1,6 +1,6 @@
 //! The JWT signing keys as the broker keeps them in its Secret, and their
 //! rotation, as pure functions over the Secret's data (the I/O is in
-//! [`crate::broker::server`]).
+//! [`crate::server`]).
 //!
 //! For each algorithm the Secret holds three PKCS#8 keys, each with its
 //! creation time (RFC 3339) under `<slot>-created`:

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use super::secret_reader::SecretReader;
 use super::{IssueRequest, Issued, Provider, ProviderError};
-use crate::broker::lease_id::LeaseClaims;
+use crate::lease_id::LeaseClaims;
 use ferry_api::resources::BrokeredSecret;
 
 /// The `kubernetesSecret` provider.
