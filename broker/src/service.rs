@@ -25,7 +25,7 @@ use super::providers::{IssueRequest, Issued, Provider, ProviderError, ReapContex
 use super::templates::{Variables, render_files};
 use super::terms::{TermsError, lease_terms};
 use ferry_api::grants::grant_is_valid_at;
-use ferry_api::resources::{BrokeredSecret, Grant, SecretReference};
+use ferry_api::resources::{BrokeredSecret, Grant, SecretReference, SourceKind};
 use ferry_api::templates::{POSTGRES_VARIABLES, TemplateError, check_variables};
 use ferry_runtime::grant_index::GrantIndex;
 
@@ -251,7 +251,7 @@ impl Broker {
             .provide(&secret, request, None)
             .await?
             .ok_or_else(|| BrokerError::Unavailable("the provider issued nothing".into()))?;
-        let is_jwt = secret.spec.source.jwt.is_some();
+        let is_jwt = secret.spec.source.kind() == Some(SourceKind::Jwt);
         let claims = LeaseClaims {
             version: CLAIMS_VERSION,
             secret_namespace: asked.namespace.clone(),
@@ -326,19 +326,19 @@ impl Broker {
                 .map(|issued| render(request.secret, issued))
                 .transpose()
         }
-        let source = &secret.spec.source;
-        if source.kubernetes_secret.is_some() {
-            call(self, &self.kubernetes_secret, request, renewing).await
-        } else if source.jwt.is_some() {
-            call(self, &self.jwt, request, renewing).await
-        } else if source.postgres.is_some() {
-            // A role is created before its templates render: refuse
-            // templates that cannot render first, so no role is left over.
-            check_variables(&secret.spec.files, &POSTGRES_VARIABLES)
-                .map_err(|error| template_error(secret, &error))?;
-            call(self, &self.postgres, request, renewing).await
-        } else {
-            Err(unsupported(secret))
+        match secret.spec.source.kind() {
+            Some(SourceKind::KubernetesSecret) => {
+                call(self, &self.kubernetes_secret, request, renewing).await
+            }
+            Some(SourceKind::Jwt) => call(self, &self.jwt, request, renewing).await,
+            Some(SourceKind::Postgres) => {
+                // A role is created before its templates render: refuse
+                // templates that cannot render first, so no role is left over.
+                check_variables(&secret.spec.files, &POSTGRES_VARIABLES)
+                    .map_err(|error| template_error(secret, &error))?;
+                call(self, &self.postgres, request, renewing).await
+            }
+            None => Err(unsupported(secret)),
         }
     }
 
@@ -502,15 +502,22 @@ impl Broker {
         let secret = self
             .secrets
             .get(&ObjectRef::new(&claims.secret_name).within(&claims.secret_namespace));
-        let source = secret.as_deref().map(|secret| &secret.spec.source);
+        let kind = secret
+            .as_deref()
+            .and_then(|secret| secret.spec.source.kind());
         // Only postgres leases carry a handle: a lease with one is a
         // postgres lease even when its BrokeredSecret is gone.
-        if source.is_some_and(|source| source.postgres.is_some()) || !claims.handle.is_empty() {
-            call(self, &self.postgres, secret.as_deref(), claims).await
-        } else if source.is_some_and(|source| source.jwt.is_some()) {
-            call(self, &self.jwt, secret.as_deref(), claims).await
-        } else {
-            call(self, &self.kubernetes_secret, secret.as_deref(), claims).await
+        match kind {
+            _ if !claims.handle.is_empty() => {
+                call(self, &self.postgres, secret.as_deref(), claims).await
+            }
+            Some(SourceKind::Postgres) => {
+                call(self, &self.postgres, secret.as_deref(), claims).await
+            }
+            Some(SourceKind::Jwt) => call(self, &self.jwt, secret.as_deref(), claims).await,
+            Some(SourceKind::KubernetesSecret) | None => {
+                call(self, &self.kubernetes_secret, secret.as_deref(), claims).await
+            }
         }
     }
 

@@ -562,7 +562,7 @@ pub fn is_plain_identifier(name: &str) -> bool {
 /// `name` as a quoted SQL identifier; refused unless plain.
 pub fn quote_identifier(name: &str) -> Result<String, ProviderError> {
     if is_plain_identifier(name) {
-        Ok(format!("\"{name}\""))
+        Ok(postgres_protocol::escape::escape_identifier(name))
     } else {
         Err(ProviderError::Invalid(format!(
             "{name:?} is not a plain PostgreSQL role name (lower-case letters, digits and _, \
@@ -571,9 +571,10 @@ pub fn quote_identifier(name: &str) -> Result<String, ProviderError> {
     }
 }
 
-/// `text` as a quoted SQL string literal (standard-conforming strings).
+/// `text` as a quoted SQL string literal, read the same whatever
+/// `standard_conforming_strings` says (libpq's quoting).
 pub fn quote_literal(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
+    postgres_protocol::escape::escape_literal(text)
 }
 
 /// `unix` seconds as a timestamp literal PostgreSQL reads unambiguously.
@@ -629,6 +630,11 @@ pub fn extend_role(
 
 /// A SCRAM-SHA-256 verifier for `password` (RFC 5802, 7677), in the form
 /// PostgreSQL stores: `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`.
+///
+/// postgres-protocol has one too, but it leaves the salted password (from
+/// which the verifier and a login follow) in memory unwiped and draws its
+/// own salt; this one wipes it and takes the broker's random source. A
+/// test checks that both compute the same verifier.
 pub fn scram_verifier(password: &[u8], salt: &[u8]) -> String {
     let mut salted = Zeroizing::new([0u8; 32]);
     let iterations =
@@ -867,6 +873,41 @@ mod tests {
         assert_ne!(verifier, scram_verifier(b"pencil", b"fedcba9876543210"));
         assert_ne!(verifier, scram_verifier(b"pen", b"0123456789abcdef"));
         assert!(!verifier.contains("pencil"));
+    }
+
+    #[test]
+    fn scram_verifiers_match_the_postgres_client_librarys() {
+        // postgres-protocol salts its own verifier at random: reuse its
+        // salt, and ours must come out byte for byte the same.
+        for password in [
+            "pencil",
+            "Zm9vYmFy+/=",
+            "a much longer password of 40 characters",
+        ] {
+            let theirs = postgres_protocol::password::scram_sha_256(password.as_bytes());
+            let salt = theirs
+                .split(['$', ':'])
+                .nth(2)
+                .and_then(|salt| BASE64.decode(salt).ok())
+                .expect("a salt in postgres-protocol's verifier");
+            assert_eq!(scram_verifier(password.as_bytes(), &salt), theirs);
+        }
+    }
+
+    #[test]
+    fn quoting_leaves_no_way_out_of_a_literal_or_identifier() {
+        assert_eq!(
+            quote_literal("x'; DROP ROLE y; --"),
+            "'x''; DROP ROLE y; --'"
+        );
+        // A backslash switches to E'' syntax, safe whatever
+        // standard_conforming_strings says.
+        assert_eq!(quote_literal(r"a\'b"), r" E'a\\''b'");
+        assert_eq!(
+            quote_identifier("ferry_app").ok().as_deref(),
+            Some("\"ferry_app\"")
+        );
+        assert!(quote_identifier("x\" OR \"1").is_err());
     }
 
     #[test]
