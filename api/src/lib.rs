@@ -9,6 +9,8 @@
 //! The template checker (minijinja) is behind the `templates` feature, which
 //! the webhook does not enable.
 
+#[cfg(feature = "templates")]
+pub mod checks;
 pub mod duration;
 pub mod files;
 pub mod grants;

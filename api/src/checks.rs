@@ -1,0 +1,247 @@
+//! What ferry says of a BrokeredSecret before any pod asks for it: whether
+//! the Secret it names exists with the key it needs, and whether its file
+//! templates parse and use only variables its source provides. A pure
+//! function of the object and of what was found, so the operator's status,
+//! a test and `kubectl ferry lint` all reach the same verdict.
+
+use std::collections::BTreeMap;
+
+use crate::resources::{BrokeredSecret, SourceKind};
+use crate::templates::{JWT_VARIABLES, POSTGRES_VARIABLES, check_templates, check_variables};
+
+/// The Secret a BrokeredSecret's source names, as far as the checks need
+/// it: its name, and the key it must hold when one is named.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reference<'a> {
+    /// The Secret's name (in the BrokeredSecret's namespace).
+    pub name: &'a str,
+    /// The key the source reads, when it reads one key.
+    pub key: Option<&'a str>,
+}
+
+/// The Secret `secret`'s source names, if its source names one.
+pub fn reference(secret: &BrokeredSecret) -> Option<Reference<'_>> {
+    let source = &secret.spec.source;
+    if let Some(postgres) = &source.postgres {
+        Some(Reference {
+            name: &postgres.connection_secret_ref.name,
+            key: Some(&postgres.connection_secret_ref.key),
+        })
+    } else {
+        source.kubernetes_secret.as_ref().map(|k8s| Reference {
+            name: &k8s.name,
+            key: None,
+        })
+    }
+}
+
+/// The outcome: a `Ready` condition's status, reason and message, and the
+/// source kind status reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    /// Whether the BrokeredSecret can serve pods.
+    pub ready: bool,
+    /// A CamelCase reason: `Resolved`, `SecretNotFound`, `KeyNotFound`,
+    /// `InvalidTemplate`.
+    pub reason: &'static str,
+    /// What a person reads.
+    pub message: String,
+    /// `spec.source`'s kind.
+    pub source: SourceKind,
+}
+
+/// The verdict on `secret`, given the key names of the Secret its source
+/// names (`found`: `None` when that Secret does not exist; ignored when the
+/// source names none). Only key names are looked at, never values.
+pub fn verdict(secret: &BrokeredSecret, found: Option<&[String]>) -> Verdict {
+    let namespace = secret.metadata.namespace.as_deref().unwrap_or_default();
+    // The schema requires exactly one source; an object without one is
+    // judged as a jwt source, which needs nothing.
+    let source = secret.spec.source.kind().unwrap_or(SourceKind::Jwt);
+    // The variables the source gives templates, when known.
+    let mut provided: Option<Vec<String>> = match source {
+        SourceKind::Postgres => Some(POSTGRES_VARIABLES.map(String::from).to_vec()),
+        SourceKind::Jwt => Some(JWT_VARIABLES.map(String::from).to_vec()),
+        SourceKind::KubernetesSecret => None,
+    };
+    let (ready, reason, message) = match reference(secret) {
+        None => (
+            true,
+            "Resolved",
+            format!("{source} source needs no reference"),
+        ),
+        Some(Reference { name, key }) => {
+            if key.is_none() {
+                // A copied Secret provides its keys as variables.
+                provided = found.map(<[String]>::to_vec);
+            }
+            match (found, key) {
+                (None, _) => (
+                    false,
+                    "SecretNotFound",
+                    format!("Secret {namespace}/{name} not found"),
+                ),
+                (Some(keys), Some(key)) if !keys.iter().any(|k| k == key) => (
+                    false,
+                    "KeyNotFound",
+                    format!("Secret {namespace}/{name} has no key {key:?}"),
+                ),
+                _ => (true, "Resolved", format!("Secret {namespace}/{name} found")),
+            }
+        }
+    };
+    match template_problem(&secret.spec.files, provided.as_deref()) {
+        Some(problem) => Verdict {
+            ready: false,
+            reason: "InvalidTemplate",
+            message: problem,
+            source,
+        },
+        None => Verdict {
+            ready,
+            reason,
+            message,
+            source,
+        },
+    }
+}
+
+/// What is wrong with a BrokeredSecret's file templates, if anything: a
+/// template does not parse, leaves ferry's template subset, or uses a
+/// variable its source does not provide (`provided`, when known).
+pub fn template_problem(
+    files: &BTreeMap<String, String>,
+    provided: Option<&[String]>,
+) -> Option<String> {
+    let checked = match provided {
+        Some(names) => {
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            check_variables(files, &names)
+        }
+        None => check_templates(files),
+    };
+    checked.err().map(|error| format!("spec.files: {error}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn brokered_secret(source: serde_json::Value, files: serde_json::Value) -> BrokeredSecret {
+        serde_json::from_value(json!({
+            "apiVersion": "ferry.dev/v1alpha1",
+            "kind": "BrokeredSecret",
+            "metadata": {"namespace": "payments", "name": "orders-db"},
+            "spec": {"source": source, "files": files},
+        }))
+        .expect("a valid BrokeredSecret")
+    }
+
+    fn postgres() -> serde_json::Value {
+        json!({"postgres": {"connectionSecretRef": {"name": "admin", "key": "dsn"}}})
+    }
+
+    fn keys(names: &[&str]) -> Vec<String> {
+        names.iter().map(ToString::to_string).collect()
+    }
+
+    fn files(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(f, t)| (f.to_string(), t.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn a_jwt_source_needs_no_reference_and_is_ready() {
+        let secret = brokered_secret(json!({"jwt": {"audience": ["api"]}}), json!({}));
+        assert_eq!(reference(&secret), None);
+        assert_eq!(
+            verdict(&secret, None),
+            Verdict {
+                ready: true,
+                reason: "Resolved",
+                message: "jwt source needs no reference".into(),
+                source: SourceKind::Jwt,
+            }
+        );
+    }
+
+    #[test]
+    fn a_missing_connection_secret_is_named() {
+        let verdict = verdict(&brokered_secret(postgres(), json!({})), None);
+        assert!(!verdict.ready);
+        assert_eq!(verdict.reason, "SecretNotFound");
+        assert_eq!(verdict.message, "Secret payments/admin not found");
+        assert_eq!(verdict.source, SourceKind::Postgres);
+    }
+
+    #[test]
+    fn a_connection_secret_without_the_key_is_named_with_the_key() {
+        let found = keys(&["url"]);
+        let verdict = verdict(&brokered_secret(postgres(), json!({})), Some(&found));
+        assert_eq!(verdict.reason, "KeyNotFound");
+        assert_eq!(verdict.message, "Secret payments/admin has no key \"dsn\"");
+    }
+
+    #[test]
+    fn a_copied_secret_provides_its_own_keys_to_templates() {
+        let source = json!({"kubernetesSecret": {"name": "static"}});
+        let good = brokered_secret(source.clone(), json!({"env": "TOKEN={{ token }}"}));
+        let found = keys(&["token"]);
+        assert!(verdict(&good, Some(&found)).ready);
+        let bad = brokered_secret(source, json!({"env": "TOKEN={{ tokn }}"}));
+        let verdict = verdict(&bad, Some(&found));
+        assert_eq!(verdict.reason, "InvalidTemplate");
+        assert!(
+            verdict.message.contains("{{ tokn }}"),
+            "{}",
+            verdict.message
+        );
+    }
+
+    #[test]
+    fn a_template_problem_outranks_a_resolved_reference() {
+        let secret = brokered_secret(postgres(), json!({"dsn": "{{ pasword }}"}));
+        let found = keys(&["dsn"]);
+        let verdict = verdict(&secret, Some(&found));
+        assert!(!verdict.ready);
+        assert_eq!(verdict.reason, "InvalidTemplate");
+    }
+
+    #[test]
+    fn valid_templates_are_no_problem() {
+        let provided = ["username".to_string(), "password".to_string()];
+        let dsn = files(&[(
+            "dsn",
+            "postgres://{{ username }}:{{ password | urlencode }}@db/x",
+        )]);
+        assert_eq!(template_problem(&dsn, Some(&provided)), None);
+        assert_eq!(template_problem(&BTreeMap::new(), Some(&[])), None);
+    }
+
+    #[test]
+    fn a_template_that_does_not_parse_is_named_with_its_line() {
+        let problem =
+            template_problem(&files(&[("dsn", "ok\n{{ username ")]), None).expect("a syntax error");
+        assert!(
+            problem.starts_with("spec.files: file \"dsn\", line 2: syntax error"),
+            "{problem}"
+        );
+    }
+
+    #[test]
+    fn a_variable_the_source_does_not_provide_is_named_with_what_it_does() {
+        let provided = ["username".to_string(), "password".to_string()];
+        let problem = template_problem(
+            &files(&[("dsn", "{{ username }}:{{ pasword }}")]),
+            Some(&provided),
+        )
+        .expect("an undefined variable");
+        assert_eq!(
+            problem,
+            "spec.files: file \"dsn\": undefined variable {{ pasword }} (the source provides: password, username)"
+        );
+    }
+}

@@ -1,0 +1,65 @@
+//! BrokeredSecret validation: look up the Secret its source names (key
+//! names only), reach the verdict with `ferry_api::checks::verdict`, and
+//! write it as the `Ready` condition.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
+use kube::api::Api;
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
+
+use super::status::{ready_condition, write_status};
+use super::{Context, RESYNC, ReconcileError, UNRESOLVED_RECHECK};
+use ferry_api::checks::{self, Reference};
+use ferry_api::resources::{BrokeredSecret, BrokeredSecretStatus};
+
+/// Checks that a BrokeredSecret's references resolve and its templates
+/// render, and says so in status.
+#[tracing::instrument(skip_all, fields(secret = %ObjectRef::from_obj(secret.as_ref())))]
+pub(super) async fn reconcile_secret(
+    secret: Arc<BrokeredSecret>,
+    ctx: Arc<Context>,
+) -> Result<Action, ReconcileError> {
+    let (secret, ctx) = (secret.as_ref(), ctx.as_ref());
+    let namespace = secret.namespace().unwrap_or_default();
+    // Only key names are kept; values never leave this scope.
+    let found: Option<Vec<String>> = match checks::reference(secret) {
+        None => None,
+        Some(Reference { name, .. }) => Api::<Secret>::namespaced(ctx.client.clone(), &namespace)
+            .get_opt(name)
+            .await
+            .map_err(ReconcileError::kube(format!(
+                "reading Secret {namespace}/{name}"
+            )))?
+            .map(|found| {
+                found
+                    .data
+                    .into_iter()
+                    .flat_map(|data| data.into_keys())
+                    .collect()
+            }),
+    };
+    let verdict = checks::verdict(secret, found.as_deref());
+    let status = if verdict.ready { "True" } else { "False" };
+    let current = secret.status.clone().unwrap_or_default();
+    let ready = ready_condition(
+        &current.conditions,
+        status,
+        verdict.reason,
+        &verdict.message,
+        secret.metadata.generation,
+    );
+    let desired = BrokeredSecretStatus {
+        conditions: vec![ready.clone()],
+        observed_generation: secret.metadata.generation,
+        source: Some(verdict.source.to_string()),
+    };
+    write_status(ctx, secret, &current, &desired, &current.conditions, &ready).await?;
+    Ok(Action::requeue(if verdict.ready {
+        RESYNC
+    } else {
+        UNRESOLVED_RECHECK
+    }))
+}
