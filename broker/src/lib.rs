@@ -3,17 +3,23 @@
 //! renews, revokes and reaps short-lived credentials.
 //!
 //! The decision core is [`service`], the sources of credentials are
-//! [`providers`], and [`server`] serves the HTTPS API. It depends on
+//! [`providers`], the HTTPS API is [`routes`], the keys the replicas share
+//! are kept by [`keys`], expired credentials are dropped by [`reaper`],
+//! and [`server::run`] wires it all into the `ferry-operator broker`
+//! process. It depends on
 //! `ferry-contract` (the wire types), `ferry-api` and `ferry-runtime`;
 //! no other ferry crate depends on it but the `ferry-operator` binary,
 //! which serves it as `ferry-operator broker`.
 
 pub mod auth;
 pub mod jwt_keys;
+pub mod keys;
 pub mod lease_id;
 pub mod metrics;
 pub mod pods;
 pub mod providers;
+pub mod reaper;
+pub mod routes;
 pub mod server;
 pub mod service;
 pub mod templates;

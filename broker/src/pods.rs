@@ -6,11 +6,10 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use ferry_contract::INJECT_LABEL;
-use futures::StreamExt;
+use ferry_runtime::watch_index::{self, WatchedIndex};
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
-use kube::runtime::WatchStreamExt;
-use kube::runtime::watcher::{self, Event};
+use kube::runtime::watcher;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -153,40 +152,40 @@ impl PodIndex {
     /// `shutdown` is cancelled.
     pub async fn maintain(&self, client: kube::Client, shutdown: CancellationToken) {
         let config = watcher::Config::default().labels(&format!("{INJECT_LABEL}=true"));
-        let events = watcher::watcher(Api::<Pod>::all(client), config).default_backoff();
-        let mut events = std::pin::pin!(events);
-        let mut relist: Option<HashMap<String, PodState>> = None;
-        loop {
-            let event = tokio::select! {
-                () = shutdown.cancelled() => return,
-                event = events.next() => event,
-            };
-            match event {
-                None => return,
-                Some(Err(error)) => ferry_runtime::lifecycle::log_watch_error("pod", &error),
-                Some(Ok(Event::Init)) => relist = Some(HashMap::new()),
-                Some(Ok(Event::InitApply(pod))) => match relist.as_mut() {
-                    Some(pods) => pods.extend(state(&pod)),
-                    None => self.apply(&pod),
-                },
-                Some(Ok(Event::InitDone)) => {
-                    let pods = relist.take().unwrap_or_default();
-                    let gone: Vec<String> = {
-                        let mut current = self.pods.write().unwrap_or_else(PoisonError::into_inner);
-                        let gone = current
-                            .keys()
-                            .filter(|uid| !pods.contains_key(*uid))
-                            .cloned()
-                            .collect();
-                        *current = pods;
-                        gone
-                    };
-                    self.synced.send_replace(true);
-                    self.departed(gone);
-                }
-                Some(Ok(Event::Apply(pod))) => self.apply(&pod),
-                Some(Ok(Event::Delete(pod))) => self.delete(&pod),
-            }
-        }
+        watch_index::maintain(self, Api::<Pod>::all(client), config, shutdown).await;
+    }
+}
+
+impl WatchedIndex<Pod> for PodIndex {
+    type Entry = (String, PodState);
+    const KIND: &'static str = "pod";
+
+    fn entry(&self, pod: Pod) -> Option<(String, PodState)> {
+        state(&pod)
+    }
+
+    fn apply(&self, pod: Pod) {
+        PodIndex::apply(self, &pod);
+    }
+
+    fn delete(&self, pod: Pod) {
+        PodIndex::delete(self, &pod);
+    }
+
+    /// Pods missing from the complete list count as departed.
+    fn replace(&self, pods: Vec<(String, PodState)>) {
+        let pods: HashMap<String, PodState> = pods.into_iter().collect();
+        let gone: Vec<String> = {
+            let mut current = self.pods.write().unwrap_or_else(PoisonError::into_inner);
+            let gone = current
+                .keys()
+                .filter(|uid| !pods.contains_key(*uid))
+                .cloned()
+                .collect();
+            *current = pods;
+            gone
+        };
+        self.synced.send_replace(true);
+        self.departed(gone);
     }
 }

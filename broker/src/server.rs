@@ -1,258 +1,155 @@
-//! The broker's HTTPS API (see `ferry_contract::wire`) and its process: the
-//! Grant, BrokeredSecret and pod indexes kept by watches, the lease keys
-//! from a Secret the replicas share, the admin port, certificate reload.
+//! The broker's process: the Grant, BrokeredSecret and pod indexes kept by
+//! watches, the keys from Secrets the replicas share, the routes, the
+//! reaper, the admin port and certificate reload, wired together by
+//! [`run`] from the command line of `ferry-operator broker`.
 
-use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bytes::Bytes;
-use ferry_contract::wire::{LeaseRequest, LeasesResponse};
-use ferry_contract::{BROKER_MANAGER, MANAGED_BY_LABEL};
 use futures::StreamExt;
 use governor::Quota;
-use governor::clock::{Clock as _, DefaultClock};
-use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use k8s_openapi::jiff::Timestamp;
 use kube::Api;
-use kube::api::PostParams;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::{reflector, watcher};
 use prometheus::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use warp::Filter;
-use warp::filters::BoxedFilter;
-use warp::http::StatusCode;
-use warp::reply::{Reply, Response};
 
-use super::auth::{AuthError, Authenticator, CacheLimits};
-use super::jwt_keys::{StoredJwtKeys, maintain};
-use super::lease_id::{LEASE_KEY_BYTES, LeaseKeys, generate_lease_key};
-use super::metrics::BrokerMetrics;
-use super::pods::PodIndex;
-use super::providers::jwt::{JwtKeyHandle, JwtProvider, generate_key};
-use super::providers::kubernetes_secret::KubernetesSecretProvider;
-use super::providers::postgres::PostgresProvider;
-use super::providers::secret_reader::SecretReader;
-use super::service::{Broker, BrokerError, audit_refused};
+use crate::auth::{Authenticator, CacheLimits};
+use crate::lease_id::LeaseKeys;
+use crate::metrics::BrokerMetrics;
+use crate::pods::PodIndex;
+use crate::providers::jwt::JwtProvider;
+use crate::providers::kubernetes_secret::KubernetesSecretProvider;
+use crate::providers::postgres::PostgresProvider;
+use crate::providers::secret_reader::SecretReader;
+use crate::routes::{BrokerState, broker_routes};
+use crate::service::Broker;
+use crate::{jwt_keys, keys, reaper};
 use ferry_api::resources::{BrokeredSecret, Grant};
-use ferry_runtime::admin::{AdminState, Readiness};
+use ferry_runtime::admin::{self, AdminError, AdminState, Readiness};
+use ferry_runtime::args::ServingArgs;
 use ferry_runtime::grant_index::GrantIndex;
-use ferry_runtime::https::{
-    self, ReloadingCertificate, ServedPorts, TlsError, json_error, rejection_reply,
-};
+use ferry_runtime::https::{self, ReloadingCertificate, ServedPorts, TlsError};
+use ferry_runtime::lifecycle::{cancel_on_signal, init_tracing};
 
-/// The largest request body accepted.
-pub const MAX_BODY_BYTES: u64 = 64 * 1024;
-
-/// The key of the lease-key Secret holding the current key.
-pub const LEASE_KEY_CURRENT: &str = "current";
-
-/// The key of the lease-key Secret holding the previous key, if any.
-pub const LEASE_KEY_PREVIOUS: &str = "previous";
-
-/// Requests per service account, across all its pods.
-pub type ServiceAccountLimiter = governor::DefaultKeyedRateLimiter<(String, String)>;
-
-/// The default rate per service account: 50 requests a second, bursts of 100.
-pub fn default_rate_limit() -> Quota {
-    Quota::per_second(NonZeroU32::new(50).unwrap_or(NonZeroU32::MIN))
-        .allow_burst(NonZeroU32::new(100).unwrap_or(NonZeroU32::MIN))
+/// Options of `ferry-operator broker`.
+#[derive(Debug, clap::Args)]
+#[command(mut_arg("listen_addr", |arg| arg
+    .env("FERRY_BROKER_ADDR")
+    .help("Address of the HTTPS API")))]
+#[command(mut_arg("admin_addr", |arg| arg.default_value("0.0.0.0:8081")))]
+pub struct BrokerArgs {
+    /// Where it listens, its certificate, the admin port, the log format.
+    #[command(flatten)]
+    pub serving: ServingArgs,
+    /// The audience sidecar tokens must carry.
+    #[arg(long, env = "FERRY_BROKER_AUDIENCE", default_value = ferry_contract::DEFAULT_BROKER_AUDIENCE)]
+    pub audience: String,
+    /// ferry's namespace, where the lease-key Secret lives.
+    #[arg(long, env = "POD_NAMESPACE", default_value = ferry_contract::DEFAULT_NAMESPACE)]
+    pub namespace: String,
+    /// Name of the Secret holding the key that seals lease ids (created
+    /// when absent; shared by all replicas).
+    #[arg(
+        long,
+        env = "FERRY_LEASE_KEY_SECRET",
+        default_value = "ferry-broker-lease-key"
+    )]
+    pub lease_key_secret: String,
+    /// The default `iss` of minted JWTs, and where the JWKS is published
+    /// (`<issuer>/v1/jwks`): the broker's URL as clients reach it.
+    #[arg(
+        long,
+        env = "FERRY_ISSUER",
+        default_value = ferry_contract::DEFAULT_BROKER_URL
+    )]
+    pub issuer: String,
+    /// Name of the Secret holding the JWT signing keys (created when
+    /// absent; shared by all replicas).
+    #[arg(
+        long,
+        env = "FERRY_JWT_KEY_SECRET",
+        default_value = "ferry-broker-jwt-keys"
+    )]
+    pub jwt_key_secret: String,
+    /// How often the JWT signing keys rotate, like `30d` or `720h` (at
+    /// least 24h). A key is published one period before it signs and one
+    /// after, so tokens (ttl at most 24h) verify until they expire.
+    #[arg(
+        long,
+        env = "FERRY_JWT_ROTATION_PERIOD",
+        default_value = jwt_keys::DEFAULT_ROTATION_PERIOD,
+        value_parser = jwt_keys::parse_rotation_period
+    )]
+    pub jwt_rotation_period: Duration,
+    /// Requests a second each service account may make (all its pods together).
+    #[arg(long, env = "FERRY_RATE_LIMIT", default_value_t = NonZeroU32::new(50).unwrap_or(NonZeroU32::MIN))]
+    pub rate_limit: NonZeroU32,
+    /// Requests a service account may make at once after a quiet spell.
+    #[arg(long, env = "FERRY_RATE_LIMIT_BURST", default_value_t = NonZeroU32::new(100).unwrap_or(NonZeroU32::MIN))]
+    pub rate_limit_burst: NonZeroU32,
+    /// Seconds between reaper passes, which drop revocable credentials
+    /// (PostgreSQL roles) that expired or whose pod is gone. Pod deletions
+    /// also start a pass at once.
+    #[arg(long, env = "FERRY_REAP_INTERVAL_SECONDS", default_value_t = 60)]
+    pub reap_interval_seconds: u64,
 }
 
-/// The broker and its authenticator, shared by every request.
-pub struct BrokerState {
-    /// Decisions.
-    pub broker: Broker,
-    /// Who is asking.
-    pub authenticator: Authenticator,
-    /// How often each service account may ask.
-    pub limiter: ServiceAccountLimiter,
-}
-
-/// The broker's routes, answering every failure with a JSON error body.
-pub fn broker_routes(state: Arc<BrokerState>) -> BoxedFilter<(Response,)> {
-    let bearer = warp::header::optional::<String>("authorization");
-    let with_state = {
-        let state = Arc::clone(&state);
-        warp::any().map(move || Arc::clone(&state))
-    };
-    let issue = warp::path!("v1" / "leases")
-        .and(warp::post())
-        .and(warp::body::content_length_limit(MAX_BODY_BYTES))
-        .and(warp::body::bytes())
-        .and(bearer)
-        .and(with_state.clone())
-        .then(
-            |body: Bytes, bearer: Option<String>, state: Arc<BrokerState>| async move {
-                issue(&state, bearer, &body).await
-            },
-        );
-    let renew = warp::path!("v1" / "leases" / String / "renew")
-        .and(warp::post())
-        .and(bearer)
-        .and(with_state.clone())
-        .then(
-            |id: String, bearer: Option<String>, state: Arc<BrokerState>| async move {
-                renew(&state, bearer, &id).await
-            },
-        );
-    let revoke = warp::path!("v1" / "leases" / String)
-        .and(warp::delete())
-        .and(bearer)
-        .and(with_state)
-        .then(
-            |id: String, bearer: Option<String>, state: Arc<BrokerState>| async move {
-                revoke(&state, bearer, &id).await
-            },
-        );
-    let jwks = {
-        let state = Arc::clone(&state);
-        warp::path!("v1" / "jwks")
-            .and(warp::get())
-            .map(move || warp::reply::json(&state.broker.jwt.jwks()).into_response())
-    };
-    let discovery = {
-        let state = Arc::clone(&state);
-        warp::path!(".well-known" / "openid-configuration")
-            .and(warp::get())
-            .map(move || {
-                let jwt = &state.broker.jwt;
-                let jwks_uri = format!("{}/v1/jwks", jwt.issuer().trim_end_matches('/'));
-                warp::reply::json(&jwt.openid_configuration(&jwks_uri)).into_response()
-            })
-    };
-    issue
-        .or(renew)
-        .unify()
-        .or(revoke)
-        .unify()
-        .or(jwks)
-        .unify()
-        .or(discovery)
-        .unify()
-        .recover(|rejection: warp::Rejection| async move {
-            Ok::<_, Infallible>(rejection_reply(
-                &rejection,
-                "POST /v1/leases, POST /v1/leases/{id}/renew, DELETE /v1/leases/{id}, GET /v1/jwks",
-                MAX_BODY_BYTES,
-            ))
-        })
-        .unify()
-        .boxed()
-}
-
-/// Authenticates the bearer token, counting the cache use and auditing a
-/// refusal.
-async fn authenticate(
-    state: &BrokerState,
-    action: &'static str,
-    bearer: Option<String>,
-) -> Result<super::auth::PodIdentity, BrokerError> {
-    let token = bearer
-        .as_deref()
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .map(str::trim)
-        .unwrap_or_default();
-    // A pod shutting down may still give its leases back.
-    let (identity, used) = if action == "revoke" {
-        state.authenticator.authenticate_ending(token).await
-    } else {
-        state.authenticator.authenticate(token).await
-    };
-    // Without a token no review is made, so there is nothing to count.
-    if !token.is_empty() {
-        state.broker.metrics.observe_review(used);
-    }
-    let pod = identity.map_err(|error| {
-        let error = match error {
-            AuthError::Unavailable(_) => BrokerError::Unavailable(error.to_string()),
-            _ => BrokerError::Unauthenticated(error.to_string()),
-        };
-        audit_refused(&state.broker.metrics, action, None, &error);
-        error
-    })?;
-    let key = (pod.namespace.clone(), pod.service_account.clone());
-    if let Err(not_until) = state.limiter.check_key(&key) {
-        let wait = not_until.wait_time_from(DefaultClock::default().now());
-        let error = BrokerError::RateLimited(wait.as_secs().max(1));
-        audit_refused(&state.broker.metrics, action, Some(&pod), &error);
-        return Err(error);
-    }
-    Ok(pod)
-}
-
-async fn issue(state: &BrokerState, bearer: Option<String>, body: &[u8]) -> Response {
-    let started = Instant::now();
-    let result = async {
-        let pod = authenticate(state, "issue", bearer).await?;
-        let request: LeaseRequest = serde_json::from_slice(body).map_err(|error| {
-            BrokerError::BadRequest(format!("request body is not a lease request: {error}"))
-        })?;
-        state.broker.issue(&pod, request, Timestamp::now()).await
-    }
-    .await;
-    state
-        .broker
-        .metrics
-        .observe_duration("issue", started.elapsed());
-    match result {
-        Ok(leases) => warp::reply::json(&LeasesResponse { leases }).into_response(),
-        Err(error) => error_reply(&error),
-    }
-}
-
-async fn renew(state: &BrokerState, bearer: Option<String>, id: &str) -> Response {
-    let started = Instant::now();
-    let result = async {
-        let pod = authenticate(state, "renew", bearer).await?;
-        state.broker.renew(&pod, id, Timestamp::now()).await
-    }
-    .await;
-    state
-        .broker
-        .metrics
-        .observe_duration("renew", started.elapsed());
-    match result {
-        Ok(lease) => warp::reply::json(&LeasesResponse {
-            leases: vec![lease],
-        })
-        .into_response(),
-        Err(error) => error_reply(&error),
-    }
-}
-
-async fn revoke(state: &BrokerState, bearer: Option<String>, id: &str) -> Response {
-    let started = Instant::now();
-    let result = async {
-        let pod = authenticate(state, "revoke", bearer).await?;
-        state.broker.revoke(&pod, id).await
-    }
-    .await;
-    state
-        .broker
-        .metrics
-        .observe_duration("revoke", started.elapsed());
-    match result {
-        Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(error) => error_reply(&error),
-    }
-}
-
-fn error_reply(error: &BrokerError) -> Response {
-    let code = StatusCode::from_u16(error.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let reply = json_error(code, error.to_string());
-    match error {
-        BrokerError::RateLimited(seconds) => {
-            warp::reply::with_header(reply, "retry-after", seconds.to_string()).into_response()
-        }
-        _ => reply,
-    }
+/// Serves the broker as `args` say until SIGTERM or SIGINT, then drains
+/// and returns.
+pub async fn run(args: BrokerArgs) -> Result<(), BrokerStartError> {
+    init_tracing(args.serving.admin.log_format);
+    let certificate = args.serving.certificate()?;
+    let client = kube::Client::try_default()
+        .await
+        .map_err(BrokerStartError::Connect)?;
+    let lease_keys =
+        keys::load_or_create_lease_keys(&client, &args.namespace, &args.lease_key_secret).await?;
+    let jwt = keys::load_or_create_jwt_provider(
+        &client,
+        &args.namespace,
+        &args.jwt_key_secret,
+        &args.issuer,
+        args.jwt_rotation_period,
+    )
+    .await?;
+    let listener = https::bind(&args.serving.listen_addr).await?;
+    let admin_listener = admin::bind_admin(&args.serving.admin.admin_addr).await?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    // Other replicas' rotations reach this one within a minute.
+    tokio::spawn(keys::refresh_jwt_keys_periodically(
+        client.clone(),
+        args.namespace.clone(),
+        args.jwt_key_secret.clone(),
+        args.jwt_rotation_period,
+        jwt.key_handle(),
+        Duration::from_secs(60),
+        shutdown.clone(),
+    ));
+    serve(
+        client,
+        BrokerOptions {
+            listener,
+            admin_listener,
+            certificate,
+            reload_interval: args.serving.reload_interval(),
+            audience: args.audience,
+            keys: lease_keys,
+            jwt,
+            readiness: Readiness::not_ready("starting"),
+            rate_limit: Quota::per_second(args.rate_limit).allow_burst(args.rate_limit_burst),
+            reap_interval: Duration::from_secs(args.reap_interval_seconds.max(1)),
+            unknown_pod_grace: Duration::from_secs(120),
+        },
+        Registry::new(),
+        shutdown,
+    )
+    .await?;
+    tracing::info!("ferry broker stopped");
+    Ok(())
 }
 
 /// Why the broker could not start.
@@ -267,227 +164,12 @@ pub enum BrokerStartError {
     /// A key Secret (lease or JWT keys) could not be read or created.
     #[error("key Secret {0}")]
     KeySecret(String),
-}
-
-/// A signing key as the broker keeps it: the `current` key, and the
-/// `previous` one after a rotation.
-struct StoredKeys {
-    current: Vec<u8>,
-    previous: Option<Vec<u8>>,
-}
-
-impl StoredKeys {
-    fn previous(&self) -> Vec<&[u8]> {
-        self.previous.as_deref().into_iter().collect()
-    }
-}
-
-/// The keys in the broker's own Secret `namespace/name`, creating it with a
-/// `current` key from `generate()` when absent. Replicas racing to create
-/// it all end up with the one that was stored.
-async fn load_or_create_keys(
-    client: &kube::Client,
-    namespace: &str,
-    name: &str,
-    generate: impl Fn() -> Option<Vec<u8>>,
-) -> Result<StoredKeys, BrokerStartError> {
-    let secrets = Api::<Secret>::namespaced(client.clone(), namespace);
-    let fail = |what: String| BrokerStartError::KeySecret(format!("{namespace}/{name}: {what}"));
-    for _ in 0..3 {
-        if let Some(secret) = secrets
-            .get_opt(name)
-            .await
-            .map_err(|e| fail(e.to_string()))?
-        {
-            let mut data = secret.data.unwrap_or_default();
-            let current = data
-                .remove(LEASE_KEY_CURRENT)
-                .ok_or_else(|| fail(format!("has no {LEASE_KEY_CURRENT} key")))?;
-            return Ok(StoredKeys {
-                current: current.0,
-                previous: data.remove(LEASE_KEY_PREVIOUS).map(|key| key.0),
-            });
-        }
-        let key = generate().ok_or_else(|| fail("the OS random source failed".into()))?;
-        let secret = Secret {
-            metadata: ObjectMeta {
-                name: Some(name.to_owned()),
-                labels: Some(BTreeMap::from([(
-                    MANAGED_BY_LABEL.to_owned(),
-                    BROKER_MANAGER.to_owned(),
-                )])),
-                ..ObjectMeta::default()
-            },
-            type_: Some("Opaque".into()),
-            data: Some(BTreeMap::from([(
-                LEASE_KEY_CURRENT.to_owned(),
-                ByteString(key),
-            )])),
-            ..Secret::default()
-        };
-        match secrets.create(&PostParams::default(), &secret).await {
-            Ok(_) => {
-                tracing::info!(secret = %format!("{namespace}/{name}"), "created the broker's key Secret")
-            }
-            Err(kube::Error::Api(status)) if status.code == 409 => {}
-            Err(error) => return Err(fail(error.to_string())),
-        }
-    }
-    Err(fail("could not be read after creating it".into()))
-}
-
-/// The lease keys from the Secret `namespace/name` (keys `current` and,
-/// after a rotation, `previous`), created with a random key when absent.
-pub async fn load_or_create_lease_keys(
-    client: &kube::Client,
-    namespace: &str,
-    name: &str,
-) -> Result<LeaseKeys, BrokerStartError> {
-    let keys = load_or_create_keys(client, namespace, name, || {
-        generate_lease_key().ok().map(|key| key.to_vec())
-    })
-    .await?;
-    if keys.current.len() < LEASE_KEY_BYTES {
-        return Err(BrokerStartError::KeySecret(format!(
-            "{namespace}/{name}: has no {LEASE_KEY_CURRENT} key of at least {LEASE_KEY_BYTES} bytes"
-        )));
-    }
-    Ok(LeaseKeys::new(&keys.current, &keys.previous()))
-}
-
-/// The JWT provider with signing keys from the Secret `namespace/name`
-/// (see [`super::jwt_keys`] for its layout), created when absent and
-/// completed or rotated as `rotation_period` says; `issuer` is the default
-/// `iss`. Keep its keys current with [`refresh_jwt_keys_periodically`].
-pub async fn load_or_create_jwt_provider(
-    client: &kube::Client,
-    namespace: &str,
-    name: &str,
-    issuer: &str,
-    rotation_period: Duration,
-) -> Result<JwtProvider, BrokerStartError> {
-    let stored = refresh_jwt_keys(client, namespace, name, rotation_period).await?;
-    let keys = stored
-        .signing_keys()
-        .map_err(|error| BrokerStartError::KeySecret(format!("{namespace}/{name}: {error}")))?;
-    tracing::info!(secret = %format!("{namespace}/{name}"), kids = ?keys.kids(), "loaded the JWT signing keys");
-    Ok(JwtProvider::with_keys(issuer, keys))
-}
-
-/// Reads the JWT key Secret `namespace/name` and, when keys are missing or
-/// a rotation is due, writes the maintained keys back: created when absent,
-/// replaced under the resourceVersion read, so of replicas racing only one
-/// rotates and the others adopt what it stored.
-pub async fn refresh_jwt_keys(
-    client: &kube::Client,
-    namespace: &str,
-    name: &str,
-    rotation_period: Duration,
-) -> Result<StoredJwtKeys, BrokerStartError> {
-    let secrets = Api::<Secret>::namespaced(client.clone(), namespace);
-    let fail = |what: String| BrokerStartError::KeySecret(format!("{namespace}/{name}: {what}"));
-    let generate = |algorithm| generate_key(algorithm).ok();
-    for _ in 0..3 {
-        let existing = secrets
-            .get_opt(name)
-            .await
-            .map_err(|e| fail(e.to_string()))?;
-        let data: BTreeMap<String, Vec<u8>> = existing
-            .as_ref()
-            .and_then(|secret| secret.data.clone())
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(key, value)| (key, value.0))
-            .collect();
-        let stored = StoredJwtKeys::from_data(&data);
-        let Some((maintained, changes)) =
-            maintain(&stored, Timestamp::now(), rotation_period, generate)
-        else {
-            return Ok(stored);
-        };
-        let data = maintained
-            .to_data()
-            .iter()
-            .map(|(key, value)| (key.clone(), ByteString(value.to_vec())))
-            .collect();
-        let written = match existing {
-            Some(mut secret) => {
-                // The resourceVersion read is kept: a concurrent writer wins.
-                secret.data = Some(data);
-                secrets
-                    .replace(name, &PostParams::default(), &secret)
-                    .await
-                    .map(drop)
-            }
-            None => {
-                let secret = Secret {
-                    metadata: ObjectMeta {
-                        name: Some(name.to_owned()),
-                        labels: Some(BTreeMap::from([(
-                            MANAGED_BY_LABEL.to_owned(),
-                            BROKER_MANAGER.to_owned(),
-                        )])),
-                        ..ObjectMeta::default()
-                    },
-                    type_: Some("Opaque".into()),
-                    data: Some(data),
-                    ..Secret::default()
-                };
-                secrets
-                    .create(&PostParams::default(), &secret)
-                    .await
-                    .map(drop)
-            }
-        };
-        match written {
-            Ok(()) => {
-                tracing::info!(secret = %format!("{namespace}/{name}"), ?changes, "updated the JWT signing keys");
-                return Ok(maintained);
-            }
-            // Another replica wrote first: read what it stored.
-            Err(kube::Error::Api(status)) if status.code == 409 => {}
-            Err(error) => return Err(fail(error.to_string())),
-        }
-    }
-    Err(fail("kept changing while it was being updated".into()))
-}
-
-/// Re-reads the JWT key Secret every `every` until `shutdown`, rotating
-/// when due and swapping changed keys into `handle`, so every replica
-/// signs with the current key within `every` of a rotation. A failed
-/// refresh keeps the keys in use and is retried at the next tick.
-pub async fn refresh_jwt_keys_periodically(
-    client: kube::Client,
-    namespace: String,
-    name: String,
-    rotation_period: Duration,
-    handle: JwtKeyHandle,
-    every: Duration,
-    shutdown: CancellationToken,
-) {
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(every) => {}
-        }
-        let keys = refresh_jwt_keys(&client, &namespace, &name, rotation_period)
-            .await
-            .and_then(|stored| {
-                stored.signing_keys().map_err(|error| {
-                    BrokerStartError::KeySecret(format!("{namespace}/{name}: {error}"))
-                })
-            });
-        match keys {
-            Ok(keys) if keys.kids() != handle.load().kids() => {
-                tracing::info!(kids = ?keys.kids(), "now signing and publishing new JWT keys");
-                handle.replace(keys);
-            }
-            Ok(_) => {}
-            Err(error) => {
-                tracing::warn!(%error, "could not refresh the JWT signing keys; keeping the current ones")
-            }
-        }
-    }
+    /// The apiserver could not be reached.
+    #[error("connecting to Kubernetes (in-cluster config or KUBECONFIG): {0}")]
+    Connect(#[source] kube::Error),
+    /// The admin port could not be bound.
+    #[error(transparent)]
+    Admin(#[from] AdminError),
 }
 
 /// Everything [`serve`] needs besides the apiserver client.
@@ -620,7 +302,7 @@ pub async fn serve(
                     state.broker.secrets.wait_until_ready().await
                 } => readiness.set_ready(),
             }
-            reap_until(&state, &pods, interval, unknown_pod_grace, &shutdown).await;
+            reaper::reap_until(&state, &pods, interval, unknown_pod_grace, &shutdown).await;
         });
     }
     https::serve_until_shutdown(
@@ -640,45 +322,4 @@ pub async fn serve(
     )
     .await?;
     Ok(())
-}
-
-/// Reaps now, then every `interval` and soon after pods go away, until
-/// `shutdown`. Every replica reaps; dropping a credential twice is harmless.
-async fn reap_until(
-    state: &BrokerState,
-    pods: &PodIndex,
-    interval: Duration,
-    unknown_pod_grace: Duration,
-    shutdown: &CancellationToken,
-) {
-    /// Lets a burst of deletions (a scaled-down Deployment) end first.
-    const SETTLE: Duration = Duration::from_secs(1);
-    let mut departures = pods.departures();
-    departures.mark_unchanged();
-    loop {
-        let reaped = state
-            .broker
-            .reap(pods, unknown_pod_grace, Timestamp::now())
-            .await;
-        if reaped.expired + reaped.pod_gone + reaped.failed > 0 {
-            tracing::info!(
-                found = reaped.found,
-                expired = reaped.expired,
-                pod_gone = reaped.pod_gone,
-                failed = reaped.failed,
-                "reaper pass"
-            );
-        }
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(interval) => {}
-            Ok(()) = departures.changed() => {
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    () = tokio::time::sleep(SETTLE) => {}
-                }
-                departures.mark_unchanged();
-            }
-        }
-    }
 }

@@ -10,8 +10,8 @@ use std::time::Duration;
 use base64::Engine as _;
 use ferry_api::resources::{Grant, JwtAlgorithm};
 use ferry_broker::jwt_keys::parse_rotation_period;
+use ferry_broker::keys::refresh_jwt_keys;
 use ferry_broker::lease_id::LeaseKeys;
-use ferry_broker::server::refresh_jwt_keys;
 use ferry_contract::DEFAULT_BROKER_AUDIENCE;
 use ferry_e2e::https_client::{HttpsClient, HttpsReply};
 use ferry_e2e::{
@@ -480,7 +480,7 @@ async fn broker_does_its_job_with_exactly_its_documented_rbac() {
         "system:serviceaccounts:ferry-system".into(),
     ]);
     let broker_client = Client::try_from(as_broker.clone()).unwrap();
-    let keys = ferry_broker::server::load_or_create_lease_keys(
+    let keys = ferry_broker::keys::load_or_create_lease_keys(
         &broker_client,
         "ferry-system",
         "ferry-broker-lease-key",
@@ -511,7 +511,7 @@ async fn broker_does_its_job_with_exactly_its_documented_rbac() {
         &cluster,
         as_broker,
         keys,
-        ferry_broker::server::default_rate_limit(),
+        ferry_broker::routes::default_rate_limit(),
     )
     .unwrap();
     let https = broker.client().unwrap();

@@ -13,11 +13,12 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use ferry_contract::{MANAGED_BY_LABEL, OPERATOR_MANAGER, PART_OF, PART_OF_LABEL};
+use ferry_runtime::secrets::{self, UpsertError};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
@@ -67,6 +68,9 @@ pub enum CertificateError {
         /// The underlying error.
         source: kube::Error,
     },
+    /// Other writers kept changing a Secret while it was being written.
+    #[error("{0}")]
+    Contended(String),
 }
 
 /// A CA or serving certificate with its private key, both PEM.
@@ -334,47 +338,39 @@ fn tls_secret(namespace: &str, name: &str, key: &CertifiedKey, ca_pem: Option<&s
 }
 
 /// Reads `name`; when `keep` says it is unusable, writes what `build`
-/// makes: a create when absent, else a replace under the resourceVersion
-/// read. Returns the Secret as stored and whether this call wrote it.
-/// A conflict (another replica wrote first) rereads and decides again.
+/// makes (see [`secrets::upsert`]). Returns the Secret as stored and
+/// whether this call wrote it.
 async fn ensure_secret(
     secrets: &Api<Secret>,
     name: &str,
     keep: impl Fn(&Secret) -> bool,
     build: impl Fn() -> Result<Secret, CertificateError>,
 ) -> Result<(Secret, bool), CertificateError> {
-    let kube_error = |what: &str| {
-        let what = format!(
-            "{what} Secret {}/{name}",
-            secrets.namespace().unwrap_or_default()
-        );
-        move |source| CertificateError::Kube { what, source }
-    };
-    let mut attempts = 0;
-    loop {
-        attempts += 1;
-        let existing = secrets.get_opt(name).await.map_err(kube_error("reading"))?;
-        if let Some(secret) = &existing
-            && keep(secret)
-        {
-            return Ok((secret.clone(), false));
+    let upserted = secrets::upsert(secrets, name, |existing| match existing {
+        Some(secret) if keep(secret) => Ok(None),
+        _ => build().map(Some),
+    })
+    .await
+    .map_err(|error| match error {
+        UpsertError::Decide(error) => error,
+        UpsertError::Kube {
+            action,
+            namespace,
+            name,
+            source,
+        } => CertificateError::Kube {
+            what: format!("{action} Secret {namespace}/{name}"),
+            source,
+        },
+        contended @ UpsertError::Contended { .. } => {
+            CertificateError::Contended(contended.to_string())
         }
-        let mut desired = build()?;
-        let written = match existing {
-            None => secrets.create(&PostParams::default(), &desired).await,
-            Some(current) => {
-                desired.metadata.resource_version = current.metadata.resource_version;
-                secrets
-                    .replace(name, &PostParams::default(), &desired)
-                    .await
-            }
-        };
-        match written {
-            Ok(secret) => return Ok((secret, true)),
-            Err(kube::Error::Api(status)) if status.code == 409 && attempts < 3 => continue,
-            Err(error) => return Err(kube_error("writing")(error)),
-        }
-    }
+    })?;
+    // `build` always makes a Secret, so one is stored whenever we get here.
+    let secret = upserted.secret.ok_or_else(|| {
+        CertificateError::Contended(format!("Secret {name} vanished after it was written"))
+    })?;
+    Ok((secret, upserted.written))
 }
 
 /// One pass: make sure the CA and every serving certificate exist, are

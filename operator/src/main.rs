@@ -2,7 +2,6 @@
 //! Grants, and serves the broker.
 
 use std::io::Write;
-use std::num::NonZeroU32;
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -10,8 +9,9 @@ use clap::{Parser, Subcommand};
 use ferry_operator::metrics::OperatorMetrics;
 use ferry_operator::{certificates, controller};
 use ferry_runtime::admin::{self, AdminState, Readiness};
+use ferry_runtime::args::AdminArgs;
 use ferry_runtime::leader::{self, LeaderConfig, LeaderElector};
-use ferry_runtime::lifecycle::{LogFormat, cancel_on_signal, init_tracing};
+use ferry_runtime::lifecycle::{cancel_on_signal, init_tracing};
 use tokio_util::sync::CancellationToken;
 
 /// Command-line interface of the operator.
@@ -26,11 +26,11 @@ struct Cli {
 enum Commands {
     /// Run the controllers: AccessPolicies and BrokeredSecrets into Grants.
     /// Replicas elect a leader on a Lease; only the leader reconciles.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Serve the broker: authenticate pods by their projected tokens and
     /// issue, renew and revoke leases on the secrets their Grants allow.
     /// Replicas are stateless and interchangeable.
-    Broker(BrokerArgs),
+    Broker(Box<ferry_broker::server::BrokerArgs>),
     /// Print ferry's CustomResourceDefinitions as YAML (for `kubectl apply -f -`).
     Crds {
         /// Write one `<crd name>.yaml` per CRD into DIR instead (created if
@@ -43,18 +43,14 @@ enum Commands {
 /// Options of `ferry-operator run`.
 #[derive(Debug, clap::Args)]
 struct RunArgs {
-    /// Address of the admin server (/livez, /readyz, /metrics).
-    #[arg(long, env = "FERRY_ADMIN_ADDR", default_value = "0.0.0.0:8080")]
-    admin_addr: String,
+    #[command(flatten)]
+    admin: AdminArgs,
     /// Namespace of the leader-election Lease: the operator's own.
     #[arg(long, env = "POD_NAMESPACE", default_value = ferry_contract::DEFAULT_NAMESPACE)]
     namespace: String,
     /// Name of the leader-election Lease.
     #[arg(long, env = "FERRY_LEASE_NAME", default_value = "ferry-operator")]
     lease_name: String,
-    /// Log format: JSON lines for production, text for a terminal.
-    #[arg(long, env = "FERRY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
-    log_format: LogFormat,
     #[command(flatten)]
     certificates: CertificateArgs,
 }
@@ -123,85 +119,11 @@ impl CertificateArgs {
     }
 }
 
-/// Options of `ferry-operator broker`.
-#[derive(Debug, clap::Args)]
-struct BrokerArgs {
-    /// Address of the HTTPS API.
-    #[arg(long, env = "FERRY_BROKER_ADDR", default_value = "0.0.0.0:8443")]
-    listen_addr: String,
-    /// Address of the admin server (/livez, /readyz, /metrics).
-    #[arg(long, env = "FERRY_ADMIN_ADDR", default_value = "0.0.0.0:8081")]
-    admin_addr: String,
-    /// PEM certificate chain served; reloaded when the file changes.
-    #[arg(long, env = "FERRY_TLS_CERT", default_value = "/etc/ferry/tls/tls.crt")]
-    tls_cert: std::path::PathBuf,
-    /// PEM private key of the certificate; reloaded with it.
-    #[arg(long, env = "FERRY_TLS_KEY", default_value = "/etc/ferry/tls/tls.key")]
-    tls_key: std::path::PathBuf,
-    /// How often the certificate files are checked for changes, in seconds.
-    #[arg(long, env = "FERRY_TLS_RELOAD_SECONDS", default_value_t = 10)]
-    tls_reload_seconds: u64,
-    /// The audience sidecar tokens must carry.
-    #[arg(long, env = "FERRY_BROKER_AUDIENCE", default_value = ferry_contract::DEFAULT_BROKER_AUDIENCE)]
-    audience: String,
-    /// ferry's namespace, where the lease-key Secret lives.
-    #[arg(long, env = "POD_NAMESPACE", default_value = ferry_contract::DEFAULT_NAMESPACE)]
-    namespace: String,
-    /// Name of the Secret holding the key that seals lease ids (created
-    /// when absent; shared by all replicas).
-    #[arg(
-        long,
-        env = "FERRY_LEASE_KEY_SECRET",
-        default_value = "ferry-broker-lease-key"
-    )]
-    lease_key_secret: String,
-    /// The default `iss` of minted JWTs, and where the JWKS is published
-    /// (`<issuer>/v1/jwks`): the broker's URL as clients reach it.
-    #[arg(
-        long,
-        env = "FERRY_ISSUER",
-        default_value = ferry_contract::DEFAULT_BROKER_URL
-    )]
-    issuer: String,
-    /// Name of the Secret holding the JWT signing keys (created when
-    /// absent; shared by all replicas).
-    #[arg(
-        long,
-        env = "FERRY_JWT_KEY_SECRET",
-        default_value = "ferry-broker-jwt-keys"
-    )]
-    jwt_key_secret: String,
-    /// How often the JWT signing keys rotate, like `30d` or `720h` (at
-    /// least 24h). A key is published one period before it signs and one
-    /// after, so tokens (ttl at most 24h) verify until they expire.
-    #[arg(
-        long,
-        env = "FERRY_JWT_ROTATION_PERIOD",
-        default_value = ferry_broker::jwt_keys::DEFAULT_ROTATION_PERIOD,
-        value_parser = ferry_broker::jwt_keys::parse_rotation_period
-    )]
-    jwt_rotation_period: std::time::Duration,
-    /// Requests a second each service account may make (all its pods together).
-    #[arg(long, env = "FERRY_RATE_LIMIT", default_value_t = NonZeroU32::new(50).unwrap_or(NonZeroU32::MIN))]
-    rate_limit: NonZeroU32,
-    /// Requests a service account may make at once after a quiet spell.
-    #[arg(long, env = "FERRY_RATE_LIMIT_BURST", default_value_t = NonZeroU32::new(100).unwrap_or(NonZeroU32::MIN))]
-    rate_limit_burst: NonZeroU32,
-    /// Seconds between reaper passes, which drop revocable credentials
-    /// (PostgreSQL roles) that expired or whose pod is gone. Pod deletions
-    /// also start a pass at once.
-    #[arg(long, env = "FERRY_REAP_INTERVAL_SECONDS", default_value_t = 60)]
-    reap_interval_seconds: u64,
-    /// Log format: JSON lines for production, text for a terminal.
-    #[arg(long, env = "FERRY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
-    log_format: LogFormat,
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Commands::Run(args) => run(args).await,
-        Commands::Broker(args) => broker(args).await,
+        Commands::Run(args) => run(*args).await,
+        Commands::Broker(args) => Ok(ferry_broker::server::run(*args).await?),
         Commands::Crds { out_dir } => print_crds(out_dir.as_deref()),
     }
 }
@@ -210,7 +132,7 @@ async fn main() -> anyhow::Result<()> {
 /// to lead, runs the controllers, and on SIGTERM stops them, releases the
 /// lease so another replica takes over at once, and exits.
 async fn run(args: RunArgs) -> anyhow::Result<()> {
-    init_tracing(args.log_format);
+    init_tracing(args.admin.log_format);
     let client = kube::Client::try_default()
         .await
         .context("connecting to Kubernetes (in-cluster config or KUBECONFIG)")?;
@@ -219,7 +141,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let readiness = Readiness::default();
     let shutdown = CancellationToken::new();
 
-    let listener = admin::bind_admin(&args.admin_addr).await?;
+    let listener = admin::bind_admin(&args.admin.admin_addr).await?;
     let admin = tokio::spawn(admin::serve_admin(
         listener,
         AdminState {
@@ -275,63 +197,6 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let _ = admin.await;
     tracing::info!("stopped");
     outcome
-}
-
-/// Serves the broker until SIGTERM, then drains and exits.
-async fn broker(args: BrokerArgs) -> anyhow::Result<()> {
-    use ferry_broker::server::{self, BrokerOptions};
-    use ferry_runtime::https::{self, ReloadingCertificate};
-    init_tracing(args.log_format);
-    let certificate = ReloadingCertificate::load(&args.tls_cert, &args.tls_key)?;
-    let client = kube::Client::try_default()
-        .await
-        .context("connecting to Kubernetes (in-cluster config or KUBECONFIG)")?;
-    let keys =
-        server::load_or_create_lease_keys(&client, &args.namespace, &args.lease_key_secret).await?;
-    let jwt = server::load_or_create_jwt_provider(
-        &client,
-        &args.namespace,
-        &args.jwt_key_secret,
-        &args.issuer,
-        args.jwt_rotation_period,
-    )
-    .await?;
-    let listener = https::bind(&args.listen_addr).await?;
-    let admin_listener = admin::bind_admin(&args.admin_addr).await?;
-    let shutdown = CancellationToken::new();
-    tokio::spawn(cancel_on_signal(shutdown.clone()));
-    // Other replicas' rotations reach this one within a minute.
-    tokio::spawn(server::refresh_jwt_keys_periodically(
-        client.clone(),
-        args.namespace.clone(),
-        args.jwt_key_secret.clone(),
-        args.jwt_rotation_period,
-        jwt.key_handle(),
-        std::time::Duration::from_secs(60),
-        shutdown.clone(),
-    ));
-    server::serve(
-        client,
-        BrokerOptions {
-            listener,
-            admin_listener,
-            certificate,
-            reload_interval: std::time::Duration::from_secs(args.tls_reload_seconds.max(1)),
-            audience: args.audience,
-            keys,
-            jwt,
-            readiness: Readiness::not_ready("starting"),
-            rate_limit: governor::Quota::per_second(args.rate_limit)
-                .allow_burst(args.rate_limit_burst),
-            reap_interval: std::time::Duration::from_secs(args.reap_interval_seconds.max(1)),
-            unknown_pod_grace: std::time::Duration::from_secs(120),
-        },
-        prometheus::Registry::new(),
-        shutdown,
-    )
-    .await?;
-    tracing::info!("ferry broker stopped");
-    Ok(())
 }
 
 fn print_crds(out_dir: Option<&std::path::Path>) -> anyhow::Result<()> {

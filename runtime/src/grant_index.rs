@@ -6,15 +6,14 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, PoisonError, RwLock};
 
-use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
 use kube::Api;
-use kube::runtime::WatchStreamExt;
-use kube::runtime::watcher::{self, Event};
+use kube::runtime::watcher;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::watch_index::{self, WatchedIndex};
 use ferry_api::grants::{GrantLookup, grant_is_valid_at};
 use ferry_api::resources::{Grant, SecretReference};
 
@@ -205,35 +204,29 @@ impl GrantIndex {
     /// `shutdown` is cancelled. Watch errors are logged and retried with
     /// backoff; the index keeps serving what it last knew meanwhile.
     pub async fn maintain(&self, api: Api<Grant>, shutdown: CancellationToken) {
-        let events = watcher::watcher(api, watcher::Config::default()).default_backoff();
-        let mut events = std::pin::pin!(events);
-        // A relist is collected aside and swapped in whole at InitDone, so
-        // lookups never see a half-filled index.
-        let mut relist: Option<Vec<Grant>> = None;
-        loop {
-            let event = tokio::select! {
-                () = shutdown.cancelled() => return,
-                event = events.next() => event,
-            };
-            match event {
-                None => return,
-                Some(Err(error)) => {
-                    crate::lifecycle::log_watch_error("Grant", &error);
-                }
-                Some(Ok(Event::Init)) => relist = Some(Vec::new()),
-                Some(Ok(Event::InitApply(grant))) => match relist.as_mut() {
-                    Some(grants) => grants.push(compact(grant)),
-                    None => self.apply(grant),
-                },
-                Some(Ok(Event::InitDone)) => {
-                    let grants = relist.take().unwrap_or_default();
-                    tracing::debug!(grants = grants.len(), "grant index synced");
-                    self.replace(grants);
-                }
-                Some(Ok(Event::Apply(grant))) => self.apply(grant),
-                Some(Ok(Event::Delete(grant))) => self.delete(&grant),
-            }
-        }
+        watch_index::maintain(self, api, watcher::Config::default(), shutdown).await;
+    }
+}
+
+impl WatchedIndex<Grant> for GrantIndex {
+    type Entry = Grant;
+    const KIND: &'static str = "Grant";
+
+    fn entry(&self, grant: Grant) -> Option<Grant> {
+        Some(compact(grant))
+    }
+
+    fn apply(&self, grant: Grant) {
+        GrantIndex::apply(self, grant);
+    }
+
+    fn delete(&self, grant: Grant) {
+        GrantIndex::delete(self, &grant);
+    }
+
+    fn replace(&self, grants: Vec<Grant>) {
+        tracing::debug!(grants = grants.len(), "grant index synced");
+        GrantIndex::replace(self, grants);
     }
 }
 

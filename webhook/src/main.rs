@@ -3,12 +3,12 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use ferry_runtime::https::{self, ReloadingCertificate};
-use ferry_runtime::lifecycle::{LogFormat, cancel_on_signal, init_tracing};
+use ferry_runtime::args::ServingArgs;
+use ferry_runtime::https;
+use ferry_runtime::lifecycle::{cancel_on_signal, init_tracing};
 use ferry_webhook::config::{InjectionConfig, MissingGrant};
 use ferry_webhook::configuration::{WebhookEndpoint, mutating_webhook_configuration_yaml};
 use ferry_webhook::server::{self, ServeOptions};
@@ -35,22 +35,12 @@ enum Commands {
 
 /// Options of `ferry-webhook run`.
 #[derive(Debug, clap::Args)]
+#[command(mut_arg("listen_addr", |arg| arg
+    .env("FERRY_WEBHOOK_ADDR")
+    .help("Address of the HTTPS admission server")))]
 struct RunArgs {
-    /// Address of the HTTPS admission server.
-    #[arg(long, env = "FERRY_WEBHOOK_ADDR", default_value = "0.0.0.0:8443")]
-    listen_addr: String,
-    /// Address of the admin server (/livez, /readyz, /metrics).
-    #[arg(long, env = "FERRY_ADMIN_ADDR", default_value = "0.0.0.0:8080")]
-    admin_addr: String,
-    /// PEM certificate chain served; reloaded when the file changes.
-    #[arg(long, env = "FERRY_TLS_CERT", default_value = "/etc/ferry/tls/tls.crt")]
-    tls_cert: PathBuf,
-    /// PEM private key of the certificate; reloaded with it.
-    #[arg(long, env = "FERRY_TLS_KEY", default_value = "/etc/ferry/tls/tls.key")]
-    tls_key: PathBuf,
-    /// How often the certificate files are checked for changes, in seconds.
-    #[arg(long, env = "FERRY_TLS_RELOAD_SECONDS", default_value_t = 10)]
-    tls_reload_seconds: u64,
+    #[command(flatten)]
+    serving: ServingArgs,
     /// ferry's own namespace, whose pods are never touched.
     #[arg(long, env = "POD_NAMESPACE", default_value = ferry_contract::DEFAULT_NAMESPACE)]
     namespace: String,
@@ -107,9 +97,6 @@ struct RunArgs {
     /// What to do with a pod whose service account lacks a Grant.
     #[arg(long, env = "FERRY_MISSING_GRANT", value_enum, default_value_t = MissingGrant::Deny)]
     missing_grant: MissingGrant,
-    /// Log format: JSON lines for production, text for a terminal.
-    #[arg(long, env = "FERRY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
-    log_format: LogFormat,
 }
 
 /// Options of `ferry-webhook configuration`.
@@ -172,14 +159,14 @@ fn injection_config(args: &RunArgs) -> anyhow::Result<InjectionConfig> {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
-    init_tracing(args.log_format);
+    init_tracing(args.serving.admin.log_format);
     let config = injection_config(&args)?;
-    let certificate = ReloadingCertificate::load(&args.tls_cert, &args.tls_key)?;
+    let certificate = args.serving.certificate()?;
     let client = kube::Client::try_default()
         .await
         .context("connecting to the Kubernetes API")?;
-    let listener = https::bind(&args.listen_addr).await?;
-    let admin_listener = ferry_runtime::admin::bind_admin(&args.admin_addr).await?;
+    let listener = https::bind(&args.serving.listen_addr).await?;
+    let admin_listener = ferry_runtime::admin::bind_admin(&args.serving.admin.admin_addr).await?;
 
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
@@ -189,7 +176,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             listener,
             admin_listener,
             certificate,
-            reload_interval: Duration::from_secs(args.tls_reload_seconds.max(1)),
+            reload_interval: args.serving.reload_interval(),
             config,
             readiness: ferry_runtime::admin::Readiness::not_ready("starting"),
         },

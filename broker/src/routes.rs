@@ -1,0 +1,224 @@
+//! The broker's HTTPS API (see `ferry_contract::wire`): authenticate the
+//! bearer token, rate-limit its service account, hand the request to the
+//! [`Broker`], and answer every failure with a JSON error body.
+
+use std::convert::Infallible;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use ferry_contract::wire::{LeaseRequest, LeasesResponse};
+use governor::Quota;
+use governor::clock::{Clock as _, DefaultClock};
+use k8s_openapi::jiff::Timestamp;
+use warp::Filter;
+use warp::filters::BoxedFilter;
+use warp::http::StatusCode;
+use warp::reply::{Reply, Response};
+
+use crate::auth::{AuthError, Authenticator};
+use crate::service::{Broker, BrokerError, audit_refused};
+use ferry_runtime::https::{json_error, rejection_reply};
+
+/// The largest request body accepted.
+pub const MAX_BODY_BYTES: u64 = 64 * 1024;
+
+/// Requests per service account, across all its pods.
+pub type ServiceAccountLimiter = governor::DefaultKeyedRateLimiter<(String, String)>;
+
+/// The default rate per service account: 50 requests a second, bursts of 100.
+pub fn default_rate_limit() -> Quota {
+    Quota::per_second(NonZeroU32::new(50).unwrap_or(NonZeroU32::MIN))
+        .allow_burst(NonZeroU32::new(100).unwrap_or(NonZeroU32::MIN))
+}
+
+/// The broker and its authenticator, shared by every request.
+pub struct BrokerState {
+    /// Decisions.
+    pub broker: Broker,
+    /// Who is asking.
+    pub authenticator: Authenticator,
+    /// How often each service account may ask.
+    pub limiter: ServiceAccountLimiter,
+}
+
+/// The broker's routes, answering every failure with a JSON error body.
+pub fn broker_routes(state: Arc<BrokerState>) -> BoxedFilter<(Response,)> {
+    let bearer = warp::header::optional::<String>("authorization");
+    let with_state = {
+        let state = Arc::clone(&state);
+        warp::any().map(move || Arc::clone(&state))
+    };
+    let issue = warp::path!("v1" / "leases")
+        .and(warp::post())
+        .and(warp::body::content_length_limit(MAX_BODY_BYTES))
+        .and(warp::body::bytes())
+        .and(bearer)
+        .and(with_state.clone())
+        .then(
+            |body: Bytes, bearer: Option<String>, state: Arc<BrokerState>| async move {
+                issue(&state, bearer, &body).await
+            },
+        );
+    let renew = warp::path!("v1" / "leases" / String / "renew")
+        .and(warp::post())
+        .and(bearer)
+        .and(with_state.clone())
+        .then(
+            |id: String, bearer: Option<String>, state: Arc<BrokerState>| async move {
+                renew(&state, bearer, &id).await
+            },
+        );
+    let revoke = warp::path!("v1" / "leases" / String)
+        .and(warp::delete())
+        .and(bearer)
+        .and(with_state)
+        .then(
+            |id: String, bearer: Option<String>, state: Arc<BrokerState>| async move {
+                revoke(&state, bearer, &id).await
+            },
+        );
+    let jwks = {
+        let state = Arc::clone(&state);
+        warp::path!("v1" / "jwks")
+            .and(warp::get())
+            .map(move || warp::reply::json(&state.broker.jwt.jwks()).into_response())
+    };
+    let discovery = {
+        let state = Arc::clone(&state);
+        warp::path!(".well-known" / "openid-configuration")
+            .and(warp::get())
+            .map(move || {
+                let jwt = &state.broker.jwt;
+                let jwks_uri = format!("{}/v1/jwks", jwt.issuer().trim_end_matches('/'));
+                warp::reply::json(&jwt.openid_configuration(&jwks_uri)).into_response()
+            })
+    };
+    issue
+        .or(renew)
+        .unify()
+        .or(revoke)
+        .unify()
+        .or(jwks)
+        .unify()
+        .or(discovery)
+        .unify()
+        .recover(|rejection: warp::Rejection| async move {
+            Ok::<_, Infallible>(rejection_reply(
+                &rejection,
+                "POST /v1/leases, POST /v1/leases/{id}/renew, DELETE /v1/leases/{id}, GET /v1/jwks",
+                MAX_BODY_BYTES,
+            ))
+        })
+        .unify()
+        .boxed()
+}
+
+/// Authenticates the bearer token, counting the cache use and auditing a
+/// refusal.
+async fn authenticate(
+    state: &BrokerState,
+    action: &'static str,
+    bearer: Option<String>,
+) -> Result<super::auth::PodIdentity, BrokerError> {
+    let token = bearer
+        .as_deref()
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .map(str::trim)
+        .unwrap_or_default();
+    // A pod shutting down may still give its leases back.
+    let (identity, used) = if action == "revoke" {
+        state.authenticator.authenticate_ending(token).await
+    } else {
+        state.authenticator.authenticate(token).await
+    };
+    // Without a token no review is made, so there is nothing to count.
+    if !token.is_empty() {
+        state.broker.metrics.observe_review(used);
+    }
+    let pod = identity.map_err(|error| {
+        let error = match error {
+            AuthError::Unavailable(_) => BrokerError::Unavailable(error.to_string()),
+            _ => BrokerError::Unauthenticated(error.to_string()),
+        };
+        audit_refused(&state.broker.metrics, action, None, &error);
+        error
+    })?;
+    let key = (pod.namespace.clone(), pod.service_account.clone());
+    if let Err(not_until) = state.limiter.check_key(&key) {
+        let wait = not_until.wait_time_from(DefaultClock::default().now());
+        let error = BrokerError::RateLimited(wait.as_secs().max(1));
+        audit_refused(&state.broker.metrics, action, Some(&pod), &error);
+        return Err(error);
+    }
+    Ok(pod)
+}
+
+async fn issue(state: &BrokerState, bearer: Option<String>, body: &[u8]) -> Response {
+    let started = Instant::now();
+    let result = async {
+        let pod = authenticate(state, "issue", bearer).await?;
+        let request: LeaseRequest = serde_json::from_slice(body).map_err(|error| {
+            BrokerError::BadRequest(format!("request body is not a lease request: {error}"))
+        })?;
+        state.broker.issue(&pod, request, Timestamp::now()).await
+    }
+    .await;
+    state
+        .broker
+        .metrics
+        .observe_duration("issue", started.elapsed());
+    match result {
+        Ok(leases) => warp::reply::json(&LeasesResponse { leases }).into_response(),
+        Err(error) => error_reply(&error),
+    }
+}
+
+async fn renew(state: &BrokerState, bearer: Option<String>, id: &str) -> Response {
+    let started = Instant::now();
+    let result = async {
+        let pod = authenticate(state, "renew", bearer).await?;
+        state.broker.renew(&pod, id, Timestamp::now()).await
+    }
+    .await;
+    state
+        .broker
+        .metrics
+        .observe_duration("renew", started.elapsed());
+    match result {
+        Ok(lease) => warp::reply::json(&LeasesResponse {
+            leases: vec![lease],
+        })
+        .into_response(),
+        Err(error) => error_reply(&error),
+    }
+}
+
+async fn revoke(state: &BrokerState, bearer: Option<String>, id: &str) -> Response {
+    let started = Instant::now();
+    let result = async {
+        let pod = authenticate(state, "revoke", bearer).await?;
+        state.broker.revoke(&pod, id).await
+    }
+    .await;
+    state
+        .broker
+        .metrics
+        .observe_duration("revoke", started.elapsed());
+    match result {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(error) => error_reply(&error),
+    }
+}
+
+fn error_reply(error: &BrokerError) -> Response {
+    let code = StatusCode::from_u16(error.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let reply = json_error(code, error.to_string());
+    match error {
+        BrokerError::RateLimited(seconds) => {
+            warp::reply::with_header(reply, "retry-after", seconds.to_string()).into_response()
+        }
+        _ => reply,
+    }
+}
