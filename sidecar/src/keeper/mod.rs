@@ -28,26 +28,9 @@ use ferry_contract::wire::SecretRef;
 /// easily; only touched pages count towards memory.
 const CALL_STACK_BYTES: usize = 512 * 1024;
 
-/// Limits on how long things may take.
-#[derive(Debug, Clone, Copy)]
-pub struct Deadlines {
-    /// From start until every secret is written, else `run` fails.
-    pub startup: Duration,
-    /// One broker call (connect, TLS, request, response).
-    pub call: Duration,
-    /// All revocations at shutdown together.
-    pub revoke: Duration,
-}
+pub mod machine;
 
-impl Default for Deadlines {
-    fn default() -> Self {
-        Self {
-            startup: Duration::from_secs(120),
-            call: Duration::from_secs(10),
-            revoke: Duration::from_secs(5),
-        }
-    }
-}
+pub use machine::Deadlines;
 
 /// What the loop hears about.
 enum Event {
