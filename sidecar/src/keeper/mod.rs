@@ -1,0 +1,258 @@
+//! Keeps a pod's secrets current for as long as it lives: issue them all at
+//! start, renew each on its own schedule, wipe one whose lease runs out,
+//! and at SIGTERM/SIGINT revoke, wipe and exit.
+//!
+//! [`machine`] decides; this module is its shell. One thread feeds the
+//! machine events from a channel and carries out its actions; broker calls
+//! run on short-lived threads that report back, and a signal thread turns
+//! signals into events. So a hanging call never delays an expiry or a
+//! shutdown, and no async runtime is linked.
+
+pub mod machine;
+
+use std::process::ExitCode;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::thread;
+use std::time::{Instant, SystemTime};
+
+use nix::sys::signal::{SigSet, Signal};
+use serde_json::json;
+
+use crate::broker_client::BrokerClient;
+use crate::config::SidecarConfig;
+use crate::log;
+use crate::random;
+use crate::volume::SecretVolume;
+pub use machine::Deadlines;
+use machine::{Action, Event, Machine, Mode, qualified};
+
+/// Stack of a broker-call thread: a TLS handshake and JSON parsing fit
+/// easily; only touched pages count towards memory.
+const CALL_STACK_BYTES: usize = 512 * 1024;
+
+/// The machine, and the I/O it asks for.
+pub struct Keeper {
+    config: SidecarConfig,
+    client: BrokerClient,
+    volume: SecretVolume,
+    machine: Machine<fn() -> f64>,
+    /// Kept so the channel never closes while the keeper waits on it.
+    events: Sender<Event>,
+    inbox: Receiver<Event>,
+}
+
+impl Keeper {
+    /// A keeper for `config`, calling the broker through `client`.
+    pub fn new(config: SidecarConfig, client: BrokerClient, deadlines: Deadlines) -> Self {
+        let (events, inbox) = mpsc::channel();
+        let machine = Machine::new(
+            &config.secrets,
+            deadlines,
+            Instant::now(),
+            random::unit_interval as fn() -> f64,
+        );
+        Self {
+            volume: SecretVolume::new(&config.secrets_dir, config.fs_group),
+            config,
+            client,
+            machine,
+            events,
+            inbox,
+        }
+    }
+
+    /// `ferry-sidecar run`: start, keep the secrets current until a signal,
+    /// then revoke, wipe and exit 0. Non-zero when start-up fails (the
+    /// kubelet restarts the container) or the wipe does.
+    pub fn run(self) -> ExitCode {
+        if let Err(message) = self.listen_for_signals() {
+            log::error("start_failed", json!({ "error": message }));
+            return ExitCode::FAILURE;
+        }
+        self.log_start("run");
+        self.drive(Mode::Run)
+    }
+
+    /// `ferry-sidecar init`: issue and write every secret once, exit 0.
+    /// Nothing renews, revokes or wipes them later: the leases expire.
+    pub fn init(self) -> ExitCode {
+        self.log_start("init");
+        self.drive(Mode::Init)
+    }
+
+    /// Feeds the machine until it exits: each event, then whatever arrives
+    /// on the channel or, at the machine's wake-up time, a tick.
+    fn drive(mut self, mode: Mode) -> ExitCode {
+        let mut event = Event::Start(mode);
+        loop {
+            if let Some(code) = self.feed(event) {
+                return code;
+            }
+            event = match self.machine.wake_at() {
+                Some(at) => match self
+                    .inbox
+                    .recv_timeout(at.saturating_duration_since(Instant::now()))
+                {
+                    Ok(event) => event,
+                    Err(RecvTimeoutError::Timeout) => Event::Tick,
+                    Err(RecvTimeoutError::Disconnected) => return ExitCode::FAILURE,
+                },
+                None => match self.inbox.recv() {
+                    Ok(event) => event,
+                    Err(_) => return ExitCode::FAILURE,
+                },
+            };
+        }
+    }
+
+    /// Hands `event` to the machine and carries out its actions, answering
+    /// the one that wants an answer at once; the exit code once it says so.
+    fn feed(&mut self, event: Event) -> Option<ExitCode> {
+        let mut next = Some(event);
+        while let Some(event) = next.take() {
+            for action in self.machine.handle(event, Instant::now()) {
+                if let Action::Exit(code) = action {
+                    return Some(code);
+                }
+                next = self.execute(action);
+            }
+        }
+        None
+    }
+
+    /// Carries out one action; its answer, if it has one.
+    fn execute(&self, action: Action) -> Option<Event> {
+        let answer = match action {
+            Action::Log {
+                level,
+                event,
+                fields,
+            } => {
+                log::emit(level, event, fields);
+                return None;
+            }
+            Action::Exit(_) => return None,
+            Action::Issue { slots, secrets } => {
+                let client = self.client.clone();
+                Event::CallStarted(self.spawn_call("issue", move || {
+                    let asked_at = Instant::now();
+                    let result = client.issue(&secrets);
+                    Event::Issued {
+                        slots,
+                        asked_at,
+                        result,
+                    }
+                }))
+            }
+            Action::Renew { slot, lease_id } => {
+                let client = self.client.clone();
+                Event::CallStarted(self.spawn_call("renew", move || {
+                    let asked_at = Instant::now();
+                    let result = client.renew(&lease_id);
+                    Event::Renewed {
+                        slot,
+                        asked_at,
+                        result,
+                    }
+                }))
+            }
+            Action::Revoke {
+                lease_id,
+                secret,
+                timeout,
+            } => {
+                let client = self.client.clone();
+                Event::CallStarted(self.spawn_call("revoke", move || {
+                    let result = client.revoke(&lease_id, timeout);
+                    Event::Revoked {
+                        lease_id,
+                        secret,
+                        result,
+                    }
+                }))
+            }
+            Action::Write { secret, files } => Event::Written(
+                self.volume
+                    .write_secret(&secret, &files)
+                    .map_err(|e| e.to_string()),
+            ),
+            Action::MarkReady { secrets } => {
+                let detail = json!({
+                    "ready_since": log::rfc3339(SystemTime::now()),
+                    "secrets": secrets,
+                })
+                .to_string();
+                Event::ReadyMarked(self.volume.mark_ready(&detail).map_err(|e| e.to_string()))
+            }
+            Action::ClearReady => {
+                Event::ReadyCleared(self.volume.clear_ready().map_err(|e| e.to_string()))
+            }
+            Action::Wipe { secret } => {
+                Event::Wiped(self.volume.wipe_secret(&secret).map_err(|e| e.to_string()))
+            }
+        };
+        Some(answer)
+    }
+
+    fn log_start(&self, mode: &str) {
+        log::info(
+            "starting",
+            json!({
+                "mode": mode,
+                "version": env!("CARGO_PKG_VERSION"),
+                "secrets": self.config.secrets.iter().map(qualified).collect::<Vec<_>>(),
+                "dir": self.config.secrets_dir.display().to_string(),
+                "broker": self.config.broker_url.host_header(),
+                "pod": format!(
+                    "{}/{}",
+                    self.config.pod.namespace.as_deref().unwrap_or("?"),
+                    self.config.pod.name.as_deref().unwrap_or("?")
+                ),
+                "pod_uid": self.config.pod.uid,
+                "fs_group": self.config.fs_group,
+            }),
+        );
+    }
+
+    /// Blocks SIGTERM and SIGINT in every thread and waits for them on one.
+    fn listen_for_signals(&self) -> Result<(), String> {
+        let mut signals = SigSet::empty();
+        signals.add(Signal::SIGTERM);
+        signals.add(Signal::SIGINT);
+        signals
+            .thread_block()
+            .map_err(|e| format!("cannot block signals: {e}"))?;
+        let events = self.events.clone();
+        thread::Builder::new()
+            .name("signals".into())
+            .stack_size(64 * 1024)
+            .spawn(move || {
+                while let Ok(signal) = signals.wait() {
+                    if events.send(Event::Signal(signal)).is_err() {
+                        break;
+                    }
+                }
+            })
+            .map(drop)
+            .map_err(|e| format!("cannot start the signal thread: {e}"))
+    }
+
+    /// Runs `call` on a thread that reports its event; whether it started.
+    fn spawn_call(&self, name: &str, call: impl FnOnce() -> Event + Send + 'static) -> bool {
+        let events = self.events.clone();
+        let spawned = thread::Builder::new()
+            .name(name.into())
+            .stack_size(CALL_STACK_BYTES)
+            .spawn(move || {
+                // The loop may have exited already; nothing to tell then.
+                let _ = events.send(call());
+            });
+        if let Err(error) = &spawned {
+            log::error(
+                "thread_failed",
+                json!({ "call": name, "error": error.to_string() }),
+            );
+        }
+        spawned.is_ok()
+    }
+}
