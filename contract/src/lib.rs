@@ -6,7 +6,7 @@
 //! This crate is the root of the workspace's dependency graph: serde and
 //! nothing else. It must never depend on kube, k8s-openapi, tokio or any
 //! other ferry crate, because the sidecar (injected into every pod, so its
-//! size is a feature) depends on it; `tests/dependencies.rs` of the sidecar
+//! size is a feature) depends on it; `e2e/tests/dependencies.rs`
 //! checks what the sidecar links.
 
 pub mod wire;

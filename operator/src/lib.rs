@@ -1,5 +1,12 @@
-//! ferry's operator library: the custom resource types, the reconciler that
-//! derives Grants, and the broker that issues short-lived credentials.
+//! ferry's operator: the controllers that turn AccessPolicies and
+//! BrokeredSecrets into Grants and status ([`controller`]), and the
+//! certificate manager that issues the webhook's and broker's serving
+//! certificates ([`certificates`]).
+//!
+//! It depends on `ferry-contract`, `ferry-api` and `ferry-runtime`; the
+//! package depends on `ferry-broker` only for its binary's `broker`
+//! subcommand, and the library uses none of it. It must never depend on
+//! the webhook or the sidecar.
 
 pub mod certificates;
 pub mod controller;

@@ -6,7 +6,7 @@
 //! never link kube, k8s-openapi, tokio or a JSON-schema crate: it is
 //! injected into every opted-in pod, so its size and memory are a feature.
 //! Blocking I/O on a few std threads, rustls over std sockets;
-//! `tests/dependencies.rs` checks what it links.
+//! `e2e/tests/dependencies.rs` checks what it links.
 
 pub mod broker_client;
 pub mod config;
