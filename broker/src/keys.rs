@@ -17,7 +17,6 @@ use tokio_util::sync::CancellationToken;
 use crate::jwt_keys::{StoredJwtKeys, maintain};
 use crate::lease_id::{LEASE_KEY_BYTES, LeaseKeys, generate_lease_key};
 use crate::providers::jwt::{JwtKeyHandle, JwtProvider, generate_key};
-use crate::server::BrokerStartError;
 use ferry_runtime::secrets::{self, UpsertError};
 
 /// The key of the lease-key Secret holding the current key.
@@ -25,6 +24,11 @@ pub const LEASE_KEY_CURRENT: &str = "current";
 
 /// The key of the lease-key Secret holding the previous key, if any.
 pub const LEASE_KEY_PREVIOUS: &str = "previous";
+
+/// A key Secret could not be read, created or used: `namespace/name: why`.
+#[derive(Debug, thiserror::Error)]
+#[error("key Secret {0}")]
+pub struct KeyError(String);
 
 /// A signing key as the broker keeps it: the `current` key, and the
 /// `previous` one after a rotation.
@@ -56,16 +60,11 @@ fn key_secret(data: BTreeMap<String, ByteString>) -> Secret {
 }
 
 /// An [`UpsertError`] of a key Secret as the broker reports it.
-fn key_secret_error(
-    namespace: &str,
-    name: &str,
-) -> impl Fn(UpsertError<BrokerStartError>) -> BrokerStartError {
+fn key_secret_error(namespace: &str, name: &str) -> impl Fn(UpsertError<KeyError>) -> KeyError {
     move |error| match error {
         UpsertError::Decide(error) => error,
-        UpsertError::Kube { source, .. } => {
-            BrokerStartError::KeySecret(format!("{namespace}/{name}: {source}"))
-        }
-        UpsertError::Contended { .. } => BrokerStartError::KeySecret(format!(
+        UpsertError::Kube { source, .. } => KeyError(format!("{namespace}/{name}: {source}")),
+        UpsertError::Contended { .. } => KeyError(format!(
             "{namespace}/{name}: kept changing while it was being updated"
         )),
     }
@@ -79,9 +78,9 @@ async fn load_or_create_keys(
     namespace: &str,
     name: &str,
     generate: impl Fn() -> Option<Vec<u8>>,
-) -> Result<StoredKeys, BrokerStartError> {
+) -> Result<StoredKeys, KeyError> {
     let secrets = Api::<Secret>::namespaced(client.clone(), namespace);
-    let fail = |what: String| BrokerStartError::KeySecret(format!("{namespace}/{name}: {what}"));
+    let fail = |what: String| KeyError(format!("{namespace}/{name}: {what}"));
     let upserted = secrets::upsert(&secrets, name, |existing| match existing {
         Some(_) => Ok(None),
         None => {
@@ -116,13 +115,13 @@ pub async fn load_or_create_lease_keys(
     client: &kube::Client,
     namespace: &str,
     name: &str,
-) -> Result<LeaseKeys, BrokerStartError> {
+) -> Result<LeaseKeys, KeyError> {
     let keys = load_or_create_keys(client, namespace, name, || {
         generate_lease_key().ok().map(|key| key.to_vec())
     })
     .await?;
     if keys.current.len() < LEASE_KEY_BYTES {
-        return Err(BrokerStartError::KeySecret(format!(
+        return Err(KeyError(format!(
             "{namespace}/{name}: has no {LEASE_KEY_CURRENT} key of at least {LEASE_KEY_BYTES} bytes"
         )));
     }
@@ -139,11 +138,11 @@ pub async fn load_or_create_jwt_provider(
     name: &str,
     issuer: &str,
     rotation_period: Duration,
-) -> Result<JwtProvider, BrokerStartError> {
+) -> Result<JwtProvider, KeyError> {
     let stored = refresh_jwt_keys(client, namespace, name, rotation_period).await?;
     let keys = stored
         .signing_keys()
-        .map_err(|error| BrokerStartError::KeySecret(format!("{namespace}/{name}: {error}")))?;
+        .map_err(|error| KeyError(format!("{namespace}/{name}: {error}")))?;
     tracing::info!(secret = %format!("{namespace}/{name}"), kids = ?keys.kids(), "loaded the JWT signing keys");
     Ok(JwtProvider::with_keys(issuer, keys))
 }
@@ -157,7 +156,7 @@ pub async fn refresh_jwt_keys(
     namespace: &str,
     name: &str,
     rotation_period: Duration,
-) -> Result<StoredJwtKeys, BrokerStartError> {
+) -> Result<StoredJwtKeys, KeyError> {
     let secrets = Api::<Secret>::namespaced(client.clone(), namespace);
     let generate = |algorithm| generate_key(algorithm).ok();
     let stored_keys = |secret: Option<&Secret>| {
@@ -225,9 +224,9 @@ pub async fn refresh_jwt_keys_periodically(
         let keys = refresh_jwt_keys(&client, &namespace, &name, rotation_period)
             .await
             .and_then(|stored| {
-                stored.signing_keys().map_err(|error| {
-                    BrokerStartError::KeySecret(format!("{namespace}/{name}: {error}"))
-                })
+                stored
+                    .signing_keys()
+                    .map_err(|error| KeyError(format!("{namespace}/{name}: {error}")))
             });
         match keys {
             Ok(keys) if keys.kids() != handle.load().kids() => {

@@ -162,8 +162,8 @@ pub enum BrokerStartError {
     #[error("registering metrics: {0}")]
     Metrics(#[from] prometheus::Error),
     /// A key Secret (lease or JWT keys) could not be read or created.
-    #[error("key Secret {0}")]
-    KeySecret(String),
+    #[error(transparent)]
+    KeySecret(#[from] keys::KeyError),
     /// The apiserver could not be reached.
     #[error("connecting to Kubernetes (in-cluster config or KUBECONFIG): {0}")]
     Connect(#[source] kube::Error),
