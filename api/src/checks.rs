@@ -178,7 +178,10 @@ mod tests {
     #[test]
     fn a_copied_secret_provides_its_own_keys_to_templates() {
         let source = orders_db().kubernetes_secret("static");
-        let good = source.clone().files(&[("env", "TOKEN={{ token }}")]).build();
+        let good = source
+            .clone()
+            .files(&[("env", "TOKEN={{ token }}")])
+            .build();
         let found = keys(&["token"]);
         assert!(verdict(&good, Some(&found)).ready);
         let bad = source.files(&[("env", "TOKEN={{ tokn }}")]).build();

@@ -466,7 +466,11 @@ mod tests {
             access("token").audience(&["orders-api", "admin-api"]),
             access("token").scopes(&["delete"]),
         ] {
-            let d = derive(&checkout(&[entry.clone()]), &[jwt("token")], &[]);
+            let d = derive(
+                &checkout(std::slice::from_ref(&entry)),
+                &[jwt("token")],
+                &[],
+            );
             assert!(d.grants.is_empty(), "{entry:?}");
             assert_eq!(d.problems[0].reason(), "InvalidNarrowing");
         }

@@ -24,8 +24,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, 
 
 use crate::resources::{
     AccessPolicy, AccessPolicySpec, BrokeredSecret, BrokeredSecretSpec, Grant, GrantSpec,
-    JwtAlgorithm, JwtSource, KubernetesSecretSource, PolicyReference, PostgresSource,
-    SecretAccess, SecretKeyRef, SecretReference, SecretSource, ServiceAccountRef, Subject,
+    JwtAlgorithm, JwtSource, KubernetesSecretSource, PolicyReference, PostgresSource, SecretAccess,
+    SecretKeyRef, SecretReference, SecretSource, ServiceAccountRef, Subject,
 };
 
 fn strings(values: &[&str]) -> Vec<String> {
