@@ -126,20 +126,10 @@ pub fn template_problem(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use crate::testing::{self, BrokeredSecretBuilder};
 
-    fn brokered_secret(source: serde_json::Value, files: serde_json::Value) -> BrokeredSecret {
-        serde_json::from_value(json!({
-            "apiVersion": "ferry.dev/v1alpha1",
-            "kind": "BrokeredSecret",
-            "metadata": {"namespace": "payments", "name": "orders-db"},
-            "spec": {"source": source, "files": files},
-        }))
-        .expect("a valid BrokeredSecret")
-    }
-
-    fn postgres() -> serde_json::Value {
-        json!({"postgres": {"connectionSecretRef": {"name": "admin", "key": "dsn"}}})
+    fn orders_db() -> BrokeredSecretBuilder {
+        testing::brokered_secret("payments", "orders-db")
     }
 
     fn keys(names: &[&str]) -> Vec<String> {
@@ -155,7 +145,7 @@ mod tests {
 
     #[test]
     fn a_jwt_source_needs_no_reference_and_is_ready() {
-        let secret = brokered_secret(json!({"jwt": {"audience": ["api"]}}), json!({}));
+        let secret = orders_db().jwt(&["api"]).build();
         assert_eq!(reference(&secret), None);
         assert_eq!(
             verdict(&secret, None),
@@ -170,7 +160,7 @@ mod tests {
 
     #[test]
     fn a_missing_connection_secret_is_named() {
-        let verdict = verdict(&brokered_secret(postgres(), json!({})), None);
+        let verdict = verdict(&orders_db().postgres("admin", "dsn").build(), None);
         assert!(!verdict.ready);
         assert_eq!(verdict.reason, "SecretNotFound");
         assert_eq!(verdict.message, "Secret payments/admin not found");
@@ -180,18 +170,21 @@ mod tests {
     #[test]
     fn a_connection_secret_without_the_key_is_named_with_the_key() {
         let found = keys(&["url"]);
-        let verdict = verdict(&brokered_secret(postgres(), json!({})), Some(&found));
+        let verdict = verdict(&orders_db().postgres("admin", "dsn").build(), Some(&found));
         assert_eq!(verdict.reason, "KeyNotFound");
         assert_eq!(verdict.message, "Secret payments/admin has no key \"dsn\"");
     }
 
     #[test]
     fn a_copied_secret_provides_its_own_keys_to_templates() {
-        let source = json!({"kubernetesSecret": {"name": "static"}});
-        let good = brokered_secret(source.clone(), json!({"env": "TOKEN={{ token }}"}));
+        let source = orders_db().kubernetes_secret("static");
+        let good = source
+            .clone()
+            .files(&[("env", "TOKEN={{ token }}")])
+            .build();
         let found = keys(&["token"]);
         assert!(verdict(&good, Some(&found)).ready);
-        let bad = brokered_secret(source, json!({"env": "TOKEN={{ tokn }}"}));
+        let bad = source.files(&[("env", "TOKEN={{ tokn }}")]).build();
         let verdict = verdict(&bad, Some(&found));
         assert_eq!(verdict.reason, "InvalidTemplate");
         assert!(
@@ -203,7 +196,10 @@ mod tests {
 
     #[test]
     fn a_template_problem_outranks_a_resolved_reference() {
-        let secret = brokered_secret(postgres(), json!({"dsn": "{{ pasword }}"}));
+        let secret = orders_db()
+            .postgres("admin", "dsn")
+            .files(&[("dsn", "{{ pasword }}")])
+            .build();
         let found = keys(&["dsn"]);
         let verdict = verdict(&secret, Some(&found));
         assert!(!verdict.ready);

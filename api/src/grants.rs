@@ -320,48 +320,49 @@ pub fn next_expiry(policy: &AccessPolicy, now: Timestamp) -> Option<std::time::D
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{self, AccessPolicyBuilder, SecretAccessBuilder, secret_access as access};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
     use serde_json::json;
 
     fn now() -> Timestamp {
         "2026-06-01T00:00:00Z".parse().unwrap()
     }
 
-    fn secret(name: &str, spec: serde_json::Value) -> BrokeredSecret {
-        serde_json::from_value(json!({
-            "apiVersion": "ferry.dev/v1alpha1", "kind": "BrokeredSecret",
-            "metadata": {"name": name, "namespace": "payments"},
-            "spec": spec,
-        }))
-        .unwrap()
-    }
-
     fn postgres(name: &str) -> BrokeredSecret {
-        secret(
-            name,
-            json!({"ttl": "15m", "maxTtl": "1h", "source": {"postgres": {"connectionSecretRef": {"name": "admin"}}}}),
-        )
+        testing::brokered_secret("payments", name)
+            .postgres("admin", "dsn")
+            .build()
     }
 
     fn jwt(name: &str) -> BrokeredSecret {
-        secret(
-            name,
-            json!({"ttl": "5m", "maxTtl": "30m", "source": {"jwt": {"audience": ["orders-api", "billing-api"], "scopes": ["read", "write"]}}}),
-        )
+        testing::brokered_secret("payments", name)
+            .ttl("5m")
+            .max_ttl("30m")
+            .jwt(&["orders-api", "billing-api"])
+            .scopes(&["read", "write"])
+            .build()
     }
 
-    fn policy(spec: serde_json::Value) -> AccessPolicy {
-        serde_json::from_value(json!({
-            "apiVersion": "ferry.dev/v1alpha1", "kind": "AccessPolicy",
-            "metadata": {"name": "checkout-reads", "namespace": "payments", "uid": "0000-policy-uid"},
-            "spec": spec,
-        }))
-        .unwrap()
+    fn policy() -> AccessPolicyBuilder {
+        testing::access_policy("payments", "checkout-reads").uid("0000-policy-uid")
     }
 
-    fn checkout(secrets: serde_json::Value) -> AccessPolicy {
-        policy(
-            json!({"subjects": [{"serviceAccount": {"name": "checkout", "namespace": "shop"}}], "secrets": secrets}),
-        )
+    fn checkout(secrets: &[SecretAccessBuilder]) -> AccessPolicy {
+        secrets
+            .iter()
+            .cloned()
+            .fold(
+                policy().service_account("shop", "checkout"),
+                AccessPolicyBuilder::narrowed,
+            )
+            .build()
+    }
+
+    fn team(name: &str) -> LabelSelector {
+        LabelSelector {
+            match_labels: Some(BTreeMap::from([("team".into(), name.into())])),
+            ..LabelSelector::default()
+        }
     }
 
     fn namespace(name: &str, labels: serde_json::Value) -> Namespace {
@@ -387,7 +388,7 @@ mod tests {
     #[test]
     fn service_account_subject_gets_one_grant_per_secret_in_its_own_namespace() {
         let d = derive(
-            &checkout(json!([{"name": "orders-db"}])),
+            &checkout(&[access("orders-db")]),
             &[postgres("orders-db")],
             &[],
         );
@@ -419,7 +420,7 @@ mod tests {
     #[test]
     fn narrower_max_ttl_is_granted_as_asked() {
         let d = derive(
-            &checkout(json!([{"name": "orders-db", "maxTtl": "10m"}])),
+            &checkout(&[access("orders-db").max_ttl("10m")]),
             &[postgres("orders-db")],
             &[],
         );
@@ -429,7 +430,7 @@ mod tests {
     #[test]
     fn wider_max_ttl_is_invalid_narrowing_and_grants_nothing() {
         let d = derive(
-            &checkout(json!([{"name": "orders-db", "maxTtl": "2h"}])),
+            &checkout(&[access("orders-db").max_ttl("2h")]),
             &[postgres("orders-db")],
             &[],
         );
@@ -446,12 +447,12 @@ mod tests {
 
     #[test]
     fn jwt_audience_and_scopes_default_to_the_secrets_and_may_be_narrowed() {
-        let all = derive(&checkout(json!([{"name": "token"}])), &[jwt("token")], &[]);
+        let all = derive(&checkout(&[access("token")]), &[jwt("token")], &[]);
         assert_eq!(all.grants[0].spec.audience, ["orders-api", "billing-api"]);
         assert_eq!(all.grants[0].spec.scopes, ["read", "write"]);
 
         let narrow = derive(
-            &checkout(json!([{"name": "token", "audience": ["orders-api"], "scopes": ["read"]}])),
+            &checkout(&[access("token").audience(&["orders-api"]).scopes(&["read"])]),
             &[jwt("token")],
             &[],
         );
@@ -462,11 +463,15 @@ mod tests {
     #[test]
     fn audience_or_scope_beyond_the_secret_is_invalid_narrowing() {
         for entry in [
-            json!({"name": "token", "audience": ["orders-api", "admin-api"]}),
-            json!({"name": "token", "scopes": ["delete"]}),
+            access("token").audience(&["orders-api", "admin-api"]),
+            access("token").scopes(&["delete"]),
         ] {
-            let d = derive(&checkout(json!([entry])), &[jwt("token")], &[]);
-            assert!(d.grants.is_empty(), "{entry}");
+            let d = derive(
+                &checkout(std::slice::from_ref(&entry)),
+                &[jwt("token")],
+                &[],
+            );
+            assert!(d.grants.is_empty(), "{entry:?}");
             assert_eq!(d.problems[0].reason(), "InvalidNarrowing");
         }
     }
@@ -474,7 +479,7 @@ mod tests {
     #[test]
     fn audience_on_a_non_jwt_secret_is_invalid_narrowing() {
         let d = derive(
-            &checkout(json!([{"name": "orders-db", "audience": ["x"]}])),
+            &checkout(&[access("orders-db").audience(&["x"])]),
             &[postgres("orders-db")],
             &[],
         );
@@ -488,7 +493,7 @@ mod tests {
     #[test]
     fn missing_secret_is_reported_and_other_secrets_are_still_granted() {
         let d = derive(
-            &checkout(json!([{"name": "gone"}, {"name": "orders-db"}])),
+            &checkout(&[access("gone"), access("orders-db")]),
             &[postgres("orders-db")],
             &[],
         );
@@ -506,17 +511,17 @@ mod tests {
     fn secret_being_deleted_counts_as_not_found() {
         let mut deleting = postgres("orders-db");
         deleting.metadata.deletion_timestamp = Some(Time(now()));
-        let d = derive(&checkout(json!([{"name": "orders-db"}])), &[deleting], &[]);
+        let d = derive(&checkout(&[access("orders-db")]), &[deleting], &[]);
         assert_eq!(d.problems[0].reason(), "SecretNotFound");
         assert!(d.grants.is_empty());
     }
 
     #[test]
     fn namespace_selector_grants_the_named_account_in_each_matching_namespace() {
-        let p = policy(json!({
-            "subjects": [{"namespaceSelector": {"matchLabels": {"team": "payments"}}, "serviceAccountName": "batch"}],
-            "secrets": [{"name": "orders-db"}],
-        }));
+        let p = policy()
+            .namespace_selector(team("payments"), "batch")
+            .secret("orders-db")
+            .build();
         let mut leaving = namespace("leaving", json!({"team": "payments"}));
         leaving.metadata.deletion_timestamp = Some(Time(now()));
         let namespaces = [
@@ -545,13 +550,11 @@ mod tests {
 
     #[test]
     fn repeated_subjects_yield_one_grant() {
-        let p = policy(json!({
-            "subjects": [
-                {"serviceAccount": {"name": "batch", "namespace": "a"}},
-                {"namespaceSelector": {"matchLabels": {"team": "payments"}}, "serviceAccountName": "batch"},
-            ],
-            "secrets": [{"name": "orders-db"}],
-        }));
+        let p = policy()
+            .service_account("a", "batch")
+            .namespace_selector(team("payments"), "batch")
+            .secret("orders-db")
+            .build();
         let d = derive(
             &p,
             &[postgres("orders-db")],
@@ -562,7 +565,7 @@ mod tests {
 
     #[test]
     fn expired_policy_grants_nothing() {
-        let mut p = checkout(json!([{"name": "orders-db"}]));
+        let mut p = checkout(&[access("orders-db")]);
         p.spec.valid_until = Some(Time("2026-05-31T23:59:59Z".parse().unwrap()));
         let d = derive(&p, &[postgres("orders-db")], &[]);
         assert!(d.expired);
@@ -572,7 +575,7 @@ mod tests {
 
     #[test]
     fn time_boxed_policy_passes_valid_until_to_its_grants_and_requeues_then() {
-        let mut p = checkout(json!([{"name": "orders-db"}]));
+        let mut p = checkout(&[access("orders-db")]);
         let until = Time("2026-06-01T01:00:00Z".parse().unwrap());
         p.spec.valid_until = Some(until.clone());
         let d = derive(&p, &[postgres("orders-db")], &[]);
@@ -588,7 +591,7 @@ mod tests {
         // A policy in `payments` naming `orders-db` grants payments/orders-db,
         // whatever other namespaces hold: it cannot reach across.
         let d = derive(
-            &checkout(json!([{"name": "orders-db"}])),
+            &checkout(&[access("orders-db")]),
             &[postgres("orders-db")],
             &[namespace("shop", json!({}))],
         );
@@ -602,9 +605,10 @@ mod tests {
     #[test]
     fn long_grant_names_are_shortened_deterministically_within_the_limit() {
         let long = "x".repeat(200);
-        let p = policy(
-            json!({"subjects": [{"serviceAccount": {"name": long, "namespace": "shop"}}], "secrets": [{"name": "orders-db"}]}),
-        );
+        let p = policy()
+            .service_account("shop", &long)
+            .secret("orders-db")
+            .build();
         let a = derive(&p, &[postgres("orders-db")], &[]);
         let b = derive(&p, &[postgres("orders-db")], &[]);
         let name = a.grants[0].name_any();

@@ -7,7 +7,8 @@
 //! It depends on `ferry-contract`, kube's types and serde; never on tokio's
 //! runtime, an HTTP server, a database client or a certificate library.
 //! The template checker (minijinja) is behind the `templates` feature, which
-//! the webhook does not enable.
+//! the webhook does not enable. Builders for tests are behind `testing`,
+//! which only dev-dependencies and the e2e harness enable.
 
 #[cfg(feature = "templates")]
 pub mod checks;
@@ -17,5 +18,7 @@ pub mod grants;
 pub mod resources;
 #[cfg(feature = "templates")]
 pub mod templates;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use resources::{crds, crds_yaml};

@@ -130,27 +130,25 @@ pub fn lease_terms(
 
 #[cfg(test)]
 mod tests {
+    use ferry_api::testing;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     use serde_json::json;
 
     use super::*;
 
     fn jwt_secret() -> BrokeredSecretSpec {
-        serde_json::from_value(json!({
-            "ttl": "15m", "maxTtl": "1h",
-            "source": {"jwt": {"audience": ["orders", "billing"], "scopes": ["read", "write"]}},
-        }))
-        .unwrap()
+        testing::brokered_secret("payments", "orders-token")
+            .jwt(&["orders", "billing"])
+            .scopes(&["read", "write"])
+            .spec()
     }
 
     fn grant(max_ttl: &str) -> GrantSpec {
-        serde_json::from_value(json!({
-            "serviceAccount": "checkout",
-            "secret": {"namespace": "payments", "name": "orders-token"},
-            "maxTtl": max_ttl, "audience": ["orders"], "scopes": ["read"],
-            "policy": {"namespace": "payments", "name": "p", "uid": "u"},
-        }))
-        .unwrap()
+        testing::grant("shop", "checkout", ("payments", "orders-token"))
+            .max_ttl(max_ttl)
+            .audience(&["orders"])
+            .scopes(&["read"])
+            .spec()
     }
 
     fn request(value: serde_json::Value) -> SecretRequest {
@@ -209,10 +207,9 @@ mod tests {
 
     #[test]
     fn audience_asked_of_a_non_jwt_secret_is_refused() {
-        let secret: BrokeredSecretSpec = serde_json::from_value(json!({
-            "source": {"kubernetesSecret": {"name": "api-key"}},
-        }))
-        .unwrap();
+        let secret = testing::brokered_secret("payments", "api-key")
+            .kubernetes_secret("api-key")
+            .spec();
         let mut plain = grant("30m");
         plain.audience.clear();
         plain.scopes.clear();

@@ -5,96 +5,100 @@
 use std::time::Duration;
 
 use ferry_api::resources::{AccessPolicy, BrokeredSecret, Grant};
+use ferry_api::testing;
 use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::{Value, json};
 
-use crate::{HarnessError, create_object};
+use crate::{HarnessError, create_object, poll_until};
 
 /// How long the operator may take to make Grants.
 const GRANTS_DEADLINE: Duration = Duration::from_secs(60);
 
-/// Creates the BrokeredSecret `namespace/name` with `spec`.
+/// Creates `object` (built with `ferry_api::testing`, say) in the
+/// namespace its metadata names, and returns it as stored.
+pub async fn create_resource<K>(client: &kube::Client, object: &K) -> Result<K, HarnessError>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+        + std::fmt::Debug,
+{
+    let namespace = object
+        .meta()
+        .namespace
+        .as_deref()
+        .ok_or_else(|| HarnessError::Process(format!("{object:?} names no namespace")))?;
+    Ok(Api::<K>::namespaced(client.clone(), namespace)
+        .create(&PostParams::default(), object)
+        .await?)
+}
+
+/// Creates the BrokeredSecret `secret`.
 pub async fn create_brokered_secret(
+    client: &kube::Client,
+    secret: &BrokeredSecret,
+) -> Result<BrokeredSecret, HarnessError> {
+    create_resource(client, secret).await
+}
+
+/// Creates the AccessPolicy `policy`, creates the service accounts it
+/// names if missing, and waits until the operator has made one Grant per
+/// service account and secret.
+pub async fn grant(client: &kube::Client, policy: AccessPolicy) -> Result<(), HarnessError> {
+    let created = create_resource(client, &policy).await?;
+    let owner = created.metadata.namespace.clone().unwrap_or_default();
+    let name = created.metadata.name.clone().unwrap_or_default();
+    let expected = created.spec.secrets.len();
+    let accounts = created
+        .spec
+        .subjects
+        .iter()
+        .filter_map(|subject| subject.service_account.clone());
+    for account in accounts {
+        ensure_service_account(client, &account.namespace, &account.name).await?;
+        let grants: Api<Grant> = Api::namespaced(client.clone(), &account.namespace);
+        let what = format!(
+            "the operator to make {expected} Grants of AccessPolicy {owner}/{name} for {}/{}",
+            account.namespace, account.name
+        );
+        poll_until(&what, GRANTS_DEADLINE, || async {
+            let made = grants
+                .list(&ListParams::default())
+                .await
+                .ok()?
+                .items
+                .iter()
+                .filter(|grant| {
+                    grant.spec.service_account == account.name
+                        && grant.spec.policy.namespace == owner
+                        && grant.spec.policy.name == name
+                })
+                .count();
+            (made >= expected).then_some(())
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+/// Creates the service account `namespace/name` unless it exists.
+async fn ensure_service_account(
     client: &kube::Client,
     namespace: &str,
     name: &str,
-    spec: Value,
-) -> Result<BrokeredSecret, HarnessError> {
-    create_object(
-        client,
-        namespace,
-        json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "BrokeredSecret",
-               "metadata": {"name": name}, "spec": spec}),
-    )
-    .await
-}
-
-/// Who is granted: a service account and its namespace.
-#[derive(Debug, Clone, Copy)]
-pub struct Subject<'a> {
-    /// The service account's namespace.
-    pub namespace: &'a str,
-    /// The service account's name.
-    pub name: &'a str,
-}
-
-/// Creates the AccessPolicy `owner/policy` granting `secrets` (its
-/// `spec.secrets` entries) to `subject`, creates the service account if
-/// missing, and waits until the operator has made one Grant per entry.
-pub async fn grant(
-    client: &kube::Client,
-    owner: &str,
-    policy: &str,
-    subject: Subject<'_>,
-    secrets: Value,
 ) -> Result<(), HarnessError> {
-    let expected = secrets.as_array().map_or(0, Vec::len);
-    create_object::<AccessPolicy>(
-        client,
-        owner,
-        json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "AccessPolicy",
-               "metadata": {"name": policy},
-               "spec": {"subjects": [{"serviceAccount":
-                                       {"name": subject.name, "namespace": subject.namespace}}],
-                        "secrets": secrets}}),
-    )
-    .await?;
-    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), subject.namespace);
-    if accounts.get_opt(subject.name).await?.is_none() {
-        let account: ServiceAccount =
-            serde_json::from_value(json!({"metadata": {"name": subject.name}}))
-                .map_err(|e| HarnessError::Process(e.to_string()))?;
-        match accounts.create(&PostParams::default(), &account).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(status)) if status.code == 409 => {}
-            Err(error) => return Err(error.into()),
-        }
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
+    if accounts.get_opt(name).await?.is_some() {
+        return Ok(());
     }
-    let grants: Api<Grant> = Api::namespaced(client.clone(), subject.namespace);
-    let started = std::time::Instant::now();
-    loop {
-        let made = grants
-            .list(&ListParams::default())
-            .await?
-            .items
-            .iter()
-            .filter(|grant| {
-                grant.spec.service_account == subject.name
-                    && grant.spec.policy.namespace == owner
-                    && grant.spec.policy.name == policy
-            })
-            .count();
-        if made >= expected {
-            return Ok(());
-        }
-        if started.elapsed() > GRANTS_DEADLINE {
-            return Err(HarnessError::Process(format!(
-                "the operator made {made} of {expected} Grants of AccessPolicy {owner}/{policy} \
-                 in {GRANTS_DEADLINE:?}"
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    let account: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": name}}))
+        .map_err(|e| HarnessError::Process(e.to_string()))?;
+    match accounts.create(&PostParams::default(), &account).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+        Err(error) => Err(error.into()),
     }
 }
 
@@ -123,18 +127,17 @@ pub async fn bench_tenant(
     )
     .await?;
     for (name, spec) in secrets {
-        create_brokered_secret(client, "payments", name, spec.clone()).await?;
-        create_object::<Grant>(
-            client,
-            "shop",
-            json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "Grant",
-                   "metadata": {"name": format!("{name}-for-checkout")},
-                   "spec": {"serviceAccount": "checkout",
-                            "secret": {"namespace": "payments", "name": name},
-                            "maxTtl": "1h",
-                            "policy": {"namespace": "payments", "name": "bench", "uid": "bench"}}}),
+        let secret: BrokeredSecret = serde_json::from_value(
+            json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "BrokeredSecret",
+                   "metadata": {"name": name, "namespace": "payments"}, "spec": spec}),
         )
-        .await?;
+        .map_err(|e| HarnessError::Process(format!("BrokeredSecret {name}: {e}")))?;
+        create_brokered_secret(client, &secret).await?;
+        let grant = testing::grant("shop", "checkout", ("payments", name))
+            .name(&format!("{name}-for-checkout"))
+            .policy("bench", "bench")
+            .build();
+        create_resource(client, &grant).await?;
     }
     create_object::<ServiceAccount>(client, "shop", json!({"metadata": {"name": "checkout"}}))
         .await?;

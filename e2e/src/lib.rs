@@ -22,21 +22,40 @@ mod postgres;
 mod process;
 mod stack;
 mod webhook;
+mod world;
 
 pub use broker::RunningBroker;
 pub use cluster::{Cluster, controlplane_bin_dir};
 pub use crds::install_crds;
-pub use fixtures::{Subject, bench_tenant, create_brokered_secret, grant};
+pub use fixtures::{bench_tenant, create_brokered_secret, create_resource, grant};
 pub use log_capture::{capture_logs, captured_logs};
 pub use node::{NODE_NAME, NodeStandIn, PodRun, SeenFile};
 pub use operator::RunningOperator;
 pub use postgres::{Postgres, postgres_bin_dir};
 pub use stack::{FERRY_NAMESPACE, Stack};
 pub use webhook::{RunningWebhook, wait_webhook_active};
+pub use world::{LEASE_KEY, Tenant, World};
 
-/// Polls `check` until it returns `Some`, and returns that; panics with
+/// Polls `check` until it returns `Some`, and returns that; panics naming
 /// `what` after `deadline`. Tests wait on conditions, never fixed sleeps.
-pub async fn eventually<T, F, Fut>(what: &str, deadline: std::time::Duration, mut check: F) -> T
+pub async fn eventually<T, F, Fut>(what: &str, deadline: std::time::Duration, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    match poll_until(what, deadline, check).await {
+        Ok(value) => value,
+        Err(error) => panic!("{error}"),
+    }
+}
+
+/// Like [`eventually`], for the harness's own waits: an error naming
+/// `what` instead of a panic after `deadline`.
+pub async fn poll_until<T, F, Fut>(
+    what: &str,
+    deadline: std::time::Duration,
+    mut check: F,
+) -> Result<T, HarnessError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
@@ -44,12 +63,15 @@ where
     let end = std::time::Instant::now() + deadline;
     loop {
         if let Some(value) = check().await {
-            return value;
+            return Ok(value);
         }
         if std::time::Instant::now() > end {
-            panic!("timed out after {deadline:?} waiting for {what}");
+            return Err(HarnessError::TimedOut {
+                what: what.to_owned(),
+                deadline,
+            });
         }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
 
@@ -67,11 +89,10 @@ where
         + serde::Serialize
         + std::fmt::Debug,
 {
-    let object: K = serde_json::from_value(value)
+    let mut object: K = serde_json::from_value(value)
         .map_err(|e| HarnessError::Process(format!("not a valid object: {e}")))?;
-    Ok(kube::Api::<K>::namespaced(client.clone(), namespace)
-        .create(&kube::api::PostParams::default(), &object)
-        .await?)
+    object.meta_mut().namespace = Some(namespace.to_owned());
+    create_resource(client, &object).await
 }
 
 /// A token for `pod`'s service account, bound to the pod (as the kubelet
@@ -210,20 +231,11 @@ pub async fn wait_admin_ready(
     what: &str,
     deadline: std::time::Duration,
 ) -> Result<(), HarnessError> {
-    let started = std::time::Instant::now();
-    loop {
-        if let Ok(reply) = http_get(admin, "/readyz").await
-            && reply.status == 200
-        {
-            return Ok(());
-        }
-        if started.elapsed() > deadline {
-            return Err(HarnessError::Process(format!(
-                "{what} was not ready after {deadline:?}"
-            )));
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    poll_until(&format!("{what} to be ready"), deadline, || async {
+        let reply = http_get(admin, "/readyz").await.ok()?;
+        (reply.status == 200).then_some(())
+    })
+    .await
 }
 
 /// Builds the binary of workspace package `package` (a no-op when up to
@@ -314,4 +326,12 @@ pub enum HarnessError {
     /// A call to the apiserver failed.
     #[error("apiserver: {0}")]
     Kube(#[from] kube::Error),
+    /// A condition the harness waited on did not come true in time.
+    #[error("timed out after {deadline:?} waiting for {what}")]
+    TimedOut {
+        /// What was awaited.
+        what: String,
+        /// How long the harness waited.
+        deadline: std::time::Duration,
+    },
 }

@@ -8,21 +8,20 @@
 use std::time::Duration;
 
 use base64::Engine as _;
-use ferry_api::resources::{Grant, JwtAlgorithm};
+use ferry_api::resources::JwtAlgorithm;
+use ferry_api::testing::{self, secret_access};
 use ferry_broker::jwt_keys::parse_rotation_period;
 use ferry_broker::keys::refresh_jwt_keys;
 use ferry_broker::lease_id::LeaseKeys;
-use ferry_contract::DEFAULT_BROKER_AUDIENCE;
 use ferry_e2e::https_client::{HttpsClient, HttpsReply};
 use ferry_e2e::{
-    Cluster, RunningBroker, RunningOperator, capture_logs, captured_logs, create_object,
-    eventually, install_crds, pod_bound_token,
+    Cluster, LEASE_KEY, RunningBroker, Tenant, World, capture_logs, captured_logs, create_object,
+    create_resource, eventually, grant, install_crds, pod_bound_token,
 };
 use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
 use kube::Client;
-use kube::api::{Api, DeleteParams, ListParams};
+use kube::api::{Api, DeleteParams};
 use serde_json::json;
-use tokio::sync::OnceCell;
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -30,25 +29,10 @@ const WAIT: Duration = Duration::from_secs(60);
 /// the pod and no log line.
 const PLANTED: &str = "planted-secret-value-7f3a9c";
 
-struct World {
-    _operator: RunningOperator,
-    broker: RunningBroker,
-}
-
-/// The shared cluster with the CRDs, the operator and the broker.
 async fn world() -> &'static World {
-    static WORLD: OnceCell<World> = OnceCell::const_new();
-    capture_logs();
-    WORLD
-        .get_or_init(|| async {
-            let cluster = Cluster::shared().await.unwrap();
-            install_crds(&cluster.client().unwrap()).await.unwrap();
-            World {
-                _operator: RunningOperator::start(cluster.config().clone()).unwrap(),
-                broker: RunningBroker::start(cluster, LeaseKeys::new(&[42; 32], &[])).unwrap(),
-            }
-        })
+    World::shared()
         .await
+        .expect("the cluster, operator and broker")
 }
 
 /// A secrets namespace with Secret + BrokeredSecret `orders-api-key`, a JWT
@@ -56,95 +40,47 @@ async fn world() -> &'static World {
 /// accounts `checkout` (granted all three; the key for at most 30m, the JWT
 /// narrowed to audience `orders` and scope `read`) and `intruder` (granted
 /// nothing).
-async fn scenario(prefix: &str) -> (Client, String, String) {
+async fn scenario(prefix: &str) -> Tenant {
     world().await;
-    let cluster = Cluster::shared().await.unwrap();
-    let client = cluster.client().unwrap();
-    let secrets = cluster
-        .create_namespace(&format!("{prefix}-owner"))
+    let tenant = Tenant::create(prefix).await.unwrap();
+    tenant
+        .secret("orders-api-key", json!({"token": PLANTED}))
         .await
         .unwrap();
-    let app = cluster
-        .create_namespace(&format!("{prefix}-app"))
-        .await
-        .unwrap();
-    create_object::<Secret>(
-        &client,
-        &secrets,
-        json!({"metadata": {"name": "orders-api-key"}, "stringData": {"token": PLANTED}}),
-    )
-    .await
-    .unwrap();
-    for (name, source) in [
-        (
-            "orders-api-key",
-            json!({"kubernetesSecret": {"name": "orders-api-key"}}),
-        ),
-        (
-            "orders-jwt",
-            json!({"jwt": {"audience": ["orders", "billing"], "scopes": ["read", "write"],
-                                      "claims": {"team": "payments"}}}),
-        ),
-        (
-            "orders-db",
-            json!({"postgres": {"connectionSecretRef": {"name": "db-admin"}}}),
-        ),
+    for secret in [
+        tenant
+            .brokered_secret("orders-api-key")
+            .kubernetes_secret("orders-api-key"),
+        tenant
+            .brokered_secret("orders-jwt")
+            .jwt(&["orders", "billing"])
+            .scopes(&["read", "write"])
+            .claim("team", "payments"),
+        tenant
+            .brokered_secret("orders-db")
+            .postgres("db-admin", "dsn"),
     ] {
-        create_object::<ferry_api::resources::BrokeredSecret>(
-            &client,
-            &secrets,
-            json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "BrokeredSecret",
-                   "metadata": {"name": name}, "spec": {"source": source}}),
+        tenant.create_brokered_secret(secret).await.unwrap();
+    }
+    let policy = testing::access_policy(&tenant.owner, "checkout")
+        .service_account(&tenant.app, "checkout")
+        .narrowed(secret_access("orders-api-key").max_ttl("30m"))
+        .narrowed(
+            secret_access("orders-jwt")
+                .audience(&["orders"])
+                .scopes(&["read"]),
         )
-        .await
-        .unwrap();
-    }
-    create_object::<ferry_api::resources::AccessPolicy>(
-        &client,
-        &secrets,
-        json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "AccessPolicy",
-               "metadata": {"name": "checkout"},
-               "spec": {"subjects": [{"serviceAccount": {"name": "checkout", "namespace": app}}],
-                        "secrets": [{"name": "orders-api-key", "maxTtl": "30m"},
-                                    {"name": "orders-jwt", "audience": ["orders"], "scopes": ["read"]},
-                                    {"name": "orders-db"}]}}),
+        .secret("orders-db")
+        .build();
+    grant(&tenant.client, policy).await.unwrap();
+    create_object::<ServiceAccount>(
+        &tenant.client,
+        &tenant.app,
+        json!({"metadata": {"name": "intruder"}}),
     )
     .await
     .unwrap();
-    for account in ["checkout", "intruder"] {
-        create_object::<ServiceAccount>(&client, &app, json!({"metadata": {"name": account}}))
-            .await
-            .unwrap();
-    }
-    let grants = Api::<Grant>::namespaced(client.clone(), &app);
-    eventually("the Grants for checkout", WAIT, || async {
-        (grants
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items
-            .len()
-            == 3)
-            .then_some(())
-    })
-    .await;
-    (client, secrets, app)
-}
-
-async fn pod(client: &Client, ns: &str, name: &str, account: &str) -> (Pod, String) {
-    let pod: Pod = create_object(
-        client,
-        ns,
-        json!({"metadata": {"name": name, "labels": {"ferry.dev/inject": "true"}},
-               "spec": {"serviceAccountName": account,
-                        "containers": [{"name": "app", "image": "app:1"}]}}),
-    )
-    .await
-    .unwrap();
-    let token = pod_bound_token(client, &pod, DEFAULT_BROKER_AUDIENCE, 600)
-        .await
-        .unwrap();
-    (pod, token)
+    tenant
 }
 
 fn lease_request(namespace: &str, name: &str) -> Vec<u8> {
@@ -190,9 +126,11 @@ fn message(reply: &HttpsReply) -> String {
 
 #[tokio::test]
 async fn a_granted_pod_gets_renews_and_revokes_a_kubernetes_secret_lease() {
-    let (client, secrets, app) = scenario("lease").await;
+    let tenant = scenario("lease").await;
+    let secrets = tenant.owner.clone();
+    let app = tenant.app.clone();
     let broker = world().await.broker.client().unwrap();
-    let (_, token) = pod(&client, &app, "api", "checkout").await;
+    let (_, token) = tenant.pod("api", "checkout").await.unwrap();
 
     let issued =
         issue_when_ready(&broker, &token, &lease_request(&secrets, "orders-api-key")).await;
@@ -245,9 +183,12 @@ async fn a_granted_pod_gets_renews_and_revokes_a_kubernetes_secret_lease() {
 
 #[tokio::test]
 async fn refusals_carry_their_status_and_reason() {
-    let (client, secrets, app) = scenario("refuse").await;
+    let tenant = scenario("refuse").await;
+    let client = tenant.client.clone();
+    let secrets = tenant.owner.clone();
+    let app = tenant.app.clone();
     let broker = world().await.broker.client().unwrap();
-    let (_, token) = pod(&client, &app, "api", "checkout").await;
+    let (_, token) = tenant.pod("api", "checkout").await.unwrap();
     let granted = lease_request(&secrets, "orders-api-key");
     let issued = issue_when_ready(&broker, &token, &granted).await;
     let id = issued.json().unwrap()["leases"][0]["id"]
@@ -265,7 +206,7 @@ async fn refusals_carry_their_status_and_reason() {
     };
 
     // 403: a service account without a Grant, named in the message.
-    let (_, intruder) = pod(&client, &app, "intruder", "intruder").await;
+    let (_, intruder) = tenant.pod("intruder", "intruder").await.unwrap();
     let refused = eventually("the intruder pod to be known", WAIT, || async {
         let reply = post(Some(intruder.clone()), granted.clone()).await;
         (reply.status == 403).then_some(reply)
@@ -345,7 +286,7 @@ async fn refusals_carry_their_status_and_reason() {
     assert!(message(&reply).contains("lease id"), "{}", message(&reply));
 
     // 403: another pod replaying this pod's lease id.
-    let (_, twin) = pod(&client, &app, "twin", "checkout").await;
+    let (_, twin) = tenant.pod("twin", "checkout").await.unwrap();
     issue_when_ready(&broker, &twin, &granted).await;
     let reply = broker
         .request("POST", &format!("/v1/leases/{id}/renew"), Some(&twin), b"")
@@ -400,9 +341,11 @@ async fn refusals_carry_their_status_and_reason() {
 
 #[tokio::test]
 async fn renewal_is_refused_once_the_policy_is_removed() {
-    let (client, secrets, app) = scenario("unpolicy").await;
+    let tenant = scenario("unpolicy").await;
+    let client = tenant.client.clone();
+    let secrets = tenant.owner.clone();
     let broker = world().await.broker.client().unwrap();
-    let (_, token) = pod(&client, &app, "api", "checkout").await;
+    let (_, token) = tenant.pod("api", "checkout").await.unwrap();
     let issued =
         issue_when_ready(&broker, &token, &lease_request(&secrets, "orders-api-key")).await;
     let id = issued.json().unwrap()["leases"][0]["id"]
@@ -516,39 +459,29 @@ async fn broker_does_its_job_with_exactly_its_documented_rbac() {
     .unwrap();
     let https = broker.client().unwrap();
 
-    let owner = cluster.create_namespace("rbac-owner").await.unwrap();
-    let app = cluster.create_namespace("rbac-app").await.unwrap();
-    create_object::<Secret>(
-        &client,
-        &owner,
-        json!({"metadata": {"name": "api-key"}, "stringData": {"token": PLANTED}}),
-    )
-    .await
-    .unwrap();
-    create_object::<ferry_api::resources::BrokeredSecret>(
-        &client,
-        &owner,
-        json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "BrokeredSecret",
-               "metadata": {"name": "api-key"},
-               "spec": {"source": {"kubernetesSecret": {"name": "api-key"}}}}),
-    )
-    .await
-    .unwrap();
+    let tenant = Tenant::create_in(&cluster, "rbac").await.unwrap();
+    let (owner, app) = (tenant.owner.clone(), tenant.app.clone());
+    tenant
+        .secret("api-key", json!({"token": PLANTED}))
+        .await
+        .unwrap();
+    tenant
+        .create_brokered_secret(
+            tenant
+                .brokered_secret("api-key")
+                .kubernetes_secret("api-key"),
+        )
+        .await
+        .unwrap();
     // A Grant as the operator would write it (no operator runs here).
-    create_object::<Grant>(
-        &client,
-        &app,
-        json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "Grant",
-               "metadata": {"name": "api-key-for-checkout"},
-               "spec": {"serviceAccount": "checkout", "secret": {"namespace": owner, "name": "api-key"},
-                        "maxTtl": "1h", "policy": {"namespace": owner, "name": "p", "uid": "u"}}}),
-    )
-    .await
-    .unwrap();
+    let written = testing::grant(&app, "checkout", (&owner, "api-key"))
+        .name("api-key-for-checkout")
+        .build();
+    create_resource(&client, &written).await.unwrap();
     create_object::<ServiceAccount>(&client, &app, json!({"metadata": {"name": "checkout"}}))
         .await
         .unwrap();
-    let (_, token) = pod(&client, &app, "api", "checkout").await;
+    let (_, token) = tenant.pod("api", "checkout").await.unwrap();
     let issued = issue_when_ready(&https, &token, &lease_request(&owner, "api-key")).await;
     let lease = issued.json().unwrap()["leases"][0].clone();
     assert_eq!(
@@ -561,19 +494,20 @@ async fn broker_does_its_job_with_exactly_its_documented_rbac() {
 
 #[tokio::test]
 async fn a_service_account_asking_too_often_gets_429_with_retry_after() {
-    let (client, secrets, app) = scenario("ratelimit").await;
+    let tenant = scenario("ratelimit").await;
+    let secrets = tenant.owner.clone();
     let cluster = Cluster::shared().await.unwrap();
     // A broker of its own with a tight limit: one request a second, two at once.
     let limited = RunningBroker::start_as(
         cluster,
         cluster.config().clone(),
-        LeaseKeys::new(&[42; 32], &[]),
+        LeaseKeys::new(&LEASE_KEY, &[]),
         governor::Quota::per_second(std::num::NonZeroU32::MIN)
             .allow_burst(std::num::NonZeroU32::new(2).unwrap()),
     )
     .unwrap();
     let https = limited.client().unwrap();
-    let (_, token) = pod(&client, &app, "api", "checkout").await;
+    let (_, token) = tenant.pod("api", "checkout").await.unwrap();
     let body = lease_request(&secrets, "orders-api-key");
     let limited_reply = eventually("a 429", WAIT, || async {
         let reply = https
@@ -595,10 +529,12 @@ async fn a_service_account_asking_too_often_gets_429_with_retry_after() {
 
 #[tokio::test]
 async fn a_jwt_lease_verifies_against_the_jwks_with_the_right_claims() {
-    let (client, secrets, app) = scenario("jwt").await;
+    let tenant = scenario("jwt").await;
+    let secrets = tenant.owner.clone();
+    let app = tenant.app.clone();
     let running = &world().await.broker;
     let broker = running.client().unwrap();
-    let (api, token) = pod(&client, &app, "api", "checkout").await;
+    let (api, token) = tenant.pod("api", "checkout").await.unwrap();
     let issued = issue_when_ready(&broker, &token, &lease_request(&secrets, "orders-jwt")).await;
     let lease = issued.json().unwrap()["leases"][0].clone();
     let jwt = String::from_utf8(
@@ -688,29 +624,27 @@ async fn a_jwt_lease_verifies_against_the_jwks_with_the_right_claims() {
 
 #[tokio::test]
 async fn an_eddsa_jwt_lease_verifies_against_the_jwks() {
-    let (client, secrets, app) = scenario("eddsa").await;
-    create_object::<ferry_api::resources::BrokeredSecret>(
-        &client,
-        &secrets,
-        json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "BrokeredSecret",
-               "metadata": {"name": "orders-jwt-ed"},
-               "spec": {"source": {"jwt": {"audience": ["orders"], "algorithm": "EdDSA"}}}}),
-    )
-    .await
-    .unwrap();
-    create_object::<ferry_api::resources::AccessPolicy>(
-        &client,
-        &secrets,
-        json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "AccessPolicy",
-               "metadata": {"name": "checkout-ed"},
-               "spec": {"subjects": [{"serviceAccount": {"name": "checkout", "namespace": app}}],
-                        "secrets": [{"name": "orders-jwt-ed"}]}}),
-    )
-    .await
-    .unwrap();
+    let tenant = scenario("eddsa").await;
+    let client = tenant.client.clone();
+    let secrets = tenant.owner.clone();
+    let app = tenant.app.clone();
+    tenant
+        .create_brokered_secret(
+            tenant
+                .brokered_secret("orders-jwt-ed")
+                .jwt(&["orders"])
+                .algorithm(JwtAlgorithm::EdDSA),
+        )
+        .await
+        .unwrap();
+    let policy = testing::access_policy(&secrets, "checkout-ed")
+        .service_account(&app, "checkout")
+        .secret("orders-jwt-ed")
+        .build();
+    create_resource(&client, &policy).await.unwrap();
     let running = &world().await.broker;
     let broker = running.client().unwrap();
-    let (_, token) = pod(&client, &app, "api", "checkout").await;
+    let (_, token) = tenant.pod("api", "checkout").await.unwrap();
     let issued = issue_when_ready(&broker, &token, &lease_request(&secrets, "orders-jwt-ed")).await;
     let jwt = String::from_utf8(
         base64::engine::general_purpose::STANDARD

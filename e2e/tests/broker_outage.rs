@@ -6,10 +6,9 @@
 
 use std::time::Duration;
 
+use ferry_api::testing;
 use ferry_contract::{READY_MARKER, SECRETS_VOLUME_NAME};
-use ferry_e2e::{
-    Cluster, Stack, Subject, create_brokered_secret, create_object, eventually, grant,
-};
+use ferry_e2e::{Cluster, Stack, create_brokered_secret, create_object, eventually, grant};
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, PostParams};
 use serde_json::json;
@@ -30,21 +29,16 @@ async fn without_the_broker_a_secret_is_kept_until_its_expiry_then_removed() {
     )
     .await
     .unwrap();
-    create_brokered_secret(
-        &client,
-        &ns,
-        "api-key",
-        json!({"ttl": format!("{TTL_SECONDS}s"), "source": {"kubernetesSecret": {"name": "api-key"}}}),
-    )
-    .await
-    .unwrap();
-    let subject = Subject {
-        namespace: &ns,
-        name: "app",
-    };
-    grant(&client, &ns, "app", subject, json!([{"name": "api-key"}]))
-        .await
-        .unwrap();
+    let api_key = testing::brokered_secret(&ns, "api-key")
+        .ttl(&format!("{TTL_SECONDS}s"))
+        .kubernetes_secret("api-key")
+        .build();
+    create_brokered_secret(&client, &api_key).await.unwrap();
+    let policy = testing::access_policy(&ns, "app")
+        .service_account(&ns, "app")
+        .secret("api-key")
+        .build();
+    grant(&client, policy).await.unwrap();
 
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let manifest: Pod = serde_json::from_value(json!({

@@ -10,38 +10,25 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use ferry_api::resources::BrokeredSecret;
-use ferry_broker::lease_id::LeaseKeys;
-use ferry_contract::DEFAULT_BROKER_AUDIENCE;
 use ferry_e2e::https_client::HttpsClient;
-use ferry_e2e::{
-    Cluster, Postgres, RunningBroker, RunningOperator, Subject, capture_logs, captured_logs,
-    create_brokered_secret, create_object, eventually, grant, install_crds, pod_bound_token,
-};
-use k8s_openapi::api::core::v1::{Pod, Secret};
-use kube::Client;
+use ferry_e2e::{Postgres, Tenant, World, captured_logs, eventually};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams};
 use serde_json::{Value, json};
 use tokio::sync::OnceCell;
 
 const WAIT: Duration = Duration::from_secs(60);
 
-struct World {
-    _operator: RunningOperator,
-    broker: RunningBroker,
-}
-
-/// The shared cluster, operator, broker and database. The database has a
-/// table `orders` readable by role `orders_reader`, a table `payroll`
-/// nobody is granted, and the broker's admin role with exactly the
-/// privileges the README asks for: CREATEROLE, ADMIN OPTION on
-/// `orders_reader`, and `pg_signal_backend` to end sessions.
+/// The shared world, and in the shared database a table `orders` readable
+/// by role `orders_reader`, a table `payroll` nobody is granted, and the
+/// broker's admin role `broker_admin`.
 async fn world() -> &'static World {
-    static WORLD: OnceCell<World> = OnceCell::const_new();
-    capture_logs();
-    WORLD
+    static SCHEMA: OnceCell<()> = OnceCell::const_new();
+    SCHEMA
         .get_or_init(|| async {
-            let database = Postgres::shared().await.unwrap();
-            database
+            Postgres::shared()
+                .await
+                .unwrap()
                 .admin()
                 .await
                 .unwrap()
@@ -57,80 +44,40 @@ async fn world() -> &'static World {
                 )
                 .await
                 .unwrap();
-            let cluster = Cluster::shared().await.unwrap();
-            install_crds(&cluster.client().unwrap()).await.unwrap();
-            World {
-                _operator: RunningOperator::start(cluster.config().clone()).unwrap(),
-                broker: RunningBroker::start(cluster, LeaseKeys::new(&[7; 32], &[])).unwrap(),
-            }
         })
+        .await;
+    World::shared()
         .await
+        .expect("the cluster, operator and broker")
 }
 
-/// A team namespace with the admin Secret and a postgres BrokeredSecret
-/// `orders-db` (member of `orders_reader`), granted to service account
-/// `checkout` of an app namespace for at most 10 minutes.
-async fn scenario(prefix: &str) -> (Client, String, String) {
+/// An owner namespace with BrokeredSecret `orders-db` (a role in
+/// `orders_reader` for 5m, at most 10m) granted to `checkout` of the app
+/// namespace.
+async fn scenario(prefix: &str) -> Tenant {
     world().await;
     let database = Postgres::shared().await.unwrap();
-    let cluster = Cluster::shared().await.unwrap();
-    let client = cluster.client().unwrap();
-    let owner = cluster
-        .create_namespace(&format!("{prefix}-db"))
+    let tenant = Tenant::create(prefix).await.unwrap();
+    tenant
+        .secret(
+            "orders-db-admin",
+            json!({"dsn": database.dsn("broker_admin", "admin-password")}),
+        )
         .await
         .unwrap();
-    let app = cluster
-        .create_namespace(&format!("{prefix}-app"))
+    tenant
+        .create_brokered_secret(
+            tenant
+                .brokered_secret("orders-db")
+                .ttl("5m")
+                .max_ttl("10m")
+                .postgres("orders-db-admin", "dsn")
+                .member_of(&["orders_reader"]),
+        )
         .await
         .unwrap();
-    create_object::<Secret>(
-        &client,
-        &owner,
-        json!({"metadata": {"name": "orders-db-admin"},
-               "stringData": {"dsn": database.dsn("broker_admin", "admin-password")}}),
-    )
-    .await
-    .unwrap();
-    create_brokered_secret(
-        &client,
-        &owner,
-        "orders-db",
-        json!({"ttl": "5m", "maxTtl": "10m",
-               "source": {"postgres": {"connectionSecretRef": {"name": "orders-db-admin"},
-                                       "memberOf": ["orders_reader"]}}}),
-    )
-    .await
-    .unwrap();
-    let subject = Subject {
-        namespace: &app,
-        name: "checkout",
-    };
-    grant(
-        &client,
-        &owner,
-        "checkout",
-        subject,
-        json!([{"name": "orders-db"}]),
-    )
-    .await
-    .unwrap();
-    (client, owner, app)
-}
-
-async fn pod(client: &Client, namespace: &str, name: &str) -> (Pod, String) {
-    let pod: Pod = create_object(
-        client,
-        namespace,
-        json!({"metadata": {"name": name, "labels": {"ferry.dev/inject": "true"}},
-               "spec": {"serviceAccountName": "checkout",
-                        "containers": [{"name": "app", "image": "app:1"}]}}),
-    )
-    .await
-    .unwrap();
-    let token = pod_bound_token(client, &pod, DEFAULT_BROKER_AUDIENCE, 600)
-        .await
-        .unwrap();
-    (pod, token)
+    tenant.grant("checkout", &["orders-db"]).await.unwrap();
+    tenant
 }
 
 /// A lease for `orders-db`, retried while the broker's indexes catch up.
@@ -193,10 +140,12 @@ async fn wait_role_dropped(name: &str) {
 
 #[tokio::test]
 async fn an_issued_role_can_do_exactly_what_was_granted_until_revoked() {
-    let (client, owner, app) = scenario("pg-lease").await;
+    let tenant = scenario("pg-lease").await;
+    let owner = tenant.owner.clone();
+    let app = tenant.app.clone();
     let broker = world().await.broker.client().unwrap();
     let database = Postgres::shared().await.unwrap();
-    let (pod, token) = pod(&client, &app, "api").await;
+    let (pod, token) = tenant.pod("api", "checkout").await.unwrap();
 
     let lease = issue(&broker, &token, &owner, None).await;
     let (username, password) = (file(&lease, "username"), file(&lease, "password"));
@@ -291,10 +240,11 @@ async fn an_issued_role_can_do_exactly_what_was_granted_until_revoked() {
 
 #[tokio::test]
 async fn an_expired_role_cannot_log_in_and_is_reaped() {
-    let (client, owner, app) = scenario("pg-expiry").await;
+    let tenant = scenario("pg-expiry").await;
+    let owner = tenant.owner.clone();
     let broker = world().await.broker.client().unwrap();
     let database = Postgres::shared().await.unwrap();
-    let (_pod, token) = pod(&client, &app, "api").await;
+    let (_pod, token) = tenant.pod("api", "checkout").await.unwrap();
 
     let lease = issue(&broker, &token, &owner, Some("3s")).await;
     let (username, password) = (file(&lease, "username"), file(&lease, "password"));
@@ -317,10 +267,13 @@ async fn an_expired_role_cannot_log_in_and_is_reaped() {
 
 #[tokio::test]
 async fn deleting_the_pod_drops_its_role_and_ends_its_sessions() {
-    let (client, owner, app) = scenario("pg-pod").await;
+    let tenant = scenario("pg-pod").await;
+    let client = tenant.client.clone();
+    let owner = tenant.owner.clone();
+    let app = tenant.app.clone();
     let broker = world().await.broker.client().unwrap();
     let database = Postgres::shared().await.unwrap();
-    let (_pod, token) = pod(&client, &app, "api").await;
+    let (_pod, token) = tenant.pod("api", "checkout").await.unwrap();
 
     let lease = issue(&broker, &token, &owner, None).await;
     let (username, password) = (file(&lease, "username"), file(&lease, "password"));
@@ -343,7 +296,9 @@ async fn deleting_the_pod_drops_its_role_and_ends_its_sessions() {
 
 #[tokio::test]
 async fn file_templates_render_a_dsn_the_app_connects_with() {
-    let (client, owner, app) = scenario("pg-dsn").await;
+    let tenant = scenario("pg-dsn").await;
+    let client = tenant.client.clone();
+    let owner = tenant.owner.clone();
     let broker = world().await.broker.client().unwrap();
     // host, port and database come from the admin connection string.
     let template =
@@ -357,7 +312,7 @@ async fn file_templates_render_a_dsn_the_app_connects_with() {
         )
         .await
         .unwrap();
-    let (_pod, token) = pod(&client, &app, "api").await;
+    let (_pod, token) = tenant.pod("api", "checkout").await.unwrap();
 
     // The broker's BrokeredSecret cache may still hold the old spec.
     let lease = eventually("a lease with the rendered dsn", WAIT, || async {

@@ -9,11 +9,12 @@
 use std::time::Duration;
 
 use base64::Engine as _;
+use ferry_api::testing;
 use ferry_broker::lease_id::LeaseKeys;
 use ferry_contract::DEFAULT_BROKER_AUDIENCE;
 use ferry_e2e::{
-    Cluster, Postgres, RunningBroker, RunningOperator, Subject, create_brokered_secret,
-    create_object, eventually, grant, install_crds, pod_bound_token,
+    Cluster, Postgres, RunningBroker, RunningOperator, create_brokered_secret, create_object,
+    eventually, grant, install_crds, pod_bound_token,
 };
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, DeleteParams};
@@ -59,25 +60,17 @@ async fn a_restarted_broker_reaps_what_was_orphaned_while_it_was_down() {
     )
     .await
     .unwrap();
-    create_brokered_secret(
-        &client,
-        &ns,
-        "orders-db",
-        json!({"source": {"postgres": {"connectionSecretRef": {"name": "db-admin"},
-                                       "memberOf": ["orders_reader"]}}}),
-    )
-    .await
-    .unwrap();
-    let subject = Subject {
-        namespace: &ns,
-        name: "app",
-    };
-    grant(&client, &ns, "app", subject, json!([{"name": "orders-db"}]))
-        .await
-        .unwrap();
+    let orders_db = testing::brokered_secret(&ns, "orders-db")
+        .postgres("db-admin", "dsn")
+        .member_of(&["orders_reader"])
+        .build();
+    create_brokered_secret(&client, &orders_db).await.unwrap();
+    let policy = testing::access_policy(&ns, "app")
+        .service_account(&ns, "app")
+        .secret("orders-db")
+        .build();
+    grant(&client, policy).await.unwrap();
 
-    // One broker issues three roles: for a pod that will be deleted, one
-    // whose lease will expire, and one that stays valid.
     let first = RunningBroker::start(cluster, LeaseKeys::new(&KEY, &[])).unwrap();
     let broker = first.client().unwrap();
     let mut roles = Vec::new();

@@ -113,17 +113,10 @@ async fn two_replicas_elect_one_leader_that_hands_over_on_sigterm() {
     let follower = replicas[0].0;
     let pid = nix::unistd::Pid::from_raw(i32::try_from(leader.0.id()).unwrap());
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-    let deadline = std::time::Instant::now() + WAIT;
-    let status = loop {
-        if let Some(status) = leader.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the leader did not exit after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let status = eventually("the leader to exit after SIGTERM", WAIT, || {
+        std::future::ready(leader.0.try_wait().unwrap())
+    })
+    .await;
     assert!(status.success(), "the leader exited with {status}");
 
     // Released, not left to expire: the follower leads well before the

@@ -15,10 +15,10 @@ use base64::Engine as _;
 use ferry_api::resources::AccessPolicy;
 use ferry_contract::{READY_MARKER, SECRETS_VOLUME_NAME};
 use ferry_e2e::{
-    Cluster, PodRun, Postgres, Stack, Subject, capture_logs, captured_logs, create_brokered_secret,
-    create_object, eventually, grant,
+    Cluster, PodRun, Postgres, Stack, Tenant, capture_logs, captured_logs, create_object,
+    eventually,
 };
-use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use kube::Client;
 use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::json;
@@ -60,61 +60,43 @@ async fn stack() -> &'static Stack {
 /// AccessPolicy `checkout`; `intruder` there is granted nothing.
 async fn scenario(prefix: &str) -> (Client, String, String) {
     stack().await;
-    let cluster = Cluster::shared().await.unwrap();
     let database = Postgres::shared().await.unwrap();
-    let client = cluster.client().unwrap();
-    let owner = cluster
-        .create_namespace(&format!("{prefix}-owner"))
+    let tenant = Tenant::create(prefix).await.unwrap();
+    tenant
+        .secret("api-key", json!({"token": PLANTED}))
         .await
         .unwrap();
-    let app = cluster
-        .create_namespace(&format!("{prefix}-app"))
+    tenant
+        .secret("db-admin", json!({"dsn": database.admin_dsn()}))
         .await
         .unwrap();
-    for (name, data) in [
-        ("api-key", json!({"token": PLANTED})),
-        ("db-admin", json!({"dsn": database.admin_dsn()})),
+    for secret in [
+        tenant
+            .brokered_secret("orders-api-key")
+            .kubernetes_secret("api-key"),
+        tenant
+            .brokered_secret("orders-db")
+            .postgres("db-admin", "dsn")
+            .member_of(&["orders_reader"]),
+        tenant
+            .brokered_secret("orders-token")
+            .ttl("10s")
+            .jwt(&["orders"]),
     ] {
-        create_object::<Secret>(
-            &client,
-            &owner,
-            json!({"metadata": {"name": name}, "stringData": data}),
-        )
-        .await
-        .unwrap();
+        tenant.create_brokered_secret(secret).await.unwrap();
     }
-    for (name, spec) in [
-        (
-            "orders-api-key",
-            json!({"source": {"kubernetesSecret": {"name": "api-key"}}}),
-        ),
-        (
-            "orders-db",
-            json!({"source": {"postgres": {"connectionSecretRef": {"name": "db-admin"},
-                                           "memberOf": ["orders_reader"]}}}),
-        ),
-        (
-            "orders-token",
-            json!({"ttl": "10s", "source": {"jwt": {"audience": ["orders"]}}}),
-        ),
-    ] {
-        create_brokered_secret(&client, &owner, name, spec)
-            .await
-            .unwrap();
-    }
-    let subject = Subject {
-        namespace: &app,
-        name: "checkout",
-    };
-    let secrets =
-        json!([{"name": "orders-api-key"}, {"name": "orders-db"}, {"name": "orders-token"}]);
-    grant(&client, &owner, "checkout", subject, secrets)
+    tenant
+        .grant("checkout", &["orders-api-key", "orders-db", "orders-token"])
         .await
         .unwrap();
-    create_object::<ServiceAccount>(&client, &app, json!({"metadata": {"name": "intruder"}}))
-        .await
-        .unwrap();
-    (client, owner, app)
+    create_object::<ServiceAccount>(
+        &tenant.client,
+        &tenant.app,
+        json!({"metadata": {"name": "intruder"}}),
+    )
+    .await
+    .unwrap();
+    (tenant.client, tenant.owner, tenant.app)
 }
 
 fn pod_manifest(name: &str, account: &str, secrets: &[String]) -> Pod {

@@ -11,41 +11,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use ferry_broker::lease_id::LeaseKeys;
-use ferry_contract::{DEFAULT_BROKER_AUDIENCE, READY_MARKER, env};
-use ferry_e2e::{
-    Cluster, KillOnDrop, RunningBroker, RunningOperator, Subject, create_brokered_secret,
-    create_object, eventually, grant, install_crds, pod_bound_token, workspace_binary,
-};
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use ferry_contract::{READY_MARKER, env};
+use ferry_e2e::{Cluster, KillOnDrop, Tenant, World, eventually, workspace_binary};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::{Value, json};
-use tokio::sync::OnceCell;
 
 const WAIT: Duration = Duration::from_secs(60);
 
 /// The value planted in the Secret: it must reach the file and no log line.
 const PLANTED: &str = "planted-sidecar-value-5e1d";
-
-struct World {
-    _operator: RunningOperator,
-    broker: RunningBroker,
-}
-
-async fn world() -> &'static World {
-    static WORLD: OnceCell<World> = OnceCell::const_new();
-    WORLD
-        .get_or_init(|| async {
-            let cluster = Cluster::shared().await.unwrap();
-            install_crds(&cluster.client().unwrap()).await.unwrap();
-            World {
-                _operator: RunningOperator::start(cluster.config().clone()).unwrap(),
-                broker: RunningBroker::start(cluster, LeaseKeys::new(&[7; 32], &[])).unwrap(),
-            }
-        })
-        .await
-}
 
 /// Parsed lines of the sidecar's log file.
 fn log_lines(path: &Path) -> Vec<Value> {
@@ -62,56 +37,28 @@ fn mode(path: &Path) -> u32 {
 
 #[tokio::test]
 async fn the_sidecar_writes_renews_and_at_sigterm_revokes_and_wipes_a_secret() {
-    let world = world().await;
+    let world = World::shared()
+        .await
+        .expect("the cluster, operator and broker");
+    let tenant = Tenant::create("sidecar").await.unwrap();
+    let (owner, app) = (tenant.owner.clone(), tenant.app.clone());
     let cluster = Cluster::shared().await.unwrap();
-    let client = cluster.client().unwrap();
-    let owner = cluster.create_namespace("sidecar-owner").await.unwrap();
-    let app = cluster.create_namespace("sidecar-app").await.unwrap();
-
-    create_object::<Secret>(
-        &client,
-        &owner,
-        json!({"metadata": {"name": "api-key"},
-               "stringData": {"token": PLANTED, "user": "checkout"}}),
-    )
-    .await
-    .unwrap();
-    // The shortest ttl allowed, so that a renewal happens within the test.
-    create_brokered_secret(
-        &client,
-        &owner,
-        "api-key",
-        json!({"ttl": "10s", "source": {"kubernetesSecret": {"name": "api-key"}}}),
-    )
-    .await
-    .unwrap();
-    let subject = Subject {
-        namespace: &app,
-        name: "checkout",
-    };
-    grant(
-        &client,
-        &owner,
-        "checkout",
-        subject,
-        json!([{"name": "api-key"}]),
-    )
-    .await
-    .unwrap();
-
-    // The pod never runs: the broker only needs it to exist.
-    let pod: Pod = create_object(
-        &client,
-        &app,
-        json!({"metadata": {"name": "checkout-0", "labels": {"ferry.dev/inject": "true"}},
-               "spec": {"serviceAccountName": "checkout",
-                        "containers": [{"name": "app", "image": "app:1"}]}}),
-    )
-    .await
-    .unwrap();
-    let token = pod_bound_token(&client, &pod, DEFAULT_BROKER_AUDIENCE, 600)
+    tenant
+        .secret("api-key", json!({"token": PLANTED, "user": "checkout"}))
         .await
         .unwrap();
+    // The shortest ttl allowed, so that a renewal happens within the test.
+    tenant
+        .create_brokered_secret(
+            tenant
+                .brokered_secret("api-key")
+                .ttl("10s")
+                .kubernetes_secret("api-key"),
+        )
+        .await
+        .unwrap();
+    tenant.grant("checkout", &["api-key"]).await.unwrap();
+    let (_, token) = tenant.pod("checkout-0", "checkout").await.unwrap();
 
     // The broker learns pods and Grants from watches; a real sidecar starts
     // long after its pod is created, so wait as the kubelet would have.
@@ -211,17 +158,12 @@ async fn the_sidecar_writes_renews_and_at_sigterm_revokes_and_wipes_a_secret() {
     assert_eq!(std::fs::read_to_string(&file).unwrap(), PLANTED);
 
     kill(Pid::from_raw(sidecar.0.id() as i32), Signal::SIGTERM).unwrap();
-    let stop_deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = sidecar.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            std::time::Instant::now() < stop_deadline,
-            "the sidecar did not exit after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = eventually(
+        "the sidecar to exit after SIGTERM",
+        Duration::from_secs(10),
+        || std::future::ready(sidecar.0.try_wait().unwrap()),
+    )
+    .await;
     assert_eq!(status.code(), Some(0), "{:?}", log_lines(&log_path));
     assert_eq!(
         std::fs::read_dir(&volume).unwrap().count(),

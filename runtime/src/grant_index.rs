@@ -246,35 +246,11 @@ impl GrantLookup for GrantIndex {
 
 #[cfg(test)]
 mod tests {
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-
     use super::*;
-    use ferry_api::resources::{GrantSpec, PolicyReference};
+    use ferry_api::testing;
 
     fn grant(namespace: &str, name: &str, sa: &str, secret: (&str, &str)) -> Grant {
-        Grant {
-            metadata: ObjectMeta {
-                namespace: Some(namespace.into()),
-                name: Some(name.into()),
-                ..ObjectMeta::default()
-            },
-            spec: GrantSpec {
-                service_account: sa.into(),
-                secret: SecretReference {
-                    namespace: secret.0.into(),
-                    name: secret.1.into(),
-                },
-                max_ttl: "1h".into(),
-                audience: vec![],
-                scopes: vec![],
-                valid_until: None,
-                policy: PolicyReference {
-                    namespace: secret.0.into(),
-                    name: "p".into(),
-                    uid: "u".into(),
-                },
-            },
-        }
+        testing::grant(namespace, sa, secret).name(name).build()
     }
 
     fn secret(namespace: &str, name: &str) -> SecretReference {
@@ -318,9 +294,10 @@ mod tests {
 
     #[test]
     fn an_expired_grant_does_not_count() {
-        let mut expiring = grant("app", "g1", "api", ("db", "orders"));
         let until = Timestamp::from_second(2_000_000_000).unwrap();
-        expiring.spec.valid_until = Some(Time(until));
+        let expiring = testing::grant("app", "api", ("db", "orders"))
+            .valid_until(until)
+            .build();
         let index = GrantIndex::from_grants([expiring]);
         let before = Timestamp::from_second(1_999_999_999).unwrap();
         assert!(index.is_granted("app", "api", &secret("db", "orders"), before));

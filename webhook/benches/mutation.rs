@@ -6,13 +6,14 @@
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use ferry_api::resources::Grant;
+use ferry_api::testing;
 use ferry_runtime::grant_index::GrantIndex;
 use ferry_webhook::admission::review_pod_admission;
 use ferry_webhook::config::InjectionConfig;
 use ferry_webhook::mutation::{Injection, inject_sidecar};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 fn fixture() -> Vec<u8> {
     std::fs::read(concat!(
@@ -23,13 +24,9 @@ fn fixture() -> Vec<u8> {
 }
 
 fn grant(sa: &str, secret: (&str, &str), i: usize) -> Grant {
-    serde_json::from_value(json!({
-        "apiVersion": "ferry.dev/v1alpha1", "kind": "Grant",
-        "metadata": {"name": format!("g-{i}"), "namespace": "orders"},
-        "spec": {"serviceAccount": sa, "secret": {"namespace": secret.0, "name": secret.1},
-                 "maxTtl": "1h", "policy": {"namespace": secret.0, "name": "p", "uid": "u"}},
-    }))
-    .unwrap()
+    testing::grant("orders", sa, secret)
+        .name(&format!("g-{i}"))
+        .build()
 }
 
 /// The fixture's two Grants among 10,000 others, as in a busy cluster.

@@ -5,14 +5,14 @@
 use std::sync::Arc;
 
 use base64::Engine as _;
-use ferry_api::resources::{Grant, GrantSpec, PolicyReference, SecretReference};
+use ferry_api::resources::Grant;
+use ferry_api::testing;
 use ferry_contract as contract;
 use ferry_runtime::grant_index::GrantIndex;
 use ferry_webhook::config::InjectionConfig;
 use ferry_webhook::metrics::WebhookMetrics;
 use ferry_webhook::server::{MAX_BODY_BYTES, WebhookState, mutate_route};
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::Value;
 
 fn fixture(name: &str) -> Vec<u8> {
@@ -21,29 +21,7 @@ fn fixture(name: &str) -> Vec<u8> {
 }
 
 fn grant(service_account: &str, secret: (&str, &str)) -> Grant {
-    Grant {
-        metadata: ObjectMeta {
-            namespace: Some("orders".into()),
-            name: Some(format!("{}.p.{}.{service_account}", secret.0, secret.1)),
-            ..ObjectMeta::default()
-        },
-        spec: GrantSpec {
-            service_account: service_account.into(),
-            secret: SecretReference {
-                namespace: secret.0.into(),
-                name: secret.1.into(),
-            },
-            max_ttl: "1h".into(),
-            audience: vec![],
-            scopes: vec![],
-            valid_until: None,
-            policy: PolicyReference {
-                namespace: secret.0.into(),
-                name: "p".into(),
-                uid: "uid".into(),
-            },
-        },
-    }
+    testing::grant("orders", service_account, secret).build()
 }
 
 /// The fixtures' world: `orders/api` holds both secrets it asks for.

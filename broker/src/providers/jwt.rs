@@ -418,7 +418,8 @@ mod tests {
     use super::*;
     use crate::auth::PodIdentity;
     use crate::terms::LeaseTerms;
-    use ferry_api::resources::{BrokeredSecret, BrokeredSecretSpec, JwtSource, SecretSource};
+    use ferry_api::resources::BrokeredSecret;
+    use ferry_api::testing;
 
     fn keys_for_both(published: usize) -> SigningKeys {
         let mut keys = SigningKeys::new();
@@ -434,24 +435,12 @@ mod tests {
     }
 
     fn secret(algorithm: JwtAlgorithm) -> BrokeredSecret {
-        BrokeredSecret::new(
-            "orders-jwt",
-            BrokeredSecretSpec {
-                ttl: "15m".into(),
-                max_ttl: "1h".into(),
-                source: SecretSource {
-                    jwt: Some(JwtSource {
-                        issuer: None,
-                        audience: vec!["orders".into()],
-                        scopes: vec!["read".into()],
-                        claims: BTreeMap::from([("team".into(), "payments".into())]),
-                        algorithm,
-                    }),
-                    ..SecretSource::default()
-                },
-                files: BTreeMap::new(),
-            },
-        )
+        testing::brokered_secret("payments", "orders-jwt")
+            .jwt(&["orders"])
+            .scopes(&["read"])
+            .claim("team", "payments")
+            .algorithm(algorithm)
+            .build()
     }
 
     /// Mints a token with `provider` for a pod of `shop/checkout`.
