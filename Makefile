@@ -8,7 +8,7 @@ SHELL := /bin/bash
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/ferry/target
 CARGO ?= cargo
 
-.PHONY: help demo test bench crds lint fmt controlplane postgres sidecar images images-check chart-lint
+.PHONY: help demo test bench crds lint fmt controlplane postgres node sidecar images images-check chart-lint
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -19,10 +19,13 @@ controlplane: ## Build etcd, kube-apiserver, kube-controller-manager, kubectl an
 postgres: ## Install PostgreSQL's server binaries (apt) if missing; tests start private servers.
 	@e2e/postgres/install.sh
 
+node: ## Install containerd, runc and busybox-static (apt) if missing; tests start a private node.
+	@e2e/node/install.sh
+
 demo: controlplane postgres ## Run the local demo on a real control plane (DEMO_ARGS=--keep leaves it running).
 	$(CARGO) run --quiet -p ferry-e2e -- demo $(DEMO_ARGS)
 
-test: controlplane postgres ## Run every test: unit tests and end-to-end tests against the real control plane.
+test: controlplane postgres node ## Run every test: unit tests and end-to-end tests against the real control plane.
 	$(CARGO) test --workspace --no-fail-fast
 
 bench: ## Run the benchmarks and print their numbers.
@@ -35,7 +38,7 @@ crds: ## Regenerate the committed CRD YAML under crds/ (and the chart's copy).
 IMAGE_REPOSITORY ?= ghcr.io/ferry-dev
 IMAGE_TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 
-images: ## Build the three container images (docker or podman; IMAGE_REPOSITORY, IMAGE_TAG).
+images: ## Build the three images from the static binaries (images/build.sh) and load them into docker or podman.
 	@engine="$${CONTAINER_ENGINE:-}"; \
 	for e in docker podman; do \
 	  if [ -z "$$engine" ] && command -v $$e >/dev/null 2>&1 && $$e info >/dev/null 2>&1; then engine=$$e; fi; \
@@ -43,8 +46,12 @@ images: ## Build the three container images (docker or podman; IMAGE_REPOSITORY,
 	if [ -z "$$engine" ]; then \
 	  echo "make images: no working docker or podman here; 'make images-check' verifies the static binaries instead." >&2; exit 1; \
 	fi; \
-	for bin in operator webhook sidecar; do \
-	  $$engine build -f images/Dockerfile.$$bin -t $(IMAGE_REPOSITORY)/ferry-$$bin:$(IMAGE_TAG) . ; \
+	images/check.sh; \
+	out="$(CARGO_TARGET_DIR)/images"; \
+	for archive in $$(FERRY_BIN_DIR="$(CARGO_TARGET_DIR)/x86_64-unknown-linux-musl/release" \
+	    IMAGE_REPOSITORY=$(IMAGE_REPOSITORY) IMAGE_TAG=$(IMAGE_TAG) \
+	    images/build.sh "$$out" ferry-operator ferry-webhook ferry-sidecar); do \
+	  $$engine load -i "$$archive"; \
 	done
 
 images-check: ## Without a container engine: build the static musl release binaries and run each one's --version.

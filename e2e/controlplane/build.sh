@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Builds the real control plane ferry's e2e tests run against — etcd,
-# kube-apiserver, kube-controller-manager, kubectl — and helm, all from their
-# published Go modules with the Go toolchain on this machine (no downloaded
-# binaries). Outputs go to a cache directory keyed by the inputs, so a second
-# run (and a second CI run on the same machine) skips the build entirely.
+# kube-apiserver, kube-controller-manager, kube-scheduler, kubectl — the real
+# node's kubelet, the pods' pause program, and helm, all from their published
+# Go modules with the Go toolchain on this machine (no downloaded binaries).
+# Outputs go to a cache directory keyed by the inputs, so a second run (and a
+# second CI run on the same machine) skips the build entirely.
 #
 # Prints the bin directory on stdout; progress goes to stderr.
 set -euo pipefail
@@ -15,11 +16,13 @@ kube_version=$(module_version kube k8s.io/kubernetes)
 etcd_version=$(module_version etcd go.etcd.io/etcd/server/v3)
 helm_version=v3.21.4
 
-key=$(cat "$here/build.sh" "$here"/kube/go.{mod,sum} "$here"/etcd/go.{mod,sum} "$here/etcd/main.go" | sha256sum | cut -c1-16)
+key=$(cat "$here/build.sh" "$here"/kube/go.{mod,sum} "$here"/etcd/go.{mod,sum} "$here/etcd/main.go" \
+  "$here"/pause/{go.mod,main.go} | sha256sum | cut -c1-16)
 cache=${FERRY_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/ferry}
 bin="$cache/controlplane-$key/bin"
 
 if [ -x "$bin/kube-apiserver" ] && [ -x "$bin/kube-controller-manager" ] && [ -x "$bin/kubectl" ] \
+    && [ -x "$bin/kube-scheduler" ] && [ -x "$bin/kubelet" ] && [ -x "$bin/pause" ] \
     && [ -x "$bin/etcd" ] && [ -x "$bin/helm" ]; then
   echo "$bin"
   exit 0
@@ -38,9 +41,13 @@ for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
   ldflags+=" -X $pkg.gitCommit=published-module -X $pkg.gitTreeState=clean -X $pkg.buildDate=$build_date"
 done
 
-echo "building kube-apiserver, kube-controller-manager, kubectl $kube_version (a cold build takes many minutes)" >&2
+echo "building kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kubelet $kube_version (a cold build takes many minutes)" >&2
 (cd "$here/kube" && go build -ldflags "$ldflags" -o "$bin.partial/" \
-  k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kubectl)
+  k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+  k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl k8s.io/kubernetes/cmd/kubelet)
+
+# The process of every pod's sandbox (the pause image), static like the rest.
+(cd "$here/pause" && go build -ldflags "-s -w" -o "$bin.partial/pause" .)
 
 echo "building etcd $etcd_version" >&2
 (cd "$here/etcd" && go build -ldflags "-s -w" -o "$bin.partial/etcd" .)

@@ -25,12 +25,12 @@ const NAMESPACE_DEADLINE: Duration = Duration::from_secs(60);
 
 /// The controllers the harness runs: enough for service accounts and their
 /// tokens, namespace deletion, owner-reference garbage collection, and
-/// Deployments creating ReplicaSets creating Pods, and the aggregated
+/// Deployments creating ReplicaSets creating Pods, Jobs, and the aggregated
 /// ClusterRoles (`view`, `edit`, `admin`) filled in as in a real cluster.
 const CONTROLLERS: &str = "serviceaccount-controller,serviceaccount-token-controller,\
 namespace-controller,garbage-collector-controller,replicaset-controller,\
 deployment-controller,root-ca-certificate-publisher-controller,\
-clusterrole-aggregation-controller";
+clusterrole-aggregation-controller,job-controller";
 
 /// The service-account token issuer of harness clusters.
 pub const SERVICE_ACCOUNT_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
@@ -159,6 +159,13 @@ impl Cluster {
             "controller-manager",
         )?;
         let sa_key = pki::service_account_key(&pki_dir)?;
+        // How the apiserver reaches a real node's kubelet (logs, exec).
+        let kubelet_client = authority.client_cert(
+            "kube-apiserver-kubelet-client",
+            Some("system:masters"),
+            &pki_dir,
+            "kubelet-client",
+        )?;
 
         let [etcd_client, etcd_peer, apiserver_port] = free_ports()?;
         let etcd_url = format!("http://127.0.0.1:{etcd_client}");
@@ -185,7 +192,21 @@ impl Cluster {
             .arg(format!("--tls-cert-file={}", serving.cert.display()))
             .arg(format!("--tls-private-key-file={}", serving.key.display()))
             .arg(format!("--client-ca-file={}", ca.display()))
-            .arg("--authorization-mode=RBAC")
+            // Node and NodeRestriction: a real node's kubelet gets only
+            // what its own pods need.
+            .arg("--authorization-mode=Node,RBAC")
+            .arg("--enable-admission-plugins=NodeRestriction")
+            .arg(format!(
+                "--kubelet-client-certificate={}",
+                kubelet_client.cert.display()
+            ))
+            .arg(format!(
+                "--kubelet-client-key={}",
+                kubelet_client.key.display()
+            ))
+            // A real node's kubelet listens on 127.0.0.1 only, and is
+            // named `localhost` (the kubelet refuses a loopback node IP).
+            .arg("--kubelet-preferred-address-types=Hostname,InternalIP")
             .arg(format!("--service-account-issuer={SERVICE_ACCOUNT_ISSUER}"))
             .arg(format!(
                 "--service-account-key-file={}",
@@ -425,7 +446,7 @@ async fn wait_ready(processes: &mut ProcessGroup, config: &Config) -> Result<(),
     }
 }
 
-fn mkdir(parent: &Path, name: &str) -> Result<PathBuf, HarnessError> {
+pub(crate) fn mkdir(parent: &Path, name: &str) -> Result<PathBuf, HarnessError> {
     let path = parent.join(name);
     std::fs::create_dir_all(&path).map_err(|source| HarnessError::Io {
         what: format!("creating {}", path.display()),
@@ -436,7 +457,7 @@ fn mkdir(parent: &Path, name: &str) -> Result<PathBuf, HarnessError> {
 
 /// Finds `N` distinct free TCP ports on 127.0.0.1 (held together so they
 /// differ, then released for the components to bind).
-fn free_ports<const N: usize>() -> Result<[u16; N], HarnessError> {
+pub(crate) fn free_ports<const N: usize>() -> Result<[u16; N], HarnessError> {
     let mut listeners = Vec::with_capacity(N);
     let mut ports = [0; N];
     for port in &mut ports {
@@ -456,7 +477,7 @@ fn free_ports<const N: usize>() -> Result<[u16; N], HarnessError> {
     Ok(ports)
 }
 
-fn write_kubeconfig(
+pub(crate) fn write_kubeconfig(
     path: &Path,
     server: &str,
     ca: &Path,

@@ -1,0 +1,3 @@
+module ferry.dev/e2e/pause
+
+go 1.24

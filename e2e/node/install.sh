@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs what the e2e harness's real node needs from Debian's packages
+# when it is missing: containerd and runc (the container runtime the kubelet
+# drives), the CNI plugins (pods not on the host's network get a loopback
+# interface only), busybox-static (the tests' app image) and ca-certificates (the CA
+# bundle in ferry's images). The harness starts its own containerd with
+# private directories and socket; nothing here starts or enables a service.
+set -euo pipefail
+
+missing=()
+command -v containerd >/dev/null || missing+=(containerd)
+command -v runc >/dev/null || missing+=(runc)
+[[ -x /usr/lib/cni/loopback ]] || missing+=(containernetworking-plugins)
+[[ -x /bin/busybox ]] && file -b /bin/busybox | grep -q 'statically linked' || missing+=(busybox-static)
+[[ -r /etc/ssl/certs/ca-certificates.crt ]] || missing+=(ca-certificates)
+command -v file >/dev/null || missing+=(file)
+[[ ${#missing[@]} -eq 0 ]] && exit 0
+
+sudo=()
+if [[ $(id -u) -ne 0 ]]; then
+  sudo=(sudo)
+fi
+echo "installing ${missing[*]} from Debian's packages (the e2e harness runs a private containerd and kubelet)" >&2
+export DEBIAN_FRONTEND=noninteractive
+"${sudo[@]}" apt-get update -qq
+"${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# Debian's containerd package starts a system containerd where systemd runs;
+# the harness never uses it (it has its own socket and directories).
