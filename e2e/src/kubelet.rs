@@ -561,6 +561,40 @@ state = "{root}/state"
         )
     }
 
+    /// Runs pod `sleeper` (busybox sleeping, on the host's network) in a
+    /// fresh namespace of `cluster` and waits until it runs: something for
+    /// the node to clean up.
+    pub async fn run_sleeper(&self, cluster: &Cluster) -> Result<Pod, HarnessError> {
+        let client = cluster.client()?;
+        let namespace = cluster.create_namespace("sleeper").await?;
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "sleeper"},
+            "spec": {"hostNetwork": true, "containers": [{
+                "name": "app", "image": images::BUSYBOX_IMAGE, "imagePullPolicy": "Never",
+                "command": ["sleep", "3600"]}]},
+        }))
+        .map_err(|error| HarnessError::Process(format!("the sleeper pod: {error}")))?;
+        Api::<Pod>::namespaced(client.clone(), &namespace)
+            .create(&kube::api::PostParams::default(), &pod)
+            .await?;
+        self.wait_pod(
+            &client,
+            &namespace,
+            "sleeper",
+            "the sleeper running",
+            Duration::from_secs(120),
+            |pod| {
+                pod.status
+                    .as_ref()
+                    .and_then(|s| s.container_statuses.as_ref())
+                    .and_then(|s| s.first())
+                    .and_then(|s| s.state.as_ref())
+                    .is_some_and(|s| s.running.is_some())
+            },
+        )
+        .await
+    }
+
     /// Waits until `check` says yes about pod `name` (read afresh each
     /// time) and returns it; after `deadline`, fails with [`Self::diagnose`].
     pub async fn wait_pod(

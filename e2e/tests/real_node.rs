@@ -10,13 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use ferry_e2e::images::BUSYBOX_IMAGE;
 use ferry_e2e::{Cluster, RealNode, eventually};
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, PostParams};
-use serde_json::json;
-
-const HOLD: &str = "FERRY_E2E_HOLD_NODE";
 
 /// What is left of a node: processes naming its directory or in its
 /// cgroups, its cgroups, its directory, host mounts under it.
@@ -59,48 +53,12 @@ fn leftovers(dir: &Path, cgroup_root: &str, init: u32) -> Vec<String> {
 }
 
 async fn run_pod(cluster: &Cluster, node: &RealNode) {
-    let client = cluster.client().unwrap();
-    let namespace = cluster.create_namespace("hold").await.unwrap();
-    let pod: Pod = serde_json::from_value(json!({
-        "metadata": {"name": "sleeper"},
-        "spec": {"hostNetwork": true, "containers": [{
-            "name": "app", "image": BUSYBOX_IMAGE, "imagePullPolicy": "Never",
-            "command": ["sleep", "3600"]}]},
-    }))
-    .unwrap();
-    Api::<Pod>::namespaced(client.clone(), &namespace)
-        .create(&PostParams::default(), &pod)
-        .await
-        .unwrap();
-    node.wait_pod(
-        &client,
-        &namespace,
-        "sleeper",
-        "the app running",
-        Duration::from_secs(120),
-        |pod| {
-            pod.status
-                .as_ref()
-                .and_then(|s| s.container_statuses.as_ref())
-                .and_then(|s| s.first())
-                .and_then(|s| s.state.as_ref())
-                .is_some_and(|s| s.running.is_some())
-        },
-    )
-    .await
-    .unwrap();
+    node.run_sleeper(cluster).await.unwrap();
 }
 
 #[tokio::test]
 async fn killing_the_process_holding_a_node_leaves_no_container_mount_or_cgroup() {
-    let mut holder = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "hold_a_node_with_a_running_pod",
-            "--ignored",
-            "--nocapture",
-        ])
-        .env(HOLD, "1")
+    let mut holder = Command::new(env!("CARGO_BIN_EXE_ferry-e2e-hold-node"))
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -157,23 +115,4 @@ async fn a_dropped_node_leaves_no_container_mount_or_cgroup() {
     );
     drop(node);
     assert_eq!(leftovers(&dir, &cgroup_root, init), Vec::<String>::new());
-}
-
-/// Run by the test above as a child process, which it then SIGKILLs.
-#[tokio::test]
-#[ignore = "a child of killing_the_process_holding_a_node_leaves_no_container_mount_or_cgroup"]
-async fn hold_a_node_with_a_running_pod() {
-    if std::env::var_os(HOLD).is_none() {
-        return;
-    }
-    let cluster = Cluster::start().await.unwrap();
-    let node = RealNode::start(&cluster).await.unwrap();
-    run_pod(&cluster, &node).await;
-    println!(
-        "holding {} {} {}",
-        node.dir().display(),
-        node.cgroup_root(),
-        node.init_pid()
-    );
-    std::future::pending::<()>().await;
 }
