@@ -424,7 +424,8 @@ impl Write for DeadlineStream {
     }
 }
 
-fn parse_leases(action: &str, body: &[u8]) -> Result<Vec<Lease>, BrokerError> {
+/// Parses a 2xx answer's body as leases; `action` names the call in errors.
+pub fn parse_leases(action: &str, body: &[u8]) -> Result<Vec<Lease>, BrokerError> {
     serde_json::from_slice::<LeasesResponse>(body)
         .map(|response| response.leases)
         .map_err(|e| BrokerError::Transport {
@@ -439,8 +440,9 @@ fn parse_leases(action: &str, body: &[u8]) -> Result<Vec<Lease>, BrokerError> {
         })
 }
 
-/// Decodes a lease's files into wiped buffers and wipes the base64 text.
-fn decode_lease(action: &str, mut lease: Lease) -> Result<IssuedLease, BrokerError> {
+/// Decodes a lease's files into wiped buffers and wipes the base64 text;
+/// checks its file names and clamps its durations.
+pub fn decode_lease(action: &str, mut lease: Lease) -> Result<IssuedLease, BrokerError> {
     let invalid = |message: String| BrokerError::InvalidLease {
         action: action.into(),
         message,
