@@ -509,6 +509,10 @@ impl SecretVolume {
                 };
                 let from = entry.path();
                 let to = into.join(unique_suffix());
+                // Moving a directory to another parent rewrites its `..`,
+                // which needs its write bit; 0700 also keeps the fsGroup
+                // out of it from now on (open files stay readable).
+                set_mode(&from, 0o700)?;
                 fs::rename(&from, &to).map_err(io_error("retire", &from))?;
                 self.retired()
                     .push((later(Instant::now(), RETIRE_GRACE), to));

@@ -85,6 +85,9 @@ impl Keeper {
     /// generations are zeroed when their grace period ends, and all of
     /// them at exit.
     fn drive(mut self, mode: Mode) -> ExitCode {
+        // Generations a previous run of this container retired get their
+        // grace period from now.
+        self.zero_retired();
         let mut event = Some(Event::Start(mode));
         loop {
             if let Some(event) = event.take()
