@@ -8,7 +8,7 @@ SHELL := /bin/bash
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/ferry/target
 CARGO ?= cargo
 
-.PHONY: help demo test bench crds lint fmt controlplane postgres node sidecar images images-check chart-lint
+.PHONY: help demo test fuzz bench crds lint fmt controlplane postgres node sidecar images images-check chart-lint
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -27,6 +27,12 @@ demo: controlplane postgres ## Run the local demo on a real control plane (DEMO_
 
 test: controlplane postgres node ## Run every test: unit tests and end-to-end tests against the real control plane.
 	$(CARGO) test --workspace --no-fail-fast
+
+# Cases per property in `make fuzz`; `make test` runs proptest's 256.
+FUZZ_CASES ?= 10000
+
+fuzz: ## Run the property-based fuzz tests (<crate>/tests/fuzz.rs) long: FUZZ_CASES cases each (default 10000).
+	FERRY_FUZZ_CASES=$(FUZZ_CASES) $(CARGO) test --workspace --no-fail-fast --test fuzz
 
 bench: ## Run the benchmarks and print their numbers.
 	$(CARGO) bench --workspace

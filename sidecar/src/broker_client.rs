@@ -19,10 +19,14 @@ use zeroize::{Zeroize, Zeroizing};
 use crate::config::BrokerUrl;
 use crate::http1::{self, HttpError, Response};
 use crate::names::check_file_name;
+use crate::schedule;
 use crate::volume::SecretFile;
 use ferry_contract::wire::{
     ErrorResponse, LEASES_PATH, Lease, LeaseRequest, LeasesResponse, SecretRef, SecretRequest,
 };
+
+/// A lease's `expiresAt` is kept (for logs) up to this many characters.
+const MAX_EXPIRES_AT_CHARS: usize = 64;
 
 /// Why the client cannot be set up.
 #[derive(Debug, thiserror::Error)]
@@ -420,7 +424,8 @@ impl Write for DeadlineStream {
     }
 }
 
-fn parse_leases(action: &str, body: &[u8]) -> Result<Vec<Lease>, BrokerError> {
+/// Parses a 2xx answer's body as leases; `action` names the call in errors.
+pub fn parse_leases(action: &str, body: &[u8]) -> Result<Vec<Lease>, BrokerError> {
     serde_json::from_slice::<LeasesResponse>(body)
         .map(|response| response.leases)
         .map_err(|e| BrokerError::Transport {
@@ -435,8 +440,9 @@ fn parse_leases(action: &str, body: &[u8]) -> Result<Vec<Lease>, BrokerError> {
         })
 }
 
-/// Decodes a lease's files into wiped buffers and wipes the base64 text.
-fn decode_lease(action: &str, mut lease: Lease) -> Result<IssuedLease, BrokerError> {
+/// Decodes a lease's files into wiped buffers and wipes the base64 text;
+/// checks its file names and clamps its durations.
+pub fn decode_lease(action: &str, mut lease: Lease) -> Result<IssuedLease, BrokerError> {
     let invalid = |message: String| BrokerError::InvalidLease {
         action: action.into(),
         message,
@@ -468,13 +474,22 @@ fn decode_lease(action: &str, mut lease: Lease) -> Result<IssuedLease, BrokerErr
     if files.is_empty() {
         return Err(invalid(format!("lease {} has no files", lease.id)));
     }
+    let (ttl, renew_after) = schedule::lease_times(lease.ttl, lease.renew_after)
+        .map_err(|reason| invalid(format!("lease {} has {reason}", lease.id)))?;
+    // Only logged; a broker's odd string must not make a huge log line.
+    let expires_at = lease
+        .expires_at
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_EXPIRES_AT_CHARS)
+        .collect();
     Ok(IssuedLease {
         id: lease.id,
         secret: lease.secret,
         files,
-        ttl: Duration::from_secs(lease.ttl),
-        renew_after: Duration::from_secs(lease.renew_after),
-        expires_at: lease.expires_at,
+        ttl,
+        renew_after,
+        expires_at,
     })
 }
 
@@ -573,6 +588,34 @@ mod tests {
             assert!(error.is_permanent(), "{error}");
             assert!(!error.to_string().contains("not base64!"), "{error}");
         }
+    }
+
+    #[test]
+    fn absurd_durations_from_the_broker_are_clamped_or_refused() {
+        let with = |ttl: u64, renew_after: u64| Lease {
+            ttl,
+            renew_after,
+            ..lease(&[("password", "czNjcmV0")])
+        };
+        let issued = decode_lease("x", with(i64::MAX as u64, u64::MAX)).unwrap();
+        assert_eq!(issued.ttl, schedule::MAX_LEASE_TTL);
+        assert_eq!(issued.renew_after, schedule::MAX_LEASE_TTL);
+        let issued = decode_lease("x", with(900, u64::MAX)).unwrap();
+        assert_eq!(issued.renew_after, Duration::from_secs(900));
+        let error = decode_lease("x", with(0, 0)).unwrap_err();
+        assert!(error.is_permanent(), "{error}");
+        assert!(error.to_string().contains("ttl of 0"), "{error}");
+        // Negative numbers are not a leases response at all.
+        let body = br#"{"leases":[{"id":"l","secret":{"namespace":"a","name":"b"},"files":{"f":"YQ=="},"ttl":-1,"renewAfter":-5,"expiresAt":"x"}]}"#;
+        assert!(parse_leases("x", body).is_err());
+        let long = Lease {
+            expires_at: "9".repeat(100_000),
+            ..with(900, 600)
+        };
+        assert_eq!(
+            decode_lease("x", long).unwrap().expires_at.len(),
+            MAX_EXPIRES_AT_CHARS
+        );
     }
 
     #[test]

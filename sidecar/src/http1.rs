@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use zeroize::Zeroizing;
 
+use crate::schedule::MAX_RETRY_AFTER;
+
 /// The largest response read; leases are a few KiB.
 pub const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
 
@@ -169,7 +171,7 @@ fn parse_head(buffer: &[u8]) -> Result<Option<Head>, HttpError> {
     };
     let retry_after = header("retry-after")
         .and_then(|value| value.parse::<u64>().ok())
-        .map(Duration::from_secs);
+        .map(|secs| Duration::from_secs(secs).min(MAX_RETRY_AFTER));
     let chunked = header("transfer-encoding")
         .is_some_and(|value| value.to_ascii_lowercase().ends_with("chunked"));
     let framing = if status == 204 || status == 304 || (100..200).contains(&status) {
@@ -297,6 +299,27 @@ mod tests {
         assert_eq!(response.status, 503);
         assert_eq!(response.retry_after, Some(Duration::from_secs(7)));
         assert_eq!(response.body.as_slice(), b"down");
+    }
+
+    #[test]
+    fn an_absurd_retry_after_is_clamped_and_a_malformed_one_ignored() {
+        let retry_after = |value: &str| {
+            let raw = format!(
+                "HTTP/1.1 503 Unavailable\r\nRetry-After: {value}\r\nContent-Length: 0\r\n\r\n"
+            );
+            read(raw.as_bytes(), 1000).unwrap().retry_after
+        };
+        assert_eq!(retry_after(&u64::MAX.to_string()), Some(MAX_RETRY_AFTER));
+        assert_eq!(retry_after(&i64::MAX.to_string()), Some(MAX_RETRY_AFTER));
+        assert_eq!(retry_after("0"), Some(Duration::ZERO));
+        for bad in [
+            "-1",
+            "99999999999999999999999",
+            "Wed, 21 Oct 2015 07:28:00 GMT",
+            "",
+        ] {
+            assert_eq!(retry_after(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -10,8 +10,11 @@
 //!
 //! A new generation is written and fsynced in full before `..data` is
 //! swapped to it by renaming a temporary symlink, so a reader sees all old
-//! or all new files; the old generation is then overwritten with zeros and
-//! unlinked.
+//! or all new files. The old generation is then *retired*: renamed out of
+//! the secret's directory into `<root>/..ferry-retired/`, so no path leads
+//! to it any more, and overwritten with zeros only after [`RETIRE_GRACE`]
+//! (or at exit). A reader that opened a file before the swap or the wipe
+//! so reads its complete old content, never zeros in the middle.
 //!
 //! Permissions: files 0400 and generations 0500, or 0440 and 0550 with the
 //! pod's fsGroup as their group. The secret's directory keeps its owner's
@@ -23,6 +26,8 @@ use std::fs::{self, DirBuilder, File, OpenOptions, Permissions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use zeroize::Zeroizing;
 
@@ -32,6 +37,14 @@ use ferry_contract::READY_MARKER;
 
 /// The symlink naming the current generation, as Kubernetes names it.
 pub const DATA_LINK: &str = "..data";
+
+/// Where replaced and wiped generations wait for their grace period to end,
+/// at the volume's root: hidden, and 0700 to the sidecar.
+pub const RETIRED_DIR: &str = "..ferry-retired";
+
+/// How long a replaced or wiped generation keeps its content for readers
+/// that opened it before, before it is overwritten with zeros.
+pub const RETIRE_GRACE: Duration = Duration::from_secs(30);
 
 const DATA_LINK_TMP: &str = "..data_tmp";
 const FILE_LINK_TMP: &str = "..link_tmp";
@@ -119,6 +132,8 @@ fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Volu
 pub struct SecretVolume {
     root: PathBuf,
     fs_group: Option<u32>,
+    /// Retired generations and when each may be zeroed.
+    retired: Arc<Mutex<Vec<(Instant, PathBuf)>>>,
 }
 
 impl SecretVolume {
@@ -127,7 +142,16 @@ impl SecretVolume {
         Self {
             root: root.into(),
             fs_group,
+            retired: Arc::default(),
         }
+    }
+
+    fn retired(&self) -> MutexGuard<'_, Vec<(Instant, PathBuf)>> {
+        // A panic elsewhere cannot leave the list half-changed: every
+        // change is one push or one retain.
+        self.retired
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The volume's root directory.
@@ -218,13 +242,14 @@ impl SecretVolume {
         self.link_files(&dir, files)?;
         self.unlink_stale_files(&dir, files)?;
         sync_dir(&dir)?;
-        self.wipe_generations(&dir, Some(&generation_name))?;
+        self.retire_generations(&dir, Some(&generation_name))?;
         sync_dir(&dir)?;
         Ok(WriteOutcome::Swapped)
     }
 
-    /// Overwrites every file of `secret` with zeros, unlinks it and removes
-    /// the secret's directory. Nothing to do if it is not there.
+    /// Unlinks every file of `secret` and removes the secret's directory;
+    /// its content is retired (zeroed after [`RETIRE_GRACE`]). Nothing to
+    /// do if it is not there.
     pub fn wipe_secret(&self, secret: &str) -> Result<(), VolumeError> {
         let dir = self.secret_dir(secret)?;
         match fs::symlink_metadata(&dir) {
@@ -244,8 +269,56 @@ impl SecretVolume {
             }
         }
         sync_dir(&dir)?;
-        self.wipe_generations(&dir, None)?;
+        self.retire_generations(&dir, None)?;
         fs::remove_dir(&dir).map_err(io_error("remove", &dir))?;
+        sync_dir(&self.root)
+    }
+
+    /// When the next retired generation is due to be zeroed, if any.
+    pub fn next_zero_at(&self) -> Option<Instant> {
+        self.retired().iter().map(|(due, _)| *due).min()
+    }
+
+    /// Zeroes and removes the retired generations due by `now`; one that
+    /// fails is tried again a grace period later. Generations a previous
+    /// run left in the retired directory get a grace period from `now`.
+    pub fn zero_retired(&self, now: Instant) -> Result<(), VolumeError> {
+        let retired_dir = self.root.join(RETIRED_DIR);
+        if let Ok(entries) = fs::read_dir(&retired_dir) {
+            let mut retired = self.retired();
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if !retired.iter().any(|(_, known)| *known == path) {
+                    retired.push((later(now, RETIRE_GRACE), path));
+                }
+            }
+        }
+        let due: Vec<PathBuf> = {
+            let mut retired = self.retired();
+            let due = retired
+                .iter()
+                .filter(|(at, _)| *at <= now)
+                .map(|(_, path)| path.clone())
+                .collect();
+            retired.retain(|(at, _)| *at > now);
+            due
+        };
+        let mut first_error = None;
+        for path in due {
+            if let Err(error) = wipe_dir_if_present(&path) {
+                self.retired().push((later(now, RETIRE_GRACE), path));
+                first_error.get_or_insert(error);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Zeroes every retired generation now and removes the retired
+    /// directory: at exit, when no reader is left (a native sidecar stops
+    /// after the pod's containers).
+    pub fn zero_all_retired(&self) -> Result<(), VolumeError> {
+        self.retired().clear();
+        wipe_dir_if_present(&self.root.join(RETIRED_DIR))?;
         sync_dir(&self.root)
     }
 
@@ -419,18 +492,67 @@ impl SecretVolume {
         Ok(())
     }
 
-    /// Wipes every generation directory in `dir` except `keep`: the one just
-    /// replaced, and any a previous run left behind.
-    fn wipe_generations(&self, dir: &Path, keep: Option<&str>) -> Result<(), VolumeError> {
+    /// Retires every generation directory in `dir` except `keep`: the one
+    /// just replaced, and any a previous run left behind. Renaming unlinks
+    /// it from every path a reader resolves; open files keep their content
+    /// until [`Self::zero_retired`] overwrites it.
+    fn retire_generations(&self, dir: &Path, keep: Option<&str>) -> Result<(), VolumeError> {
+        let mut retired_dir = None;
         for entry in read_dir(dir)? {
             let name = entry.file_name();
             let hidden = name.as_encoded_bytes().starts_with(b"..");
             let is_dir = entry.file_type().is_ok_and(|kind| kind.is_dir());
             if hidden && is_dir && keep.is_none_or(|keep| name != keep) {
-                wipe_dir(&entry.path())?;
+                let into = match &retired_dir {
+                    Some(into) => into,
+                    None => retired_dir.insert(self.ensure_retired_dir()?),
+                };
+                let from = entry.path();
+                let to = into.join(unique_suffix());
+                // Moving a directory to another parent rewrites its `..`,
+                // which needs its write bit; 0700 also keeps the fsGroup
+                // out of it from now on (open files stay readable).
+                set_mode(&from, 0o700)?;
+                fs::rename(&from, &to).map_err(io_error("retire", &from))?;
+                self.retired()
+                    .push((later(Instant::now(), RETIRE_GRACE), to));
             }
         }
+        if let Some(into) = retired_dir {
+            sync_dir(&into)?;
+        }
         Ok(())
+    }
+
+    fn ensure_retired_dir(&self) -> Result<PathBuf, VolumeError> {
+        let dir = self.root.join(RETIRED_DIR);
+        match fs::symlink_metadata(&dir) {
+            Ok(meta) if meta.is_dir() => Ok(dir),
+            Ok(_) => Err(VolumeError::NotADirectory { path: dir }),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                DirBuilder::new()
+                    .mode(0o700)
+                    .create(&dir)
+                    .map_err(io_error("create", &dir))?;
+                Ok(dir)
+            }
+            Err(error) => Err(io_error("inspect", &dir)(error)),
+        }
+    }
+}
+
+/// `at + delay`, or `at` if the clock cannot go that far.
+fn later(at: Instant, delay: Duration) -> Instant {
+    at.checked_add(delay).unwrap_or(at)
+}
+
+/// [`wipe_dir`], if `dir` is (still) there.
+fn wipe_dir_if_present(dir: &Path) -> Result<(), VolumeError> {
+    match fs::symlink_metadata(dir) {
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(error) => Err(io_error("inspect", dir)(error)),
+        Ok(meta) if meta.is_dir() => wipe_dir(dir),
+        Ok(_) => fs::remove_file(dir).map_err(io_error("remove", dir)),
     }
 }
 
@@ -503,6 +625,7 @@ fn sync_dir(dir: &Path) -> Result<(), VolumeError> {
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
+    use std::io::Seek;
 
     use super::*;
 
@@ -599,7 +722,7 @@ mod tests {
             )
             .unwrap();
         let first = fs::read_link(dir.join(DATA_LINK)).unwrap();
-        // A reader holding the old generation's directory sees the wipe.
+        // The old generation leaves the secret's directory at once.
         let old_generation = dir.join(&first);
 
         let outcome = volume
@@ -690,16 +813,18 @@ mod tests {
             .unwrap();
         volume.mark_ready("{}").unwrap();
         // Keep the old content reachable to see it was overwritten.
-        let generation = root
-            .path()
-            .join("db")
-            .join(fs::read_link(root.path().join("db/..data")).unwrap());
-        let mut held = File::open(generation.join("password")).unwrap();
+        let mut held = File::open(root.path().join("db/password")).unwrap();
 
         volume.wipe_secret("db").unwrap();
         volume.wipe_secret("jwt").unwrap();
         volume.clear_ready().unwrap();
         volume.wipe_secret("never-written").unwrap();
+        assert_eq!(
+            entries(root.path()),
+            BTreeSet::from([RETIRED_DIR.to_owned()]),
+            "only the retired generations, out of every reader's path"
+        );
+        volume.zero_all_retired().unwrap();
 
         let mut content = Vec::new();
         held.read_to_end(&mut content).unwrap();
@@ -709,6 +834,73 @@ mod tests {
             "{:?}",
             entries(root.path())
         );
+        assert_eq!(volume.next_zero_at(), None);
+    }
+
+    #[test]
+    fn a_reader_of_a_replaced_or_wiped_file_keeps_its_old_content_until_the_grace_ends() {
+        let root = tempfile::tempdir().unwrap();
+        let volume = SecretVolume::new(root.path(), None);
+        let old = "p1".repeat(5000);
+        volume
+            .write_secret("db", &files(&[("password", &old)]))
+            .unwrap();
+        // A reader opens the file and reads half of it...
+        let mut replaced = File::open(root.path().join("db/password")).unwrap();
+        let mut first_half = vec![0u8; old.len() / 2];
+        replaced.read_exact(&mut first_half).unwrap();
+        // ... the secret is renewed with new content meanwhile ...
+        let before = Instant::now();
+        volume
+            .write_secret("db", &files(&[("password", "p2")]))
+            .unwrap();
+        assert_eq!(
+            fs::read_to_string(root.path().join("db/password")).unwrap(),
+            "p2"
+        );
+        let mut wiped = File::open(root.path().join("db/password")).unwrap();
+        volume.wipe_secret("db").unwrap();
+        assert!(fs::symlink_metadata(root.path().join("db")).is_err());
+        // ... and the zeroing is not due yet: both readers read all of
+        // the content they opened.
+        let zero_at = volume.next_zero_at().unwrap();
+        assert!(zero_at >= before + RETIRE_GRACE);
+        volume.zero_retired(Instant::now()).unwrap();
+        let mut rest = Vec::new();
+        replaced.read_to_end(&mut rest).unwrap();
+        first_half.extend_from_slice(&rest);
+        assert_eq!(first_half, old.as_bytes(), "the whole old content");
+        let mut content = String::new();
+        wiped.read_to_string(&mut content).unwrap();
+        assert_eq!(content, "p2");
+
+        // After the grace period, the content is zeroed and gone.
+        volume.zero_retired(zero_at + RETIRE_GRACE).unwrap();
+        assert_eq!(volume.next_zero_at(), None);
+        let mut zeroed = Vec::new();
+        File::open(root.path().join(RETIRED_DIR))
+            .unwrap()
+            .sync_all()
+            .unwrap();
+        replaced.rewind().unwrap();
+        replaced.read_to_end(&mut zeroed).unwrap();
+        assert!(zeroed.iter().all(|b| *b == 0) && zeroed.len() == old.len());
+        assert!(entries(&root.path().join(RETIRED_DIR)).is_empty());
+    }
+
+    #[test]
+    fn generations_a_previous_run_retired_get_a_grace_period_then_are_zeroed() {
+        let root = tempfile::tempdir().unwrap();
+        let stray = root.path().join(RETIRED_DIR).join("0000000000000000");
+        fs::create_dir_all(&stray).unwrap();
+        fs::write(stray.join("password"), "old").unwrap();
+        let volume = SecretVolume::new(root.path(), None);
+        let now = Instant::now();
+        volume.zero_retired(now).unwrap();
+        assert_eq!(fs::read_to_string(stray.join("password")).unwrap(), "old");
+        assert_eq!(volume.next_zero_at(), Some(now + RETIRE_GRACE));
+        volume.zero_retired(now + RETIRE_GRACE).unwrap();
+        assert!(!stray.exists());
     }
 
     #[test]

@@ -537,7 +537,7 @@ impl<J: FnMut() -> f64> Machine<J> {
                             }),
                         ));
                         *last_error = error.to_string();
-                        let at = now + delay;
+                        let at = schedule::later(now, delay);
                         if delay.is_zero() {
                             self.todo.push_back(Step::IssueAll);
                         } else if at > *deadline {
@@ -1024,9 +1024,9 @@ impl<J: FnMut() -> f64> Machine<J> {
         let delay = schedule::renewal_delay(lease.renew_after, lease.ttl, jitter);
         slot.held = Some(Held {
             id: lease.id.clone(),
-            expires: asked_at + lease.ttl,
+            expires: schedule::later(asked_at, lease.ttl),
         });
-        slot.due = asked_at + delay;
+        slot.due = schedule::later(asked_at, delay);
         slot.failures = 0;
         slot.renewable = true;
     }
@@ -1051,7 +1051,7 @@ impl<J: FnMut() -> f64> Machine<J> {
         let delay = schedule::retry_delay(slot.failures, cap, jitter, retry_after);
         slot.failures = slot.failures.saturating_add(1);
         slot.busy = false;
-        slot.due = now + delay;
+        slot.due = schedule::later(now, delay);
         delay
     }
 
@@ -1502,6 +1502,26 @@ mod tests {
             Some(S(300) + Duration::from_millis(500)),
             "b's renewal, timed from when it was asked"
         );
+    }
+
+    #[test]
+    fn a_lease_with_absurd_durations_is_timed_within_a_week_without_overflow() {
+        let mut world = World::new(&["a"]);
+        world.start();
+        let absurd = IssuedLease {
+            ttl: Duration::MAX,
+            renew_after: Duration::MAX,
+            ..lease("L1", "a", 1, 1)
+        };
+        world.at(1).issued(&[0], Ok(vec![absurd]));
+        assert!(world.machine.is_ready());
+        let wake = world.wake_in().unwrap();
+        assert!(wake <= schedule::MAX_LEASE_TTL + S(1), "{wake:?}");
+        // A Retry-After from another world is bounded by the retry cap too.
+        world
+            .at(2)
+            .renewed(0, Err(unavailable(503, Some(Duration::MAX))));
+        assert_eq!(world.log("renew_failed")["retry_in_ms"], 30_000);
     }
 
     #[test]

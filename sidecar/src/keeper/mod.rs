@@ -81,27 +81,67 @@ impl Keeper {
     }
 
     /// Feeds the machine until it exits: each event, then whatever arrives
-    /// on the channel or, at the machine's wake-up time, a tick.
+    /// on the channel or, at the machine's wake-up time, a tick. Retired
+    /// generations are zeroed when their grace period ends, and all of
+    /// them at exit.
     fn drive(mut self, mode: Mode) -> ExitCode {
-        let mut event = Event::Start(mode);
+        // Generations a previous run of this container retired get their
+        // grace period from now.
+        self.zero_retired();
+        let mut event = Some(Event::Start(mode));
         loop {
-            if let Some(code) = self.feed(event) {
-                return code;
+            if let Some(event) = event.take()
+                && let Some(code) = self.feed(event)
+            {
+                return self.zero_all_retired(code);
             }
-            event = match self.machine.wake_at() {
-                Some(at) => match self
+            if self
+                .volume
+                .next_zero_at()
+                .is_some_and(|at| at <= Instant::now())
+            {
+                self.zero_retired();
+            }
+            let wake = self.machine.wake_at();
+            let until = wake.into_iter().chain(self.volume.next_zero_at()).min();
+            let received = match until {
+                Some(at) => self
                     .inbox
-                    .recv_timeout(at.saturating_duration_since(Instant::now()))
-                {
-                    Ok(event) => event,
-                    Err(RecvTimeoutError::Timeout) => Event::Tick,
-                    Err(RecvTimeoutError::Disconnected) => return ExitCode::FAILURE,
-                },
-                None => match self.inbox.recv() {
-                    Ok(event) => event,
-                    Err(_) => return ExitCode::FAILURE,
-                },
+                    .recv_timeout(at.saturating_duration_since(Instant::now())),
+                None => self
+                    .inbox
+                    .recv()
+                    .map_err(|_| RecvTimeoutError::Disconnected),
             };
+            event = match received {
+                Ok(event) => Some(event),
+                Err(RecvTimeoutError::Timeout) => wake
+                    .is_some_and(|at| at <= Instant::now())
+                    .then_some(Event::Tick),
+                Err(RecvTimeoutError::Disconnected) => return ExitCode::FAILURE,
+            };
+        }
+    }
+
+    /// Zeroes the retired generations whose grace period is over.
+    fn zero_retired(&self) {
+        if let Err(error) = self.volume.zero_retired(Instant::now()) {
+            log::error(
+                "retired_wipe_failed",
+                json!({ "error": error.to_string(), "note": "tried again later" }),
+            );
+        }
+    }
+
+    /// At exit no reader is left: zeroes every retired generation now. A
+    /// failure fails the exit, as a failed wipe does.
+    fn zero_all_retired(&self, code: ExitCode) -> ExitCode {
+        match self.volume.zero_all_retired() {
+            Ok(()) => code,
+            Err(error) => {
+                log::error("retired_wipe_failed", json!({ "error": error.to_string() }));
+                ExitCode::FAILURE
+            }
         }
     }
 
