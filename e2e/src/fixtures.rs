@@ -118,7 +118,7 @@ pub async fn bench_tenant(
     create_object::<Secret>(
         client,
         "payments",
-        json!({"metadata": {"name": "api-key"},
+        json!({"metadata": {"name": "api-key", "labels": {"ferry.dev/brokerable": "true"}},
                "stringData": {"token": "x".repeat(64), "url": "https://orders.payments.svc"}}),
     )
     .await?;

@@ -178,8 +178,9 @@ impl Postgres {
         self.port
     }
 
-    /// The superuser's connection string, as a BrokeredSecret's admin
-    /// Secret holds it.
+    /// The superuser's connection string. The broker refuses a superuser
+    /// admin connection: give BrokeredSecrets a CREATEROLE role's
+    /// ([`Self::dsn`]).
     pub fn admin_dsn(&self) -> String {
         self.dsn(SUPERUSER, &self.password)
     }

@@ -71,7 +71,7 @@ async fn scenario(prefix: &str) -> (Client, String, String) {
     create_object::<Secret>(
         &client,
         &secrets,
-        json!({"metadata": {"name": "orders-api-key"}, "stringData": {"token": PLANTED}}),
+        json!({"metadata": {"name": "orders-api-key", "labels": {"ferry.dev/brokerable": "true"}}, "stringData": {"token": PLANTED}}),
     )
     .await
     .unwrap();
@@ -521,7 +521,7 @@ async fn broker_does_its_job_with_exactly_its_documented_rbac() {
     create_object::<Secret>(
         &client,
         &owner,
-        json!({"metadata": {"name": "api-key"}, "stringData": {"token": PLANTED}}),
+        json!({"metadata": {"name": "api-key", "labels": {"ferry.dev/brokerable": "true"}}, "stringData": {"token": PLANTED}}),
     )
     .await
     .unwrap();

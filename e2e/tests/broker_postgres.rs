@@ -86,7 +86,7 @@ async fn scenario(prefix: &str) -> (Client, String, String) {
     create_object::<Secret>(
         &client,
         &owner,
-        json!({"metadata": {"name": "orders-db-admin"},
+        json!({"metadata": {"name": "orders-db-admin", "labels": {"ferry.dev/brokerable": "true"}},
                "stringData": {"dsn": database.dsn("broker_admin", "admin-password")}}),
     )
     .await

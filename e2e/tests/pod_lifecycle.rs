@@ -43,7 +43,10 @@ async fn stack() -> &'static Stack {
                     "CREATE TABLE orders (id int PRIMARY KEY, item text);
                      INSERT INTO orders VALUES (1, 'tea');
                      CREATE ROLE orders_reader NOLOGIN;
-                     GRANT SELECT ON orders TO orders_reader;",
+                     GRANT SELECT ON orders TO orders_reader;
+                     CREATE ROLE lifecycle_admin LOGIN CREATEROLE PASSWORD 'lifecycle-admin-password';
+                     GRANT orders_reader TO lifecycle_admin WITH ADMIN OPTION;
+                     GRANT pg_signal_backend TO lifecycle_admin;",
                 )
                 .await
                 .unwrap();
@@ -73,12 +76,15 @@ async fn scenario(prefix: &str) -> (Client, String, String) {
         .unwrap();
     for (name, data) in [
         ("api-key", json!({"token": PLANTED})),
-        ("db-admin", json!({"dsn": database.admin_dsn()})),
+        (
+            "db-admin",
+            json!({"dsn": database.dsn("lifecycle_admin", "lifecycle-admin-password")}),
+        ),
     ] {
         create_object::<Secret>(
             &client,
             &owner,
-            json!({"metadata": {"name": name}, "stringData": data}),
+            json!({"metadata": {"name": name, "labels": {"ferry.dev/brokerable": "true"}}, "stringData": data}),
         )
         .await
         .unwrap();

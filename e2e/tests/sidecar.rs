@@ -71,7 +71,7 @@ async fn the_sidecar_writes_renews_and_at_sigterm_revokes_and_wipes_a_secret() {
     create_object::<Secret>(
         &client,
         &owner,
-        json!({"metadata": {"name": "api-key"},
+        json!({"metadata": {"name": "api-key", "labels": {"ferry.dev/brokerable": "true"}},
                "stringData": {"token": PLANTED, "user": "checkout"}}),
     )
     .await
