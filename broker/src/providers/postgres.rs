@@ -510,7 +510,14 @@ async fn connect(
             ))
         })?
         .map_err(|error| {
-            ProviderError::Unavailable(format!("connecting to the database of {database}: {error}"))
+            // The cause (a TLS or I/O error) is what an operator needs;
+            // neither ever holds the connection string.
+            let cause = std::error::Error::source(&error)
+                .map(|cause| format!(": {cause}"))
+                .unwrap_or_default();
+            ProviderError::Unavailable(format!(
+                "connecting to the database of {database}: {error}{cause}"
+            ))
         })?;
     let name = database.to_string();
     tokio::spawn(async move {
