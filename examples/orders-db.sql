@@ -8,7 +8,8 @@ GRANT SELECT ON orders TO orders_reader;
 
 -- The broker's admin role: it may create roles, hand out orders_reader,
 -- and end the sessions of the roles it drops. Not a superuser.
--- Its password goes into the Secret payments/orders-db-admin, nowhere else.
+-- Its password goes into the Secret payments/orders-db-admin, nowhere else;
+-- label that Secret ferry.dev/brokerable=true so the broker may use it.
 CREATE ROLE broker_admin LOGIN CREATEROLE PASSWORD :'broker_password';
 GRANT orders_reader TO broker_admin WITH ADMIN OPTION;
 GRANT pg_signal_backend TO broker_admin;

@@ -12,6 +12,7 @@
 
 #[cfg(feature = "templates")]
 pub mod checks;
+pub mod confinement;
 pub mod duration;
 pub mod files;
 pub mod grants;

@@ -197,7 +197,9 @@ pub struct KubernetesSecretSource {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct JwtSource {
-    /// The `iss` claim; defaults to the broker's issuer URL.
+    /// The `iss` claim; defaults to the broker's issuer URL. Another issuer
+    /// must be allowed for this namespace by the installation
+    /// (`allowedIssuers`), or the BrokeredSecret is not Ready.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 512))]
     pub issuer: Option<String>,
@@ -209,11 +211,12 @@ pub struct JwtSource {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32), inner(regex(pattern = r"^[!#-\[\]-~]{1,128}$")))]
     pub scopes: Vec<String>,
-    /// Extra static claims. Registered claims are set by the broker and
+    /// Extra static claims. Registered claims and `ferry.dev/secret` (this
+    /// BrokeredSecret, `<namespace>/<name>`) are set by the broker and
     /// cannot be overridden.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(extend("maxProperties" = 16))]
-    #[x_kube(validation = Rule::new("self.all(k, size(k) <= 64 && !(k in ['iss', 'sub', 'aud', 'exp', 'nbf', 'iat', 'jti', 'scope', 'pod_uid']) && size(self[k]) <= 1024)").message("claims may not set iss, sub, aud, exp, nbf, iat, jti, scope or pod_uid; names are at most 64 and values at most 1024 characters"))]
+    #[x_kube(validation = Rule::new("self.all(k, size(k) <= 64 && !(k in ['iss', 'sub', 'aud', 'exp', 'nbf', 'iat', 'jti', 'scope', 'pod_uid', 'ferry.dev/secret']) && size(self[k]) <= 1024)").message("claims may not set iss, sub, aud, exp, nbf, iat, jti, scope, pod_uid or ferry.dev/secret; names are at most 64 and values at most 1024 characters"))]
     pub claims: BTreeMap<String, String>,
     /// The signing algorithm.
     #[serde(default)]

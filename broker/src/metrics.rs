@@ -15,6 +15,7 @@ pub struct BrokerMetrics {
     reviews: IntCounterVec,
     provider_errors: IntCounterVec,
     reaped: IntCounterVec,
+    reap_failures: IntCounterVec,
     revocable: IntGaugeVec,
 }
 
@@ -60,6 +61,13 @@ impl BrokerMetrics {
                 ),
                 &["provider", "reason"],
             )?,
+            reap_failures: IntCounterVec::new(
+                Opts::new(
+                    "ferry_broker_reap_failures_total",
+                    "Backends (databases) or credentials the reaper could not reach or drop, by provider; each is retried on the next pass.",
+                ),
+                &["provider"],
+            )?,
             revocable: IntGaugeVec::new(
                 Opts::new(
                     "ferry_broker_active_leases",
@@ -70,6 +78,7 @@ impl BrokerMetrics {
         };
         registry.register(Box::new(metrics.reaped.clone()))?;
         registry.register(Box::new(metrics.revocable.clone()))?;
+        registry.register(Box::new(metrics.reap_failures.clone()))?;
         registry.register(Box::new(metrics.decisions.clone()))?;
         registry.register(Box::new(metrics.duration.clone()))?;
         registry.register(Box::new(metrics.reviews.clone()))?;
@@ -111,6 +120,9 @@ impl BrokerMetrics {
                 .with_label_values(&[provider, reason])
                 .inc_by(u64::try_from(count).unwrap_or(u64::MAX));
         }
+        self.reap_failures
+            .with_label_values(&[provider])
+            .inc_by(u64::try_from(reaped.failed).unwrap_or(u64::MAX));
         if reaped.failed == 0 {
             self.revocable
                 .with_label_values(&[provider])

@@ -27,6 +27,7 @@ use crate::providers::secret_reader::SecretReader;
 use crate::routes::{BrokerState, broker_routes};
 use crate::service::Broker;
 use crate::{jwt_keys, keys, reaper};
+use ferry_api::confinement::Installation;
 use ferry_api::resources::{BrokeredSecret, Grant};
 use ferry_runtime::admin::{self, AdminError, AdminState, Readiness};
 use ferry_runtime::args::ServingArgs;
@@ -95,6 +96,11 @@ pub struct BrokerArgs {
     /// also start a pass at once.
     #[arg(long, env = "FERRY_REAP_INTERVAL_SECONDS", default_value_t = 60)]
     pub reap_interval_seconds: u64,
+    /// JWT issuers BrokeredSecrets may name besides `--issuer`, per
+    /// namespace: comma-separated `namespace=issuer` (`*=issuer` for every
+    /// namespace). Give the operator the same list, so that status agrees.
+    #[arg(long, env = "FERRY_ALLOWED_ISSUERS", default_value = "")]
+    pub allowed_issuers: String,
 }
 
 /// Serves the broker as `args` say until SIGTERM or SIGINT, then drains
@@ -102,6 +108,8 @@ pub struct BrokerArgs {
 pub async fn run(args: BrokerArgs) -> Result<(), BrokerStartError> {
     init_tracing(args.serving.admin.log_format);
     let certificate = args.serving.certificate()?;
+    let installation = Installation::new(&args.namespace, &args.allowed_issuers)
+        .map_err(BrokerStartError::Config)?;
     let client = kube::Client::try_default()
         .await
         .map_err(BrokerStartError::Connect)?;
@@ -143,6 +151,7 @@ pub async fn run(args: BrokerArgs) -> Result<(), BrokerStartError> {
             rate_limit: Quota::per_second(args.rate_limit).allow_burst(args.rate_limit_burst),
             reap_interval: Duration::from_secs(args.reap_interval_seconds.max(1)),
             unknown_pod_grace: Duration::from_secs(120),
+            installation,
         },
         Registry::new(),
         shutdown,
@@ -167,6 +176,9 @@ pub enum BrokerStartError {
     /// The apiserver could not be reached.
     #[error("connecting to Kubernetes (in-cluster config or KUBECONFIG): {0}")]
     Connect(#[source] kube::Error),
+    /// A flag's value is malformed.
+    #[error("{0}")]
+    Config(String),
     /// The admin port could not be bound.
     #[error(transparent)]
     Admin(#[from] AdminError),
@@ -199,6 +211,9 @@ pub struct BrokerOptions {
     /// never seen: another replica's pod watch may be ahead. A pod seen
     /// deleted loses its credentials at once.
     pub unknown_pod_grace: Duration,
+    /// ferry's namespace and the allowed JWT issuers: what BrokeredSecrets
+    /// may reach.
+    pub installation: Installation,
 }
 
 /// Runs the broker until `shutdown` is cancelled.
@@ -259,6 +274,7 @@ pub async fn serve(
             jwt: options.jwt,
             postgres: PostgresProvider::new(secret_reader),
             metrics,
+            installation: options.installation,
         },
         authenticator: Authenticator::new(
             client,

@@ -24,6 +24,7 @@ use super::providers::postgres::PostgresProvider;
 use super::providers::{IssueRequest, Issued, Provider, ProviderError, ReapContext, Reaped};
 use super::templates::{Variables, render_files};
 use super::terms::{TermsError, lease_terms};
+use ferry_api::confinement::Installation;
 use ferry_api::grants::grant_is_valid_at;
 use ferry_api::resources::{BrokeredSecret, Grant, SecretReference, SourceKind};
 use ferry_api::templates::{POSTGRES_VARIABLES, TemplateError, check_variables};
@@ -98,6 +99,7 @@ impl From<ProviderError> for BrokerError {
             ProviderError::Unavailable(message) => Self::Unavailable(message),
             ProviderError::Invalid(message) => Self::BadRequest(message),
             ProviderError::Gone(message) => Self::Conflict(message),
+            ProviderError::Refused(message) => Self::Forbidden(message),
         }
     }
 }
@@ -125,6 +127,8 @@ pub struct Broker {
     pub postgres: PostgresProvider,
     /// Counters and latencies.
     pub metrics: BrokerMetrics,
+    /// What the installation lets BrokeredSecrets reach.
+    pub installation: Installation,
 }
 
 /// The audit record of one decision.
@@ -301,6 +305,9 @@ impl Broker {
             .ok_or_else(|| {
                 BrokerError::NotFound(format!("BrokeredSecret {namespace}/{name} not found"))
             })?;
+        if let Some(refusal) = self.installation.refusal(&secret) {
+            return Err(BrokerError::Forbidden(refusal.message));
+        }
         Ok((secret, grant))
     }
 

@@ -46,6 +46,39 @@ pub const PART_OF: &str = "ferry";
 /// Label on each Grant naming the uid of the AccessPolicy it comes from.
 pub const POLICY_UID_LABEL: &str = "ferry.dev/policy-uid";
 
+/// Label a Secret's owner puts on it to let BrokeredSecrets of its
+/// namespace use it (as a `kubernetesSecret` source or a `postgres` admin
+/// connection). Without it the broker refuses to read the Secret, so
+/// whoever may create a BrokeredSecret cannot reach every Secret of the
+/// namespace through the broker.
+pub const BROKERABLE_LABEL: &str = "ferry.dev/brokerable";
+
+/// The value of [`BROKERABLE_LABEL`] that opts an ordinary Secret in.
+pub const BROKERABLE: &str = "true";
+
+/// The value of [`BROKERABLE_LABEL`] that opts in a Secret of a type that
+/// holds Kubernetes' own credentials (`kubernetes.io/service-account-token`,
+/// `bootstrap.kubernetes.io/token`, `kubernetes.io/tls`): `true` is not
+/// enough for those.
+pub const BROKERABLE_SENSITIVE: &str = "including-kubernetes-credentials";
+
+/// Secret types that hold Kubernetes' own credentials: brokered only with
+/// [`BROKERABLE_SENSITIVE`].
+pub const SENSITIVE_SECRET_TYPES: [&str; 3] = [
+    "kubernetes.io/service-account-token",
+    "bootstrap.kubernetes.io/token",
+    "kubernetes.io/tls",
+];
+
+/// Namespaces whose BrokeredSecrets are never served, besides ferry's own:
+/// the cluster's control plane keeps its credentials there.
+pub const REFUSED_NAMESPACES: [&str; 1] = ["kube-system"];
+
+/// The claim of every minted JWT naming the BrokeredSecret it comes from,
+/// `<namespace>/<name>`; set by the broker, never by a spec, so a relying
+/// party can tell two namespaces' tokens apart.
+pub const SECRET_CLAIM: &str = "ferry.dev/secret";
+
 /// Name of the MutatingWebhookConfiguration that routes pods to the webhook.
 pub const WEBHOOK_CONFIGURATION_NAME: &str = "ferry-sidecar-injector";
 

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use ferry_api::confinement::Installation;
 use ferry_api::resources::JwtAlgorithm;
 use ferry_broker::lease_id::LeaseKeys;
 use ferry_broker::providers::jwt::{JwtProvider, SigningKeys, generate_key};
@@ -51,6 +52,24 @@ impl RunningBroker {
         keys: LeaseKeys,
         rate_limit: governor::Quota,
     ) -> Result<Self, HarnessError> {
+        Self::start_in(
+            cluster,
+            kube_config,
+            keys,
+            rate_limit,
+            Installation::default(),
+        )
+    }
+
+    /// Like [`Self::start_as`], with `installation`'s limits (ferry's
+    /// namespace, allowed JWT issuers).
+    pub fn start_in(
+        cluster: &Cluster,
+        kube_config: kube::Config,
+        keys: LeaseKeys,
+        rate_limit: governor::Quota,
+        installation: Installation,
+    ) -> Result<Self, HarnessError> {
         static STARTED: AtomicU32 = AtomicU32::new(0);
         let stem = format!("broker-{}", STARTED.fetch_add(1, Ordering::Relaxed));
         let files = cluster
@@ -96,6 +115,7 @@ impl RunningBroker {
                 // Tests wait on the reaper; production passes every minute.
                 reap_interval: Duration::from_secs(2),
                 unknown_pod_grace: Duration::from_secs(5),
+                installation,
             };
             if let Err(error) = serve(client, options, thread_registry, shutdown).await {
                 tracing::error!(%error, "broker stopped");

@@ -43,6 +43,46 @@ pub async fn create_brokered_secret(
     create_resource(client, secret).await
 }
 
+/// Creates the BrokeredSecret `namespace/name` with `spec` as JSON, for
+/// tests whose point is the spec as a user writes it.
+pub async fn create_brokered_secret_from(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    spec: Value,
+) -> Result<BrokeredSecret, HarnessError> {
+    let mut secret = testing::brokered_secret(namespace, name).build();
+    secret.spec = serde_json::from_value(spec)
+        .map_err(|error| HarnessError::Process(format!("BrokeredSecret {name}: {error}")))?;
+    create_brokered_secret(client, &secret).await
+}
+
+/// A service account an AccessPolicy grants to.
+#[derive(Debug, Clone, Copy)]
+pub struct Subject<'a> {
+    /// The service account's namespace.
+    pub namespace: &'a str,
+    /// The service account's name.
+    pub name: &'a str,
+}
+
+/// [`grant`] of the AccessPolicy `owner/policy` granting `secrets` (its
+/// `spec.secrets` entries, as JSON) to `subject`.
+pub async fn grant_to(
+    client: &kube::Client,
+    owner: &str,
+    policy: &str,
+    subject: Subject<'_>,
+    secrets: Value,
+) -> Result<(), HarnessError> {
+    let mut built = testing::access_policy(owner, policy)
+        .service_account(subject.namespace, subject.name)
+        .build();
+    built.spec.secrets = serde_json::from_value(secrets)
+        .map_err(|error| HarnessError::Process(format!("AccessPolicy {policy}: {error}")))?;
+    grant(client, built).await
+}
+
 /// Creates the AccessPolicy `policy`, creates the service accounts it
 /// names if missing, and waits until the operator has made one Grant per
 /// service account and secret.
@@ -122,7 +162,7 @@ pub async fn bench_tenant(
     create_object::<Secret>(
         client,
         "payments",
-        json!({"metadata": {"name": "api-key"},
+        json!({"metadata": {"name": "api-key", "labels": {"ferry.dev/brokerable": "true"}},
                "stringData": {"token": "x".repeat(64), "url": "https://orders.payments.svc"}}),
     )
     .await?;

@@ -30,7 +30,10 @@ mod world;
 pub use broker::RunningBroker;
 pub use cluster::{Cluster, controlplane_bin_dir};
 pub use crds::install_crds;
-pub use fixtures::{bench_tenant, create_brokered_secret, create_resource, grant};
+pub use fixtures::{
+    Subject, bench_tenant, create_brokered_secret, create_brokered_secret_from, create_resource,
+    grant, grant_to,
+};
 pub use kubelet::{REAL_NODE_NAME, RealNode};
 pub use log_capture::{capture_logs, captured_logs};
 pub use node::{NODE_NAME, NodeStandIn, PodRun, SeenFile};

@@ -95,7 +95,7 @@ async fn demo(keep: bool) -> anyhow::Result<()> {
     // Through the API rather than kubectl's command line, where any local
     // user could read it.
     let secret: Secret = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "orders-db-admin"},
+        "metadata": {"name": "orders-db-admin", "labels": {"ferry.dev/brokerable": "true"}},
         "stringData": {"dsn": database.dsn("broker_admin", &admin_password)},
     }))?;
     Api::<Secret>::namespaced(client.clone(), "payments")

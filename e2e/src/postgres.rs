@@ -86,6 +86,16 @@ fn as_user(command: &mut Command, user: Option<(u32, u32)>) {
 impl Postgres {
     /// Starts a new server and waits until it accepts connections.
     pub async fn start() -> Result<Self, HarnessError> {
+        Self::start_with(None).await
+    }
+
+    /// Starts a new server that also offers TLS with the certificate and
+    /// key in `tls` (PEM; the certificate's chain is the caller's to trust).
+    pub async fn start_tls(tls: &crate::pki::CertFiles) -> Result<Self, HarnessError> {
+        Self::start_with(Some(tls)).await
+    }
+
+    async fn start_with(tls: Option<&crate::pki::CertFiles>) -> Result<Self, HarnessError> {
         let bin = postgres_bin_dir()?;
         let user = server_user()?;
         let dir = tempfile::Builder::new()
@@ -139,6 +149,26 @@ impl Postgres {
             .args(["-c", "full_page_writes=off"])
             // Every statement in the log: tests check no password reaches it.
             .args(["-c", "log_statement=all"]);
+        if let Some(tls) = tls {
+            // The server insists its key is private to it.
+            let (cert, key) = (dir.path().join("server.crt"), dir.path().join("server.key"));
+            std::fs::copy(&tls.cert, &cert).map_err(io("copying the server certificate"))?;
+            std::fs::copy(&tls.key, &key).map_err(io("copying the server key"))?;
+            std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .map_err(io("restricting the server key"))?;
+            if let Some((uid, gid)) = user {
+                for path in [&cert, &key] {
+                    std::os::unix::fs::chown(path, Some(uid), Some(gid))
+                        .map_err(io(format!("handing {} to postgres", path.display())))?;
+                }
+            }
+            server
+                .args(["-c", "ssl=on"])
+                .arg("-c")
+                .arg(format!("ssl_cert_file={}", cert.display()))
+                .arg("-c")
+                .arg(format!("ssl_key_file={}", key.display()));
+        }
         as_user(&mut server, user);
         processes.spawn("postgres", server)?;
         let postgres = Self {
@@ -178,8 +208,9 @@ impl Postgres {
         self.port
     }
 
-    /// The superuser's connection string, as a BrokeredSecret's admin
-    /// Secret holds it.
+    /// The superuser's connection string. The broker refuses a superuser
+    /// admin connection: give BrokeredSecrets a CREATEROLE role's
+    /// ([`Self::dsn`]).
     pub fn admin_dsn(&self) -> String {
         self.dsn(SUPERUSER, &self.password)
     }

@@ -6,7 +6,7 @@
 use ferry_api::resources::BrokeredSecret;
 use ferry_api::testing::{self, BrokeredSecretBuilder};
 use ferry_broker::lease_id::LeaseKeys;
-use ferry_contract::DEFAULT_BROKER_AUDIENCE;
+use ferry_contract::{BROKERABLE, BROKERABLE_LABEL, DEFAULT_BROKER_AUDIENCE};
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use serde_json::{Value, json};
 use tokio::sync::OnceCell;
@@ -78,7 +78,8 @@ impl Tenant {
         create_object(
             &self.client,
             &self.owner,
-            json!({"metadata": {"name": name}, "stringData": string_data}),
+            json!({"metadata": {"name": name, "labels": {BROKERABLE_LABEL: BROKERABLE}},
+                   "stringData": string_data}),
         )
         .await
     }

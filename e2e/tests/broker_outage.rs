@@ -25,7 +25,7 @@ async fn without_the_broker_a_secret_is_kept_until_its_expiry_then_removed() {
     create_object::<Secret>(
         &client,
         &ns,
-        json!({"metadata": {"name": "api-key"}, "stringData": {"token": "outage-value"}}),
+        json!({"metadata": {"name": "api-key", "labels": {"ferry.dev/brokerable": "true"}}, "stringData": {"token": "outage-value"}}),
     )
     .await
     .unwrap();

@@ -47,7 +47,10 @@ async fn a_restarted_broker_reaps_what_was_orphaned_while_it_was_down() {
         .unwrap()
         .batch_execute(
             "CREATE ROLE orders_reader NOLOGIN;
-             CREATE ROLE ferry_made_by_hand LOGIN;",
+             CREATE ROLE ferry_made_by_hand LOGIN;
+             CREATE ROLE reaper_admin LOGIN CREATEROLE PASSWORD 'reaper-admin-password';
+             GRANT orders_reader TO reaper_admin WITH ADMIN OPTION;
+             GRANT pg_signal_backend TO reaper_admin;",
         )
         .await
         .unwrap();
@@ -56,7 +59,7 @@ async fn a_restarted_broker_reaps_what_was_orphaned_while_it_was_down() {
     create_object::<Secret>(
         &client,
         &ns,
-        json!({"metadata": {"name": "db-admin"}, "stringData": {"dsn": database.admin_dsn()}}),
+        json!({"metadata": {"name": "db-admin", "labels": {"ferry.dev/brokerable": "true"}}, "stringData": {"dsn": database.dsn("reaper_admin", "reaper-admin-password")}}),
     )
     .await
     .unwrap();

@@ -334,7 +334,7 @@ async fn invalid_objects_are_refused_with_a_message_naming_the_problem() {
                 json!({"source": {"jwt": {"audience": ["orders-api"], "claims": {"sub": "admin"}}}}),
             ),
             "spec.source.jwt.claims",
-            "claims may not set iss, sub, aud, exp, nbf, iat, jti, scope or pod_uid",
+            "claims may not set iss, sub, aud, exp, nbf, iat, jti, scope, pod_uid or ferry.dev/secret",
         ),
         (
             secret(

@@ -43,7 +43,10 @@ async fn stack() -> &'static Stack {
                     "CREATE TABLE orders (id int PRIMARY KEY, item text);
                      INSERT INTO orders VALUES (1, 'tea');
                      CREATE ROLE orders_reader NOLOGIN;
-                     GRANT SELECT ON orders TO orders_reader;",
+                     GRANT SELECT ON orders TO orders_reader;
+                     CREATE ROLE lifecycle_admin LOGIN CREATEROLE PASSWORD 'lifecycle-admin-password';
+                     GRANT orders_reader TO lifecycle_admin WITH ADMIN OPTION;
+                     GRANT pg_signal_backend TO lifecycle_admin;",
                 )
                 .await
                 .unwrap();
@@ -67,7 +70,10 @@ async fn scenario(prefix: &str) -> (Client, String, String) {
         .await
         .unwrap();
     tenant
-        .secret("db-admin", json!({"dsn": database.admin_dsn()}))
+        .secret(
+            "db-admin",
+            json!({"dsn": database.dsn("lifecycle_admin", "lifecycle-admin-password")}),
+        )
         .await
         .unwrap();
     for secret in [

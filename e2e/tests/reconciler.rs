@@ -480,7 +480,7 @@ async fn brokered_secret_ready_follows_its_connection_secret() {
     assert_eq!(source.as_deref(), Some("postgres"));
 
     let admin: Secret = serde_json::from_value(json!({
-        "metadata": {"name": "db-admin"},
+        "metadata": {"name": "db-admin", "labels": {"ferry.dev/brokerable": "true"}},
         "stringData": {"dsn": "postgres://admin:planted-admin-password@db/orders"},
     }))
     .unwrap();

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use ferry_api::testing;
 use ferry_broker::lease_id::LeaseKeys;
-use ferry_contract::{DEFAULT_BROKER_AUDIENCE, READY_MARKER, env};
+use ferry_contract::{BROKERABLE, BROKERABLE_LABEL, DEFAULT_BROKER_AUDIENCE, READY_MARKER, env};
 use ferry_e2e::{
     Cluster, KillOnDrop, RunningBroker, RunningOperator, create_brokered_secret, create_object,
     eventually, grant, install_crds, pod_bound_token, workspace_binary,
@@ -50,7 +50,8 @@ async fn a_reader_of_a_replaced_secret_keeps_its_whole_old_content() {
     create_object::<Secret>(
         &client,
         &owner,
-        json!({"metadata": {"name": "bundle"}, "stringData": {"ca.pem": old}}),
+        json!({"metadata": {"name": "bundle", "labels": {BROKERABLE_LABEL: BROKERABLE}},
+               "stringData": {"ca.pem": old}}),
     )
     .await
     .unwrap();

@@ -53,6 +53,12 @@ struct RunArgs {
     lease_name: String,
     #[command(flatten)]
     certificates: CertificateArgs,
+    /// JWT issuers BrokeredSecrets may name besides the broker's, per
+    /// namespace: comma-separated `namespace=issuer` (`*=issuer` for every
+    /// namespace). Must be the broker's `--allowed-issuers`, so that status
+    /// says what the broker does.
+    #[arg(long, env = "FERRY_ALLOWED_ISSUERS", default_value = "")]
+    allowed_issuers: String,
 }
 
 /// Options of the certificate manager of `ferry-operator run`.
@@ -133,6 +139,9 @@ async fn main() -> anyhow::Result<()> {
 /// lease so another replica takes over at once, and exits.
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     init_tracing(args.admin.log_format);
+    let installation =
+        ferry_api::confinement::Installation::new(&args.namespace, &args.allowed_issuers)
+            .map_err(anyhow::Error::msg)?;
     let client = kube::Client::try_default()
         .await
         .context("connecting to Kubernetes (in-cluster config or KUBECONFIG)")?;
@@ -176,7 +185,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         ));
     }
 
-    let controllers = controller::run(client, metrics.clone(), Some(identity), shutdown.clone());
+    let controllers = controller::run_in(
+        client,
+        metrics.clone(),
+        Some(identity),
+        installation,
+        shutdown.clone(),
+    );
     tokio::pin!(controllers);
     let lost = guard.lost();
     let outcome = tokio::select! {

@@ -3,7 +3,10 @@
 //! broker keeps in a Kubernetes Secret (see [`crate::jwt_keys`]).
 //! Claims: `iss`, `sub` (`system:serviceaccount:<ns>:<name>`), `aud` (the
 //! Grant's audiences, or fewer), `scope`, `iat`, `nbf`, `exp` (at the
-//! lease's expiry), `jti`, `pod_uid`, and the secret's own extra claims.
+//! lease's expiry), `jti`, `pod_uid`, `ferry.dev/secret` (the
+//! BrokeredSecret, `<namespace>/<name>`, which no spec can set, so tokens of
+//! two namespaces minted with the same settings differ), and the secret's
+//! own extra claims. A token with no audience is never minted.
 //! The JWKS (`/v1/jwks`) publishes, for each algorithm, the key that signs
 //! and the keys that are about to sign or signed until the last rotation,
 //! so tokens verify across a rotation. Kids are RFC 7638 thumbprints.
@@ -340,6 +343,21 @@ impl JwtProvider {
         self.rng
             .fill(&mut jti)
             .map_err(|_| ProviderError::Unavailable("the OS random source failed".into()))?;
+        let secret_namespace = request
+            .secret
+            .metadata
+            .namespace
+            .as_deref()
+            .unwrap_or_default();
+        let secret_name = request.secret.metadata.name.as_deref().unwrap_or_default();
+        if request.terms.audience.is_empty() {
+            // A token without `aud` is accepted by any relying party that
+            // skips the check: never mint one.
+            return Err(ProviderError::Invalid(format!(
+                "BrokeredSecret {secret_namespace}/{secret_name}: a token needs at least one \
+                 audience; ask for a non-empty subset of the granted audiences"
+            )));
+        }
         let now = request.now.as_second();
         let mut claims: BTreeMap<String, Value> = source
             .claims
@@ -360,6 +378,10 @@ impl JwtProvider {
             ("exp".to_owned(), json!(request.expires_at)),
             ("jti".to_owned(), json!(BASE64URL.encode(jti))),
             ("pod_uid".to_owned(), json!(request.pod.pod_uid)),
+            (
+                ferry_contract::SECRET_CLAIM.to_owned(),
+                json!(format!("{secret_namespace}/{secret_name}")),
+            ),
         ]);
         let header = Header {
             alg: jose_name(source.algorithm),

@@ -74,6 +74,10 @@ pub enum ProviderError {
     /// The BrokeredSecret asks for something this provider cannot do.
     #[error("{0}")]
     Invalid(String),
+    /// The installation does not let this BrokeredSecret reach what it
+    /// names (403 to the caller), such as a Secret its owner did not opt in.
+    #[error("{0}")]
+    Refused(String),
     /// The lease's credential no longer exists: revoked or reaped (409 to
     /// the caller).
     #[error("{0}")]

@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::str::FromStr;
 use std::sync::{Arc, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD as BASE64, URL_SAFE_NO_PAD};
@@ -47,6 +47,13 @@ const MAX_IDENTIFIER: usize = 63;
 
 /// How long connecting to a database may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a failed connection is remembered: requests for that database
+/// are refused at once with the same error until then.
+const NEGATIVE_CACHE: Duration = Duration::from_secs(10);
+
+/// How long the reaper spends on one database in one pass.
+const REAP_DEADLINE: Duration = Duration::from_secs(30);
 
 /// How long one round of statements may take.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -83,10 +90,35 @@ struct Connection {
     endpoint: Arc<BTreeMap<String, String>>,
 }
 
+/// What is known of one database's admin connection.
+#[derive(Default)]
+enum ConnectionState {
+    /// Never connected, or the last connection closed.
+    #[default]
+    Closed,
+    /// Open and usable.
+    Open(Connection),
+    /// Connecting failed at `at`: callers with the same connection string
+    /// are refused with `error` until [`NEGATIVE_CACHE`] has passed, so a
+    /// database that never answers costs one connect timeout per period,
+    /// not one per request.
+    Failed {
+        dsn_digest: [u8; 32],
+        at: Instant,
+        error: ProviderError,
+    },
+}
+
+/// One database's connection state behind a lock of its own: connecting to
+/// one database never waits for another.
+type Slot = Arc<tokio::sync::Mutex<ConnectionState>>;
+
 /// The `postgres` provider.
 pub struct PostgresProvider {
     secrets: Arc<SecretReader>,
-    connections: tokio::sync::Mutex<HashMap<Database, Connection>>,
+    /// Per database; the map's own lock is held only to find or add a slot,
+    /// never across I/O.
+    connections: std::sync::Mutex<HashMap<Database, Slot>>,
     /// The database each BrokeredSecret used, so its leases can still be
     /// revoked and reaped after the BrokeredSecret is deleted.
     seen: std::sync::Mutex<HashMap<(String, String), Database>>,
@@ -98,7 +130,7 @@ impl PostgresProvider {
     pub fn new(secrets: Arc<SecretReader>) -> Self {
         Self {
             secrets,
-            connections: tokio::sync::Mutex::default(),
+            connections: std::sync::Mutex::default(),
             seen: std::sync::Mutex::default(),
             random: SystemRandom::new(),
         }
@@ -153,25 +185,58 @@ impl PostgresProvider {
         let dsn = data.get(&database.key).ok_or_else(|| {
             ProviderError::NotFound(format!("{database} not found (no such key)"))
         })?;
-        let dsn_digest: [u8; 32] = Sha256::digest(dsn.as_slice()).into();
-        let mut connections = self.connections.lock().await;
-        if let Some(open) = connections.get(database)
-            && open.dsn_digest == dsn_digest
-            && !open.client.is_closed()
-        {
-            return Ok((Arc::clone(&open.client), Arc::clone(&open.endpoint)));
-        }
-        let (client, endpoint) = connect(database, dsn).await?;
-        let (client, endpoint) = (Arc::new(client), Arc::new(endpoint));
-        connections.insert(
-            database.clone(),
-            Connection {
-                dsn_digest,
-                client: Arc::clone(&client),
-                endpoint: Arc::clone(&endpoint),
-            },
+        let ca = data
+            .get(super::postgres_tls::CA_KEY)
+            .map(|ca| ca.as_slice());
+        let dsn_digest: [u8; 32] = Sha256::new()
+            .chain_update(dsn.as_slice())
+            .chain_update(ca.unwrap_or_default())
+            .finalize()
+            .into();
+        let slot = Arc::clone(
+            self.connections
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .entry(database.clone())
+                .or_default(),
         );
-        Ok((client, endpoint))
+        // Only callers of this database wait here, and at most one connect
+        // timeout: the state says at once whether to reuse, refuse or retry.
+        let mut state = slot.lock().await;
+        match &*state {
+            ConnectionState::Open(open)
+                if open.dsn_digest == dsn_digest && !open.client.is_closed() =>
+            {
+                return Ok((Arc::clone(&open.client), Arc::clone(&open.endpoint)));
+            }
+            ConnectionState::Failed {
+                dsn_digest: failed,
+                at,
+                error,
+            } if *failed == dsn_digest && at.elapsed() < NEGATIVE_CACHE => {
+                return Err(remembered(error, at.elapsed()));
+            }
+            _ => {}
+        }
+        match connect(database, dsn, ca).await {
+            Ok((client, endpoint)) => {
+                let (client, endpoint) = (Arc::new(client), Arc::new(endpoint));
+                *state = ConnectionState::Open(Connection {
+                    dsn_digest,
+                    client: Arc::clone(&client),
+                    endpoint: Arc::clone(&endpoint),
+                });
+                Ok((client, endpoint))
+            }
+            Err(error) => {
+                *state = ConnectionState::Failed {
+                    dsn_digest,
+                    at: Instant::now(),
+                    error: error.clone(),
+                };
+                Err(error)
+            }
+        }
     }
 
     fn random_bytes<const N: usize>(&self) -> Result<[u8; N], ProviderError> {
@@ -200,6 +265,16 @@ impl Provider for PostgresProvider {
             .map_or(&[][..], |source| &source.member_of);
         let (client, endpoint) = self.connection(&database).await?;
         self.remember(request.secret, &database);
+        let refused = privileged_roles(&database, &client, member_of, false).await?;
+        if !refused.is_empty() {
+            return Err(ProviderError::Refused(format!(
+                "BrokeredSecret {}: memberOf would give a pod's role too much: {}; ferry \
+                 grants only roles without SUPERUSER, CREATEROLE, BYPASSRLS or REPLICATION \
+                 that are not (and are not members of) superuser or pg_* roles",
+                secret_name(request.secret),
+                refused.join("; ")
+            )));
+        }
 
         let role = role_name(&request.pod.namespace, &self.random_bytes::<8>()?);
         let password =
@@ -302,14 +377,48 @@ impl Provider for PostgresProvider {
                 .values()
                 .cloned(),
         );
-        let mut reaped = Reaped::default();
-        for database in databases {
-            if let Err(error) = self.reap_database(&database, context, &mut reaped).await {
+        // Every database at once, each within its deadline: one that never
+        // answers costs its own deadline, not every other database's pass.
+        let passes = databases.into_iter().map(|database| async move {
+            let mut reaped = Reaped::default();
+            let pass = self.reap_database(&database, context, &mut reaped);
+            let failure = match tokio::time::timeout(REAP_DEADLINE, pass).await {
+                Ok(Ok(())) => None,
+                Ok(Err(error)) => Some(error.to_string()),
+                Err(_) => Some(format!("the pass took over {REAP_DEADLINE:?}")),
+            };
+            if let Some(error) = failure {
                 reaped.failed += 1;
                 tracing::warn!(database = %database, %error, "reaping ferry roles failed; retrying on the next pass");
             }
-        }
-        reaped
+            reaped
+        });
+        futures::future::join_all(passes).await.into_iter().fold(
+            Reaped::default(),
+            |mut total, one| {
+                total.found += one.found;
+                total.expired += one.expired;
+                total.pod_gone += one.pod_gone;
+                total.failed += one.failed;
+                total
+            },
+        )
+    }
+}
+
+/// A remembered connection failure, saying so.
+fn remembered(error: &ProviderError, ago: Duration) -> ProviderError {
+    let message = format!(
+        "{error} ({}s ago; the next attempt is after {}s)",
+        ago.as_secs(),
+        NEGATIVE_CACHE.saturating_sub(ago).as_secs().max(1)
+    );
+    match error {
+        ProviderError::NotFound(_) => ProviderError::NotFound(message),
+        ProviderError::Invalid(_) => ProviderError::Invalid(message),
+        ProviderError::Gone(_) => ProviderError::Gone(message),
+        ProviderError::Refused(_) => ProviderError::Refused(message),
+        ProviderError::Unavailable(_) => ProviderError::Unavailable(message),
     }
 }
 
@@ -341,7 +450,13 @@ impl PostgresProvider {
             let Some(reason) = comment.reap_reason(context) else {
                 continue;
             };
-            drop_role(database, &client, &role).await?;
+            // One role that cannot be dropped (a lock, a privilege) must not
+            // keep the others alive: note it and go on.
+            if let Err(error) = drop_role(database, &client, &role).await {
+                reaped.failed += 1;
+                tracing::warn!(database = %database, role = %role, %error, "dropping a ferry role failed; retrying on the next pass");
+                continue;
+            }
             match reason {
                 ReapReason::Expired => reaped.expired += 1,
                 ReapReason::PodGone => reaped.pod_gone += 1,
@@ -365,6 +480,7 @@ impl PostgresProvider {
 async fn connect(
     database: &Database,
     dsn: &[u8],
+    ca: Option<&[u8]>,
 ) -> Result<(tokio_postgres::Client, BTreeMap<String, String>), ProviderError> {
     let invalid = || {
         ProviderError::Invalid(format!(
@@ -373,11 +489,19 @@ async fn connect(
         ))
     };
     let dsn = std::str::from_utf8(dsn).map_err(|_| invalid())?;
-    let mut config = tokio_postgres::Config::from_str(dsn).map_err(|_| invalid())?;
+    let (dsn, default_mode) = super::postgres_tls::tls_mode(dsn);
+    let dsn = Zeroizing::new(dsn);
+    let mut config = tokio_postgres::Config::from_str(&dsn).map_err(|_| invalid())?;
+    if let Some(mode) = default_mode {
+        config.ssl_mode(mode);
+    }
     let endpoint = endpoint(&config);
     config.connect_timeout(CONNECT_TIMEOUT);
     config.application_name(ferry_contract::BROKER_MANAGER);
-    let tls = super::postgres_tls::connector()?;
+    let tls = super::postgres_tls::connector(ca).map_err(|error| match error {
+        ProviderError::Invalid(message) => ProviderError::Invalid(format!("{database}: {message}")),
+        other => other,
+    })?;
     let (client, connection) = tokio::time::timeout(CONNECT_TIMEOUT, config.connect(tls))
         .await
         .map_err(|_| {
@@ -386,7 +510,14 @@ async fn connect(
             ))
         })?
         .map_err(|error| {
-            ProviderError::Unavailable(format!("connecting to the database of {database}: {error}"))
+            // The cause (a TLS or I/O error) is what an operator needs;
+            // neither ever holds the connection string.
+            let cause = std::error::Error::source(&error)
+                .map(|cause| format!(": {cause}"))
+                .unwrap_or_default();
+            ProviderError::Unavailable(format!(
+                "connecting to the database of {database}: {error}{cause}"
+            ))
         })?;
     let name = database.to_string();
     tokio::spawn(async move {
@@ -394,7 +525,83 @@ async fn connect(
             tracing::warn!(database = %name, %error, "admin connection to PostgreSQL closed");
         }
     });
+    // A superuser (or a member of one) could be steered into anything a
+    // spec can reach; the README asks for CREATEROLE and no more.
+    let privileged = privileged_roles(database, &client, &[], true).await?;
+    if let Some(problem) = privileged.first() {
+        return Err(ProviderError::Refused(format!(
+            "{database}: a superuser admin connection is refused ({problem}); give the \
+             broker a role with CREATEROLE that is not a superuser"
+        )));
+    }
     Ok((client, endpoint))
+}
+
+/// What makes roles too powerful to hand to a pod: for each role of
+/// `names` (or, with `current`, the connected role, `names` being ignored),
+/// itself or any role it is a member of, directly or not, that is a
+/// superuser, a `pg_*` role, or has CREATEROLE, BYPASSRLS or REPLICATION.
+/// With `current`, only superuser power counts: the admin role needs
+/// CREATEROLE and `pg_signal_backend`.
+async fn privileged_roles(
+    database: &Database,
+    client: &tokio_postgres::Client,
+    names: &[String],
+    current: bool,
+) -> Result<Vec<String>, ProviderError> {
+    if names.is_empty() && !current {
+        return Ok(Vec::new());
+    }
+    let start = if current {
+        "SELECT oid, rolname::text FROM pg_roles WHERE rolname = current_user"
+    } else {
+        "SELECT oid, rolname::text FROM pg_roles WHERE rolname = ANY($1)"
+    };
+    let sql = format!(
+        "WITH RECURSIVE reach(oid, via) AS ({start} \
+           UNION SELECT m.roleid, r.via FROM pg_auth_members m JOIN reach r ON m.member = r.oid) \
+         SELECT r.via, p.rolname::text, p.rolsuper, p.rolcreaterole, p.rolbypassrls, \
+                p.rolreplication \
+         FROM reach r JOIN pg_roles p ON p.oid = r.oid ORDER BY 1, 2"
+    );
+    let rows = if current {
+        run(database, "checking the admin role", client.query(&sql, &[])).await?
+    } else {
+        run(
+            database,
+            "checking memberOf roles",
+            client.query(&sql, &[&names]),
+        )
+        .await?
+    };
+    let mut problems = Vec::new();
+    for row in rows {
+        let (via, role): (String, String) = (row.get(0), row.get(1));
+        let flags: [(bool, &str); 4] = [
+            (row.get(2), "SUPERUSER"),
+            (row.get(3), "CREATEROLE"),
+            (row.get(4), "BYPASSRLS"),
+            (row.get(5), "REPLICATION"),
+        ];
+        let mut why: Vec<&str> = flags
+            .iter()
+            .filter(|(set, name)| *set && (!current || *name == "SUPERUSER"))
+            .map(|(_, name)| *name)
+            .collect();
+        if !current && role.starts_with("pg_") {
+            why.push("a predefined pg_* role");
+        }
+        if why.is_empty() {
+            continue;
+        }
+        let what = why.join(", ");
+        problems.push(if via == role {
+            format!("role {role} is {what}")
+        } else {
+            format!("role {via} is a member of {role}, which is {what}")
+        });
+    }
+    Ok(problems)
 }
 
 /// Where an admin connection string points, for templates: the first

@@ -4,6 +4,10 @@
 //! every Secret of the cluster in the broker's memory and need cluster-wide
 //! `list` and `watch` on Secrets, a far larger blast radius than `get` on
 //! the few referenced.
+//!
+//! A Secret is handed out only if its owner opted in
+//! ([`ferry_api::confinement::brokerable`]): being allowed to create a
+//! BrokeredSecret in a namespace is not being allowed to read its Secrets.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -69,6 +73,18 @@ impl SecretReader {
             .ok_or_else(|| {
                 ProviderError::NotFound(format!("Secret {namespace}/{name} not found"))
             })?;
+        ferry_api::confinement::brokerable(
+            namespace,
+            name,
+            secret.type_.as_deref(),
+            secret
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|labels| labels.get(ferry_contract::BROKERABLE_LABEL))
+                .map(String::as_str),
+        )
+        .map_err(|refusal| ProviderError::Refused(refusal.message))?;
         let files: Files = secret
             .data
             .unwrap_or_default()

@@ -65,6 +65,19 @@ podAntiAffinity:
       fieldPath: metadata.namespace
 {{- end }}
 
+{{/* The JWT issuer allow-list, as the operator and the broker both read it:
+comma-separated namespace=issuer entries. */}}
+{{- define "ferry.allowedIssuersEnv" -}}
+{{- $entries := list -}}
+{{- range $namespace, $issuers := .Values.allowedIssuers -}}
+{{- range $issuers -}}
+{{- $entries = append $entries (printf "%s=%s" $namespace .) -}}
+{{- end -}}
+{{- end -}}
+- name: FERRY_ALLOWED_ISSUERS
+  value: {{ join "," $entries | quote }}
+{{- end }}
+
 {{- define "ferry.adminProbes" -}}
 livenessProbe:
   httpGet: {path: /livez, port: admin}

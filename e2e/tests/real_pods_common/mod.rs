@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use ferry_api::testing;
-use ferry_contract::SIDECAR_CONTAINER_NAME;
+use ferry_contract::{BROKERABLE, BROKERABLE_LABEL, SIDECAR_CONTAINER_NAME};
 use ferry_e2e::images::BUSYBOX_IMAGE;
 use ferry_e2e::{
     Cluster, PodStack, Postgres, RealNode, capture_logs, create_brokered_secret, create_object,
@@ -50,7 +50,10 @@ pub async fn env() -> &'static Env {
                 "CREATE TABLE orders (id int PRIMARY KEY, item text);
                  INSERT INTO orders VALUES (1, 'tea');
                  CREATE ROLE orders_reader NOLOGIN;
-                 GRANT SELECT ON orders TO orders_reader;",
+                 GRANT SELECT ON orders TO orders_reader;
+                 CREATE ROLE pods_admin LOGIN CREATEROLE PASSWORD 'pods-admin-password';
+                 GRANT orders_reader TO pods_admin WITH ADMIN OPTION;
+                 GRANT pg_signal_backend TO pods_admin;",
             )
             .await
             .unwrap();
@@ -83,12 +86,16 @@ pub async fn scenario(prefix: &str) -> (Client, String, String) {
         .unwrap();
     for (name, data) in [
         ("api-key", json!({"token": PLANTED})),
-        ("db-admin", json!({"dsn": database.admin_dsn()})),
+        (
+            "db-admin",
+            json!({"dsn": database.dsn("pods_admin", "pods-admin-password")}),
+        ),
     ] {
         create_object::<Secret>(
             &client,
             &owner,
-            json!({"metadata": {"name": name}, "stringData": data}),
+            json!({"metadata": {"name": name, "labels": {BROKERABLE_LABEL: BROKERABLE}},
+                   "stringData": data}),
         )
         .await
         .unwrap();

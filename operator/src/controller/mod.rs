@@ -17,6 +17,7 @@ mod status;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ferry_api::confinement::Installation;
 use ferry_contract::{MANAGED_BY_LABEL, OPERATOR_MANAGER};
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::Namespace;
@@ -96,6 +97,7 @@ pub struct Context {
     recorder: Recorder,
     metrics: Arc<OperatorMetrics>,
     caches_filled: tokio::sync::watch::Receiver<bool>,
+    installation: Installation,
 }
 
 impl Context {
@@ -132,11 +134,31 @@ async fn announce_filled(
     }
 }
 
-/// Runs both controllers until `shutdown` completes.
+/// Runs both controllers until `shutdown` completes, in an installation
+/// with default limits (ferry's default namespace, no extra JWT issuers).
 pub async fn run(
     client: Client,
     metrics: Arc<OperatorMetrics>,
     reporter_instance: Option<String>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    run_in(
+        client,
+        metrics,
+        reporter_instance,
+        Installation::default(),
+        shutdown,
+    )
+    .await;
+}
+
+/// Runs both controllers until `shutdown` completes, judging
+/// BrokeredSecrets by `installation`'s limits (the broker's must be the same).
+pub async fn run_in(
+    client: Client,
+    metrics: Arc<OperatorMetrics>,
+    reporter_instance: Option<String>,
+    installation: Installation,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
     let (secrets, secrets_writer) = reflector::store();
@@ -161,6 +183,7 @@ pub async fn run(
         recorder: Recorder::new(client.clone(), reporter),
         metrics,
         caches_filled,
+        installation,
     });
 
     let policies = Controller::new(

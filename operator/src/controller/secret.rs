@@ -13,7 +13,9 @@ use kube::runtime::reflector::ObjectRef;
 use super::status::{ready_condition, write_status};
 use super::{Context, RESYNC, ReconcileError, UNRESOLVED_RECHECK};
 use ferry_api::checks::{self, Reference};
+use ferry_api::confinement::{Refusal, brokerable};
 use ferry_api::resources::{BrokeredSecret, BrokeredSecretStatus};
+use ferry_contract::BROKERABLE_LABEL;
 
 /// Checks that a BrokeredSecret's references resolve and its templates
 /// render, and says so in status.
@@ -24,8 +26,9 @@ pub(super) async fn reconcile_secret(
 ) -> Result<Action, ReconcileError> {
     let (secret, ctx) = (secret.as_ref(), ctx.as_ref());
     let namespace = secret.namespace().unwrap_or_default();
-    // Only key names are kept; values never leave this scope.
-    let found: Option<Vec<String>> = match checks::reference(secret) {
+    // Only key names, the type and the opt-in label are kept; values never
+    // leave this scope.
+    let found: Option<(Vec<String>, Result<(), Refusal>)> = match checks::reference(secret) {
         None => None,
         Some(Reference { name, .. }) => Api::<Secret>::namespaced(ctx.client.clone(), &namespace)
             .get_opt(name)
@@ -34,14 +37,38 @@ pub(super) async fn reconcile_secret(
                 "reading Secret {namespace}/{name}"
             )))?
             .map(|found| {
-                found
+                let opted_in = brokerable(
+                    &namespace,
+                    name,
+                    found.type_.as_deref(),
+                    found
+                        .metadata
+                        .labels
+                        .as_ref()
+                        .and_then(|labels| labels.get(BROKERABLE_LABEL))
+                        .map(String::as_str),
+                );
+                let keys = found
                     .data
                     .into_iter()
                     .flat_map(|data| data.into_keys())
-                    .collect()
+                    .collect();
+                (keys, opted_in)
             }),
     };
-    let verdict = checks::verdict(secret, found.as_deref());
+    let mut verdict = checks::verdict(secret, found.as_ref().map(|(keys, _)| keys.as_slice()));
+    // The installation's limits outrank the rest: the broker refuses these
+    // whatever else is right.
+    let refusal = ctx.installation.refusal(secret).or_else(|| {
+        found
+            .as_ref()
+            .and_then(|(_, opted_in)| opted_in.clone().err())
+    });
+    if let Some(refusal) = refusal {
+        verdict.ready = false;
+        verdict.reason = refusal.reason;
+        verdict.message = refusal.message;
+    }
     let status = if verdict.ready { "True" } else { "False" };
     let current = secret.status.clone().unwrap_or_default();
     let ready = ready_condition(
