@@ -61,7 +61,7 @@ pub fn broker_routes(state: Arc<BrokerState>) -> BoxedFilter<(Response,)> {
         .and(warp::post())
         .and(warp::body::content_length_limit(MAX_BODY_BYTES))
         .and(warp::body::bytes())
-        .and(bearer.clone())
+        .and(bearer)
         .and(with_state.clone())
         .then(
             |body: Bytes, caller: Caller, state: Arc<BrokerState>| async move {
@@ -70,7 +70,7 @@ pub fn broker_routes(state: Arc<BrokerState>) -> BoxedFilter<(Response,)> {
         );
     let renew = warp::path!("v1" / "leases" / String / "renew")
         .and(warp::post())
-        .and(bearer.clone())
+        .and(bearer)
         .and(with_state.clone())
         .then(
             |id: String, caller: Caller, state: Arc<BrokerState>| async move {
@@ -79,7 +79,7 @@ pub fn broker_routes(state: Arc<BrokerState>) -> BoxedFilter<(Response,)> {
         );
     let revoke = warp::path!("v1" / "leases" / String)
         .and(warp::delete())
-        .and(bearer.clone())
+        .and(bearer)
         .and(with_state)
         .then(
             |id: String, caller: Caller, state: Arc<BrokerState>| async move {
