@@ -27,7 +27,7 @@ pub use broker::RunningBroker;
 pub use cluster::{Cluster, controlplane_bin_dir};
 pub use crds::install_crds;
 pub use fixtures::{Subject, bench_tenant, create_brokered_secret, grant};
-pub use log_capture::{capture_logs, captured_logs};
+pub use log_capture::{capture_logs, capture_logs_at, captured_logs};
 pub use node::{NODE_NAME, NodeStandIn, PodRun, SeenFile};
 pub use operator::RunningOperator;
 pub use postgres::{Postgres, postgres_bin_dir};
