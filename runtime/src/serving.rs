@@ -5,10 +5,12 @@
 //! off with a JSON error or a closed connection; it never holds memory or a
 //! task the bound does not allow.
 //!
-//! The servers speak HTTP/1.1 only: the apiserver and the sidecar both use
-//! it, and leaving HTTP/2 out leaves out its stream multiplexing, whose
-//! limits (concurrent streams, resets, window sizes) would be more to
-//! bound.
+//! The servers speak HTTP/1.1 only: the apiserver calls webhooks with ALPN
+//! `http/1.1` only (k8s.io/apiserver `pkg/util/webhook/client.go`, so that
+//! concurrent calls spread over replicas; it allows h2 only for loopback
+//! URLs), the sidecar speaks HTTP/1.1, and leaving HTTP/2 out leaves out
+//! its stream multiplexing, whose limits (concurrent streams, resets,
+//! window sizes) would be more to bound.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
