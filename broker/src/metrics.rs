@@ -43,7 +43,7 @@ impl BrokerMetrics {
             reviews: IntCounterVec::new(
                 Opts::new(
                     "ferry_broker_token_reviews_total",
-                    "Token authentications by cache use (hit, miss): the hit ratio of the TokenReview cache.",
+                    "Token authentications by cache use (hit, miss, skipped: refused before any review): the hit ratio of the TokenReview cache, and with miss the TokenReviews made.",
                 ),
                 &["cache"],
             )?,
@@ -103,6 +103,7 @@ impl BrokerMetrics {
         let label = match used {
             CacheUse::Hit => "hit",
             CacheUse::Miss => "miss",
+            CacheUse::Skipped => "skipped",
         };
         self.reviews.with_label_values(&[label]).inc();
     }

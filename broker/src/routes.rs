@@ -3,6 +3,7 @@
 //! [`Broker`], and answer every failure with a JSON error body.
 
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Instant;
@@ -20,6 +21,7 @@ use warp::reply::{Reply, Response};
 use crate::auth::{AuthError, Authenticator};
 use crate::service::{Broker, BrokerError, audit_refused};
 use ferry_runtime::https::{json_error, rejection_reply};
+use ferry_runtime::serving::PeerAddr;
 
 /// The largest request body accepted.
 pub const MAX_BODY_BYTES: u64 = 64 * 1024;
@@ -45,7 +47,12 @@ pub struct BrokerState {
 
 /// The broker's routes, answering every failure with a JSON error body.
 pub fn broker_routes(state: Arc<BrokerState>) -> BoxedFilter<(Response,)> {
-    let bearer = warp::header::optional::<String>("authorization");
+    let bearer = warp::header::optional::<String>("authorization")
+        .and(warp::ext::optional::<PeerAddr>())
+        .map(|bearer, peer: Option<PeerAddr>| Caller {
+            bearer,
+            peer: peer.map(|PeerAddr(addr)| addr.ip()),
+        });
     let with_state = {
         let state = Arc::clone(&state);
         warp::any().map(move || Arc::clone(&state))
@@ -57,8 +64,8 @@ pub fn broker_routes(state: Arc<BrokerState>) -> BoxedFilter<(Response,)> {
         .and(bearer)
         .and(with_state.clone())
         .then(
-            |body: Bytes, bearer: Option<String>, state: Arc<BrokerState>| async move {
-                issue(&state, bearer, &body).await
+            |body: Bytes, caller: Caller, state: Arc<BrokerState>| async move {
+                issue(&state, caller, &body).await
             },
         );
     let renew = warp::path!("v1" / "leases" / String / "renew")
@@ -66,8 +73,8 @@ pub fn broker_routes(state: Arc<BrokerState>) -> BoxedFilter<(Response,)> {
         .and(bearer)
         .and(with_state.clone())
         .then(
-            |id: String, bearer: Option<String>, state: Arc<BrokerState>| async move {
-                renew(&state, bearer, &id).await
+            |id: String, caller: Caller, state: Arc<BrokerState>| async move {
+                renew(&state, caller, &id).await
             },
         );
     let revoke = warp::path!("v1" / "leases" / String)
@@ -75,8 +82,8 @@ pub fn broker_routes(state: Arc<BrokerState>) -> BoxedFilter<(Response,)> {
         .and(bearer)
         .and(with_state)
         .then(
-            |id: String, bearer: Option<String>, state: Arc<BrokerState>| async move {
-                revoke(&state, bearer, &id).await
+            |id: String, caller: Caller, state: Arc<BrokerState>| async move {
+                revoke(&state, caller, &id).await
             },
         );
     let jwks = {
@@ -115,24 +122,30 @@ pub fn broker_routes(state: Arc<BrokerState>) -> BoxedFilter<(Response,)> {
         .boxed()
 }
 
+/// Who sent a request: its bearer token and the address it came from.
+struct Caller {
+    bearer: Option<String>,
+    peer: Option<IpAddr>,
+}
+
 /// Authenticates the bearer token, counting the cache use and auditing a
 /// refusal.
 async fn authenticate(
     state: &BrokerState,
     action: &'static str,
-    bearer: Option<String>,
+    caller: Caller,
 ) -> Result<super::auth::PodIdentity, BrokerError> {
-    let token = bearer
+    let token = caller
+        .bearer
         .as_deref()
         .and_then(|value| value.strip_prefix("Bearer "))
         .map(str::trim)
         .unwrap_or_default();
     // A pod shutting down may still give its leases back.
-    let (identity, used) = if action == "revoke" {
-        state.authenticator.authenticate_ending(token).await
-    } else {
-        state.authenticator.authenticate(token).await
-    };
+    let (identity, used) = state
+        .authenticator
+        .authenticate_from(token, caller.peer, action == "revoke")
+        .await;
     // Without a token no review is made, so there is nothing to count.
     if !token.is_empty() {
         state.broker.metrics.observe_review(used);
@@ -140,6 +153,10 @@ async fn authenticate(
     let pod = identity.map_err(|error| {
         let error = match error {
             AuthError::Unavailable(_) => BrokerError::Unavailable(error.to_string()),
+            AuthError::Throttled {
+                retry_after_seconds,
+                ..
+            } => BrokerError::RateLimited(retry_after_seconds),
             _ => BrokerError::Unauthenticated(error.to_string()),
         };
         audit_refused(&state.broker.metrics, action, None, &error);
@@ -155,10 +172,10 @@ async fn authenticate(
     Ok(pod)
 }
 
-async fn issue(state: &BrokerState, bearer: Option<String>, body: &[u8]) -> Response {
+async fn issue(state: &BrokerState, caller: Caller, body: &[u8]) -> Response {
     let started = Instant::now();
     let result = async {
-        let pod = authenticate(state, "issue", bearer).await?;
+        let pod = authenticate(state, "issue", caller).await?;
         let request: LeaseRequest = serde_json::from_slice(body).map_err(|error| {
             BrokerError::BadRequest(format!("request body is not a lease request: {error}"))
         })?;
@@ -175,10 +192,10 @@ async fn issue(state: &BrokerState, bearer: Option<String>, body: &[u8]) -> Resp
     }
 }
 
-async fn renew(state: &BrokerState, bearer: Option<String>, id: &str) -> Response {
+async fn renew(state: &BrokerState, caller: Caller, id: &str) -> Response {
     let started = Instant::now();
     let result = async {
-        let pod = authenticate(state, "renew", bearer).await?;
+        let pod = authenticate(state, "renew", caller).await?;
         state.broker.renew(&pod, id, Timestamp::now()).await
     }
     .await;
@@ -195,10 +212,10 @@ async fn renew(state: &BrokerState, bearer: Option<String>, id: &str) -> Respons
     }
 }
 
-async fn revoke(state: &BrokerState, bearer: Option<String>, id: &str) -> Response {
+async fn revoke(state: &BrokerState, caller: Caller, id: &str) -> Response {
     let started = Instant::now();
     let result = async {
-        let pod = authenticate(state, "revoke", bearer).await?;
+        let pod = authenticate(state, "revoke", caller).await?;
         state.broker.revoke(&pod, id).await
     }
     .await;

@@ -16,7 +16,7 @@ use prometheus::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::{Authenticator, CacheLimits};
+use crate::auth::{Authenticator, CacheLimits, ReviewLimits};
 use crate::lease_id::LeaseKeys;
 use crate::metrics::BrokerMetrics;
 use crate::pods::PodIndex;
@@ -34,6 +34,7 @@ use ferry_runtime::args::ServingArgs;
 use ferry_runtime::grant_index::GrantIndex;
 use ferry_runtime::https::{self, ReloadingCertificate, ServedPorts, TlsError};
 use ferry_runtime::lifecycle::{cancel_on_signal, init_tracing};
+use ferry_runtime::serving::ServingLimits;
 
 /// Options of `ferry-operator broker`.
 #[derive(Debug, clap::Args)]
@@ -41,6 +42,10 @@ use ferry_runtime::lifecycle::{cancel_on_signal, init_tracing};
     .env("FERRY_BROKER_ADDR")
     .help("Address of the HTTPS API")))]
 #[command(mut_arg("admin_addr", |arg| arg.default_value("0.0.0.0:8081")))]
+// The default is routes::MAX_BODY_BYTES.
+#[command(mut_arg("max_body_bytes", |arg| arg
+    .default_value("65536")
+    .value_parser(clap::value_parser!(u64).range(1024..=crate::routes::MAX_BODY_BYTES))))]
 pub struct BrokerArgs {
     /// Where it listens, its certificate, the admin port, the log format.
     #[command(flatten)]
@@ -91,6 +96,21 @@ pub struct BrokerArgs {
     /// Requests a service account may make at once after a quiet spell.
     #[arg(long, env = "FERRY_RATE_LIMIT_BURST", default_value_t = NonZeroU32::new(100).unwrap_or(NonZeroU32::MIN))]
     pub rate_limit_burst: NonZeroU32,
+    /// TokenReviews a second the broker makes for tokens it has not
+    /// reviewed lately, from all clients together; past it (and its burst)
+    /// such requests get 429 before any review.
+    #[arg(long, env = "FERRY_REVIEW_RATE_LIMIT", default_value_t = NonZeroU32::new(100).unwrap_or(NonZeroU32::MIN))]
+    pub review_rate_limit: NonZeroU32,
+    /// Reviews the broker makes at once, from all clients, after a quiet spell.
+    #[arg(long, env = "FERRY_REVIEW_RATE_LIMIT_BURST", default_value_t = NonZeroU32::new(200).unwrap_or(NonZeroU32::MIN))]
+    pub review_rate_limit_burst: NonZeroU32,
+    /// TokenReviews a second for one client address (an IPv6 client by its
+    /// /64).
+    #[arg(long, env = "FERRY_REVIEW_RATE_LIMIT_PER_ADDRESS", default_value_t = NonZeroU32::new(10).unwrap_or(NonZeroU32::MIN))]
+    pub review_rate_limit_per_address: NonZeroU32,
+    /// Reviews one client address may cause at once after a quiet spell.
+    #[arg(long, env = "FERRY_REVIEW_RATE_LIMIT_PER_ADDRESS_BURST", default_value_t = NonZeroU32::new(20).unwrap_or(NonZeroU32::MIN))]
+    pub review_rate_limit_per_address_burst: NonZeroU32,
     /// Seconds between reaper passes, which drop revocable credentials
     /// (PostgreSQL roles) that expired or whose pod is gone. Pod deletions
     /// also start a pass at once.
@@ -144,11 +164,18 @@ pub async fn run(args: BrokerArgs) -> Result<(), BrokerStartError> {
             admin_listener,
             certificate,
             reload_interval: args.serving.reload_interval(),
+            limits: args.serving.limits(),
             audience: args.audience,
             keys: lease_keys,
             jwt,
             readiness: Readiness::not_ready("starting"),
             rate_limit: Quota::per_second(args.rate_limit).allow_burst(args.rate_limit_burst),
+            review_limits: ReviewLimits {
+                global: Quota::per_second(args.review_rate_limit)
+                    .allow_burst(args.review_rate_limit_burst),
+                per_address: Quota::per_second(args.review_rate_limit_per_address)
+                    .allow_burst(args.review_rate_limit_per_address_burst),
+            },
             reap_interval: Duration::from_secs(args.reap_interval_seconds.max(1)),
             unknown_pod_grace: Duration::from_secs(120),
             installation,
@@ -194,6 +221,8 @@ pub struct BrokerOptions {
     pub certificate: Arc<ReloadingCertificate>,
     /// How often the certificate files are checked.
     pub reload_interval: Duration,
+    /// What the HTTPS port allows each client.
+    pub limits: ServingLimits,
     /// The audience tokens must carry.
     pub audience: String,
     /// The lease keys.
@@ -204,6 +233,8 @@ pub struct BrokerOptions {
     pub readiness: Readiness,
     /// How often each service account may ask.
     pub rate_limit: Quota,
+    /// How many TokenReviews may be made, in all and per client address.
+    pub review_limits: ReviewLimits,
     /// How often the reaper looks for credentials to drop, besides right
     /// after pods go away.
     pub reap_interval: Duration,
@@ -281,18 +312,22 @@ pub async fn serve(
             &options.audience,
             pods.clone(),
             CacheLimits::default(),
-        ),
+        )
+        .with_review_limits(options.review_limits),
         limiter: governor::RateLimiter::keyed(options.rate_limit),
     });
     {
-        // Forget service accounts that have been quiet long enough to be
+        // Forget service accounts and addresses that have been quiet long enough to be
         // back at a full burst, so the limiter's memory stays bounded.
         let (state, shutdown) = (Arc::clone(&state), shutdown.clone());
         tasks.spawn(async move {
             loop {
                 tokio::select! {
                     () = shutdown.cancelled() => return,
-                    () = tokio::time::sleep(Duration::from_secs(60)) => state.limiter.retain_recent(),
+                    () = tokio::time::sleep(Duration::from_secs(60)) => {
+                        state.limiter.retain_recent();
+                        state.authenticator.forget_quiet_addresses();
+                    }
                 }
             }
         });
@@ -329,6 +364,8 @@ pub async fn serve(
             certificate: options.certificate,
             reload_interval: options.reload_interval,
             routes: broker_routes(state),
+            limits: options.limits,
+            server: "broker",
             admin: AdminState {
                 readiness,
                 registry,

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use ferry_api::confinement::Installation;
 use ferry_api::resources::JwtAlgorithm;
+use ferry_broker::auth::ReviewLimits;
 use ferry_broker::lease_id::LeaseKeys;
 use ferry_broker::providers::jwt::{JwtProvider, SigningKeys, generate_key};
 use ferry_broker::routes::default_rate_limit;
@@ -14,6 +15,7 @@ use ferry_broker::server::{BrokerOptions, serve};
 use ferry_contract::DEFAULT_BROKER_AUDIENCE;
 use ferry_runtime::admin::Readiness;
 use ferry_runtime::https::ReloadingCertificate;
+use ferry_runtime::serving::ServingLimits;
 
 use crate::background::{Background, bind_loopback, wait_ready};
 use crate::https_client::HttpsClient;
@@ -52,12 +54,13 @@ impl RunningBroker {
         keys: LeaseKeys,
         rate_limit: governor::Quota,
     ) -> Result<Self, HarnessError> {
-        Self::start_in(
+        Self::start_with(
             cluster,
             kube_config,
             keys,
             rate_limit,
             Installation::default(),
+            (ServingLimits::default(), ReviewLimits::default()),
         )
     }
 
@@ -70,6 +73,45 @@ impl RunningBroker {
         rate_limit: governor::Quota,
         installation: Installation,
     ) -> Result<Self, HarnessError> {
+        Self::start_with(
+            cluster,
+            kube_config,
+            keys,
+            rate_limit,
+            installation,
+            (ServingLimits::default(), ReviewLimits::default()),
+        )
+    }
+
+    /// Like [`Self::start_as`], holding clients to `limits`: what the HTTPS
+    /// port allows each, and how many TokenReviews may be made.
+    pub fn start_limited(
+        cluster: &Cluster,
+        kube_config: kube::Config,
+        keys: LeaseKeys,
+        rate_limit: governor::Quota,
+        limits: (ServingLimits, ReviewLimits),
+    ) -> Result<Self, HarnessError> {
+        Self::start_with(
+            cluster,
+            kube_config,
+            keys,
+            rate_limit,
+            Installation::default(),
+            limits,
+        )
+    }
+
+    /// The broker with every setting given.
+    fn start_with(
+        cluster: &Cluster,
+        kube_config: kube::Config,
+        keys: LeaseKeys,
+        rate_limit: governor::Quota,
+        installation: Installation,
+        limits: (ServingLimits, ReviewLimits),
+    ) -> Result<Self, HarnessError> {
+        let (limits, review_limits) = limits;
         static STARTED: AtomicU32 = AtomicU32::new(0);
         let stem = format!("broker-{}", STARTED.fetch_add(1, Ordering::Relaxed));
         let files = cluster
@@ -112,6 +154,8 @@ impl RunningBroker {
                 jwt,
                 readiness: thread_readiness,
                 rate_limit,
+                review_limits,
+                limits,
                 // Tests wait on the reaper; production passes every minute.
                 reap_interval: Duration::from_secs(2),
                 unknown_pod_grace: Duration::from_secs(5),

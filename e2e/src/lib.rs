@@ -35,7 +35,7 @@ pub use fixtures::{
     grant, grant_to,
 };
 pub use kubelet::{REAL_NODE_NAME, RealNode};
-pub use log_capture::{capture_logs, captured_logs};
+pub use log_capture::{capture_logs, capture_logs_at, captured_logs};
 pub use node::{NODE_NAME, NodeStandIn, PodRun, SeenFile};
 pub use operator::RunningOperator;
 pub use pod_stack::PodStack;

@@ -5,6 +5,12 @@ use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 fn buffer() -> &'static Arc<Mutex<Vec<u8>>> {
+    buffer_at("info")
+}
+
+/// The capture buffer, installing the subscriber with `directives` (as
+/// `RUST_LOG` would say them) on first use.
+fn buffer_at(directives: &str) -> &'static Arc<Mutex<Vec<u8>>> {
     static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
     LOGS.get_or_init(|| {
         let buffer = Arc::new(Mutex::new(Vec::new()));
@@ -23,11 +29,15 @@ fn buffer() -> &'static Arc<Mutex<Vec<u8>>> {
         }
         let writer = Arc::clone(&buffer);
         // A test binary installs one subscriber; a second attempt is a no-op.
-        let _ = tracing_subscriber::fmt()
+        // The filter ferry's binaries install, capped dependencies and all.
+        use tracing_subscriber::Layer as _;
+        use tracing_subscriber::layer::SubscriberExt as _;
+        use tracing_subscriber::util::SubscriberInitExt as _;
+        let layer = tracing_subscriber::fmt::layer()
             .json()
-            .with_env_filter("info")
             .with_writer(move || Capture(Arc::clone(&writer)))
-            .try_init();
+            .with_filter(ferry_runtime::lifecycle::log_filter(directives));
+        let _ = tracing_subscriber::registry().with(layer).try_init();
         buffer
     })
 }
@@ -36,6 +46,13 @@ fn buffer() -> &'static Arc<Mutex<Vec<u8>>> {
 /// starting components whose logs a test checks.
 pub fn capture_logs() {
     buffer();
+}
+
+/// Starts capturing this process's log lines at `directives` (`RUST_LOG`'s
+/// syntax, such as `trace`) through the filter ferry's binaries use; the
+/// first capture call of a test binary decides the level.
+pub fn capture_logs_at(directives: &str) {
+    buffer_at(directives);
 }
 
 /// Every line logged since [`capture_logs`].

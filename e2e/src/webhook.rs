@@ -11,6 +11,7 @@ use crate::{Cluster, HarnessError};
 use ferry_contract::WEBHOOK_CONFIGURATION_NAME;
 use ferry_runtime::admin::Readiness;
 use ferry_runtime::https::ReloadingCertificate;
+use ferry_runtime::serving::ServingLimits;
 use ferry_webhook::config::InjectionConfig;
 use ferry_webhook::configuration::{WebhookEndpoint, mutating_webhook_configuration};
 use ferry_webhook::server::{ServeOptions, serve};
@@ -45,6 +46,21 @@ impl RunningWebhook {
         kube_config: kube::Config,
         config: InjectionConfig,
     ) -> Result<Self, HarnessError> {
+        let limits = ServingLimits {
+            max_connections: ferry_webhook::server::DEFAULT_MAX_CONNECTIONS,
+            max_body_bytes: ferry_webhook::server::MAX_BODY_BYTES,
+            ..ServingLimits::default()
+        };
+        Self::start_limited(cluster, kube_config, config, limits)
+    }
+
+    /// Like [`Self::start_as`], holding clients to `limits`.
+    pub fn start_limited(
+        cluster: &Cluster,
+        kube_config: kube::Config,
+        config: InjectionConfig,
+        limits: ServingLimits,
+    ) -> Result<Self, HarnessError> {
         static STARTED: AtomicU32 = AtomicU32::new(0);
         let stem = format!("webhook-{}", STARTED.fetch_add(1, Ordering::Relaxed));
         let files =
@@ -78,6 +94,7 @@ impl RunningWebhook {
                 reload_interval: Duration::from_secs(1),
                 config,
                 readiness: thread_readiness,
+                limits,
             };
             if let Err(error) = serve(client, options, thread_registry, shutdown).await {
                 tracing::error!(%error, "webhook stopped");

@@ -16,6 +16,8 @@ use warp::http::StatusCode;
 use warp::http::header::CONTENT_TYPE;
 use warp::reply::{Reply, Response};
 
+use crate::serving::{Plain, ServingLimits, ServingMetrics, serve_limited};
+
 /// Why the admin server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
@@ -107,7 +109,9 @@ pub async fn bind_admin(addr: &str) -> Result<TcpListener, AdminError> {
 }
 
 /// Serves the admin routes on `listener` until `shutdown` completes, then
-/// stops accepting and lets in-flight requests finish.
+/// stops accepting and lets in-flight requests finish. Clients are held to
+/// [`ServingLimits::ADMIN`]: the port answers probes and scrapes, not a
+/// flood.
 pub async fn serve_admin(
     listener: TcpListener,
     state: AdminState,
@@ -115,11 +119,32 @@ pub async fn serve_admin(
 ) {
     let local: Option<SocketAddr> = listener.local_addr().ok();
     tracing::info!(addr = ?local, "admin server listening");
-    warp::serve(admin_routes(state))
-        .incoming(listener)
-        .graceful(shutdown)
-        .run()
-        .await;
+    // Counted on a registry of its own: the admin port's refusals are not
+    // the served API's, and the caller's registry may already hold the
+    // API server's serving metrics.
+    let metrics = match ServingMetrics::new(&Registry::new(), "admin") {
+        Ok(metrics) => metrics,
+        Err(error) => return tracing::error!(%error, "admin server metrics"),
+    };
+    let routes = admin_routes(state)
+        .recover(|rejection: warp::Rejection| async move {
+            Ok::<_, std::convert::Infallible>(crate::https::rejection_reply(
+                &rejection,
+                "GET /livez, /readyz, /metrics",
+                ServingLimits::ADMIN.max_body_bytes,
+            ))
+        })
+        .unify()
+        .boxed();
+    serve_limited(
+        listener,
+        Plain,
+        routes,
+        ServingLimits::ADMIN,
+        metrics,
+        shutdown,
+    )
+    .await;
     tracing::info!(addr = ?local, "admin server stopped");
 }
 

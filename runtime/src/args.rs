@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use crate::https::{ReloadingCertificate, TlsError};
 use crate::lifecycle::LogFormat;
+use crate::serving::ServingLimits;
 
 /// Options of every ferry server: the admin port and the log format.
 #[derive(Debug, Clone, clap::Args)]
@@ -40,6 +41,24 @@ pub struct ServingArgs {
     /// How often the certificate files are checked for changes, in seconds.
     #[arg(long, env = "FERRY_TLS_RELOAD_SECONDS", default_value_t = 10)]
     pub tls_reload_seconds: u64,
+    /// Connections open at once from all clients; more wait in the accept
+    /// queue.
+    #[arg(long, env = "FERRY_MAX_CONNECTIONS", default_value_t = 512)]
+    pub max_connections: usize,
+    /// Connections open at once from one IP address; more are closed at once.
+    #[arg(long, env = "FERRY_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 128)]
+    pub max_connections_per_address: usize,
+    /// Seconds a connection may take to send a request's headers, from the
+    /// TLS handshake on and after each response (idle keep-alive).
+    #[arg(long, env = "FERRY_IDLE_TIMEOUT_SECONDS", default_value_t = 10)]
+    pub idle_timeout_seconds: u64,
+    /// Seconds a request's body may take to arrive once its headers have.
+    #[arg(long, env = "FERRY_BODY_TIMEOUT_SECONDS", default_value_t = 10)]
+    pub body_timeout_seconds: u64,
+    /// The largest request body read, in bytes (each server sets its own
+    /// default, sized to its API).
+    #[arg(long, env = "FERRY_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
+    pub max_body_bytes: u64,
 }
 
 impl ServingArgs {
@@ -48,8 +67,37 @@ impl ServingArgs {
         ReloadingCertificate::load(&self.tls_cert, &self.tls_key)
     }
 
+    /// What the HTTPS port allows each client.
+    pub fn limits(&self) -> ServingLimits {
+        ServingLimits {
+            max_connections: self.max_connections.max(1),
+            max_connections_per_address: self.max_connections_per_address.max(1),
+            idle_timeout: Duration::from_secs(self.idle_timeout_seconds.max(1)),
+            body_timeout: Duration::from_secs(self.body_timeout_seconds.max(1)),
+            max_body_bytes: self.max_body_bytes,
+        }
+    }
+
     /// How often the certificate files are checked (at least every second).
     pub fn reload_interval(&self) -> Duration {
         Duration::from_secs(self.tls_reload_seconds.max(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serving: ServingArgs,
+    }
+
+    #[test]
+    fn the_documented_serving_limits_are_the_flags_defaults() {
+        let cli = Cli::try_parse_from(["server"]).unwrap();
+        assert_eq!(cli.serving.limits(), ServingLimits::default());
     }
 }

@@ -15,10 +15,6 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use ferry_contract::wire::{ErrorDetail, ErrorResponse};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use rustls::ServerConfig;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
@@ -33,14 +29,7 @@ use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 use zeroize::Zeroizing;
 
-/// How long a client may take to finish the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// How long a client may take to send a request's headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// How long in-flight connections get to finish after shutdown begins.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::serving::{Handshake, ServingLimits, ServingMetrics, serve_limited};
 
 /// Why a serving certificate could not be loaded. Messages name files, never
 /// their content.
@@ -81,6 +70,9 @@ pub enum TlsError {
     /// rustls refused the configuration.
     #[error("TLS configuration: {0}")]
     Config(#[from] rustls::Error),
+    /// The serving metrics could not be registered.
+    #[error("registering serving metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
     /// The listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -237,13 +229,13 @@ fn certified_key(
 }
 
 /// A rustls server configuration that serves whatever `certificate` holds
-/// at each handshake, speaking HTTP/2 and HTTP/1.1.
+/// at each handshake, speaking HTTP/1.1 only (see [`crate::serving`]).
 pub fn server_config(certificate: Arc<ReloadingCertificate>) -> Result<ServerConfig, TlsError> {
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_cert_resolver(certificate);
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
 }
 
@@ -299,6 +291,11 @@ pub struct ServedPorts {
     pub reload_interval: Duration,
     /// The routes served over TLS.
     pub routes: BoxedFilter<(Response,)>,
+    /// What the TLS port allows each client.
+    pub limits: ServingLimits,
+    /// Names the serving metrics: `ferry_<server>_connections_open` and
+    /// `ferry_<server>_limited_total`.
+    pub server: &'static str,
     /// What the admin port reports.
     pub admin: crate::admin::AdminState,
 }
@@ -331,6 +328,7 @@ pub fn spawn_servers(
     let (certificate, interval) = (ports.certificate, ports.reload_interval);
     let reload_shutdown = shutdown.clone();
     tasks.spawn(async move { certificate.reload_every(interval, reload_shutdown).await });
+    let metrics = ServingMetrics::new(&ports.admin.registry, ports.server)?;
     tasks.spawn(crate::admin::serve_admin(
         ports.admin_listener,
         ports.admin,
@@ -340,6 +338,8 @@ pub fn spawn_servers(
         ports.listener,
         config,
         ports.routes,
+        ports.limits,
+        metrics,
         shutdown.clone().cancelled_owned(),
     ));
     Ok(())
@@ -355,71 +355,32 @@ pub async fn bind(addr: &str) -> Result<TcpListener, TlsError> {
         })
 }
 
-/// Serves `filter` over TLS on `listener` until `shutdown` completes; then
-/// stops accepting, lets in-flight requests finish (bounded), and returns.
+/// The TLS handshake, for [`serve_limited`].
+#[derive(Clone)]
+struct Tls(TlsAcceptor);
+
+impl Handshake for Tls {
+    type Stream = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    async fn handshake(&self, stream: tokio::net::TcpStream) -> std::io::Result<Self::Stream> {
+        self.0.accept(stream).await
+    }
+}
+
+/// Serves `filter` over TLS on `listener` within `limits` until `shutdown`
+/// completes; then stops accepting, lets in-flight requests finish
+/// (bounded), and returns.
 pub async fn serve(
     listener: TcpListener,
     config: Arc<ServerConfig>,
     filter: BoxedFilter<(Response,)>,
+    limits: ServingLimits,
+    metrics: ServingMetrics,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let local: Option<SocketAddr> = listener.local_addr().ok();
-    tracing::info!(addr = ?local, "https server listening");
-    let acceptor = TlsAcceptor::from(config);
-    let graceful = GracefulShutdown::new();
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    // Out of file descriptors and the like: back off briefly.
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        // Replies are small and latency matters more than packet count.
-        if let Err(error) = stream.set_nodelay(true) {
-            tracing::debug!(%peer, %error, "cannot set TCP_NODELAY");
-        }
-        let acceptor = acceptor.clone();
-        let service = TowerToHyperService::new(warp::service(filter.clone()));
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(error)) => {
-                    tracing::debug!(%peer, %error, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
-            };
-            let mut builder = auto::Builder::new(TokioExecutor::new());
-            builder
-                .http1()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT);
-            let connection = builder
-                .serve_connection(TokioIo::new(tls), service)
-                .into_owned();
-            if let Err(error) = watcher.watch(connection).await {
-                tracing::debug!(%peer, %error, "connection ended with an error");
-            }
-        });
-    }
-    drop(listener);
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!(addr = ?local, "connections still open after the drain timeout");
-    }
+    tracing::info!(addr = ?local, ?limits, "https server listening");
+    let tls = Tls(TlsAcceptor::from(config));
+    serve_limited(listener, tls, filter, limits, metrics, shutdown).await;
     tracing::info!(addr = ?local, "https server stopped");
 }
 

@@ -1,5 +1,6 @@
 //! ferry's server runtime: what every ferry server process is made of, the
-//! same way in each. HTTPS serving with certificate reload ([`https`]), the
+//! same way in each. HTTPS serving with certificate reload ([`https`]) within bounds
+//! ([`serving`]), the
 //! admin port ([`admin`]), the command-line options every server shares
 //! ([`args`]), logging and signals ([`lifecycle`]), leader election
 //! ([`leader`]), the one way to write a Secret ferry owns ([`secrets`]),
@@ -17,4 +18,5 @@ pub mod https;
 pub mod leader;
 pub mod lifecycle;
 pub mod secrets;
+pub mod serving;
 pub mod watch_index;

@@ -38,6 +38,12 @@ enum Commands {
 #[command(mut_arg("listen_addr", |arg| arg
     .env("FERRY_WEBHOOK_ADDR")
     .help("Address of the HTTPS admission server")))]
+// The defaults are server::MAX_BODY_BYTES and server::DEFAULT_MAX_CONNECTIONS.
+#[command(mut_arg("max_body_bytes", |arg| arg
+    .default_value("1048576")
+    .value_parser(clap::value_parser!(u64).range(1024..=server::MAX_BODY_BYTES))))]
+#[command(mut_arg("max_connections", |arg| arg
+    .default_value("128")))]
 struct RunArgs {
     #[command(flatten)]
     serving: ServingArgs,
@@ -179,6 +185,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             reload_interval: args.serving.reload_interval(),
             config,
             readiness: ferry_runtime::admin::Readiness::not_ready("starting"),
+            limits: args.serving.limits(),
         },
         prometheus::Registry::new(),
         shutdown,

@@ -13,6 +13,7 @@ use ferry_runtime::grant_index::GrantIndex;
 use ferry_runtime::https::{
     self, ReloadingCertificate, ServedPorts, TlsError, json_error, rejection_reply,
 };
+use ferry_runtime::serving::ServingLimits;
 use k8s_openapi::jiff::Timestamp;
 use prometheus::Registry;
 use tokio::net::TcpListener;
@@ -29,9 +30,18 @@ use crate::metrics::WebhookMetrics;
 /// The path the apiserver posts AdmissionReviews to.
 pub const MUTATE_PATH: &str = "/mutate";
 
-/// The largest request body accepted. The apiserver caps objects at about
-/// 3 MiB; a review wraps one pod (twice, for updates).
-pub const MAX_BODY_BYTES: u64 = 7 * 1024 * 1024;
+/// The largest request body accepted, and the default of `--max-body-bytes`
+/// (which may lower it). The webhook sees pod CREATEs only, so a review
+/// wraps one pod: a large one (10 containers of 70 env vars each, 20
+/// volumes, long annotations, `last-applied-configuration` and
+/// managedFields) makes a 275 KiB review, and 1 MiB leaves room for pods
+/// several times larger while 128 connections (the webhook's default) can
+/// hold at most 128 MiB of unauthenticated bodies.
+pub const MAX_BODY_BYTES: u64 = 1024 * 1024;
+
+/// The default of `--max-connections` for the webhook: with
+/// [`MAX_BODY_BYTES`], bounds the memory bodies in flight may take.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 128;
 
 /// What the `/mutate` handler needs.
 #[derive(Clone, Debug)]
@@ -112,6 +122,8 @@ pub struct ServeOptions {
     /// Set ready once the Grant index is filled, and not ready again at
     /// shutdown; backs `/readyz`.
     pub readiness: Readiness,
+    /// What the HTTPS port allows each client.
+    pub limits: ServingLimits,
 }
 
 /// Runs the webhook until `shutdown` is cancelled: watches Grants, serves
@@ -167,6 +179,8 @@ pub async fn serve(
             certificate: options.certificate,
             reload_interval: options.reload_interval,
             routes: mutate_route(state),
+            limits: options.limits,
+            server: "webhook",
             admin: AdminState {
                 readiness,
                 registry,
