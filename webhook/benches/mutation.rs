@@ -25,9 +25,10 @@ fn fixture() -> Vec<u8> {
 fn grant(sa: &str, secret: (&str, &str), i: usize) -> Grant {
     serde_json::from_value(json!({
         "apiVersion": "ferry.dev/v1alpha1", "kind": "Grant",
-        "metadata": {"name": format!("g-{i}"), "namespace": "orders"},
+        "metadata": {"name": format!("g-{i}"), "namespace": "orders",
+                     "labels": {"app.kubernetes.io/managed-by": "ferry-operator"}},
         "spec": {"serviceAccount": sa, "secret": {"namespace": secret.0, "name": secret.1},
-                 "maxTtl": "1h", "policy": {"namespace": secret.0, "name": "p", "uid": "u"}},
+                 "maxTtl": "1h", "policy": {"namespace": secret.0, "name": "p", "uid": format!("u-{}", secret.0)}},
     }))
     .unwrap()
 }
@@ -39,7 +40,17 @@ fn grants() -> GrantIndex {
         grant("api", ("payments", "orders-key"), 1),
     ];
     all.extend((2..10_000).map(|i| grant(&format!("sa-{i}"), ("orders", "orders-db"), i)));
-    GrantIndex::from_grants(all)
+    // The AccessPolicy behind the Grants of each secret namespace.
+    let policies: [ferry_api::resources::AccessPolicy; 2] = ["orders", "payments"].map(|namespace| {
+        serde_json::from_value(json!({
+            "apiVersion": "ferry.dev/v1alpha1", "kind": "AccessPolicy",
+            "metadata": {"name": "p", "namespace": namespace, "uid": format!("u-{namespace}")},
+            "spec": {"subjects": [{"namespaceSelector": {}, "serviceAccountName": "api"}],
+                     "secrets": [{"name": "orders-db"}, {"name": "orders-key"}]},
+        }))
+        .unwrap()
+    });
+    GrantIndex::from_objects(all, policies)
 }
 
 fn bench(c: &mut Criterion) {

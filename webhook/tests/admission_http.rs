@@ -25,6 +25,13 @@ fn grant(service_account: &str, secret: (&str, &str)) -> Grant {
         metadata: ObjectMeta {
             namespace: Some("orders".into()),
             name: Some(format!("{}.p.{}.{service_account}", secret.0, secret.1)),
+            labels: Some(
+                [(
+                    contract::MANAGED_BY_LABEL.to_string(),
+                    contract::OPERATOR_MANAGER.to_string(),
+                )]
+                .into(),
+            ),
             ..ObjectMeta::default()
         },
         spec: GrantSpec {
@@ -40,7 +47,7 @@ fn grant(service_account: &str, secret: (&str, &str)) -> Grant {
             policy: PolicyReference {
                 namespace: secret.0.into(),
                 name: "p".into(),
-                uid: "uid".into(),
+                uid: format!("uid-{}", secret.0),
             },
         },
     }
@@ -56,10 +63,23 @@ fn state(grants: GrantIndex) -> WebhookState {
 }
 
 fn granted() -> WebhookState {
-    state(GrantIndex::from_grants([
+    let grants = [
         grant("api", ("orders", "orders-db")),
         grant("api", ("payments", "orders-key")),
-    ]))
+    ];
+    // The AccessPolicy behind each Grant, as the operator derived it.
+    let policies = grants.iter().map(|grant| {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "ferry.dev/v1alpha1", "kind": "AccessPolicy",
+            "metadata": {"name": "p", "namespace": grant.spec.secret.namespace,
+                         "uid": grant.spec.policy.uid},
+            "spec": {"subjects": [{"serviceAccount": {"namespace": "orders", "name": "api"}}],
+                     "secrets": [{"name": grant.spec.secret.name}]},
+        }))
+        .unwrap()
+    });
+    let policies: Vec<ferry_api::resources::AccessPolicy> = policies.collect();
+    state(GrantIndex::from_objects(grants, policies))
 }
 
 async fn post(state: &WebhookState, body: &[u8]) -> (u16, Value) {
