@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::HarnessError;
 use crate::background::Background;
+use ferry_operator::controller::GrantLimits;
 use ferry_operator::metrics::OperatorMetrics;
 
 /// The controllers running on a thread of their own (with their own tokio
@@ -18,6 +19,15 @@ pub struct RunningOperator {
 impl RunningOperator {
     /// Starts the controllers with the identity of `config`.
     pub fn start(config: kube::Config) -> Result<Self, HarnessError> {
+        Self::start_with_limits(config, GrantLimits::default())
+    }
+
+    /// Starts the controllers with the identity of `config`, capping
+    /// Grants at `limits`.
+    pub fn start_with_limits(
+        config: kube::Config,
+        limits: GrantLimits,
+    ) -> Result<Self, HarnessError> {
         let registry = prometheus::Registry::new();
         let metrics = Arc::new(
             OperatorMetrics::new(&registry)
@@ -27,10 +37,11 @@ impl RunningOperator {
         let background = Background::spawn("ferry-operator", move |shutdown| async move {
             match kube::Client::try_from(config) {
                 Ok(client) => {
-                    ferry_operator::controller::run(
+                    ferry_operator::controller::run_with_limits(
                         client,
                         thread_metrics,
                         Some("e2e".into()),
+                        limits,
                         shutdown,
                     )
                     .await

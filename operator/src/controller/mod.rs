@@ -10,9 +10,14 @@
 //! reconciling. This module holds what both share: the watches that feed
 //! them, the context they read, and how failures are counted and retried.
 
+mod limits;
 mod policy;
 mod secret;
 mod status;
+
+pub use limits::{
+    DEFAULT_MAX_GRANTS_PER_NAMESPACE, DEFAULT_MAX_GRANTS_PER_POLICY, GrantLimits, TOO_MANY_GRANTS,
+};
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -96,6 +101,7 @@ pub struct Context {
     recorder: Recorder,
     metrics: Arc<OperatorMetrics>,
     caches_filled: tokio::sync::watch::Receiver<bool>,
+    limits: GrantLimits,
 }
 
 impl Context {
@@ -132,11 +138,31 @@ async fn announce_filled(
     }
 }
 
-/// Runs both controllers until `shutdown` completes.
+/// Runs both controllers until `shutdown` completes, with the default
+/// [`GrantLimits`].
 pub async fn run(
     client: Client,
     metrics: Arc<OperatorMetrics>,
     reporter_instance: Option<String>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    run_with_limits(
+        client,
+        metrics,
+        reporter_instance,
+        GrantLimits::default(),
+        shutdown,
+    )
+    .await;
+}
+
+/// Runs both controllers until `shutdown` completes, capping Grants at
+/// `limits`.
+pub async fn run_with_limits(
+    client: Client,
+    metrics: Arc<OperatorMetrics>,
+    reporter_instance: Option<String>,
+    limits: GrantLimits,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
     let (secrets, secrets_writer) = reflector::store();
@@ -161,6 +187,7 @@ pub async fn run(
         recorder: Recorder::new(client.clone(), reporter),
         metrics,
         caches_filled,
+        limits,
     });
 
     let policies = Controller::new(
