@@ -120,7 +120,8 @@ async fn main() {
                 };
                 let grant: Grant = serde_json::from_value(json!({
                     "apiVersion": "ferry.dev/v1alpha1", "kind": "Grant",
-                    "metadata": {"name": format!("g-{i}")},
+                    "metadata": {"name": format!("g-{i}"),
+                                 "labels": {"app.kubernetes.io/managed-by": "ferry-operator"}},
                     "spec": {"serviceAccount": sa, "secret": {"namespace": secret.0, "name": secret.1},
                              "maxTtl": "1h", "policy": {"namespace": secret.0, "name": "p", "uid": "u"}},
                 }))

@@ -535,13 +535,16 @@ async fn broker_does_its_job_with_exactly_its_documented_rbac() {
     .await
     .unwrap();
     // A Grant as the operator would write it (no operator runs here).
-    create_object::<Grant>(
+    ferry_e2e::direct_grant(
         &client,
-        &app,
-        json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "Grant",
-               "metadata": {"name": "api-key-for-checkout"},
-               "spec": {"serviceAccount": "checkout", "secret": {"namespace": owner, "name": "api-key"},
-                        "maxTtl": "1h", "policy": {"namespace": owner, "name": "p", "uid": "u"}}}),
+        ferry_e2e::Subject {
+            namespace: &app,
+            name: "checkout",
+        },
+        &owner,
+        "api-key",
+        "p",
+        "api-key-for-checkout",
     )
     .await
     .unwrap();
