@@ -18,8 +18,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Authenticator, CacheLimits};
 use crate::lease_id::LeaseKeys;
-use crate::metrics::BrokerMetrics;
 use crate::live_leases::LiveLeases;
+use crate::metrics::BrokerMetrics;
 use crate::pods::PodIndex;
 use crate::providers::jwt::JwtProvider;
 use crate::providers::kubernetes_secret::KubernetesSecretProvider;

@@ -15,8 +15,8 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use zeroize::Zeroizing;
 
 use super::auth::PodIdentity;
-use super::live_leases::LiveLeases;
 use super::lease_id::{CLAIMS_VERSION, LeaseClaims, LeaseIdError, LeaseKeys};
+use super::live_leases::LiveLeases;
 use super::metrics::BrokerMetrics;
 use super::pods::PodIndex;
 use super::providers::jwt::JwtProvider;
@@ -290,7 +290,9 @@ impl Broker {
             Ok(Some(issued)) => issued,
             Ok(None) => {
                 forget();
-                return Err(BrokerError::Unavailable("the provider issued nothing".into()));
+                return Err(BrokerError::Unavailable(
+                    "the provider issued nothing".into(),
+                ));
             }
             Err(error) => {
                 forget();

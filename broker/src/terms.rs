@@ -240,7 +240,10 @@ mod tests {
             now(),
         )
         .unwrap_err();
-        assert_eq!(error, TermsError::AudienceNotGranted(vec!["admin-api".into()]));
+        assert_eq!(
+            error,
+            TermsError::AudienceNotGranted(vec!["admin-api".into()])
+        );
         let error = lease_terms(
             &jwt_secret(),
             &wide,
@@ -248,7 +251,10 @@ mod tests {
             now(),
         )
         .unwrap_err();
-        assert_eq!(error, TermsError::ScopesNotGranted(vec!["superuser".into()]));
+        assert_eq!(
+            error,
+            TermsError::ScopesNotGranted(vec!["superuser".into()])
+        );
     }
 
     #[test]

@@ -153,8 +153,7 @@ impl Cluster {
             &pki_dir,
             "apiserver",
         )?;
-        let admin =
-            authority.client_cert(ADMIN_USER, Some("system:masters"), &pki_dir, "admin")?;
+        let admin = authority.client_cert(ADMIN_USER, Some("system:masters"), &pki_dir, "admin")?;
         let controller_manager = authority.client_cert(
             "system:kube-controller-manager",
             None,

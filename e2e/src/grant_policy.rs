@@ -13,7 +13,9 @@ use kube::api::{Api, Patch, PatchParams};
 use crate::HarnessError;
 use crate::cluster::ADMIN_USER;
 use crate::stack::FERRY_NAMESPACE;
-use ferry_operator::grant_admission::{GRANT_POLICY_NAME, grant_admission_policy, operator_username};
+use ferry_operator::grant_admission::{
+    GRANT_POLICY_NAME, grant_admission_policy, operator_username,
+};
 
 /// Who may write Grants in a harness cluster: the admin the in-process
 /// operator runs as, and the operator's service account in ferry's

@@ -121,13 +121,17 @@ async fn create_policy(
 /// message.
 async fn ready_reason(client: &Client, owner: &str, policy: &str, reason: &str) -> String {
     let api = Api::<AccessPolicy>::namespaced(client.clone(), owner);
-    eventually(&format!("{owner}/{policy} Ready reason {reason}"), WAIT, || async {
-        let policy = api.get(policy).await.unwrap();
-        let status = policy.status?;
-        let ready = status.conditions.iter().find(|c| c.type_ == "Ready")?;
-        (ready.reason == reason && status.observed_generation == policy.metadata.generation)
-            .then(|| ready.message.clone())
-    })
+    eventually(
+        &format!("{owner}/{policy} Ready reason {reason}"),
+        WAIT,
+        || async {
+            let policy = api.get(policy).await.unwrap();
+            let status = policy.status?;
+            let ready = status.conditions.iter().find(|c| c.type_ == "Ready")?;
+            (ready.reason == reason && status.observed_generation == policy.metadata.generation)
+                .then(|| ready.message.clone())
+        },
+    )
     .await
 }
 
@@ -260,7 +264,15 @@ async fn issue(broker: &HttpsClient, token: &str, body: &Value) -> (u16, Value) 
 #[tokio::test]
 async fn the_broker_refuses_duplicate_secrets_and_caps_live_leases_per_pod_and_secret() {
     let (client, owner, app) = namespaces("leases", &["api-key"], &["checkout"]).await;
-    create_policy(&client, &owner, "checkout", &app, &["checkout"], &["api-key"]).await;
+    create_policy(
+        &client,
+        &owner,
+        "checkout",
+        &app,
+        &["checkout"],
+        &["api-key"],
+    )
+    .await;
     ready_reason(&client, &owner, "checkout", "Granted").await;
     let pod: Pod = create_object(
         &client,

@@ -159,24 +159,32 @@ async fn a_tenant_allowed_by_rbac_cannot_create_update_or_delete_grants() {
     // the way of writes. It takes effect within moments of installation.
     tenant_grants.get("existing").await.unwrap();
     let forged = forged_grant("forged", "admin", (&owner, "orders-db"), "0000");
-    let refusal = eventually("the admission policy to refuse a tenant's Grant", WAIT, || {
-        let (tenant_grants, forged, client, ns) =
-            (tenant_grants.clone(), forged.clone(), client.clone(), ns.clone());
-        async move {
-            match tenant_grants.create(&PostParams::default(), &forged).await {
-                Err(error) if is_policy_refusal(&error) => Some(error),
-                Err(error) => panic!("unexpected refusal: {error}"),
-                // The policy was not yet in force: undo, and try again.
-                Ok(_) => {
-                    Api::<Grant>::namespaced(client, &ns)
-                        .delete("forged", &DeleteParams::default())
-                        .await
-                        .unwrap();
-                    None
+    let refusal = eventually(
+        "the admission policy to refuse a tenant's Grant",
+        WAIT,
+        || {
+            let (tenant_grants, forged, client, ns) = (
+                tenant_grants.clone(),
+                forged.clone(),
+                client.clone(),
+                ns.clone(),
+            );
+            async move {
+                match tenant_grants.create(&PostParams::default(), &forged).await {
+                    Err(error) if is_policy_refusal(&error) => Some(error),
+                    Err(error) => panic!("unexpected refusal: {error}"),
+                    // The policy was not yet in force: undo, and try again.
+                    Ok(_) => {
+                        Api::<Grant>::namespaced(client, &ns)
+                            .delete("forged", &DeleteParams::default())
+                            .await
+                            .unwrap();
+                        None
+                    }
                 }
             }
-        }
-    })
+        },
+    )
     .await;
     let kube::Error::Api(status) = &refusal else {
         unreachable!()
@@ -242,7 +250,12 @@ fn lease_request(namespace: &str, name: &str) -> Vec<u8> {
 
 async fn issue(broker: &HttpsClient, token: &str, owner: &str, secret: &str) -> (u16, Value) {
     let reply = broker
-        .request("POST", "/v1/leases", Some(token), &lease_request(owner, secret))
+        .request(
+            "POST",
+            "/v1/leases",
+            Some(token),
+            &lease_request(owner, secret),
+        )
         .await
         .unwrap();
     (reply.status, reply.json().unwrap_or(Value::Null))
@@ -320,18 +333,22 @@ async fn broker_and_webhook_honour_only_grants_with_a_live_policy_naming_them() 
     .unwrap();
 
     // The webhook admits the genuine request once its indexes have it...
-    let pod = eventually("the webhook to admit a pod asking for other-key", WAIT, || {
-        let (client, app, owner) = (client.clone(), app.clone(), owner.clone());
-        async move {
-            create_pod(
-                &client,
-                &app,
-                opted_in_pod("genuine", &format!("{owner}/other-key")),
-            )
-            .await
-            .ok()
-        }
-    })
+    let pod = eventually(
+        "the webhook to admit a pod asking for other-key",
+        WAIT,
+        || {
+            let (client, app, owner) = (client.clone(), app.clone(), owner.clone());
+            async move {
+                create_pod(
+                    &client,
+                    &app,
+                    opted_in_pod("genuine", &format!("{owner}/other-key")),
+                )
+                .await
+                .ok()
+            }
+        },
+    )
     .await;
     // ...and refuses the one only forged Grants would allow.
     let refusal = create_pod(
@@ -429,7 +446,11 @@ async fn an_app_container_mounting_the_token_volume_is_refused() {
     // The control: a pod like it, without the mount, is admitted.
     let injected = eventually("the webhook to admit the plain pod", WAIT, || {
         let (client, app, secrets) = (client.clone(), app.clone(), secrets.clone());
-        async move { create_pod(&client, &app, opted_in_pod("plain", &secrets)).await.ok() }
+        async move {
+            create_pod(&client, &app, opted_in_pod("plain", &secrets))
+                .await
+                .ok()
+        }
     })
     .await;
     let spec = injected.spec.unwrap();
@@ -445,9 +466,16 @@ async fn an_app_container_mounting_the_token_volume_is_refused() {
         })
         .map(|c| c.name.clone())
         .collect();
-    assert_eq!(holders, ["ferry-sidecar"], "only the sidecar holds the token");
+    assert_eq!(
+        holders,
+        ["ferry-sidecar"],
+        "only the sidecar holds the token"
+    );
 
-    for (name, field) in [("app-mount", "containers"), ("init-mount", "initContainers")] {
+    for (name, field) in [
+        ("app-mount", "containers"),
+        ("init-mount", "initContainers"),
+    ] {
         let mut pod = opted_in_pod(name, &secrets);
         let sneaky = json!({"name": "sneaky", "image": "app:1",
                             "volumeMounts": [{"name": "ferry-token", "mountPath": "/token"}]});

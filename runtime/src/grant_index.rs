@@ -349,7 +349,9 @@ impl PolicyFacts {
             && self.secrets.contains(&spec.secret.name)
             && (self.accounts.contains(&subject)
                 || self.selected_accounts.contains(&spec.service_account))
-            && self.valid_until.is_none_or(|until| until > Timestamp::now())
+            && self
+                .valid_until
+                .is_none_or(|until| until > Timestamp::now())
     }
 }
 
@@ -620,7 +622,11 @@ mod tests {
         // No policy with that uid.
         assert!(!granted(vec![]));
         // The policy no longer names the secret, or the subject.
-        assert!(!granted(vec![policy("db", names_it.clone(), &["payments"])]));
+        assert!(!granted(vec![policy(
+            "db",
+            names_it.clone(),
+            &["payments"]
+        )]));
         let someone_else = json!([{"serviceAccount": {"namespace": "app", "name": "web"}}]);
         assert!(!granted(vec![policy("db", someone_else, &["orders"])]));
         // A policy with that uid in another namespace than the secret's.
@@ -630,8 +636,7 @@ mod tests {
         deleting.metadata.deletion_timestamp = Some(Time(now));
         assert!(!granted(vec![deleting]));
         // A namespaceSelector subject naming the service account counts.
-        let selected =
-            json!([{"namespaceSelector": {"matchLabels": {"team": "a"}}, "serviceAccountName": "api"}]);
+        let selected = json!([{"namespaceSelector": {"matchLabels": {"team": "a"}}, "serviceAccountName": "api"}]);
         assert!(granted(vec![policy("db", selected, &["orders"])]));
     }
 

@@ -41,15 +41,16 @@ fn grants() -> GrantIndex {
     ];
     all.extend((2..10_000).map(|i| grant(&format!("sa-{i}"), ("orders", "orders-db"), i)));
     // The AccessPolicy behind the Grants of each secret namespace.
-    let policies: [ferry_api::resources::AccessPolicy; 2] = ["orders", "payments"].map(|namespace| {
-        serde_json::from_value(json!({
-            "apiVersion": "ferry.dev/v1alpha1", "kind": "AccessPolicy",
-            "metadata": {"name": "p", "namespace": namespace, "uid": format!("u-{namespace}")},
-            "spec": {"subjects": [{"namespaceSelector": {}, "serviceAccountName": "api"}],
-                     "secrets": [{"name": "orders-db"}, {"name": "orders-key"}]},
-        }))
-        .unwrap()
-    });
+    let policies: [ferry_api::resources::AccessPolicy; 2] =
+        ["orders", "payments"].map(|namespace| {
+            serde_json::from_value(json!({
+                "apiVersion": "ferry.dev/v1alpha1", "kind": "AccessPolicy",
+                "metadata": {"name": "p", "namespace": namespace, "uid": format!("u-{namespace}")},
+                "spec": {"subjects": [{"namespaceSelector": {}, "serviceAccountName": "api"}],
+                         "secrets": [{"name": "orders-db"}, {"name": "orders-key"}]},
+            }))
+            .unwrap()
+        });
     GrantIndex::from_objects(all, policies)
 }
 
