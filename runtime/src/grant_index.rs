@@ -12,6 +12,7 @@
 //! is missing. The policies come from a second watch ([`PolicyIndex`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+
 use std::sync::{Arc, PoisonError, RwLock};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -22,8 +23,9 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::watch_index::{self, WatchedIndex};
+use ferry_api::duration::parse_duration;
 use ferry_api::grants::{GrantLookup, grant_is_valid_at};
-use ferry_api::resources::{AccessPolicy, Grant, SecretReference};
+use ferry_api::resources::{AccessPolicy, Grant, SecretAccess, SecretReference};
 use ferry_contract::{MANAGED_BY_LABEL, OPERATOR_MANAGER};
 
 /// (namespace, service account): who a Grant is for.
@@ -302,8 +304,9 @@ impl WatchedIndex<Grant> for GrantIndex {
 struct PolicyFacts {
     namespace: String,
     name: String,
-    /// The BrokeredSecrets it names (in its own namespace).
-    secrets: HashSet<String>,
+    /// The BrokeredSecrets it names (in its own namespace), with the
+    /// narrowing of each entry.
+    secrets: HashMap<String, SecretAccess>,
     /// Its `serviceAccount` subjects: (namespace, name).
     accounts: HashSet<(String, String)>,
     /// The `serviceAccountName` of its `namespaceSelector` subjects. The
@@ -326,7 +329,11 @@ impl PolicyFacts {
         let facts = Self {
             namespace,
             name,
-            secrets: spec.secrets.iter().map(|s| s.name.clone()).collect(),
+            secrets: spec
+                .secrets
+                .iter()
+                .map(|s| (s.name.clone(), s.clone()))
+                .collect(),
             accounts: spec
                 .subjects
                 .iter()
@@ -352,13 +359,36 @@ impl PolicyFacts {
         spec.secret.namespace == self.namespace
             && spec.policy.namespace == self.namespace
             && spec.policy.name == self.name
-            && self.secrets.contains(&spec.secret.name)
+            && self
+                .secrets
+                .get(&spec.secret.name)
+                .is_some_and(|access| within_narrowing(grant, access))
             && (self.accounts.contains(&subject)
                 || self.selected_accounts.contains(&spec.service_account))
             && self
                 .valid_until
                 .is_none_or(|until| until > Timestamp::now())
     }
+}
+
+/// Whether `grant` is no wider than the policy entry `access` narrowed it
+/// to (a hand edit cannot widen a Grant beyond its policy; the secret's own
+/// limits are applied again at issuance).
+fn within_narrowing(grant: &Grant, access: &SecretAccess) -> bool {
+    let spec = &grant.spec;
+    let ttl_ok = match &access.max_ttl {
+        None => true,
+        Some(cap) => match (parse_duration(&spec.max_ttl), parse_duration(cap)) {
+            (Ok(granted), Ok(cap)) => granted <= cap,
+            _ => false,
+        },
+    };
+    let subset = |granted: &[String], allowed: &Option<Vec<String>>| {
+        allowed
+            .as_ref()
+            .is_none_or(|allowed| granted.iter().all(|value| allowed.contains(value)))
+    };
+    ttl_ok && subset(&spec.audience, &access.audience) && subset(&spec.scopes, &access.scopes)
 }
 
 /// The AccessPolicies of the cluster by uid, as the [`GrantIndex`] checks
@@ -655,6 +685,35 @@ mod tests {
         // A namespaceSelector subject naming the service account counts.
         let selected = json!([{"namespaceSelector": {"matchLabels": {"team": "a"}}, "serviceAccountName": "api"}]);
         assert!(granted(vec![policy("db", selected, &["orders"])]));
+    }
+
+    #[test]
+    fn a_grant_wider_than_its_policy_entry_does_not_count() {
+        let names_it = json!([{"serviceAccount": {"namespace": "app", "name": "api"}}]);
+        let mut narrow = policy("db", names_it, &[]);
+        narrow.spec.secrets = serde_json::from_value(json!([
+            {"name": "orders", "maxTtl": "10m", "audience": ["orders-api"], "scopes": ["read"]}
+        ]))
+        .unwrap();
+        let now = Timestamp::now();
+        let granted = |edit: &dyn Fn(&mut Grant)| {
+            let mut held = grant("app", "g1", "api", ("db", "orders"));
+            held.spec.max_ttl = "10m".into();
+            held.spec.audience = vec!["orders-api".into()];
+            held.spec.scopes = vec!["read".into()];
+            edit(&mut held);
+            GrantIndex::from_objects([held], [narrow.clone()]).is_granted(
+                "app",
+                "api",
+                &secret("db", "orders"),
+                now,
+            )
+        };
+        assert!(granted(&|_| {}));
+        assert!(granted(&|g| g.spec.max_ttl = "5m".into()));
+        assert!(!granted(&|g| g.spec.max_ttl = "1h".into()));
+        assert!(!granted(&|g| g.spec.audience.push("admin-api".into())));
+        assert!(!granted(&|g| g.spec.scopes.push("write".into())));
     }
 
     #[test]
