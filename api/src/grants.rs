@@ -267,20 +267,51 @@ fn grant(namespace: &str, spec: GrantSpec) -> Grant {
     }
 }
 
+/// How a shortened or disambiguated Grant name ends: `-` and 16 hex digits.
+const HASH_SUFFIX_LEN: usize = 17;
+
 /// `<secret namespace>.<policy>.<secret>.<service account>`, readable in
-/// `kubectl get grants`; shortened with a hash past the 253-character limit.
+/// `kubectl get grants`, when that is unambiguous: no part but the
+/// separators holds a dot, it fits in 253 characters, and it does not end
+/// like a hashed name. Otherwise the readable prefix (cut to fit) and `-`
+/// with a hash of the four parts. So two different (namespace, policy,
+/// secret, service account) never share a name: policy `a.b` with secret
+/// `c` and policy `a` with secret `b.c` would both read `ns.a.b.c`.
 pub fn grant_name(spec: &GrantSpec) -> String {
-    let full = format!(
-        "{}.{}.{}.{}",
-        spec.secret.namespace, spec.policy.name, spec.secret.name, spec.service_account
-    );
-    if full.len() <= 253 {
+    let parts = [
+        spec.secret.namespace.as_str(),
+        spec.policy.name.as_str(),
+        spec.secret.name.as_str(),
+        spec.service_account.as_str(),
+    ];
+    let full = parts.join(".");
+    let unambiguous = parts.iter().all(|part| !part.contains('.'))
+        && full.len() <= 253
+        && !ends_like_hashed(&full);
+    if unambiguous {
         return full;
     }
-    let digest = Sha256::digest(full.as_bytes());
+    // `/` appears in no Kubernetes name, so the joined parts are unique.
+    let digest = Sha256::digest(parts.join("/").as_bytes());
     let hash: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
-    let prefix = full[..236].trim_end_matches(['.', '-']);
+    let mut cut = full.len().min(253 - HASH_SUFFIX_LEN);
+    while !full.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let prefix = full[..cut].trim_end_matches(['.', '-']);
     format!("{prefix}-{hash}")
+}
+
+/// Whether `name` ends with `-` and 16 lowercase hex digits.
+fn ends_like_hashed(name: &str) -> bool {
+    let Some(start) = name.len().checked_sub(HASH_SUFFIX_LEN) else {
+        return false;
+    };
+    let tail = &name.as_bytes()[start..];
+    tail[0] == b'-'
+        && tail[1..]
+            .iter()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
 }
 
 /// Answers whether a service account holds a Grant for a secret. The
@@ -615,5 +646,51 @@ mod tests {
         assert!(name.len() <= 253, "{}", name.len());
         assert_eq!(name, b.grants[0].name_any());
         assert!(name.starts_with("payments.checkout-reads.orders-db.xxx"));
+    }
+
+    fn spec(policy: &str, secret: &str, service_account: &str) -> GrantSpec {
+        GrantSpec {
+            service_account: service_account.into(),
+            secret: SecretReference {
+                namespace: "payments".into(),
+                name: secret.into(),
+            },
+            max_ttl: "1h".into(),
+            audience: vec![],
+            scopes: vec![],
+            valid_until: None,
+            policy: PolicyReference {
+                namespace: "payments".into(),
+                name: policy.into(),
+                uid: "u".into(),
+            },
+        }
+    }
+
+    #[test]
+    fn dotted_names_of_two_policies_never_share_a_grant_name() {
+        let names = [
+            grant_name(&spec("a.b", "c", "sa")),
+            grant_name(&spec("a", "b.c", "sa")),
+            grant_name(&spec("a", "b", "c.sa")),
+            grant_name(&spec("a.b.c", "d", "sa")),
+            grant_name(&spec("a", "b", "c")),
+        ];
+        let unique: BTreeSet<&String> = names.iter().collect();
+        assert_eq!(unique.len(), names.len(), "{names:?}");
+        // Without dots, the name stays readable.
+        assert_eq!(names[4], "payments.a.b.c");
+        assert!(names.iter().all(|n| n.len() <= 253));
+    }
+
+    #[test]
+    fn a_readable_name_that_looks_hashed_is_hashed_too() {
+        // A tenant cannot choose a service account name that spells out
+        // another tuple's hashed name.
+        let hashed = grant_name(&spec("a.b", "c", "sa"));
+        let suffix = &hashed[hashed.len() - 16..];
+        let lookalike = spec("a", "b", &format!("c-{suffix}"));
+        assert_ne!(grant_name(&lookalike), format!("payments.a.b.c-{suffix}"));
+        assert_ne!(grant_name(&lookalike), hashed);
     }
 }

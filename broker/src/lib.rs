@@ -15,6 +15,7 @@ pub mod auth;
 pub mod jwt_keys;
 pub mod keys;
 pub mod lease_id;
+pub mod live_leases;
 pub mod metrics;
 pub mod pods;
 pub mod providers;

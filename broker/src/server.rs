@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Authenticator, CacheLimits, ReviewLimits};
 use crate::lease_id::LeaseKeys;
+use crate::live_leases::LiveLeases;
 use crate::metrics::BrokerMetrics;
 use crate::pods::PodIndex;
 use crate::providers::jwt::JwtProvider;
@@ -28,7 +29,7 @@ use crate::routes::{BrokerState, broker_routes};
 use crate::service::Broker;
 use crate::{jwt_keys, keys, reaper};
 use ferry_api::confinement::Installation;
-use ferry_api::resources::{BrokeredSecret, Grant};
+use ferry_api::resources::{AccessPolicy, BrokeredSecret, Grant};
 use ferry_runtime::admin::{self, AdminError, AdminState, Readiness};
 use ferry_runtime::args::ServingArgs;
 use ferry_runtime::grant_index::GrantIndex;
@@ -267,6 +268,15 @@ pub async fn serve(
         tasks.spawn(async move { grants.maintain(Api::<Grant>::all(client), shutdown).await });
     }
     {
+        let (policies, client, shutdown) =
+            (grants.policies().clone(), client.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            policies
+                .maintain(Api::<AccessPolicy>::all(client), shutdown)
+                .await
+        });
+    }
+    {
         let (pods, client, shutdown) = (pods.clone(), client.clone(), shutdown.clone());
         tasks.spawn(async move { pods.maintain(client, shutdown).await });
     }
@@ -306,6 +316,7 @@ pub async fn serve(
             postgres: PostgresProvider::new(secret_reader),
             metrics,
             installation: options.installation,
+            live_leases: LiveLeases::default(),
         },
         authenticator: Authenticator::new(
             client,

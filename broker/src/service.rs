@@ -16,6 +16,7 @@ use zeroize::Zeroizing;
 
 use super::auth::PodIdentity;
 use super::lease_id::{CLAIMS_VERSION, LeaseClaims, LeaseIdError, LeaseKeys};
+use super::live_leases::LiveLeases;
 use super::metrics::BrokerMetrics;
 use super::pods::PodIndex;
 use super::providers::jwt::JwtProvider;
@@ -51,6 +52,9 @@ pub enum BrokerError {
     /// 409: the lease expired or reached its maxTtl.
     #[error("{0}")]
     Conflict(String),
+    /// 429: the pod holds as many live leases for the secret as allowed.
+    #[error("{0}")]
+    TooManyLeases(String),
     /// 429: the service account asks too often; retry after the seconds.
     #[error("too many requests from this service account; retry in {0}s")]
     RateLimited(u64),
@@ -71,7 +75,7 @@ impl BrokerError {
             Self::Forbidden(_) => 403,
             Self::NotFound(_) => 404,
             Self::Conflict(_) => 409,
-            Self::RateLimited(_) => 429,
+            Self::RateLimited(_) | Self::TooManyLeases(_) => 429,
             Self::NotImplemented(_) => 501,
             Self::Unavailable(_) => 503,
         }
@@ -86,6 +90,7 @@ impl BrokerError {
             Self::NotFound(_) => "not_found",
             Self::Conflict(_) => "conflict",
             Self::RateLimited(_) => "rate_limited",
+            Self::TooManyLeases(_) => "too_many_leases",
             Self::NotImplemented(_) => "not_implemented",
             Self::Unavailable(_) => "unavailable",
         }
@@ -129,6 +134,8 @@ pub struct Broker {
     pub metrics: BrokerMetrics,
     /// What the installation lets BrokeredSecrets reach.
     pub installation: Installation,
+    /// Live leases per (pod, secret), capped.
+    pub live_leases: LiveLeases,
 }
 
 /// The audit record of one decision.
@@ -207,6 +214,15 @@ impl Broker {
                 request.secrets.len()
             )));
         }
+        let mut asked = std::collections::BTreeSet::new();
+        for secret in &request.secrets {
+            if !asked.insert((secret.namespace.as_str(), secret.name.as_str())) {
+                return Err(BrokerError::BadRequest(format!(
+                    "secret {} asked for twice: ask for each secret once per request",
+                    qualified(&secret.namespace, &secret.name)
+                )));
+            }
+        }
         let mut leases: Vec<(Lease, LeaseClaims)> = Vec::with_capacity(request.secrets.len());
         for asked in &request.secrets {
             let mut audit = Audit {
@@ -244,6 +260,29 @@ impl Broker {
         let (secret, grant) = self.authorize(pod, &asked.namespace, &asked.name, now)?;
         let terms = lease_terms(&secret.spec, &grant.spec, asked, now).map_err(terms_error)?;
         let expires_at = now.as_second() + seconds(terms.ttl);
+        if !self.live_leases.reserve(
+            &pod.pod_uid,
+            &asked.namespace,
+            &asked.name,
+            terms.max_expires_at,
+            now.as_second(),
+        ) {
+            return Err(BrokerError::TooManyLeases(format!(
+                "pod {}/{} already holds {} live leases for {}, the cap; revoke one or let it end",
+                pod.namespace,
+                pod.pod_name,
+                self.live_leases.cap(),
+                qualified(&asked.namespace, &asked.name)
+            )));
+        }
+        let forget = || {
+            self.live_leases.forget(
+                &pod.pod_uid,
+                &asked.namespace,
+                &asked.name,
+                terms.max_expires_at,
+            );
+        };
         let request = IssueRequest {
             secret: &secret,
             pod,
@@ -251,10 +290,19 @@ impl Broker {
             now,
             expires_at,
         };
-        let issued = self
-            .provide(&secret, request, None)
-            .await?
-            .ok_or_else(|| BrokerError::Unavailable("the provider issued nothing".into()))?;
+        let issued = match self.provide(&secret, request, None).await {
+            Ok(Some(issued)) => issued,
+            Ok(None) => {
+                forget();
+                return Err(BrokerError::Unavailable(
+                    "the provider issued nothing".into(),
+                ));
+            }
+            Err(error) => {
+                forget();
+                return Err(error);
+            }
+        };
         let is_jwt = secret.spec.source.kind() == Some(SourceKind::Jwt);
         let claims = LeaseClaims {
             version: CLAIMS_VERSION,
@@ -495,6 +543,12 @@ impl Broker {
     }
 
     async fn revoke_claims(&self, claims: &LeaseClaims) -> Result<(), BrokerError> {
+        self.live_leases.forget(
+            &claims.pod_uid,
+            &claims.secret_namespace,
+            &claims.secret_name,
+            claims.max_expires_at,
+        );
         async fn call<P: Provider>(
             broker: &Broker,
             provider: &P,

@@ -117,9 +117,27 @@ pub fn lease_terms(
             }
         }
     };
+    // A Grant is a cache of a policy's decision, not an authority: what it
+    // names beyond the secret's own audiences and scopes is never issued.
+    let (secret_audience, secret_scopes) = secret
+        .source
+        .jwt
+        .as_ref()
+        .map(|jwt| (jwt.audience.as_slice(), jwt.scopes.as_slice()))
+        .unwrap_or_default();
+    let within = |granted: &[String], allowed: &[String]| -> Vec<String> {
+        granted
+            .iter()
+            .filter(|value| allowed.contains(value))
+            .cloned()
+            .collect()
+    };
+    let granted_audience = within(&grant.audience, secret_audience);
+    let granted_scopes = within(&grant.scopes, secret_scopes);
     let audience =
-        narrowed(&request.audience, &grant.audience).map_err(TermsError::AudienceNotGranted)?;
-    let scopes = narrowed(&request.scopes, &grant.scopes).map_err(TermsError::ScopesNotGranted)?;
+        narrowed(&request.audience, &granted_audience).map_err(TermsError::AudienceNotGranted)?;
+    let scopes =
+        narrowed(&request.scopes, &granted_scopes).map_err(TermsError::ScopesNotGranted)?;
     Ok(LeaseTerms {
         ttl,
         max_expires_at,
@@ -203,6 +221,38 @@ mod tests {
                 .to_string();
             assert!(error.contains(expected), "{wider}: {error}");
         }
+    }
+
+    #[test]
+    fn a_grant_wider_than_its_secret_issues_only_what_the_secret_has() {
+        let mut wide = grant("30m");
+        wide.audience = vec!["orders".into(), "admin-api".into()];
+        wide.scopes = vec!["read".into(), "superuser".into()];
+        let terms = lease_terms(&jwt_secret(), &wide, &request(json!({})), now()).unwrap();
+        assert_eq!(terms.audience, ["orders"]);
+        assert_eq!(terms.scopes, ["read"]);
+        let error = lease_terms(
+            &jwt_secret(),
+            &wide,
+            &request(json!({"audience": ["admin-api"]})),
+            now(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            error,
+            TermsError::AudienceNotGranted(vec!["admin-api".into()])
+        );
+        let error = lease_terms(
+            &jwt_secret(),
+            &wide,
+            &request(json!({"scopes": ["superuser"]})),
+            now(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            error,
+            TermsError::ScopesNotGranted(vec!["superuser".into()])
+        );
     }
 
     #[test]

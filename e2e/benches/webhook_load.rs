@@ -18,7 +18,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ferry_api::resources::Grant;
+use ferry_api::resources::{AccessPolicy, Grant};
 use ferry_e2e::https_client::{HttpsClient, send};
 use ferry_e2e::{
     Cluster, KillOnDrop, bench_setting, free_port, http_get, install_crds, percentile,
@@ -101,12 +101,32 @@ async fn main() {
     let cluster = Cluster::start().await.unwrap();
     let client = cluster.client().unwrap();
     install_crds(&client).await.unwrap();
-    let namespace: Namespace =
-        serde_json::from_value(json!({"metadata": {"name": "orders"}})).unwrap();
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &namespace)
-        .await
+    for name in ["orders", "payments"] {
+        let namespace: Namespace =
+            serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &namespace)
+            .await
+            .unwrap();
+    }
+    // The AccessPolicy behind the fixture's two Grants (the webhook honours
+    // a Grant only while its policy names it), by secret namespace.
+    let mut policy_uids = std::collections::BTreeMap::new();
+    for (namespace, secret) in [("orders", "orders-db"), ("payments", "orders-key")] {
+        let policy: AccessPolicy = serde_json::from_value(json!({
+            "apiVersion": "ferry.dev/v1alpha1", "kind": "AccessPolicy",
+            "metadata": {"name": "p"},
+            "spec": {"subjects": [{"serviceAccount": {"name": "api", "namespace": "orders"}}],
+                     "secrets": [{"name": secret}]},
+        }))
         .unwrap();
+        let created = Api::<AccessPolicy>::namespaced(client.clone(), namespace)
+            .create(&PostParams::default(), &policy)
+            .await
+            .unwrap();
+        policy_uids.insert(namespace, created.metadata.uid.unwrap());
+    }
+    let policy_uids = &policy_uids;
     // The fixture's two Grants among 10,000, as in a busy cluster.
     let grants = Api::<Grant>::namespaced(client.clone(), "orders");
     futures::stream::iter(0..grant_count)
@@ -120,9 +140,10 @@ async fn main() {
                 };
                 let grant: Grant = serde_json::from_value(json!({
                     "apiVersion": "ferry.dev/v1alpha1", "kind": "Grant",
-                    "metadata": {"name": format!("g-{i}")},
+                    "metadata": {"name": format!("g-{i}"),
+                                 "labels": {"app.kubernetes.io/managed-by": "ferry-operator"}},
                     "spec": {"serviceAccount": sa, "secret": {"namespace": secret.0, "name": secret.1},
-                             "maxTtl": "1h", "policy": {"namespace": secret.0, "name": "p", "uid": "u"}},
+                             "maxTtl": "1h", "policy": {"namespace": secret.0, "name": "p", "uid": policy_uids[secret.0]}},
                 }))
                 .unwrap();
                 grants.create(&PostParams::default(), &grant).await.unwrap();

@@ -32,6 +32,9 @@ namespace-controller,garbage-collector-controller,replicaset-controller,\
 deployment-controller,root-ca-certificate-publisher-controller,\
 clusterrole-aggregation-controller,job-controller";
 
+/// The username of the harness's admin (group `system:masters`).
+pub const ADMIN_USER: &str = "ferry-e2e-admin";
+
 /// The service-account token issuer of harness clusters.
 pub const SERVICE_ACCOUNT_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
 
@@ -150,8 +153,7 @@ impl Cluster {
             &pki_dir,
             "apiserver",
         )?;
-        let admin =
-            authority.client_cert("ferry-e2e-admin", Some("system:masters"), &pki_dir, "admin")?;
+        let admin = authority.client_cert(ADMIN_USER, Some("system:masters"), &pki_dir, "admin")?;
         let controller_manager = authority.client_cert(
             "system:kube-controller-manager",
             None,

@@ -142,6 +142,56 @@ async fn ensure_service_account(
     }
 }
 
+/// For tests and benchmarks that run no operator: writes, as the operator
+/// would, the AccessPolicy `secret_namespace/policy` granting the secret
+/// `secret_namespace/secret` to `subject`, and its Grant `grant_name` in
+/// the subject's namespace, labelled and pointing at the policy's uid (the
+/// broker and the webhook honour no other Grant).
+pub async fn direct_grant(
+    client: &kube::Client,
+    subject: Subject<'_>,
+    secret_namespace: &str,
+    secret: &str,
+    policy: &str,
+    grant_name: &str,
+) -> Result<Grant, HarnessError> {
+    let policy_name = policy;
+    let policy = create_object::<AccessPolicy>(
+        client,
+        secret_namespace,
+        json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "AccessPolicy",
+               "metadata": {"name": policy_name},
+               "spec": {"subjects": [{"serviceAccount":
+                                       {"name": subject.name, "namespace": subject.namespace}}],
+                        "secrets": [{"name": secret}]}}),
+    )
+    .await;
+    let policy = match policy {
+        Ok(policy) => policy,
+        // Several Grants of one policy: it names them all, or the test says so.
+        Err(HarnessError::Kube(kube::Error::Api(status))) if status.code == 409 => {
+            Api::<AccessPolicy>::namespaced(client.clone(), secret_namespace)
+                .get(policy_name)
+                .await?
+        }
+        Err(error) => return Err(error),
+    };
+    let uid = policy.metadata.uid.clone().unwrap_or_default();
+    create_object::<Grant>(
+        client,
+        subject.namespace,
+        json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "Grant",
+               "metadata": {"name": grant_name,
+                            "labels": {ferry_contract::MANAGED_BY_LABEL: ferry_contract::OPERATOR_MANAGER,
+                                       ferry_contract::POLICY_UID_LABEL: uid}},
+               "spec": {"serviceAccount": subject.name,
+                        "secret": {"namespace": secret_namespace, "name": secret},
+                        "maxTtl": "1h",
+                        "policy": {"namespace": secret_namespace, "name": policy_name, "uid": uid}}}),
+    )
+    .await
+}
+
 /// For benchmarks, which run no operator: namespaces `payments` and
 /// `shop`; in `payments` the Secret `api-key` (a 64-byte `token` and a
 /// `url`) and each of `secrets` (name and spec) as a BrokeredSecret, each
@@ -167,17 +217,19 @@ pub async fn bench_tenant(
     )
     .await?;
     for (name, spec) in secrets {
-        let secret: BrokeredSecret = serde_json::from_value(
-            json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "BrokeredSecret",
-                   "metadata": {"name": name, "namespace": "payments"}, "spec": spec}),
+        create_brokered_secret_from(client, "payments", name, spec.clone()).await?;
+        direct_grant(
+            client,
+            Subject {
+                namespace: "shop",
+                name: "checkout",
+            },
+            "payments",
+            name,
+            &format!("bench-{name}"),
+            &format!("{name}-for-checkout"),
         )
-        .map_err(|e| HarnessError::Process(format!("BrokeredSecret {name}: {e}")))?;
-        create_brokered_secret(client, &secret).await?;
-        let grant = testing::grant("shop", "checkout", ("payments", name))
-            .name(&format!("{name}-for-checkout"))
-            .policy("bench", "bench")
-            .build();
-        create_resource(client, &grant).await?;
+        .await?;
     }
     create_object::<ServiceAccount>(client, "shop", json!({"metadata": {"name": "checkout"}}))
         .await?;

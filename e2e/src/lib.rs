@@ -13,6 +13,7 @@ mod broker;
 mod cluster;
 mod crds;
 mod fixtures;
+mod grant_policy;
 pub mod https_client;
 pub mod images;
 mod kubelet;
@@ -32,8 +33,9 @@ pub use cluster::{Cluster, controlplane_bin_dir};
 pub use crds::install_crds;
 pub use fixtures::{
     Subject, bench_tenant, create_brokered_secret, create_brokered_secret_from, create_resource,
-    grant, grant_to,
+    direct_grant, grant, grant_to,
 };
+pub use grant_policy::{harness_grant_writers, install_grant_policy};
 pub use kubelet::{REAL_NODE_NAME, RealNode};
 pub use log_capture::{capture_logs, capture_logs_at, captured_logs};
 pub use node::{NODE_NAME, NodeStandIn, PodRun, SeenFile};

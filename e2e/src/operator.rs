@@ -7,6 +7,7 @@ use std::sync::Arc;
 use crate::HarnessError;
 use crate::background::Background;
 use ferry_api::confinement::Installation;
+use ferry_operator::controller::GrantLimits;
 use ferry_operator::metrics::OperatorMetrics;
 
 /// The controllers running on a thread of their own (with their own tokio
@@ -19,7 +20,7 @@ pub struct RunningOperator {
 impl RunningOperator {
     /// Starts the controllers with the identity of `config`.
     pub fn start(config: kube::Config) -> Result<Self, HarnessError> {
-        Self::start_in(config, Installation::default())
+        Self::start_with(config, Installation::default(), GrantLimits::default())
     }
 
     /// Starts the controllers with the identity of `config`, judging
@@ -27,6 +28,24 @@ impl RunningOperator {
     pub fn start_in(
         config: kube::Config,
         installation: Installation,
+    ) -> Result<Self, HarnessError> {
+        Self::start_with(config, installation, GrantLimits::default())
+    }
+
+    /// Starts the controllers with the identity of `config`, capping
+    /// Grants at `limits`.
+    pub fn start_with_limits(
+        config: kube::Config,
+        limits: GrantLimits,
+    ) -> Result<Self, HarnessError> {
+        Self::start_with(config, Installation::default(), limits)
+    }
+
+    /// Starts the controllers with every setting given.
+    fn start_with(
+        config: kube::Config,
+        installation: Installation,
+        limits: GrantLimits,
     ) -> Result<Self, HarnessError> {
         let registry = prometheus::Registry::new();
         let metrics = Arc::new(
@@ -37,11 +56,12 @@ impl RunningOperator {
         let background = Background::spawn("ferry-operator", move |shutdown| async move {
             match kube::Client::try_from(config) {
                 Ok(client) => {
-                    ferry_operator::controller::run_in(
+                    ferry_operator::controller::run_with(
                         client,
                         thread_metrics,
                         Some("e2e".into()),
                         installation,
+                        limits,
                         shutdown,
                     )
                     .await

@@ -474,10 +474,19 @@ async fn broker_does_its_job_with_exactly_its_documented_rbac() {
         .await
         .unwrap();
     // A Grant as the operator would write it (no operator runs here).
-    let written = testing::grant(&app, "checkout", (&owner, "api-key"))
-        .name("api-key-for-checkout")
-        .build();
-    create_resource(&client, &written).await.unwrap();
+    ferry_e2e::direct_grant(
+        &client,
+        ferry_e2e::Subject {
+            namespace: &app,
+            name: "checkout",
+        },
+        &owner,
+        "api-key",
+        "p",
+        "api-key-for-checkout",
+    )
+    .await
+    .unwrap();
     create_object::<ServiceAccount>(&client, &app, json!({"metadata": {"name": "checkout"}}))
         .await
         .unwrap();

@@ -432,6 +432,7 @@ async fn webhook_does_its_job_with_exactly_its_documented_rbac() {
     let subject = format!("--as=system:serviceaccount:{FERRY_NAMESPACE}:ferry-webhook");
     for (verb, resource, expected) in [
         ("watch", "grants.ferry.dev", "yes"),
+        ("watch", "accesspolicies.ferry.dev", "yes"),
         ("get", "secrets", "no"),
         ("list", "pods", "no"),
         ("create", "grants.ferry.dev", "no"),
@@ -460,15 +461,16 @@ async fn webhook_does_its_job_with_exactly_its_documented_rbac() {
         .await
         .unwrap();
     // A Grant as the operator would write it (no operator runs here).
-    create_object::<Grant>(
+    ferry_e2e::direct_grant(
         &client,
+        ferry_e2e::Subject {
+            namespace: &ns,
+            name: "checkout",
+        },
         &ns,
-        json!({
-            "apiVersion": "ferry.dev/v1alpha1", "kind": "Grant",
-            "metadata": {"name": "orders-db-for-checkout"},
-            "spec": {"serviceAccount": "checkout", "secret": {"namespace": ns, "name": "orders-db"},
-                     "maxTtl": "1h", "policy": {"namespace": ns, "name": "p", "uid": "u"}},
-        }),
+        "orders-db",
+        "p",
+        "orders-db-for-checkout",
     )
     .await
     .unwrap();

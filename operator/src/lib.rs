@@ -10,4 +10,5 @@
 
 pub mod certificates;
 pub mod controller;
+pub mod grant_admission;
 pub mod metrics;

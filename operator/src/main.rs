@@ -51,6 +51,13 @@ struct RunArgs {
     /// Name of the leader-election Lease.
     #[arg(long, env = "FERRY_LEASE_NAME", default_value = "ferry-operator")]
     lease_name: String,
+    /// Most Grants one AccessPolicy may produce; beyond it the policy is
+    /// Ready=False with reason TooManyGrants and no new Grant is written.
+    #[arg(long, env = "FERRY_MAX_GRANTS_PER_POLICY", default_value_t = controller::DEFAULT_MAX_GRANTS_PER_POLICY, value_parser = at_least_one)]
+    max_grants_per_policy: usize,
+    /// Most Grants the AccessPolicies of one namespace may produce together.
+    #[arg(long, env = "FERRY_MAX_GRANTS_PER_NAMESPACE", default_value_t = controller::DEFAULT_MAX_GRANTS_PER_NAMESPACE, value_parser = at_least_one)]
+    max_grants_per_namespace: usize,
     #[command(flatten)]
     certificates: CertificateArgs,
     /// JWT issuers BrokeredSecrets may name besides the broker's, per
@@ -59,6 +66,15 @@ struct RunArgs {
     /// says what the broker does.
     #[arg(long, env = "FERRY_ALLOWED_ISSUERS", default_value = "")]
     allowed_issuers: String,
+}
+
+/// A cap: a whole number of at least 1.
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(value) => Ok(value),
+        Err(error) => Err(format!("{text:?} is not a whole number: {error}")),
+    }
 }
 
 /// Options of the certificate manager of `ferry-operator run`.
@@ -185,11 +201,16 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         ));
     }
 
-    let controllers = controller::run_in(
+    let limits = controller::GrantLimits {
+        per_policy: args.max_grants_per_policy,
+        per_namespace: args.max_grants_per_namespace,
+    };
+    let controllers = controller::run_with(
         client,
         metrics.clone(),
         Some(identity),
         installation,
+        limits,
         shutdown.clone(),
     );
     tokio::pin!(controllers);

@@ -6,14 +6,13 @@
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use ferry_api::resources::Grant;
-use ferry_api::testing;
 use ferry_runtime::grant_index::GrantIndex;
 use ferry_webhook::admission::review_pod_admission;
 use ferry_webhook::config::InjectionConfig;
 use ferry_webhook::mutation::{Injection, inject_sidecar};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 fn fixture() -> Vec<u8> {
     std::fs::read(concat!(
@@ -24,9 +23,14 @@ fn fixture() -> Vec<u8> {
 }
 
 fn grant(sa: &str, secret: (&str, &str), i: usize) -> Grant {
-    testing::grant("orders", sa, secret)
-        .name(&format!("g-{i}"))
-        .build()
+    serde_json::from_value(json!({
+        "apiVersion": "ferry.dev/v1alpha1", "kind": "Grant",
+        "metadata": {"name": format!("g-{i}"), "namespace": "orders",
+                     "labels": {"app.kubernetes.io/managed-by": "ferry-operator"}},
+        "spec": {"serviceAccount": sa, "secret": {"namespace": secret.0, "name": secret.1},
+                 "maxTtl": "1h", "policy": {"namespace": secret.0, "name": "p", "uid": format!("u-{}", secret.0)}},
+    }))
+    .unwrap()
 }
 
 /// The fixture's two Grants among 10,000 others, as in a busy cluster.
@@ -36,7 +40,18 @@ fn grants() -> GrantIndex {
         grant("api", ("payments", "orders-key"), 1),
     ];
     all.extend((2..10_000).map(|i| grant(&format!("sa-{i}"), ("orders", "orders-db"), i)));
-    GrantIndex::from_grants(all)
+    // The AccessPolicy behind the Grants of each secret namespace.
+    let policies: [ferry_api::resources::AccessPolicy; 2] =
+        ["orders", "payments"].map(|namespace| {
+            serde_json::from_value(json!({
+                "apiVersion": "ferry.dev/v1alpha1", "kind": "AccessPolicy",
+                "metadata": {"name": "p", "namespace": namespace, "uid": format!("u-{namespace}")},
+                "spec": {"subjects": [{"namespaceSelector": {}, "serviceAccountName": "api"}],
+                         "secrets": [{"name": "orders-db"}, {"name": "orders-key"}]},
+            }))
+            .unwrap()
+        });
+    GrantIndex::from_objects(all, policies)
 }
 
 fn bench(c: &mut Criterion) {

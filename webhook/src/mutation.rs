@@ -91,6 +91,11 @@ pub enum Refusal {
     /// The pod already uses a name or path ferry needs.
     #[error("{0}")]
     Clash(String),
+    /// A container other than ferry's sidecar mounts the token volume.
+    #[error(
+        "container {0} mounts volume {TOKEN_VOLUME_NAME}: only ferry's sidecar may hold the pod's broker token; remove that volumeMount"
+    )]
+    TokenMounted(String),
     /// The service account lacks a Grant for some requested secrets.
     #[error("{}", missing_grants_message(.namespace, .service_account, .missing))]
     MissingGrants {
@@ -111,6 +116,7 @@ impl Refusal {
             Self::SecretsAnnotation(_) => "invalid_secrets_annotation",
             Self::MountPath(_) => "invalid_mount_path",
             Self::Clash(_) => "clash",
+            Self::TokenMounted(_) => "token_mounted",
             Self::MissingGrants { .. } => "missing_grant",
         }
     }
@@ -167,6 +173,9 @@ pub fn inject_sidecar(
     }
     let annotations = pod.metadata.annotations.as_ref();
     let annotation = |key: &str| annotations.and_then(|annotations| annotations.get(key));
+    // Also on reinvocation: another webhook may have added a container
+    // since ferry injected the pod.
+    check_token_confined(pod)?;
     if annotation(STATUS_ANNOTATION).is_some() {
         return Ok(Injection::Untouched(Untouched::AlreadyInjected));
     }
@@ -211,6 +220,44 @@ pub fn inject_sidecar(
         secrets,
         warnings,
     })
+}
+
+/// Refuses a pod in which any container but ferry's sidecar mounts the
+/// token volume: the token proves the pod to the broker, and the README
+/// promises that only the sidecar holds it. A container mounting it before
+/// injection would get it once the webhook adds the volume.
+fn check_token_confined(pod: &Pod) -> Result<(), Refusal> {
+    let Some(spec) = pod.spec.as_ref() else {
+        return Ok(());
+    };
+    let sidecar = |name: &str| name == SIDECAR_CONTAINER_NAME;
+    let containers = spec
+        .containers
+        .iter()
+        .map(|c| (&c.name, &c.volume_mounts, false))
+        .chain(
+            spec.init_containers
+                .iter()
+                .flatten()
+                .map(|c| (&c.name, &c.volume_mounts, true)),
+        )
+        .chain(
+            spec.ephemeral_containers
+                .iter()
+                .flatten()
+                .map(|c| (&c.name, &c.volume_mounts, false)),
+        );
+    for (name, mounts, init) in containers {
+        // The sidecar is ferry's init container; an app container of that
+        // name is refused as a clash elsewhere.
+        if init && sidecar(name) {
+            continue;
+        }
+        if mounts.iter().flatten().any(|m| m.name == TOKEN_VOLUME_NAME) {
+            return Err(Refusal::TokenMounted(Quoted::new(name).to_string()));
+        }
+    }
+    Ok(())
 }
 
 /// Refuses pods that already use a volume, container or mount path ferry

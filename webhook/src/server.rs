@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ferry_api::resources::Grant;
+use ferry_api::resources::{AccessPolicy, Grant};
 use ferry_runtime::admin::{AdminState, Readiness};
 use ferry_runtime::grant_index::GrantIndex;
 use ferry_runtime::https::{
@@ -147,10 +147,18 @@ pub async fn serve(
 
     let mut tasks = tokio::task::JoinSet::new();
     {
-        let (grants, shutdown) = (grants.clone(), shutdown.clone());
+        let (grants, client, shutdown) = (grants.clone(), client.clone(), shutdown.clone());
         tasks.spawn(async move {
             grants
                 .maintain(kube::Api::<Grant>::all(client), shutdown)
+                .await
+        });
+    }
+    {
+        let (policies, shutdown) = (grants.policies().clone(), shutdown.clone());
+        tasks.spawn(async move {
+            policies
+                .maintain(kube::Api::<AccessPolicy>::all(client), shutdown)
                 .await
         });
     }

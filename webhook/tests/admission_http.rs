@@ -5,14 +5,14 @@
 use std::sync::Arc;
 
 use base64::Engine as _;
-use ferry_api::resources::Grant;
-use ferry_api::testing;
+use ferry_api::resources::{Grant, GrantSpec, PolicyReference, SecretReference};
 use ferry_contract as contract;
 use ferry_runtime::grant_index::GrantIndex;
 use ferry_webhook::config::InjectionConfig;
 use ferry_webhook::metrics::WebhookMetrics;
 use ferry_webhook::server::{MAX_BODY_BYTES, WebhookState, mutate_route};
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::Value;
 
 fn fixture(name: &str) -> Vec<u8> {
@@ -21,7 +21,36 @@ fn fixture(name: &str) -> Vec<u8> {
 }
 
 fn grant(service_account: &str, secret: (&str, &str)) -> Grant {
-    testing::grant("orders", service_account, secret).build()
+    Grant {
+        metadata: ObjectMeta {
+            namespace: Some("orders".into()),
+            name: Some(format!("{}.p.{}.{service_account}", secret.0, secret.1)),
+            labels: Some(
+                [(
+                    contract::MANAGED_BY_LABEL.to_string(),
+                    contract::OPERATOR_MANAGER.to_string(),
+                )]
+                .into(),
+            ),
+            ..ObjectMeta::default()
+        },
+        spec: GrantSpec {
+            service_account: service_account.into(),
+            secret: SecretReference {
+                namespace: secret.0.into(),
+                name: secret.1.into(),
+            },
+            max_ttl: "1h".into(),
+            audience: vec![],
+            scopes: vec![],
+            valid_until: None,
+            policy: PolicyReference {
+                namespace: secret.0.into(),
+                name: "p".into(),
+                uid: format!("uid-{}", secret.0),
+            },
+        },
+    }
 }
 
 /// The fixtures' world: `orders/api` holds both secrets it asks for.
@@ -34,10 +63,23 @@ fn state(grants: GrantIndex) -> WebhookState {
 }
 
 fn granted() -> WebhookState {
-    state(GrantIndex::from_grants([
+    let grants = [
         grant("api", ("orders", "orders-db")),
         grant("api", ("payments", "orders-key")),
-    ]))
+    ];
+    // The AccessPolicy behind each Grant, as the operator derived it.
+    let policies = grants.iter().map(|grant| {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "ferry.dev/v1alpha1", "kind": "AccessPolicy",
+            "metadata": {"name": "p", "namespace": grant.spec.secret.namespace,
+                         "uid": grant.spec.policy.uid},
+            "spec": {"subjects": [{"serviceAccount": {"namespace": "orders", "name": "api"}}],
+                     "secrets": [{"name": grant.spec.secret.name}]},
+        }))
+        .unwrap()
+    });
+    let policies: Vec<ferry_api::resources::AccessPolicy> = policies.collect();
+    state(GrantIndex::from_objects(grants, policies))
 }
 
 async fn post(state: &WebhookState, body: &[u8]) -> (u16, Value) {

@@ -83,7 +83,7 @@ fn corrupted_admission_reviews_are_answered_or_refused_never_a_panic() {
         .unwrap()
     });
     let config = InjectionConfig::default();
-    let grants = GrantIndex::from_grants([]);
+    let grants = GrantIndex::from_objects([], []);
     let now = Timestamp::now();
     let mut rng = Rng(0x5eed_f00d_cafe_d00d);
     let (mut answered, mut refused) = (0, 0);

@@ -10,9 +10,14 @@
 //! reconciling. This module holds what both share: the watches that feed
 //! them, the context they read, and how failures are counted and retried.
 
+mod limits;
 mod policy;
 mod secret;
 mod status;
+
+pub use limits::{
+    DEFAULT_MAX_GRANTS_PER_NAMESPACE, DEFAULT_MAX_GRANTS_PER_POLICY, GrantLimits, TOO_MANY_GRANTS,
+};
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -98,6 +103,7 @@ pub struct Context {
     metrics: Arc<OperatorMetrics>,
     caches_filled: tokio::sync::watch::Receiver<bool>,
     installation: Installation,
+    limits: GrantLimits,
 }
 
 impl Context {
@@ -134,31 +140,33 @@ async fn announce_filled(
     }
 }
 
-/// Runs both controllers until `shutdown` completes, in an installation
-/// with default limits (ferry's default namespace, no extra JWT issuers).
+/// Runs both controllers until `shutdown` completes, with the default
+/// installation and [`GrantLimits`].
 pub async fn run(
     client: Client,
     metrics: Arc<OperatorMetrics>,
     reporter_instance: Option<String>,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
-    run_in(
+    run_with(
         client,
         metrics,
         reporter_instance,
         Installation::default(),
+        GrantLimits::default(),
         shutdown,
     )
     .await;
 }
 
 /// Runs both controllers until `shutdown` completes, judging
-/// BrokeredSecrets by `installation`'s limits (the broker's must be the same).
-pub async fn run_in(
+/// BrokeredSecrets by `installation` and capping Grants at `limits`.
+pub async fn run_with(
     client: Client,
     metrics: Arc<OperatorMetrics>,
     reporter_instance: Option<String>,
     installation: Installation,
+    limits: GrantLimits,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
     let (secrets, secrets_writer) = reflector::store();
@@ -184,6 +192,7 @@ pub async fn run_in(
         metrics,
         caches_filled,
         installation,
+        limits,
     });
 
     let policies = Controller::new(

@@ -17,7 +17,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 
 use super::status::{ready_condition, write_status};
-use super::{Context, POLICY_FINALIZER, RESYNC, ReconcileError};
+use super::{Context, POLICY_FINALIZER, RESYNC, ReconcileError, TOO_MANY_GRANTS};
 use ferry_api::grants::{PolicyWorld, derive_grants, next_expiry};
 use ferry_api::resources::{AccessPolicy, AccessPolicyStatus, BrokeredSecret, Grant};
 
@@ -79,8 +79,29 @@ async fn apply_policy(policy: &AccessPolicy, ctx: &Context) -> Result<Action, Re
     );
 
     let existing = ctx.grants.state_filter(|g| g.spec.policy.uid == uid);
+    let others = ctx
+        .grants
+        .state()
+        .iter()
+        .filter(|g| g.spec.policy.namespace == namespace && g.spec.policy.uid != uid)
+        .count();
+    let over_cap = ctx
+        .limits
+        .exceeded(&namespace, derivation.grants.len(), others);
+    // Over a cap, no Grant is added: those the policy already holds and
+    // still derives stay (no outage for what was granted), the rest go.
+    let desired_grants: Vec<&Grant> = derivation
+        .grants
+        .iter()
+        .filter(|desired| {
+            over_cap.is_none()
+                || existing.iter().any(|g| {
+                    g.namespace() == desired.namespace() && g.name_any() == desired.name_any()
+                })
+        })
+        .collect();
     let apply = PatchParams::apply(OPERATOR_MANAGER).force();
-    for desired in &derivation.grants {
+    for desired in desired_grants.iter().copied() {
         let (grant_ns, name) = (desired.namespace().unwrap_or_default(), desired.name_any());
         let unchanged = existing.iter().any(|g| {
             g.namespace().as_deref() == Some(grant_ns.as_str())
@@ -104,8 +125,7 @@ async fn apply_policy(policy: &AccessPolicy, ctx: &Context) -> Result<Action, Re
                 "applying Grant {grant_ns}/{name}"
             )))?;
     }
-    let wanted: BTreeSet<(String, String)> = derivation
-        .grants
+    let wanted: BTreeSet<(String, String)> = desired_grants
         .iter()
         .map(|g| (g.namespace().unwrap_or_default(), g.name_any()))
         .collect();
@@ -125,6 +145,8 @@ async fn apply_policy(policy: &AccessPolicy, ctx: &Context) -> Result<Action, Re
             "Expired".to_string(),
             "validUntil has passed; the policy grants nothing".to_string(),
         )
+    } else if let Some(message) = &over_cap {
+        ("False", TOO_MANY_GRANTS.to_string(), message.clone())
     } else if let Some(first) = derivation.problems.first() {
         let all: Vec<String> = derivation
             .problems
@@ -152,7 +174,7 @@ async fn apply_policy(policy: &AccessPolicy, ctx: &Context) -> Result<Action, Re
         conditions: vec![ready.clone()],
         observed_generation: policy.metadata.generation,
         subjects: Some(derivation.subjects as i64),
-        grants: Some(derivation.grants.len() as i64),
+        grants: Some(desired_grants.len() as i64),
     };
     write_status(ctx, policy, &current, &desired, &current.conditions, &ready).await?;
 
