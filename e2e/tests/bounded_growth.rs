@@ -12,7 +12,7 @@ use std::time::Duration;
 use ferry_api::resources::{AccessPolicy, BrokeredSecret, Grant};
 use ferry_broker::lease_id::LeaseKeys;
 use ferry_broker::live_leases::DEFAULT_MAX_LIVE_LEASES;
-use ferry_contract::DEFAULT_BROKER_AUDIENCE;
+use ferry_contract::{BROKERABLE, BROKERABLE_LABEL, DEFAULT_BROKER_AUDIENCE};
 use ferry_e2e::https_client::HttpsClient;
 use ferry_e2e::{
     Cluster, RunningBroker, RunningOperator, create_object, eventually, install_crds,
@@ -70,7 +70,8 @@ async fn namespaces(prefix: &str, secrets: &[&str], accounts: &[&str]) -> (Clien
     create_object::<Secret>(
         &client,
         &owner,
-        json!({"metadata": {"name": "api-key"}, "stringData": {"token": "t0k3n"}}),
+        json!({"metadata": {"name": "api-key", "labels": {BROKERABLE_LABEL: BROKERABLE}},
+               "stringData": {"token": "t0k3n"}}),
     )
     .await
     .unwrap();

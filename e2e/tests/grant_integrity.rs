@@ -23,7 +23,8 @@ use std::time::Duration;
 use ferry_api::resources::{AccessPolicy, BrokeredSecret, Grant};
 use ferry_broker::lease_id::LeaseKeys;
 use ferry_contract::{
-    DEFAULT_BROKER_AUDIENCE, INJECT_LABEL, MANAGED_BY_LABEL, OPERATOR_MANAGER, SECRETS_ANNOTATION,
+    BROKERABLE, BROKERABLE_LABEL, DEFAULT_BROKER_AUDIENCE, INJECT_LABEL, MANAGED_BY_LABEL,
+    OPERATOR_MANAGER, SECRETS_ANNOTATION,
 };
 use ferry_e2e::https_client::HttpsClient;
 use ferry_e2e::{
@@ -272,7 +273,8 @@ async fn broker_and_webhook_honour_only_grants_with_a_live_policy_naming_them() 
     create_object::<Secret>(
         &client,
         &owner,
-        json!({"metadata": {"name": "api-key"}, "stringData": {"token": "t0k3n"}}),
+        json!({"metadata": {"name": "api-key", "labels": {BROKERABLE_LABEL: BROKERABLE}},
+               "stringData": {"token": "t0k3n"}}),
     )
     .await
     .unwrap();

@@ -115,6 +115,16 @@ async fn binary_serves_the_apiserver_reloads_its_certificate_and_exits_cleanly_o
     second_ca
         .serving_cert(&["127.0.0.1"], &tls_dir, "serving")
         .unwrap();
+    // The binary notices the new files on its own (it reloads every
+    // second here); only then can the apiserver's calls under the new CA
+    // tell a reload from a call made on the old configuration.
+    eventually("the binary to reload its certificate", WAIT, || async {
+        std::fs::read_to_string(&log_path)
+            .ok()
+            .filter(|log| log.contains("serving certificate reloaded"))
+            .map(drop)
+    })
+    .await;
     register(&client, addr, &second_ca.cert_pem()).await;
     eventually(
         "the apiserver to reach the webhook with the rotated certificate",
