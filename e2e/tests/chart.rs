@@ -290,6 +290,9 @@ fn default_render_replicates_and_hardens_every_component() {
         let pod = &deployment["spec"]["template"]["spec"];
         assert_eq!(pod["serviceAccountName"], name);
         assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+        // The TLS Secret's files are mode 0440: the non-root process reads
+        // them through its group (without it the pods crash-loop).
+        assert_eq!(pod["securityContext"]["fsGroup"], 65532);
         assert_eq!(
             pod["securityContext"]["seccompProfile"]["type"],
             "RuntimeDefault"

@@ -34,6 +34,9 @@ app.kubernetes.io/component: {{ index . 1 }}
 runAsNonRoot: true
 runAsUser: 65532
 runAsGroup: 65532
+# The TLS Secret's files (mode 0440) belong to this group, so the
+# non-root process can read them.
+fsGroup: 65532
 seccompProfile:
   type: RuntimeDefault
 {{- end }}
@@ -63,6 +66,13 @@ podAntiAffinity:
   valueFrom:
     fieldRef:
       fieldPath: metadata.namespace
+{{- with .Values.kubernetesApi.host }}
+{{- /* The kubelet sets these from the `kubernetes` Service; a container's own env wins. */}}
+- name: KUBERNETES_SERVICE_HOST
+  value: {{ . | quote }}
+- name: KUBERNETES_SERVICE_PORT
+  value: {{ $.Values.kubernetesApi.port | quote }}
+{{- end }}
 {{- end }}
 
 {{/* The JWT issuer allow-list, as the operator and the broker both read it:
