@@ -44,7 +44,7 @@ pub use pod_stack::PodStack;
 pub use postgres::{Postgres, postgres_bin_dir};
 pub use stack::{FERRY_NAMESPACE, Stack};
 pub use webhook::{RunningWebhook, wait_webhook_active};
-pub use world::{LEASE_KEY, Tenant, World};
+pub use world::{LEASE_KEY, Tenant, World, broker_pod};
 
 /// Polls `check` until it returns `Some`, and returns that; panics naming
 /// `what` after `deadline`. Tests wait on conditions, never fixed sleeps.

@@ -6,7 +6,7 @@
 use ferry_api::resources::BrokeredSecret;
 use ferry_api::testing::{self, BrokeredSecretBuilder};
 use ferry_broker::lease_id::LeaseKeys;
-use ferry_contract::{BROKERABLE, BROKERABLE_LABEL, DEFAULT_BROKER_AUDIENCE};
+use ferry_contract::{BROKERABLE, BROKERABLE_LABEL, DEFAULT_BROKER_AUDIENCE, INJECT_LABEL};
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use serde_json::{Value, json};
 use tokio::sync::OnceCell;
@@ -113,15 +113,27 @@ impl Tenant {
     /// app namespace (it never runs: the broker only needs it to exist),
     /// and returns it with a token bound to it for the broker.
     pub async fn pod(&self, name: &str, account: &str) -> Result<(Pod, String), HarnessError> {
-        let pod: Pod = create_object(
-            &self.client,
-            &self.app,
-            json!({"metadata": {"name": name, "labels": {"ferry.dev/inject": "true"}},
-                   "spec": {"serviceAccountName": account,
-                            "containers": [{"name": "app", "image": "app:1"}]}}),
-        )
-        .await?;
-        let token = pod_bound_token(&self.client, &pod, DEFAULT_BROKER_AUDIENCE, 600).await?;
-        Ok((pod, token))
+        broker_pod(&self.client, &self.app, name, account).await
     }
+}
+
+/// Creates the opted-in pod `namespace/name` of service account `account`
+/// (it never runs: the broker only needs it to exist), and returns it with
+/// a token bound to it for the broker.
+pub async fn broker_pod(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    account: &str,
+) -> Result<(Pod, String), HarnessError> {
+    let pod: Pod = create_object(
+        client,
+        namespace,
+        json!({"metadata": {"name": name, "labels": {INJECT_LABEL: "true"}},
+               "spec": {"serviceAccountName": account,
+                        "containers": [{"name": "app", "image": "app:1"}]}}),
+    )
+    .await?;
+    let token = pod_bound_token(client, &pod, DEFAULT_BROKER_AUDIENCE, 600).await?;
+    Ok((pod, token))
 }

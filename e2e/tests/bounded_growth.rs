@@ -12,14 +12,13 @@ use std::time::Duration;
 use ferry_api::resources::{AccessPolicy, BrokeredSecret, Grant};
 use ferry_broker::lease_id::LeaseKeys;
 use ferry_broker::live_leases::DEFAULT_MAX_LIVE_LEASES;
-use ferry_contract::{BROKERABLE, BROKERABLE_LABEL, DEFAULT_BROKER_AUDIENCE};
+use ferry_contract::{BROKERABLE, BROKERABLE_LABEL};
 use ferry_e2e::https_client::HttpsClient;
 use ferry_e2e::{
-    Cluster, RunningBroker, RunningOperator, create_object, eventually, install_crds,
-    pod_bound_token,
+    Cluster, RunningBroker, RunningOperator, broker_pod, create_object, eventually, install_crds,
 };
 use ferry_operator::controller::{GrantLimits, TOO_MANY_GRANTS};
-use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
@@ -275,18 +274,7 @@ async fn the_broker_refuses_duplicate_secrets_and_caps_live_leases_per_pod_and_s
     )
     .await;
     ready_reason(&client, &owner, "checkout", "Granted").await;
-    let pod: Pod = create_object(
-        &client,
-        &app,
-        json!({"metadata": {"name": "api", "labels": {"ferry.dev/inject": "true"}},
-               "spec": {"serviceAccountName": "checkout",
-                        "containers": [{"name": "app", "image": "app:1"}]}}),
-    )
-    .await
-    .unwrap();
-    let token = pod_bound_token(&client, &pod, DEFAULT_BROKER_AUDIENCE, 600)
-        .await
-        .unwrap();
+    let (_pod, token) = broker_pod(&client, &app, "api", "checkout").await.unwrap();
     let broker = world().await.broker.client().unwrap();
     let one = json!({"secrets": [{"namespace": owner, "name": "api-key"}]});
     let first = eventually("the broker to issue the first lease", WAIT, || async {

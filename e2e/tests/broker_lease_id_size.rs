@@ -10,12 +10,10 @@ use std::time::Duration;
 
 use ferry_api::resources::{AccessPolicy, BrokeredSecret, Grant};
 use ferry_broker::lease_id::LeaseKeys;
-use ferry_contract::DEFAULT_BROKER_AUDIENCE;
 use ferry_e2e::{
-    Cluster, RunningBroker, RunningOperator, create_object, eventually, install_crds,
-    pod_bound_token,
+    Cluster, RunningBroker, RunningOperator, broker_pod, create_object, eventually, install_crds,
 };
-use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::api::{Api, ListParams};
 use serde_json::json;
 
@@ -71,16 +69,7 @@ async fn a_lease_with_every_audience_and_scope_the_schema_allows_renews_and_revo
         .then_some(())
     })
     .await;
-    let pod: Pod = create_object(
-        &client,
-        &app,
-        json!({"metadata": {"name": "caller-0", "labels": {"ferry.dev/inject": "true"}},
-               "spec": {"serviceAccountName": "caller",
-                        "containers": [{"name": "app", "image": "app:1"}]}}),
-    )
-    .await
-    .unwrap();
-    let token = pod_bound_token(&client, &pod, DEFAULT_BROKER_AUDIENCE, 600)
+    let (_pod, token) = broker_pod(&client, &app, "caller-0", "caller")
         .await
         .unwrap();
 

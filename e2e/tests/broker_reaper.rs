@@ -11,10 +11,9 @@ use std::time::Duration;
 use base64::Engine as _;
 use ferry_api::testing;
 use ferry_broker::lease_id::LeaseKeys;
-use ferry_contract::DEFAULT_BROKER_AUDIENCE;
 use ferry_e2e::{
-    Cluster, Postgres, RunningBroker, RunningOperator, create_brokered_secret, create_object,
-    eventually, grant, install_crds, pod_bound_token,
+    Cluster, Postgres, RunningBroker, RunningOperator, broker_pod, create_brokered_secret,
+    create_object, eventually, grant, install_crds,
 };
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, DeleteParams};
@@ -78,18 +77,7 @@ async fn a_restarted_broker_reaps_what_was_orphaned_while_it_was_down() {
     let broker = first.client().unwrap();
     let mut roles = Vec::new();
     for (pod_name, ttl) in [("deleted", "10m"), ("expiring", "3s"), ("staying", "10m")] {
-        let pod: Pod = create_object(
-            &client,
-            &ns,
-            json!({"metadata": {"name": pod_name, "labels": {"ferry.dev/inject": "true"}},
-                   "spec": {"serviceAccountName": "app",
-                            "containers": [{"name": "app", "image": "app:1"}]}}),
-        )
-        .await
-        .unwrap();
-        let token = pod_bound_token(&client, &pod, DEFAULT_BROKER_AUDIENCE, 600)
-            .await
-            .unwrap();
+        let (_pod, token) = broker_pod(&client, &ns, pod_name, "app").await.unwrap();
         let body = serde_json::to_vec(
             &json!({"secrets": [{"namespace": ns, "name": "orders-db", "ttl": ttl}]}),
         )

@@ -11,13 +11,12 @@
 use std::time::Duration;
 
 use ferry_broker::lease_id::LeaseKeys;
-use ferry_contract::{BROKERABLE, BROKERABLE_LABEL, DEFAULT_BROKER_AUDIENCE};
+use ferry_contract::{BROKERABLE, BROKERABLE_LABEL};
 use ferry_e2e::{
-    Cluster, Postgres, RunningBroker, RunningOperator, Subject, capture_logs,
+    Cluster, Postgres, RunningBroker, RunningOperator, Subject, broker_pod, capture_logs,
     create_brokered_secret_from, create_object, eventually, grant_to, install_crds,
-    pod_bound_token,
 };
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::Secret;
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -118,18 +117,7 @@ async fn an_admin_dsn_without_sslmode_gets_verified_tls() {
     grant_to(&client, &owner, "checkout", subject, json!(entries))
         .await
         .unwrap();
-    let pod: Pod = create_object(
-        &client,
-        &app,
-        json!({"metadata": {"name": "api", "labels": {"ferry.dev/inject": "true"}},
-               "spec": {"serviceAccountName": "checkout",
-                        "containers": [{"name": "app", "image": "app:1"}]}}),
-    )
-    .await
-    .unwrap();
-    let token = pod_bound_token(&client, &pod, DEFAULT_BROKER_AUDIENCE, 600)
-        .await
-        .unwrap();
+    let (_pod, token) = broker_pod(&client, &app, "api", "checkout").await.unwrap();
 
     for (name, _, expected) in &cases {
         let body =

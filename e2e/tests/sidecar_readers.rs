@@ -14,12 +14,12 @@ use std::time::Duration;
 
 use ferry_api::testing;
 use ferry_broker::lease_id::LeaseKeys;
-use ferry_contract::{BROKERABLE, BROKERABLE_LABEL, DEFAULT_BROKER_AUDIENCE, READY_MARKER, env};
+use ferry_contract::{BROKERABLE, BROKERABLE_LABEL, READY_MARKER, env};
 use ferry_e2e::{
-    Cluster, KillOnDrop, RunningBroker, RunningOperator, create_brokered_secret, create_object,
-    eventually, grant, install_crds, pod_bound_token, workspace_binary,
+    Cluster, KillOnDrop, RunningBroker, RunningOperator, broker_pod, create_brokered_secret,
+    create_object, eventually, grant, install_crds, workspace_binary,
 };
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -65,16 +65,7 @@ async fn a_reader_of_a_replaced_secret_keeps_its_whole_old_content() {
         .service_account(&app, "reader")
         .secret("bundle");
     grant(&client, policy.build()).await.unwrap();
-    let pod: Pod = create_object(
-        &client,
-        &app,
-        json!({"metadata": {"name": "reader-0", "labels": {"ferry.dev/inject": "true"}},
-               "spec": {"serviceAccountName": "reader",
-                        "containers": [{"name": "app", "image": "app:1"}]}}),
-    )
-    .await
-    .unwrap();
-    let token = pod_bound_token(&client, &pod, DEFAULT_BROKER_AUDIENCE, 600)
+    let (_pod, token) = broker_pod(&client, &app, "reader-0", "reader")
         .await
         .unwrap();
     let http = broker.client().unwrap();

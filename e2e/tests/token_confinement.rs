@@ -14,13 +14,12 @@ use ferry_api::confinement::Installation;
 use ferry_api::resources::BrokeredSecret;
 use ferry_broker::lease_id::LeaseKeys;
 use ferry_broker::routes::default_rate_limit;
-use ferry_contract::{DEFAULT_BROKER_AUDIENCE, SECRET_CLAIM};
+use ferry_contract::SECRET_CLAIM;
 use ferry_e2e::https_client::HttpsClient;
 use ferry_e2e::{
-    Cluster, RunningBroker, RunningOperator, Subject, capture_logs, create_brokered_secret_from,
-    create_object, eventually, grant_to, install_crds, pod_bound_token,
+    Cluster, RunningBroker, RunningOperator, Subject, broker_pod, capture_logs,
+    create_brokered_secret_from, eventually, grant_to, install_crds,
 };
-use k8s_openapi::api::core::v1::Pod;
 use kube::Client;
 use kube::api::Api;
 use serde_json::{Value, json};
@@ -107,18 +106,7 @@ async fn start() -> World {
         .await
         .unwrap();
     }
-    let pod: Pod = create_object(
-        &client,
-        &app,
-        json!({"metadata": {"name": "api", "labels": {"ferry.dev/inject": "true"}},
-               "spec": {"serviceAccountName": "checkout",
-                        "containers": [{"name": "app", "image": "app:1"}]}}),
-    )
-    .await
-    .unwrap();
-    let token = pod_bound_token(&client, &pod, DEFAULT_BROKER_AUDIENCE, 600)
-        .await
-        .unwrap();
+    let (_pod, token) = broker_pod(&client, &app, "api", "checkout").await.unwrap();
     World {
         _operator: operator,
         broker,
