@@ -6,10 +6,11 @@
 //! [`providers`], the HTTPS API is [`routes`], the keys the replicas share
 //! are kept by [`keys`], expired credentials are dropped by [`reaper`],
 //! and [`server::run`] wires it all into the `ferry-operator broker`
-//! process. It depends on
-//! `ferry-contract` (the wire types), `ferry-api` and `ferry-runtime`;
-//! no other ferry crate depends on it but the `ferry-operator` binary,
-//! which serves it as `ferry-operator broker`.
+//! process. It depends on `ferry-contract` (the wire types), `ferry-api`
+//! and `ferry-runtime`; no other ferry crate depends on it but the
+//! `ferry-operator` binary, which serves it as `ferry-operator broker`. It
+//! must never depend on the operator's library, the webhook or the sidecar,
+//! nor on certificate generation (`e2e/tests/dependencies.rs` checks).
 
 pub mod auth;
 pub mod jwt_keys;
