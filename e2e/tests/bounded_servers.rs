@@ -16,20 +16,20 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use ferry_api::resources::{AccessPolicy, BrokeredSecret, Grant};
+use ferry_api::testing;
 use ferry_broker::auth::ReviewLimits;
 use ferry_broker::lease_id::{LeaseKeys, generate_lease_key};
 use ferry_broker::routes::default_rate_limit;
 use ferry_contract as contract;
 use ferry_e2e::{
-    Cluster, RunningBroker, RunningOperator, RunningWebhook, create_object, eventually,
-    install_crds, pod_bound_token, wait_webhook_active,
+    Cluster, RunningBroker, RunningOperator, RunningWebhook, create_brokered_secret, eventually,
+    grant, install_crds, pod_bound_token, wait_webhook_active,
 };
 use ferry_runtime::serving::ServingLimits;
 use ferry_webhook::config::InjectionConfig;
-use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::Pod;
 use kube::Client;
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, PostParams};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::{Value, json};
@@ -346,39 +346,17 @@ async fn connections_past_an_addresss_share_are_closed_while_other_addresses_are
 /// Grants service account `checkout` (created here) the BrokeredSecret
 /// `orders-db` in `ns`, and waits for the Grant.
 async fn grant_orders_db_to_checkout(client: &Client, ns: &str) {
-    create_object::<ServiceAccount>(client, ns, json!({"metadata": {"name": "checkout"}}))
+    let secret = testing::brokered_secret(ns, "orders-db")
+        .ttl("15m")
+        .max_ttl("1h")
+        .postgres("db-admin", "dsn");
+    create_brokered_secret(client, &secret.build())
         .await
         .unwrap();
-    create_object::<BrokeredSecret>(
-        client,
-        ns,
-        json!({
-            "apiVersion": "ferry.dev/v1alpha1", "kind": "BrokeredSecret",
-            "metadata": {"name": "orders-db"},
-            "spec": {"ttl": "15m", "maxTtl": "1h",
-                     "source": {"postgres": {"connectionSecretRef": {"name": "db-admin"}}}},
-        }),
-    )
-    .await
-    .unwrap();
-    create_object::<AccessPolicy>(
-        client,
-        ns,
-        json!({
-            "apiVersion": "ferry.dev/v1alpha1", "kind": "AccessPolicy",
-            "metadata": {"name": "checkout-orders"},
-            "spec": {"subjects": [{"serviceAccount": {"name": "checkout", "namespace": ns}}],
-                     "secrets": [{"name": "orders-db"}]},
-        }),
-    )
-    .await
-    .unwrap();
-    let grants = Api::<Grant>::namespaced(client.clone(), ns);
-    eventually("the Grant for checkout", WAIT, || async {
-        let list = grants.list(&ListParams::default()).await.unwrap();
-        (!list.items.is_empty()).then_some(())
-    })
-    .await;
+    let policy = testing::access_policy(ns, "checkout-orders")
+        .service_account(ns, "checkout")
+        .secret("orders-db");
+    grant(client, policy.build()).await.unwrap();
 }
 
 /// Creates a labelled pod `name` granted `orders-db`, retrying while the

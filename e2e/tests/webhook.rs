@@ -8,11 +8,11 @@
 
 use std::time::Duration;
 
-use ferry_api::resources::{AccessPolicy, BrokeredSecret, Grant};
+use ferry_api::testing;
 use ferry_contract as contract;
 use ferry_e2e::{
-    Cluster, RunningOperator, RunningWebhook, create_object, eventually, install_crds,
-    wait_webhook_active,
+    Cluster, RunningOperator, RunningWebhook, create_brokered_secret, create_object, eventually,
+    grant, install_crds, wait_webhook_active,
 };
 use ferry_webhook::config::InjectionConfig;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -61,39 +61,17 @@ fn webhook_config() -> InjectionConfig {
 /// Grants service account `checkout` (created here) the BrokeredSecret
 /// `orders-db` in `ns`, and waits for the Grant.
 async fn grant_orders_db_to_checkout(client: &Client, ns: &str) {
-    create_object::<ServiceAccount>(client, ns, json!({"metadata": {"name": "checkout"}}))
+    let secret = testing::brokered_secret(ns, "orders-db")
+        .ttl("15m")
+        .max_ttl("1h")
+        .postgres("db-admin", "dsn");
+    create_brokered_secret(client, &secret.build())
         .await
         .unwrap();
-    create_object::<BrokeredSecret>(
-        client,
-        ns,
-        json!({
-            "apiVersion": "ferry.dev/v1alpha1", "kind": "BrokeredSecret",
-            "metadata": {"name": "orders-db"},
-            "spec": {"ttl": "15m", "maxTtl": "1h",
-                     "source": {"postgres": {"connectionSecretRef": {"name": "db-admin"}}}},
-        }),
-    )
-    .await
-    .unwrap();
-    create_object::<AccessPolicy>(
-        client,
-        ns,
-        json!({
-            "apiVersion": "ferry.dev/v1alpha1", "kind": "AccessPolicy",
-            "metadata": {"name": "checkout-orders"},
-            "spec": {"subjects": [{"serviceAccount": {"name": "checkout", "namespace": ns}}],
-                     "secrets": [{"name": "orders-db"}]},
-        }),
-    )
-    .await
-    .unwrap();
-    let grants = Api::<Grant>::namespaced(client.clone(), ns);
-    eventually("the Grant for checkout", WAIT, || async {
-        let list = grants.list(&ListParams::default()).await.unwrap();
-        (!list.items.is_empty()).then_some(())
-    })
-    .await;
+    let policy = testing::access_policy(ns, "checkout-orders")
+        .service_account(ns, "checkout")
+        .secret("orders-db");
+    grant(client, policy.build()).await.unwrap();
 }
 
 fn pod_spec(name: &str, labels: Value, annotations: Value) -> Value {
