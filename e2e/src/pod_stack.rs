@@ -5,14 +5,11 @@
 
 use std::sync::Mutex;
 
-use ferry_broker::lease_id::{LeaseKeys, generate_lease_key};
 use ferry_webhook::config::InjectionConfig;
-use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, PostParams};
 
+use crate::stack::start_components;
 use crate::{
-    Cluster, FERRY_NAMESPACE, HarnessError, RealNode, RunningBroker, RunningOperator,
-    RunningWebhook, images, install_crds,
+    Cluster, HarnessError, RealNode, RunningBroker, RunningOperator, RunningWebhook, images,
 };
 
 /// ferry running for the real node's pods, until dropped.
@@ -30,41 +27,17 @@ impl PodStack {
     /// `node`.
     pub async fn start(cluster: &Cluster, node: &RealNode) -> Result<Self, HarnessError> {
         let _ = node;
-        let client = cluster.client()?;
-        install_crds(&client).await?;
-        let namespace = Namespace {
-            metadata: kube::api::ObjectMeta {
-                name: Some(FERRY_NAMESPACE.into()),
-                ..Default::default()
-            },
-            ..Namespace::default()
-        };
-        match Api::<Namespace>::all(client.clone())
-            .create(&PostParams::default(), &namespace)
-            .await
-        {
-            Ok(_) => {}
-            Err(kube::Error::Api(status)) if status.code == 409 => {}
-            Err(error) => return Err(error.into()),
-        }
-        let operator = RunningOperator::start(cluster.config().clone())?;
-        let key = generate_lease_key()
-            .map_err(|_| HarnessError::Process("generating a lease key".into()))?;
-        let broker = RunningBroker::start(cluster, LeaseKeys::new(&key, &[]))?;
-        let broker_url = broker.url();
-        let webhook = RunningWebhook::start(
+        let (operator, broker, webhook) = start_components(
             cluster,
             InjectionConfig {
-                ferry_namespace: FERRY_NAMESPACE.into(),
-                broker_url: broker_url.clone(),
-                broker_ca_pem: Some(cluster.authority().cert_pem()),
                 sidecar_image: images::sidecar_image(),
                 // The image was imported; nothing can be pulled here.
                 image_pull_policy: "Never".into(),
                 ..InjectionConfig::default()
             },
-        )?;
-        webhook.register(&client, FERRY_NAMESPACE).await?;
+        )
+        .await?;
+        let broker_url = broker.url();
         Ok(Self {
             webhook,
             broker: Mutex::new(Some(broker)),

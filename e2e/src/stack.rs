@@ -34,38 +34,9 @@ pub struct Stack {
 impl Stack {
     /// Installs and starts everything against `cluster`.
     pub async fn start(cluster: &Cluster) -> Result<Self, HarnessError> {
-        let client = cluster.client()?;
-        install_crds(&client).await?;
-        let namespace = Namespace {
-            metadata: kube::api::ObjectMeta {
-                name: Some(FERRY_NAMESPACE.into()),
-                ..Default::default()
-            },
-            ..Namespace::default()
-        };
-        match Api::<Namespace>::all(client.clone())
-            .create(&PostParams::default(), &namespace)
-            .await
-        {
-            Ok(_) => {}
-            Err(kube::Error::Api(status)) if status.code == 409 => {}
-            Err(error) => return Err(error.into()),
-        }
-        let operator = RunningOperator::start(cluster.config().clone())?;
-        let key = generate_lease_key()
-            .map_err(|_| HarnessError::Process("generating a lease key".into()))?;
-        let broker = RunningBroker::start(cluster, LeaseKeys::new(&key, &[]))?;
+        let (operator, broker, webhook) =
+            start_components(cluster, InjectionConfig::default()).await?;
         let broker_url = broker.url();
-        let webhook = RunningWebhook::start(
-            cluster,
-            InjectionConfig {
-                ferry_namespace: FERRY_NAMESPACE.into(),
-                broker_url: broker_url.clone(),
-                broker_ca_pem: Some(cluster.authority().cert_pem()),
-                ..InjectionConfig::default()
-            },
-        )?;
-        webhook.register(&client, FERRY_NAMESPACE).await?;
         let node = NodeStandIn::start(
             cluster.config().clone(),
             &workspace_binary("ferry-sidecar")?,
@@ -104,4 +75,45 @@ impl Stack {
             broker.stop();
         }
     }
+}
+
+/// Installs the CRDs and ferry's namespace and starts the operator, a
+/// broker and the webhook (registered), the webhook injecting as
+/// `injection` says, pointed at that broker in ferry's namespace.
+pub(crate) async fn start_components(
+    cluster: &Cluster,
+    injection: InjectionConfig,
+) -> Result<(RunningOperator, RunningBroker, RunningWebhook), HarnessError> {
+    let client = cluster.client()?;
+    install_crds(&client).await?;
+    let namespace = Namespace {
+        metadata: kube::api::ObjectMeta {
+            name: Some(FERRY_NAMESPACE.into()),
+            ..Default::default()
+        },
+        ..Namespace::default()
+    };
+    match Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &namespace)
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(status)) if status.code == 409 => {}
+        Err(error) => return Err(error.into()),
+    }
+    let operator = RunningOperator::start(cluster.config().clone())?;
+    let key =
+        generate_lease_key().map_err(|_| HarnessError::Process("generating a lease key".into()))?;
+    let broker = RunningBroker::start(cluster, LeaseKeys::new(&key, &[]))?;
+    let webhook = RunningWebhook::start(
+        cluster,
+        InjectionConfig {
+            ferry_namespace: FERRY_NAMESPACE.into(),
+            broker_url: broker.url(),
+            broker_ca_pem: Some(cluster.authority().cert_pem()),
+            ..injection
+        },
+    )?;
+    webhook.register(&client, FERRY_NAMESPACE).await?;
+    Ok((operator, broker, webhook))
 }
