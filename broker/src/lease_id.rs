@@ -58,6 +58,62 @@ pub struct LeaseClaims {
     /// The JWT scopes the lease was narrowed to, kept for renewal.
     #[serde(rename = "sc", default, skip_serializing_if = "Option::is_none")]
     pub scopes: Option<Vec<String>>,
+    /// The lease's serial: random at issuance and kept by every renewal,
+    /// so a revocation names the lease, not one of its ids. Empty in ids
+    /// sealed before serials existed (see [`LeaseClaims::serial`]).
+    #[serde(rename = "n", default, skip_serializing_if = "String::is_empty")]
+    pub serial: String,
+}
+
+/// The length of a serial in hex digits (128 random bits).
+pub const SERIAL_HEX_DIGITS: usize = 32;
+
+impl LeaseClaims {
+    /// The serial that names this lease and all its renewals: the one it
+    /// carries, or for an id sealed without one, a digest of what all its
+    /// renewals share (its pod, secret and handle), so revoking such a
+    /// lease also refuses that pod's other serial-less leases of the
+    /// secret, never another pod's. Always [`SERIAL_HEX_DIGITS`] lowercase
+    /// hex digits, fit for an object name.
+    pub fn serial(&self) -> String {
+        let carried = self.serial.len() == SERIAL_HEX_DIGITS
+            && self
+                .serial
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if carried {
+            return self.serial.clone();
+        }
+        use sha2::Digest as _;
+        let mut digest = sha2::Sha256::new();
+        for part in [
+            &self.pod_uid,
+            &self.secret_namespace,
+            &self.secret_name,
+            &self.handle,
+            &self.serial,
+        ] {
+            digest.update((part.len() as u64).to_be_bytes());
+            digest.update(part.as_bytes());
+        }
+        hex(&digest.finalize()[..SERIAL_HEX_DIGITS / 2])
+    }
+}
+
+/// A new random serial from the OS's CSPRNG.
+pub fn generate_serial() -> Result<String, ring::error::Unspecified> {
+    use ring::rand::SecureRandom;
+    let mut serial = [0u8; SERIAL_HEX_DIGITS / 2];
+    ring::rand::SystemRandom::new().fill(&mut serial)?;
+    Ok(hex(&serial))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes.iter().fold(String::new(), |mut out, byte| {
+        let _ = write!(out, "{byte:02x}");
+        out
+    })
 }
 
 /// The current claims version.
@@ -175,6 +231,7 @@ mod tests {
             max_expires_at: 1_800_003_600,
             audience: vec![],
             scopes: None,
+            serial: "00112233445566778899aabbccddeeff".into(),
         }
     }
 
@@ -266,6 +323,52 @@ mod tests {
                 .to_string()
                 .contains("too long")
         );
+    }
+
+    #[test]
+    fn a_lease_is_named_by_the_serial_it_carries() {
+        assert_eq!(claims().serial(), "00112233445566778899aabbccddeeff");
+        let renewed = LeaseClaims {
+            issued_at: 1_800_000_600,
+            expires_at: 1_800_001_500,
+            ..claims()
+        };
+        assert_eq!(renewed.serial(), claims().serial());
+        let serial = generate_serial().unwrap();
+        assert_eq!(serial.len(), SERIAL_HEX_DIGITS);
+        assert_ne!(serial, generate_serial().unwrap());
+    }
+
+    #[test]
+    fn a_lease_without_a_serial_is_named_by_its_pod_secret_and_handle() {
+        let legacy = LeaseClaims {
+            serial: String::new(),
+            ..claims()
+        };
+        let serial = legacy.serial();
+        assert_eq!(serial.len(), SERIAL_HEX_DIGITS);
+        assert!(
+            serial
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        );
+        let renewed = LeaseClaims {
+            expires_at: legacy.expires_at + 600,
+            ..legacy.clone()
+        };
+        assert_eq!(renewed.serial(), serial);
+        let other_pod = LeaseClaims {
+            pod_uid: "another".into(),
+            ..legacy.clone()
+        };
+        assert_ne!(other_pod.serial(), serial);
+        // Not an object name: digested like a missing one, never used as is.
+        let odd = LeaseClaims {
+            serial: "../X".into(),
+            ..claims()
+        };
+        assert_ne!(odd.serial(), "../X");
+        assert_eq!(odd.serial().len(), SERIAL_HEX_DIGITS);
     }
 
     #[test]

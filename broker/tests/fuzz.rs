@@ -48,6 +48,7 @@ fn claims() -> impl Strategy<Value = LeaseClaims> {
         (any::<i64>(), any::<i64>(), any::<i64>()),
         prop::collection::vec(text(253), 0..=16),
         proptest::option::of(prop::collection::vec("[!#-\\[\\]-~]{1,128}", 0..=32)),
+        "[0-9a-f]{32}",
     )
         .prop_map(
             |(
@@ -55,6 +56,7 @@ fn claims() -> impl Strategy<Value = LeaseClaims> {
                 (issued_at, expires_at, max_expires_at),
                 audience,
                 scopes,
+                serial,
             )| LeaseClaims {
                 version: CLAIMS_VERSION,
                 secret_namespace,
@@ -66,6 +68,7 @@ fn claims() -> impl Strategy<Value = LeaseClaims> {
                 max_expires_at,
                 audience,
                 scopes,
+                serial,
             },
         )
 }
