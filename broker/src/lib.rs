@@ -4,7 +4,8 @@
 //!
 //! The decision core is [`service`], the sources of credentials are
 //! [`providers`], the HTTPS API is [`routes`], the keys the replicas share
-//! are kept by [`keys`], expired credentials are dropped by [`reaper`],
+//! are kept by [`keys`], revoked leases are remembered by [`revocations`],
+//! expired credentials are dropped by [`reaper`],
 //! and [`server::run`] wires it all into the `ferry-operator broker`
 //! process. It depends on `ferry-contract` (the wire types), `ferry-api`
 //! and `ferry-runtime`; no other ferry crate depends on it but the
@@ -21,6 +22,7 @@ pub mod metrics;
 pub mod pods;
 pub mod providers;
 pub mod reaper;
+pub mod revocations;
 pub mod routes;
 pub mod server;
 pub mod service;

@@ -216,7 +216,7 @@ async fn revoke(state: &BrokerState, caller: Caller, id: &str) -> Response {
     let started = Instant::now();
     let result = async {
         let pod = authenticate(state, "revoke", caller).await?;
-        state.broker.revoke(&pod, id).await
+        state.broker.revoke(&pod, id, Timestamp::now()).await
     }
     .await;
     state

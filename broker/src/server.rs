@@ -25,6 +25,7 @@ use crate::providers::jwt::JwtProvider;
 use crate::providers::kubernetes_secret::KubernetesSecretProvider;
 use crate::providers::postgres::PostgresProvider;
 use crate::providers::secret_reader::SecretReader;
+use crate::revocations::Revocations;
 use crate::routes::{BrokerState, broker_routes};
 use crate::service::Broker;
 use crate::{jwt_keys, keys, reaper};
@@ -54,7 +55,8 @@ pub struct BrokerArgs {
     /// The audience sidecar tokens must carry.
     #[arg(long, env = "FERRY_BROKER_AUDIENCE", default_value = ferry_contract::DEFAULT_BROKER_AUDIENCE)]
     pub audience: String,
-    /// ferry's namespace, where the lease-key Secret lives.
+    /// ferry's namespace, where the lease-key Secret and the records of
+    /// revoked leases live.
     #[arg(long, env = "POD_NAMESPACE", default_value = ferry_contract::DEFAULT_NAMESPACE)]
     pub namespace: String,
     /// Name of the Secret holding the key that seals lease ids (created
@@ -304,6 +306,11 @@ pub async fn serve(
             }
         });
     }
+    let revocations = Revocations::new(client.clone(), &options.installation.namespace);
+    {
+        let (revocations, shutdown) = (revocations.clone(), shutdown.clone());
+        tasks.spawn(async move { revocations.maintain(shutdown).await });
+    }
     let grants_synced = grants.clone();
     let secret_reader = Arc::new(SecretReader::new(client.clone()));
     let state = Arc::new(BrokerState {
@@ -317,6 +324,7 @@ pub async fn serve(
             metrics,
             installation: options.installation,
             live_leases: LiveLeases::default(),
+            revocations,
         },
         authenticator: Authenticator::new(
             client,
@@ -361,6 +369,7 @@ pub async fn serve(
                 _ = async {
                     grants.wait_synced().await;
                     pods.wait_synced().await;
+                    state.broker.revocations.wait_synced().await;
                     state.broker.secrets.wait_until_ready().await
                 } => readiness.set_ready(),
             }

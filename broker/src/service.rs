@@ -15,7 +15,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use zeroize::Zeroizing;
 
 use super::auth::PodIdentity;
-use super::lease_id::{CLAIMS_VERSION, LeaseClaims, LeaseIdError, LeaseKeys};
+use super::lease_id::{CLAIMS_VERSION, LeaseClaims, LeaseIdError, LeaseKeys, generate_serial};
 use super::live_leases::LiveLeases;
 use super::metrics::BrokerMetrics;
 use super::pods::PodIndex;
@@ -23,6 +23,7 @@ use super::providers::jwt::JwtProvider;
 use super::providers::kubernetes_secret::KubernetesSecretProvider;
 use super::providers::postgres::PostgresProvider;
 use super::providers::{IssueRequest, Issued, Provider, ProviderError, ReapContext, Reaped};
+use super::revocations::{RevocationError, Revocations};
 use super::templates::{Variables, render_files};
 use super::terms::{TermsError, lease_terms};
 use ferry_api::confinement::Installation;
@@ -109,6 +110,12 @@ impl From<ProviderError> for BrokerError {
     }
 }
 
+impl From<RevocationError> for BrokerError {
+    fn from(error: RevocationError) -> Self {
+        Self::Unavailable(error.to_string())
+    }
+}
+
 impl From<LeaseIdError> for BrokerError {
     fn from(error: LeaseIdError) -> Self {
         Self::BadRequest(error.to_string())
@@ -136,6 +143,8 @@ pub struct Broker {
     pub installation: Installation,
     /// Live leases per (pod, secret), capped.
     pub live_leases: LiveLeases,
+    /// The leases revoked by any replica, which never renew.
+    pub revocations: Revocations,
 }
 
 /// The audit record of one decision.
@@ -259,6 +268,9 @@ impl Broker {
     ) -> Result<(Lease, LeaseClaims), BrokerError> {
         let (secret, grant) = self.authorize(pod, &asked.namespace, &asked.name, now)?;
         let terms = lease_terms(&secret.spec, &grant.spec, asked, now).map_err(terms_error)?;
+        let serial = generate_serial().map_err(|_| {
+            BrokerError::Unavailable("the system's random number generator failed".into())
+        })?;
         let expires_at = now.as_second() + seconds(terms.ttl);
         if !self.live_leases.reserve(
             &pod.pod_uid,
@@ -319,6 +331,7 @@ impl Broker {
                 vec![]
             },
             scopes: is_jwt.then(|| terms.scopes.clone()),
+            serial,
         };
         let lease = self.lease(&claims, Some(issued), now);
         Ok((lease, claims))
@@ -478,6 +491,12 @@ impl Broker {
                 audit.secret
             )));
         }
+        if self.revocations.is_revoked(&claims).await? {
+            return Err(BrokerError::Conflict(format!(
+                "lease for {} was revoked; request a new one",
+                audit.secret
+            )));
+        }
         let (secret, grant) =
             self.authorize(pod, &claims.secret_namespace, &claims.secret_name, now)?;
         // Renewal keeps the narrowing the lease was issued with.
@@ -517,10 +536,17 @@ impl Broker {
         Ok(lease)
     }
 
-    /// Revokes the lease `id` for `pod` now. Revoking an expired lease, or
-    /// one of a secret since deleted, succeeds: its credential is gone or
-    /// going either way.
-    pub async fn revoke(&self, pod: &PodIdentity, id: &str) -> Result<(), BrokerError> {
+    /// Revokes the lease `id` for `pod` now: no replica renews it again
+    /// (the revocation is recorded for all of them before anything else),
+    /// and the provider drops what it can (a PostgreSQL role). Revoking an
+    /// expired lease, or one of a secret since deleted, succeeds: its
+    /// credential is gone or going either way.
+    pub async fn revoke(
+        &self,
+        pod: &PodIdentity,
+        id: &str,
+        now: Timestamp,
+    ) -> Result<(), BrokerError> {
         let mut audit = Audit {
             action: "revoke",
             pod,
@@ -531,7 +557,16 @@ impl Broker {
         let result = match self.open_own(pod, id) {
             Ok(claims) => {
                 audit.secret = qualified(&claims.secret_namespace, &claims.secret_name);
-                self.revoke_claims(&claims).await
+                // Past its maxTtl no id of the lease renews: nothing to record.
+                let recorded = if claims.max_expires_at > now.as_second() {
+                    self.revocations.record(&claims, now.as_second()).await
+                } else {
+                    Ok(())
+                };
+                match recorded {
+                    Ok(()) => self.revoke_claims(&claims).await,
+                    Err(error) => Err(error.into()),
+                }
             }
             Err(error) => Err(error),
         };
@@ -600,6 +635,15 @@ impl Broker {
         // kubernetesSecret copies and JWTs die on their own.
         let reaped = self.postgres.reap(context).await;
         self.metrics.observe_reaped(self.postgres.kind(), &reaped);
+        let records = self
+            .revocations
+            .reap(
+                &|uid| pods.presence(uid),
+                now.as_second(),
+                seconds(unknown_pod_grace),
+            )
+            .await;
+        self.metrics.observe_reaped("revocation_record", &records);
         reaped
     }
 }

@@ -16,6 +16,9 @@ use ferry_contract::DEFAULT_BROKER_AUDIENCE;
 use ferry_runtime::admin::Readiness;
 use ferry_runtime::https::ReloadingCertificate;
 use ferry_runtime::serving::ServingLimits;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::Api;
+use kube::api::PostParams;
 
 use crate::background::{Background, bind_loopback, wait_ready};
 use crate::https_client::HttpsClient;
@@ -133,7 +136,13 @@ impl RunningBroker {
         let readiness = Readiness::not_ready("starting");
         let registry = prometheus::Registry::new();
         let (thread_readiness, thread_registry) = (readiness.clone(), registry.clone());
+        let admin_config = cluster.config().clone();
         let background = Background::spawn("ferry-broker", move |shutdown| async move {
+            // ferry's namespace holds the records of revoked leases; an
+            // installation creates it before the broker starts.
+            if let Err(error) = ensure_namespace(admin_config, &installation.namespace).await {
+                return tracing::error!(%error, "creating ferry's namespace for the broker");
+            }
             let client = match kube::Client::try_from(kube_config) {
                 Ok(client) => client,
                 Err(error) => return tracing::error!(%error, "broker client"),
@@ -193,5 +202,24 @@ impl RunningBroker {
     /// Stops the broker and waits for it to drain.
     pub fn stop(mut self) {
         self.background.stop();
+    }
+}
+
+/// Creates the namespace `name` unless it exists.
+async fn ensure_namespace(admin: kube::Config, name: &str) -> Result<(), kube::Error> {
+    let namespace = Namespace {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        ..Namespace::default()
+    };
+    match Api::<Namespace>::all(kube::Client::try_from(admin)?)
+        .create(&PostParams::default(), &namespace)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+        Err(error) => Err(error),
     }
 }

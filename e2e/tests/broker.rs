@@ -398,6 +398,11 @@ async fn broker_does_its_job_with_exactly_its_documented_rbac() {
             Some("ferry-system"),
             "yes",
         ),
+        ("watch", "configmaps", Some("ferry-system"), "yes"),
+        ("create", "configmaps", Some("ferry-system"), "yes"),
+        ("delete", "configmaps", Some("ferry-system"), "yes"),
+        ("update", "configmaps", Some("ferry-system"), "no"),
+        ("create", "configmaps", Some("default"), "no"),
         ("create", "pods/exec", Some("default"), "no"),
         ("create", "grants.ferry.dev", None, "no"),
     ] {
@@ -499,6 +504,18 @@ async fn broker_does_its_job_with_exactly_its_documented_rbac() {
             .unwrap(),
         PLANTED.as_bytes()
     );
+    // Revocation is recorded, and checked at renewal, under the same rules.
+    let id = lease["id"].as_str().unwrap();
+    let revoked = https
+        .request("DELETE", &format!("/v1/leases/{id}"), Some(&token), b"")
+        .await
+        .unwrap();
+    assert_eq!(revoked.status, 204, "{:?}", revoked.json());
+    let renewed = https
+        .request("POST", &format!("/v1/leases/{id}/renew"), Some(&token), b"")
+        .await
+        .unwrap();
+    assert_eq!(renewed.status, 409, "{:?}", renewed.json());
 }
 
 #[tokio::test]
