@@ -24,6 +24,7 @@ pub mod pki;
 mod pod_stack;
 mod postgres;
 mod process;
+pub mod sidecar_process;
 mod stack;
 mod webhook;
 mod world;

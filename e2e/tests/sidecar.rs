@@ -7,29 +7,21 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 use ferry_contract::{READY_MARKER, env};
-use ferry_e2e::{Cluster, KillOnDrop, Tenant, World, eventually, workspace_binary};
+use ferry_e2e::sidecar_process::{SidecarProcess, SidecarSpec};
+use ferry_e2e::{Cluster, Tenant, World, eventually};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use serde_json::{Value, json};
+use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(60);
 
 /// The value planted in the Secret: it must reach the file and no log line.
 const PLANTED: &str = "planted-sidecar-value-5e1d";
-
-/// Parsed lines of the sidecar's log file.
-fn log_lines(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}")))
-        .collect()
-}
 
 fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777
@@ -83,31 +75,17 @@ async fn the_sidecar_writes_renews_and_at_sigterm_revokes_and_wipes_a_secret() {
         .await
         .unwrap();
 
-    let work = tempfile::tempdir().unwrap();
-    let token_file = work.path().join("token");
-    std::fs::write(&token_file, &token).unwrap();
-    let volume = work.path().join("volume");
-    std::fs::create_dir(&volume).unwrap();
-    let log_path = work.path().join("sidecar.log");
-    // FERRY_E2E_SIDECAR_BIN runs another build (the release one, to measure it).
-    let binary: PathBuf = match std::env::var_os("FERRY_E2E_SIDECAR_BIN") {
-        Some(path) => path.into(),
-        None => workspace_binary("ferry-sidecar").unwrap(),
-    };
-    let mut command = Command::new(&binary);
-    command
-        .arg("run")
-        .env_clear()
-        .env(env::BROKER_URL, world.broker.url())
-        .env(env::BROKER_CA, cluster.authority().cert_pem())
-        .env(env::SECRETS, format!("{owner}/api-key"))
-        .env(env::SECRETS_DIR, &volume)
-        .env(env::TOKEN_FILE, &token_file)
-        .env(env::POD_NAME, "checkout-0")
-        .env(env::POD_NAMESPACE, &app)
-        .stderr(Stdio::from(std::fs::File::create(&log_path).unwrap()));
-    let mut sidecar = KillOnDrop(command.spawn().unwrap());
-
+    let mut sidecar = SidecarProcess::start(&SidecarSpec {
+        broker_url: &world.broker.url(),
+        broker_ca_pem: &cluster.authority().cert_pem(),
+        token: &token,
+        secrets: &[format!("{owner}/api-key")],
+        pod_namespace: &app,
+        pod_name: "checkout-0",
+    })
+    .unwrap();
+    let volume = sidecar.volume().to_path_buf();
+    let binary = sidecar.binary().to_path_buf();
     let file = volume.join("api-key/token");
     eventually("the secret and the ready marker", WAIT, || async {
         (volume.join(READY_MARKER).exists() && file.exists()).then_some(())
@@ -131,16 +109,16 @@ async fn the_sidecar_writes_renews_and_at_sigterm_revokes_and_wipes_a_secret() {
     assert!(probe.success());
 
     // A 10s ttl renews after about 6.7s.
-    let renewed = eventually("a renewal", Duration::from_secs(30), || async {
-        log_lines(&log_path)
-            .into_iter()
-            .find(|line| line["event"] == "secret_written" && line["how"] == "renewed")
-    })
-    .await;
+    let renewed = sidecar
+        .wait_for_line("secret_written", Duration::from_secs(30), |line| {
+            line["how"] == "renewed"
+        })
+        .await;
     assert_eq!(renewed["changed"], false, "same content, same generation");
     // Reported, not asserted: memory after start and a renewal.
-    let status = std::fs::read_to_string(format!("/proc/{}/status", sidecar.0.id())).unwrap();
-    let ready = log_lines(&log_path)
+    let status = std::fs::read_to_string(format!("/proc/{}/status", sidecar.pid())).unwrap();
+    let ready = sidecar
+        .log_lines()
         .into_iter()
         .find(|line| line["event"] == "ready")
         .unwrap();
@@ -157,28 +135,23 @@ async fn the_sidecar_writes_renews_and_at_sigterm_revokes_and_wipes_a_secret() {
     let lease_id = renewed["lease"].as_str().unwrap().to_owned();
     assert_eq!(std::fs::read_to_string(&file).unwrap(), PLANTED);
 
-    kill(Pid::from_raw(sidecar.0.id() as i32), Signal::SIGTERM).unwrap();
-    let status = eventually(
-        "the sidecar to exit after SIGTERM",
-        Duration::from_secs(10),
-        || std::future::ready(sidecar.0.try_wait().unwrap()),
-    )
-    .await;
-    assert_eq!(status.code(), Some(0), "{:?}", log_lines(&log_path));
+    kill(Pid::from_raw(sidecar.pid() as i32), Signal::SIGTERM).unwrap();
+    let status = sidecar.wait_exit(Duration::from_secs(10)).await;
+    assert_eq!(status.code(), Some(0), "{:?}", sidecar.log_lines());
     assert_eq!(
         std::fs::read_dir(&volume).unwrap().count(),
         0,
         "the volume is empty after the wipe"
     );
 
-    let lines = log_lines(&log_path);
+    let lines = sidecar.log_lines();
     assert!(
         lines
             .iter()
             .any(|line| line["event"] == "revoked" && line["lease"] == lease_id.as_str()),
         "{lines:?}"
     );
-    let text = std::fs::read_to_string(&log_path).unwrap();
+    let text = sidecar.log_text();
     assert!(!text.contains(PLANTED), "the secret reached the log");
     assert!(!text.contains(&token), "the token reached the log");
     for event in [
