@@ -38,7 +38,7 @@ pub use fixtures::{
 };
 pub use grant_policy::{harness_grant_writers, install_grant_policy};
 pub use kubelet::{REAL_NODE_NAME, RealNode};
-pub use log_capture::{capture_logs, capture_logs_at, captured_logs};
+pub use log_capture::{audit_lines, capture_logs, capture_logs_at, captured_logs};
 pub use node::{NODE_NAME, NodeStandIn, PodRun, SeenFile};
 pub use operator::RunningOperator;
 pub use pod_stack::PodStack;

@@ -59,3 +59,16 @@ pub fn capture_logs_at(directives: &str) {
 pub fn captured_logs() -> String {
     String::from_utf8_lossy(&buffer().lock().unwrap_or_else(PoisonError::into_inner)).into_owned()
 }
+
+/// The fields of every audit line (`target: ferry::audit`) logged since
+/// [`capture_logs`] for which `matches` holds: tests check the lines of
+/// their own pod, lease or role, never just "some line of this kind".
+pub fn audit_lines(matches: impl Fn(&serde_json::Value) -> bool) -> Vec<serde_json::Value> {
+    captured_logs()
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|line| line["target"] == "ferry::audit")
+        .map(|mut line| line["fields"].take())
+        .filter(|fields| matches(fields))
+        .collect()
+}

@@ -15,8 +15,8 @@ use ferry_broker::keys::refresh_jwt_keys;
 use ferry_broker::lease_id::LeaseKeys;
 use ferry_e2e::https_client::{HttpsClient, HttpsReply};
 use ferry_e2e::{
-    Cluster, LEASE_KEY, RunningBroker, Tenant, World, capture_logs, captured_logs, create_object,
-    create_resource, eventually, grant, install_crds, pod_bound_token,
+    Cluster, LEASE_KEY, RunningBroker, Tenant, World, audit_lines, capture_logs, captured_logs,
+    create_object, create_resource, eventually, grant, install_crds, pod_bound_token,
 };
 use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
 use kube::Client;
@@ -322,8 +322,25 @@ async fn refusals_carry_their_status_and_reason() {
     assert!(message(&reply).contains("no longer exists"));
 
     // Every refusal above was audited, and nothing leaked.
+    // Every refusal above was audited as this test's pods' own.
+    let denied = |reason: &str| {
+        audit_lines(|line| {
+            line["result"] == "denied"
+                && line["reason"] == reason
+                && line["pod"]
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with(&format!("{app}/"))
+        })
+        .len()
+    };
+    for reason in ["forbidden", "bad_request", "not_found"] {
+        assert!(
+            denied(reason) > 0,
+            "no {reason} refusal of {app}'s pods audited"
+        );
+    }
     let logs = captured_logs();
-    assert!(logs.contains("\"result\":\"denied\""));
     assert!(
         !logs.contains(PLANTED),
         "the planted secret appears in a log line"
@@ -550,7 +567,12 @@ async fn a_service_account_asking_too_often_gets_429_with_retry_after() {
         .unwrap();
     assert!((1..=2).contains(&retry_after), "{retry_after}");
     assert!(message(&limited_reply).contains("too many requests from this service account"));
-    assert!(captured_logs().contains("\"reason\":\"rate_limited\""));
+    let actor = format!("system:serviceaccount:{}:checkout", tenant.app);
+    assert!(
+        !audit_lines(|line| line["reason"] == "rate_limited" && line["actor"] == actor.as_str())
+            .is_empty(),
+        "the refusal of {actor} was not audited"
+    );
 }
 
 #[tokio::test]

@@ -11,7 +11,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use ferry_api::resources::BrokeredSecret;
 use ferry_e2e::https_client::HttpsClient;
-use ferry_e2e::{Postgres, Tenant, World, captured_logs, eventually};
+use ferry_e2e::{Postgres, Tenant, World, audit_lines, captured_logs, eventually};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams};
 use serde_json::{Value, json};
@@ -260,8 +260,11 @@ async fn an_expired_role_cannot_log_in_and_is_reaped() {
     );
     wait_role_dropped(&username).await;
     assert!(
-        captured_logs().contains("\"reason\":\"expired\""),
-        "the reaper audits the drop"
+        !audit_lines(|line| line["action"] == "reap"
+            && line["role"] == username.as_str()
+            && line["reason"] == "expired")
+        .is_empty(),
+        "the reaper audits the drop of {username}"
     );
 }
 
@@ -291,7 +294,13 @@ async fn deleting_the_pod_drops_its_role_and_ends_its_sessions() {
         "the session is ended"
     );
     assert!(database.connect_as(&username, &password).await.is_err());
-    assert!(captured_logs().contains("\"reason\":\"pod_gone\""));
+    assert!(
+        !audit_lines(|line| line["action"] == "reap"
+            && line["role"] == username.as_str()
+            && line["reason"] == "pod_gone")
+        .is_empty(),
+        "the reaper audits the drop of {username}"
+    );
 }
 
 #[tokio::test]
