@@ -209,11 +209,66 @@ async fn demo(keep: bool) -> anyhow::Result<()> {
             _ = terminate.recv() => {}
         }
     }
+    // What must be gone once everything stops: the process groups, the
+    // private directories, and (checked before the server stops) every
+    // role the broker made.
+    let groups = [
+        cluster.process_group(),
+        database.process_group(),
+        stack.node.process_group(),
+    ];
+    let dirs = [
+        cluster.dir().to_path_buf(),
+        database.dir().to_path_buf(),
+        stack.node.dir().to_path_buf(),
+    ];
+    let ferry_roles = database
+        .admin()
+        .await?
+        .query(
+            "SELECT 1 FROM pg_roles WHERE starts_with(rolname, $1)",
+            &[&ferry_broker::providers::postgres::ROLE_PREFIX],
+        )
+        .await?
+        .len();
+    println!(
+        "process groups: {}",
+        groups.map(|group| group.to_string()).join(" ")
+    );
+    println!(
+        "directories: {}",
+        dirs.iter()
+            .map(|dir| dir.display().to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
     eprintln!("stopping ferry, PostgreSQL and the control plane...");
     drop(stack);
     drop(database);
     drop(cluster);
-    eprintln!("stopped; nothing left behind.");
+    let mut left = Vec::new();
+    if ferry_roles > 0 {
+        left.push(format!("{ferry_roles} ferry roles in PostgreSQL"));
+    }
+    for group in groups {
+        // Signal 0 only asks whether any process of the group is left.
+        if nix::sys::signal::killpg(nix::unistd::Pid::from_raw(group), None).is_ok() {
+            left.push(format!("processes of group {group}"));
+        }
+    }
+    left.extend(
+        dirs.iter()
+            .filter(|dir| dir.exists())
+            .map(|dir| format!("directory {}", dir.display())),
+    );
+    if !left.is_empty() {
+        anyhow::bail!("stopped, but left behind: {}", left.join(", "));
+    }
+    eprintln!(
+        "stopped; nothing left behind: no ferry role, no process of {} groups, none of {} directories.",
+        groups.len(),
+        dirs.len()
+    );
     Ok(())
 }
 

@@ -91,11 +91,23 @@ type Runs = Arc<Mutex<HashMap<String, PodRun>>>;
 pub struct NodeStandIn {
     background: Background,
     runs: Runs,
-    _processes: Arc<ProcessGroup>,
-    _root: tempfile::TempDir,
+    processes: Arc<ProcessGroup>,
+    root: tempfile::TempDir,
 }
 
 impl NodeStandIn {
+    /// The directory holding the pods' volumes (gone once the stand-in
+    /// has stopped).
+    pub fn dir(&self) -> &Path {
+        self.root.path()
+    }
+
+    /// The id of the process group the sidecars run in (gone once the
+    /// stand-in has stopped).
+    pub fn process_group(&self) -> i32 {
+        self.processes.id()
+    }
+
     /// Starts the stand-in against the cluster `config` reaches, running
     /// `sidecar_binary` for the sidecar's command.
     pub fn start(config: kube::Config, sidecar_binary: &Path) -> Result<Self, HarnessError> {
@@ -140,8 +152,8 @@ impl NodeStandIn {
         Ok(Self {
             background,
             runs,
-            _processes: processes,
-            _root: root,
+            processes,
+            root,
         })
     }
 

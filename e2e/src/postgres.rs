@@ -271,6 +271,12 @@ impl Postgres {
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
+
+    /// The id of the process group the server runs in (gone once it has
+    /// stopped).
+    pub fn process_group(&self) -> i32 {
+        self.processes.id()
+    }
 }
 
 fn random_password() -> Result<String, HarnessError> {
