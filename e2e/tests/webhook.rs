@@ -11,8 +11,8 @@ use std::time::Duration;
 use ferry_api::testing;
 use ferry_contract as contract;
 use ferry_e2e::{
-    Cluster, RunningOperator, RunningWebhook, create_brokered_secret, create_object, eventually,
-    grant, install_crds, wait_webhook_active,
+    Cluster, RunningOperator, RunningWebhook, capture_logs_at, captured_logs,
+    create_brokered_secret, create_object, eventually, grant, install_crds, wait_webhook_active,
 };
 use ferry_webhook::config::InjectionConfig;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -35,6 +35,9 @@ async fn setup(prefix: &str) -> (Client, String) {
     static RUNNING: OnceCell<(RunningOperator, RunningWebhook)> = OnceCell::const_new();
     let cluster = Cluster::shared().await.unwrap();
     let client = cluster.client().unwrap();
+    // At debug, the webhook logs every review it answers, admitted
+    // untouched ones too: tests can tell which pods reached it.
+    capture_logs_at("debug");
     RUNNING
         .get_or_init(|| async {
             install_crds(&client).await.unwrap();
@@ -362,7 +365,7 @@ async fn with_the_webhook_stopped_opted_in_pods_fail_clearly_and_others_still_cr
 
 #[tokio::test]
 async fn opted_in_pods_in_ferrys_namespace_are_never_sent_to_the_webhook() {
-    let (client, _) = setup("protected").await;
+    let (client, ns) = setup("protected").await;
     let namespace: k8s_openapi::api::core::v1::Namespace =
         serde_json::from_value(json!({"metadata": {"name": FERRY_NAMESPACE}})).unwrap();
     match Api::all(client.clone())
@@ -391,6 +394,37 @@ async fn opted_in_pods_in_ferrys_namespace_are_never_sent_to_the_webhook() {
         !created
             .annotations()
             .contains_key(contract::STATUS_ANNOTATION)
+    );
+    // Not merely left untouched by the webhook: never sent to it. The
+    // webhook logs every review it answers; a pod of the test's own
+    // namespace, reviewed after, shows that its log is being read.
+    let mut control = opted_in("control", "orders-db");
+    control["spec"]["serviceAccountName"] = json!("default");
+    let control: Pod = serde_json::from_value(control).unwrap();
+    let refused = Api::<Pod>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &control)
+        .await;
+    assert!(
+        format!("{refused:?}").contains("no Grant"),
+        "refused by the webhook: {refused:?}"
+    );
+    let reviews_of = |pod: &str| {
+        captured_logs()
+            .lines()
+            .filter(|line| {
+                line.contains("\"target\":\"ferry_webhook")
+                    && line.contains(&format!("\"pod\":\"{pod}\""))
+            })
+            .count()
+    };
+    assert!(
+        reviews_of(&format!("{ns}/control")) > 0,
+        "the webhook's review of {ns}/control was not logged"
+    );
+    assert_eq!(
+        reviews_of(&format!("{FERRY_NAMESPACE}/ferry-own")),
+        0,
+        "the webhook reviewed a pod of ferry's namespace"
     );
 }
 
