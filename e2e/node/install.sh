@@ -7,6 +7,15 @@
 # private directories and socket; nothing here starts or enables a service.
 set -euo pipefail
 
+# The images carry static musl builds of ferry's binaries. Added here, once,
+# before any test runs: two test processes that each found the target
+# missing raced in rustup's download directory and one failed.
+target=x86_64-unknown-linux-musl
+if command -v rustup >/dev/null && ! rustup target list --installed 2>/dev/null | grep -qx "$target"; then
+  echo "adding the Rust target $target (ferry's images are static musl builds)" >&2
+  rustup target add "$target" >&2
+fi
+
 missing=()
 command -v containerd >/dev/null || missing+=(containerd)
 command -v runc >/dev/null || missing+=(runc)
