@@ -8,6 +8,7 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::time::Duration;
 
 use ferry_contract::env;
+use k8s_openapi::jiff::Timestamp;
 use serde_json::Value;
 
 use crate::{HarnessError, KillOnDrop, eventually, workspace_binary};
@@ -134,4 +135,25 @@ impl SidecarProcess {
         })
         .await
     }
+}
+
+/// From a sidecar's log: when the lease of `secret` that the sidecar let
+/// expire was due to end (the `expires_at` of the last `secret_written`
+/// line before its `secret_expired` line), and when the sidecar logged the
+/// expiry. `None` until the log holds both.
+pub fn expiry_in_log(log: &str, secret: &str) -> Option<(Timestamp, Timestamp)> {
+    let lines: Vec<Value> = log
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .filter(|line: &Value| line["secret"] == secret)
+        .collect();
+    let expired = lines
+        .iter()
+        .position(|line| line["event"] == "secret_expired")?;
+    let written = lines[..expired]
+        .iter()
+        .rev()
+        .find(|line| line["event"] == "secret_written")?;
+    let time = |value: &Value| value.as_str()?.parse::<Timestamp>().ok();
+    Some((time(&written["expires_at"])?, time(&lines[expired]["ts"])?))
 }

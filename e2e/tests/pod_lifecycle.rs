@@ -14,6 +14,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use ferry_api::resources::AccessPolicy;
 use ferry_contract::{READY_MARKER, SECRETS_VOLUME_NAME};
+use ferry_e2e::sidecar_process::expiry_in_log;
 use ferry_e2e::{
     Cluster, PodRun, Postgres, Stack, Tenant, capture_logs, captured_logs, create_object,
     eventually,
@@ -350,6 +351,14 @@ async fn once_the_policy_is_removed_renewal_is_refused_and_the_files_go_at_expir
         (!dir.join("orders-token/token").exists()).then_some(())
     })
     .await;
+    // At its expiry, not before: the sidecar let the lease run out.
+    let log = std::fs::read_to_string(&run.sidecar_log).unwrap();
+    let (expires_at, wiped_at) = expiry_in_log(&log, &format!("{owner}/orders-token"))
+        .unwrap_or_else(|| panic!("no expiry in the sidecar's log:\n{log}"));
+    assert!(
+        wiped_at >= expires_at - k8s_openapi::jiff::SignedDuration::from_secs(1),
+        "wiped at {wiped_at}, before the lease's expiry at {expires_at}"
+    );
     assert!(
         !dir.join(READY_MARKER).exists(),
         "still reports ready without its secret"

@@ -11,6 +11,7 @@
 use ferry_api::resources::AccessPolicy;
 use ferry_contract::SIDECAR_CONTAINER_NAME;
 use ferry_e2e::images::BUSYBOX_IMAGE;
+use ferry_e2e::sidecar_process::expiry_in_log;
 use ferry_e2e::{captured_logs, eventually};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
@@ -360,6 +361,7 @@ echo started
 trap 'exit 0' TERM
 while [ -s "$f" ]; do sleep 0.2 & wait; done
 echo gone
+date +%s
 sleep 3600 & wait"#
     );
     create_pod(
@@ -377,5 +379,20 @@ sleep 3600 & wait"#
         .delete("checkout", &DeleteParams::default())
         .await
         .unwrap();
-    wait_log_line(&client, &app, "api", "gone").await;
+    let log = wait_log_line(&client, &app, "api", "gone").await;
+    // At its expiry, not before: the app saw the file go no earlier than
+    // the end of the last lease the sidecar wrote.
+    let gone_at: i64 = log
+        .lines()
+        .skip_while(|line| *line != "gone")
+        .nth(1)
+        .and_then(|line| line.parse().ok())
+        .unwrap_or_else(|| panic!("no time after 'gone' in the app's log:\n{log}"));
+    let sidecar = container_log(&client, &app, "api", SIDECAR_CONTAINER_NAME).await;
+    let (expires_at, _) = expiry_in_log(&sidecar, &format!("{owner}/orders-token"))
+        .unwrap_or_else(|| panic!("no expiry in the sidecar's log:\n{sidecar}"));
+    assert!(
+        gone_at >= expires_at.as_second() - 1,
+        "the file went at {gone_at}, before the lease's expiry at {expires_at}"
+    );
 }

@@ -190,11 +190,21 @@ pub async fn wait_app_running(client: &Client, namespace: &str, name: &str) -> P
 
 /// The app's log, through the apiserver and the kubelet.
 pub async fn app_log(client: &Client, namespace: &str, name: &str) -> String {
+    container_log(client, namespace, name, "app").await
+}
+
+/// The log of `container` of pod `namespace/name`, as the kubelet keeps it.
+pub async fn container_log(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    container: &str,
+) -> String {
     Api::<Pod>::namespaced(client.clone(), namespace)
         .logs(
             name,
             &LogParams {
-                container: Some("app".into()),
+                container: Some(container.into()),
                 ..LogParams::default()
             },
         )
