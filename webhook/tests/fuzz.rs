@@ -236,6 +236,57 @@ fn review() -> impl Strategy<Value = (Value, Value)> {
 
 /// Checks an answer: for the asked uid, a denial with its reason, and a
 /// patch that applies to `pod` and leaves a valid pod.
+/// `ferry.dev/secrets` values that parse: one to three DNS labels, some
+/// with a namespace.
+fn valid_secrets_annotation() -> impl Strategy<Value = String> {
+    let valid = "[a-z]([a-z0-9-]{0,9}[a-z0-9])?";
+    prop::collection::vec((proptest::option::of(valid), valid), 1..4).prop_map(|entries| {
+        entries
+            .into_iter()
+            .map(|(namespace, name)| match namespace {
+                Some(namespace) => format!("{namespace}/{name}"),
+                None => name,
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    })
+}
+
+/// Reviews of a pod's creation that opt in properly, with a parsable
+/// secrets list, so that they get past the opt-in and annotation checks to
+/// the Grant check and (granted) the patch, while their containers,
+/// volumes, names, users and mount path stay as hostile as [`pod`] makes them.
+fn injectable_review() -> impl Strategy<Value = (Value, Value)> {
+    (
+        pod(),
+        valid_secrets_annotation(),
+        "[a-z0-9-]{1,36}",
+        "[a-z][a-z0-9-]{0,10}",
+    )
+        .prop_map(|(mut pod, secrets, uid, namespace)| {
+            pod["metadata"]["labels"]["ferry.dev/inject"] = json!("true");
+            let annotations = &mut pod["metadata"]["annotations"];
+            annotations["ferry.dev/secrets"] = json!(secrets);
+            if let Some(annotations) = annotations.as_object_mut() {
+                annotations.remove("ferry.dev/status");
+            }
+            let review = json!({
+                "apiVersion": "admission.k8s.io/v1",
+                "kind": "AdmissionReview",
+                "request": {
+                    "uid": uid,
+                    "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                    "resource": {"group": "", "version": "v1", "resource": "pods"},
+                    "namespace": namespace,
+                    "operation": "CREATE",
+                    "userInfo": {"username": "someone"},
+                    "object": pod,
+                },
+            });
+            (review, pod)
+        })
+}
+
 fn check_answer(answer: &Value, uid: &str, pod: &Value) -> Result<(), TestCaseError> {
     let response = &answer["response"];
     prop_assert_eq!(response["uid"].as_str(), Some(uid));
@@ -274,6 +325,20 @@ proptest! {
             review_pod_admission(&body, &config, &Nothing, now)
         };
         match result {
+            Ok(reviewed) => {
+                let answer = serde_json::to_value(&reviewed.review).unwrap();
+                let uid = review["request"]["uid"].as_str().unwrap();
+                check_answer(&answer, uid, &pod)?;
+            }
+            Err(bad) => prop_assert!(!bad.to_string().is_empty()),
+        }
+    }
+
+    #[test]
+    fn opted_in_pods_with_hostile_specs_get_a_patch_that_applies((review, pod) in injectable_review()) {
+        let body = serde_json::to_vec(&review).unwrap();
+        let reviewed = review_pod_admission(&body, &InjectionConfig::default(), &Everything, Timestamp::now());
+        match reviewed {
             Ok(reviewed) => {
                 let answer = serde_json::to_value(&reviewed.review).unwrap();
                 let uid = review["request"]["uid"].as_str().unwrap();
@@ -356,4 +421,31 @@ proptest! {
             }
         }
     }
+}
+
+/// Opted-in pods are not all refused or skipped before the mutation: with
+/// every secret granted, most reach patch generation, which is what
+/// `opted_in_pods_with_hostile_specs_get_a_patch_that_applies` then checks.
+#[test]
+fn generated_reviews_reach_the_injection_path() {
+    use proptest::strategy::ValueTree as _;
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let config = InjectionConfig::default();
+    let (mut injected, total) = (0, 256);
+    for _ in 0..total {
+        let (review, _) = injectable_review().new_tree(&mut runner).unwrap().current();
+        let body = serde_json::to_vec(&review).unwrap();
+        if let Ok(reviewed) = review_pod_admission(&body, &config, &Everything, Timestamp::now())
+            && matches!(
+                reviewed.decision,
+                ferry_webhook::admission::Decision::Injected { .. }
+            )
+        {
+            injected += 1;
+        }
+    }
+    assert!(
+        injected * 2 >= total,
+        "only {injected} of {total} generated reviews reached injection"
+    );
 }
