@@ -114,7 +114,7 @@ async fn a_pod_bound_token_for_the_broker_identifies_its_pod_and_is_then_cached(
 }
 
 #[tokio::test]
-async fn tokens_for_another_audience_unbound_or_forged_are_refused() {
+async fn tokens_for_another_audience_unbound_tampered_or_forged_are_refused() {
     let (client, ns) = setup("auth-refused").await;
     let broker = authenticator(&client).await;
     let pod = opted_in_pod(&client, &ns, "api").await;
@@ -150,18 +150,34 @@ async fn tokens_for_another_audience_unbound_or_forged_are_refused() {
     let (refused, _) = broker.authenticator.authenticate(&unbound).await;
     assert_eq!(refused, Err(AuthError::NotPodBound));
 
-    let forged = format!("{}x", &other_audience[..other_audience.len() - 1]);
+    // A token whose signature was altered.
+    let tampered = format!("{}x", &other_audience[..other_audience.len() - 1]);
+    let (refused, _) = broker.authenticator.authenticate(&tampered).await;
+    let error = refused.unwrap_err();
+    assert_eq!(error.reason(), "not_authenticated");
+    assert!(!error.to_string().contains(&tampered));
+
+    // A forged token: exactly the claims of a real token for the broker,
+    // bound to this live pod, with the issuer's key id, signed with a key
+    // the attacker made.
+    let genuine = pod_bound_token(&client, &pod, DEFAULT_BROKER_AUDIENCE, 600)
+        .await
+        .unwrap();
+    let forged = forge(&genuine);
     let (refused, _) = broker.authenticator.authenticate(&forged).await;
     let error = refused.unwrap_err();
     assert_eq!(error.reason(), "not_authenticated");
     assert!(!error.to_string().contains(&forged));
+    // The genuine one, for contrast, is accepted.
+    broker.authenticator.authenticate(&genuine).await.0.unwrap();
 
     let (refused, _) = broker.authenticator.authenticate("").await;
     assert_eq!(refused, Err(AuthError::MissingToken));
 }
 
 #[tokio::test]
-async fn a_deleted_pods_token_is_refused_at_once_even_while_its_review_is_cached() {
+async fn a_deleted_pods_token_is_refused_as_soon_as_the_pod_watch_sees_it_though_its_review_is_cached()
+ {
     let (client, ns) = setup("auth-gone").await;
     let broker = authenticator(&client).await;
     let pod = opted_in_pod(&client, &ns, "api").await;
@@ -189,4 +205,28 @@ async fn a_deleted_pods_token_is_refused_at_once_even_while_its_review_is_cached
             name: "api".into()
         }
     );
+}
+
+/// `token`'s header and claims, signed anew with an ES256 key made here.
+fn forge(token: &str) -> String {
+    use base64::Engine as _;
+    let decode = |part: &str| -> serde_json::Value {
+        serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(part)
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    let parts: Vec<&str> = token.split('.').collect();
+    let (header, claims) = (decode(parts[0]), decode(parts[1]));
+    let mut forged_header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    forged_header.kid = header["kid"].as_str().map(str::to_owned);
+    let key = rcgen::KeyPair::generate().unwrap();
+    jsonwebtoken::encode(
+        &forged_header,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).unwrap(),
+    )
+    .unwrap()
 }

@@ -626,7 +626,8 @@ fn can_i(cluster: &Cluster, account: &str, verb: &str, resource: &str, scope: &[
 }
 
 #[tokio::test]
-async fn helm_installs_upgrades_and_uninstalls_keeping_the_crds_with_least_privilege() {
+async fn helm_install_upgrade_and_uninstall_store_the_objects_keep_the_crds_and_grant_least_privilege()
+ {
     let cluster = Cluster::shared().await.unwrap();
     let client = cluster.client().unwrap();
     let ns = cluster.create_namespace("ferry").await.unwrap();
