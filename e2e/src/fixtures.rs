@@ -218,7 +218,7 @@ pub async fn bench_tenant(
     .await?;
     for (name, spec) in secrets {
         create_brokered_secret_from(client, "payments", name, spec.clone()).await?;
-        direct_grant(
+        let grant = direct_grant(
             client,
             Subject {
                 namespace: "shop",
@@ -230,6 +230,18 @@ pub async fn bench_tenant(
             &format!("{name}-for-checkout"),
         )
         .await?;
+        // A JWT secret's Grant carries its audiences and scopes, as the
+        // operator writes it: a token needs at least one audience.
+        if let Some(jwt) = spec["source"].get("jwt") {
+            Api::<Grant>::namespaced(client.clone(), "shop")
+                .patch(
+                    grant.metadata.name.as_deref().unwrap_or_default(),
+                    &kube::api::PatchParams::default(),
+                    &kube::api::Patch::Merge(json!({"spec": {
+                        "audience": jwt["audience"], "scopes": jwt["scopes"]}})),
+                )
+                .await?;
+        }
     }
     create_object::<ServiceAccount>(client, "shop", json!({"metadata": {"name": "checkout"}}))
         .await?;
@@ -241,4 +253,70 @@ pub async fn bench_tenant(
                         "containers": [{"name": "app", "image": "app:1"}]}}),
     )
     .await
+}
+
+/// For benchmarks of cold paths, after [`bench_tenant`]: `count` pods of
+/// `shop/checkout` (`cold-<i>`), each granted a kubernetesSecret
+/// BrokeredSecret of its own (`payments/cold-<i>`, copying a Secret of its
+/// own), with a token bound to it for the broker: a pod's first request
+/// then costs the broker a TokenReview and a Secret `get`, as a new pod's
+/// does.
+pub async fn bench_cold_pods(
+    client: &kube::Client,
+    count: u64,
+) -> Result<Vec<ColdPod>, HarnessError> {
+    use futures::StreamExt as _;
+    use k8s_openapi::api::core::v1::Secret;
+    futures::stream::iter(0..count)
+        .map(|i| async move {
+            let name = format!("cold-{i}");
+            create_object::<Secret>(
+                client,
+                "payments",
+                json!({"metadata": {"name": name, "labels": {"ferry.dev/brokerable": "true"}},
+                       "stringData": {"token": "y".repeat(64)}}),
+            )
+            .await?;
+            create_brokered_secret_from(
+                client,
+                "payments",
+                &name,
+                json!({"source": {"kubernetesSecret": {"name": name}}}),
+            )
+            .await?;
+            direct_grant(
+                client,
+                Subject {
+                    namespace: "shop",
+                    name: "checkout",
+                },
+                "payments",
+                &name,
+                &name,
+                &format!("{name}-for-checkout"),
+            )
+            .await?;
+            let (pod, token) = crate::broker_pod(client, "shop", &name, "checkout").await?;
+            Ok(ColdPod {
+                uid: pod.metadata.uid.unwrap_or_default(),
+                secret: name,
+                token,
+            })
+        })
+        .buffer_unordered(8)
+        .collect::<Vec<Result<ColdPod, HarnessError>>>()
+        .await
+        .into_iter()
+        .collect()
+}
+
+/// A pod of [`bench_cold_pods`]: named like its secret.
+#[derive(Debug, Clone)]
+pub struct ColdPod {
+    /// The name of the pod and of its BrokeredSecret (`payments/<secret>`).
+    pub secret: String,
+    /// The pod's uid.
+    pub uid: String,
+    /// A token bound to the pod for the broker.
+    pub token: String,
 }

@@ -17,6 +17,7 @@ mod grant_policy;
 pub mod https_client;
 pub mod images;
 mod kubelet;
+pub mod load;
 mod log_capture;
 mod node;
 mod operator;
@@ -33,8 +34,8 @@ pub use broker::RunningBroker;
 pub use cluster::{Cluster, controlplane_bin_dir};
 pub use crds::install_crds;
 pub use fixtures::{
-    Subject, bench_tenant, create_brokered_secret, create_brokered_secret_from, create_resource,
-    direct_grant, grant, grant_to,
+    ColdPod, Subject, bench_cold_pods, bench_tenant, create_brokered_secret,
+    create_brokered_secret_from, create_resource, direct_grant, grant, grant_to,
 };
 pub use grant_policy::{harness_grant_writers, install_grant_policy};
 pub use kubelet::{REAL_NODE_NAME, RealNode};
