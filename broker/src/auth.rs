@@ -51,6 +51,9 @@ pub struct PodIdentity {
     pub pod_name: String,
     /// The pod's uid.
     pub pod_uid: String,
+    /// Whether the pod's deletion has begun, as the pod index knew when
+    /// the request was authenticated (only a revocation is served then).
+    pub terminating: bool,
 }
 
 impl PodIdentity {
@@ -462,8 +465,11 @@ impl Authenticator {
                 .pods
                 .get(&identity.pod_uid)
                 .filter(|pod| pod.namespace == identity.namespace && pod.name == identity.pod_name);
-            if known.is_some_and(|pod| terminating_too || !pod.terminating) {
-                Ok(identity)
+            if let Some(pod) = known.filter(|pod| terminating_too || !pod.terminating) {
+                Ok(PodIdentity {
+                    terminating: pod.terminating,
+                    ..identity
+                })
             } else {
                 Err(AuthError::PodGone {
                     namespace: identity.namespace,
@@ -547,6 +553,7 @@ impl Authenticator {
             service_account: service_account.to_owned(),
             pod_name,
             pod_uid,
+            terminating: false,
         })
     }
 }

@@ -557,8 +557,11 @@ impl Broker {
         let result = match self.open_own(pod, id) {
             Ok(claims) => {
                 audit.secret = qualified(&claims.secret_namespace, &claims.secret_name);
-                // Past its maxTtl no id of the lease renews: nothing to record.
-                let recorded = if claims.max_expires_at > now.as_second() {
+                // Nothing to record when no id of the lease can renew
+                // anyway: past its maxTtl, or for a terminating pod (never
+                // served a renewal again), which is how every sidecar gives
+                // its leases back at pod end.
+                let recorded = if claims.max_expires_at > now.as_second() && !pod.terminating {
                     self.revocations.record(&claims, now.as_second()).await
                 } else {
                     Ok(())

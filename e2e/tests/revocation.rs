@@ -232,3 +232,48 @@ async fn the_records_of_revoked_leases_go_when_their_pod_does() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_terminating_pods_revocation_needs_and_leaves_no_record() {
+    let tenant = scenario("ending").await;
+    let broker = world().await.broker.client().unwrap();
+    let (pod, token) = tenant.pod("api", "checkout").await.unwrap();
+    let pod_uid = pod.metadata.uid.clone().unwrap();
+    let id = issue(&broker, &token, &tenant.owner, "api-key").await;
+    // A finalizer keeps the pod terminating, as a running pod's containers
+    // do while they stop.
+    let pods = Api::<Pod>::namespaced(tenant.client.clone(), &tenant.app);
+    let hold = |finalizers: Value| {
+        kube::api::Patch::Merge(json!({"metadata": {"finalizers": finalizers}}))
+    };
+    pods.patch(
+        "api",
+        &Default::default(),
+        &hold(json!(["ferry.dev/e2e-hold"])),
+    )
+    .await
+    .unwrap();
+    pods.delete("api", &DeleteParams::default()).await.unwrap();
+    let renewed = eventually("the broker to see the pod terminating", WAIT, || async {
+        let reply = renew(&broker, &token, &id).await;
+        (reply.status == 401).then_some(reply)
+    })
+    .await;
+    assert!(
+        renewed.json().unwrap()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("terminating"),
+        "a terminating pod is refused renewal"
+    );
+    assert_eq!(revoke(&broker, &token, &id).await.status, 204);
+    let of_pod = records(&tenant.client)
+        .await
+        .into_iter()
+        .filter(|record| record.data.as_ref().unwrap()["pod"] == pod_uid)
+        .count();
+    assert_eq!(of_pod, 0, "a record for a pod that can never renew");
+    pods.patch("api", &Default::default(), &hold(json!(null)))
+        .await
+        .unwrap();
+}

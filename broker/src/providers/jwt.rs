@@ -473,6 +473,7 @@ mod tests {
             service_account: "checkout".into(),
             pod_name: "api".into(),
             pod_uid: "uid-1".into(),
+            terminating: false,
         };
         let now = Timestamp::now();
         let terms = LeaseTerms {
