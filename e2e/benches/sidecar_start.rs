@@ -127,48 +127,35 @@ async fn main() {
         |mode: &str, volume: &std::path::Path| sidecar_of(mode, volume, &warm, &token_file);
 
     // Start to all secrets written: `init` exits once they are.
-    let mut times = Vec::with_capacity(usize::try_from(runs).unwrap());
-    for (run, pod) in warm_pods
+    let init = |pod: &ColdPod, volume: &str| {
+        let volume = work.path().join(volume);
+        std::fs::create_dir(&volume).unwrap();
+        let token_file = work.path().join(format!("token-{}", pod.secret));
+        std::fs::write(&token_file, &pod.token).unwrap();
+        let started = Instant::now();
+        let status = sidecar_of("init", &volume, pod, &token_file)
+            .status()
+            .unwrap();
+        let took = started.elapsed();
+        assert!(status.success(), "init of {} failed: {status}", pod.secret);
+        assert!(volume.join(format!("{}/token", pod.secret)).exists());
+        std::fs::remove_dir_all(&volume).unwrap();
+        took
+    };
+    let mut times: Vec<Duration> = warm_pods
         .iter()
         .cycle()
         .take(usize::try_from(runs + pool).unwrap())
         .enumerate()
-    {
-        let volume = work.path().join(format!("init-{run}"));
-        std::fs::create_dir(&volume).unwrap();
-        let token_file = work.path().join(format!("token-{}", pod.secret));
-        std::fs::write(&token_file, &pod.token).unwrap();
-        let started = Instant::now();
-        let status = sidecar_of("init", &volume, pod, &token_file)
-            .status()
-            .unwrap();
-        let took = started.elapsed();
-        assert!(status.success(), "init failed: {status}");
-        assert!(volume.join(format!("{}/token", pod.secret)).exists());
+        .map(|(run, pod)| init(pod, &format!("init-{run}")))
         // The first visit of each pod warms the broker's caches.
-        if run >= warm_pods.len() {
-            times.push(took);
-        }
-        std::fs::remove_dir_all(&volume).unwrap();
-    }
+        .skip(warm_pods.len())
+        .collect();
     times.sort();
-
-    let mut cold_times = Vec::with_capacity(cold.len());
-    for pod in &cold {
-        let volume = work.path().join(format!("cold-{}", pod.secret));
-        std::fs::create_dir(&volume).unwrap();
-        let token_file = work.path().join(format!("token-{}", pod.secret));
-        std::fs::write(&token_file, &pod.token).unwrap();
-        let started = Instant::now();
-        let status = sidecar_of("init", &volume, pod, &token_file)
-            .status()
-            .unwrap();
-        let took = started.elapsed();
-        assert!(status.success(), "cold init failed: {status}");
-        assert!(volume.join(format!("{}/token", pod.secret)).exists());
-        cold_times.push(took);
-        std::fs::remove_dir_all(&volume).unwrap();
-    }
+    let mut cold_times: Vec<Duration> = cold
+        .iter()
+        .map(|pod| init(pod, &format!("cold-{}", pod.secret)))
+        .collect();
     cold_times.sort();
 
     // Steady RSS of `run` with its secrets written.

@@ -15,6 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use http_body_util::Full;
+use hyper::client::conn::http1::SendRequest;
 
 use crate::https_client::{HttpsClient, HttpsReply, send};
 
@@ -113,9 +115,7 @@ pub async fn open_loop(
             let (https, requests) = (https.clone(), Arc::clone(&requests));
             tokio::spawn(async move {
                 let mut report = LoadReport::default();
-                let Ok(mut sender) = https.connect().await else {
-                    report.failed += 1;
-                    report.failures.push("could not connect".into());
+                let Some(mut sender) = connect(&https, &mut report).await else {
                     return report;
                 };
                 // Request n goes on connection n % connections.
@@ -123,15 +123,7 @@ pub async fn open_loop(
                 while n < total {
                     let intended = start + interval.mul_f64(n as f64);
                     tokio::time::sleep_until(intended.into()).await;
-                    let request = requests(n);
-                    let reply = send(
-                        &mut sender,
-                        request.method,
-                        &request.path,
-                        request.bearer.as_deref(),
-                        request.body,
-                    )
-                    .await;
+                    let reply = send_request(&mut sender, requests(n)).await;
                     record(&mut report, reply, check, intended.elapsed());
                     n += connections;
                 }
@@ -159,23 +151,14 @@ pub async fn closed_loop(
             let (https, requests) = (https.clone(), Arc::clone(&requests));
             tokio::spawn(async move {
                 let mut report = LoadReport::default();
-                let Ok(mut sender) = https.connect().await else {
-                    report.failed += 1;
-                    report.failures.push("could not connect".into());
+                let Some(mut sender) = connect(&https, &mut report).await else {
                     return report;
                 };
                 let mut n = c;
                 while Instant::now() < end {
                     let request = requests(n);
                     let sent = Instant::now();
-                    let reply = send(
-                        &mut sender,
-                        request.method,
-                        &request.path,
-                        request.bearer.as_deref(),
-                        request.body,
-                    )
-                    .await;
+                    let reply = send_request(&mut sender, request).await;
                     record(&mut report, reply, check, sent.elapsed());
                     n += connections;
                 }
@@ -184,6 +167,32 @@ pub async fn closed_loop(
         })
         .collect();
     collect(tasks, start).await
+}
+
+/// A keep-alive connection, or the failure counted in `report`.
+async fn connect(https: &HttpsClient, report: &mut LoadReport) -> Option<SendRequest<Full<Bytes>>> {
+    match https.connect().await {
+        Ok(sender) => Some(sender),
+        Err(error) => {
+            report.failed += 1;
+            report.failures.push(format!("could not connect: {error}"));
+            None
+        }
+    }
+}
+
+async fn send_request(
+    sender: &mut SendRequest<Full<Bytes>>,
+    request: LoadRequest,
+) -> Result<HttpsReply, crate::HarnessError> {
+    send(
+        sender,
+        request.method,
+        &request.path,
+        request.bearer.as_deref(),
+        request.body,
+    )
+    .await
 }
 
 fn record(
