@@ -68,18 +68,8 @@ fn name() -> impl Strategy<Value = String> {
 
 /// `ferry.dev/secrets` values: lists of names, well formed or not.
 fn secrets_annotation() -> impl Strategy<Value = String> {
-    let valid = "[a-z][a-z0-9-]{0,10}";
     prop_oneof![
-        8 => prop::collection::vec((proptest::option::of(valid), valid), 1..4).prop_map(|entries| {
-            entries
-                .into_iter()
-                .map(|(namespace, name)| match namespace {
-                    Some(namespace) => format!("{namespace}/{name}"),
-                    None => name,
-                })
-                .collect::<Vec<_>>()
-                .join(", ")
-        }),
+        8 => name_list("[a-z][a-z0-9-]{0,10}"),
         2 => prop::collection::vec(
             (proptest::option::of(name()), name(), prop::sample::select(vec![",", ", ", " ,", ",,", "/", " "])),
             0..6,
@@ -239,8 +229,13 @@ fn review() -> impl Strategy<Value = (Value, Value)> {
 /// `ferry.dev/secrets` values that parse: one to three DNS labels, some
 /// with a namespace.
 fn valid_secrets_annotation() -> impl Strategy<Value = String> {
-    let valid = "[a-z]([a-z0-9-]{0,9}[a-z0-9])?";
-    prop::collection::vec((proptest::option::of(valid), valid), 1..4).prop_map(|entries| {
+    name_list("[a-z]([a-z0-9-]{0,9}[a-z0-9])?")
+}
+
+/// One to three names matching `name`, some with a namespace, as a
+/// `ferry.dev/secrets` list.
+fn name_list(name: &'static str) -> impl Strategy<Value = String> {
+    prop::collection::vec((proptest::option::of(name), name), 1..4).prop_map(|entries| {
         entries
             .into_iter()
             .map(|(namespace, name)| match namespace {
