@@ -30,7 +30,8 @@ const NAMESPACE_DEADLINE: Duration = Duration::from_secs(60);
 const CONTROLLERS: &str = "serviceaccount-controller,serviceaccount-token-controller,\
 namespace-controller,garbage-collector-controller,replicaset-controller,\
 deployment-controller,root-ca-certificate-publisher-controller,\
-clusterrole-aggregation-controller,job-controller";
+clusterrole-aggregation-controller,job-controller,endpoints-controller,\
+endpointslice-controller";
 
 /// The username of the harness's admin (group `system:masters`).
 pub const ADMIN_USER: &str = "ferry-e2e-admin";
@@ -149,6 +150,10 @@ impl Cluster {
                 "kubernetes",
                 "kubernetes.default",
                 "kubernetes.default.svc",
+                "kubernetes.default.svc.cluster.local",
+                // The `kubernetes` Service's ClusterIP, which pods of the
+                // node with a pod network reach the apiserver at.
+                "10.96.0.1",
             ],
             &pki_dir,
             "apiserver",
@@ -222,6 +227,9 @@ impl Cluster {
             // There is no network behind 127.0.0.1 for the `kubernetes`
             // Service; loopback endpoints would be rejected anyway.
             .arg("--endpoint-reconciler-type=none")
+            // Webhooks behind a Service are called at their endpoints' pod
+            // IPs: the host has no kube-proxy for ClusterIPs.
+            .arg("--enable-aggregator-routing=true")
             .arg(format!("--cert-dir={}", pki_dir.display()))
             .arg("--profiling=false");
         processes.spawn("kube-apiserver", apiserver)?;
@@ -485,10 +493,26 @@ pub(crate) fn write_kubeconfig(
     ca: &Path,
     user: &pki::CertFiles,
 ) -> Result<(), HarnessError> {
+    write_kubeconfig_via(path, server, None, ca, user)
+}
+
+/// Like [`write_kubeconfig`], with the name the server's certificate is
+/// checked against when `server` is a relay's address.
+pub(crate) fn write_kubeconfig_via(
+    path: &Path,
+    server: &str,
+    tls_server_name: Option<&str>,
+    ca: &Path,
+    user: &pki::CertFiles,
+) -> Result<(), HarnessError> {
+    let mut cluster = serde_json::json!({"server": server, "certificate-authority": ca});
+    if let Some(name) = tls_server_name {
+        cluster["tls-server-name"] = serde_json::json!(name);
+    }
     let kubeconfig = serde_json::json!({
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": "ferry-e2e", "cluster": {"server": server, "certificate-authority": ca}}],
+        "clusters": [{"name": "ferry-e2e", "cluster": cluster}],
         "users": [{"name": "ferry-e2e", "user": {"client-certificate": user.cert, "client-key": user.key}}],
         "contexts": [{"name": "ferry-e2e", "context": {"cluster": "ferry-e2e", "user": "ferry-e2e"}}],
         "current-context": "ferry-e2e",

@@ -3,10 +3,13 @@
 //! kube-scheduler, so that pods, Deployments and Jobs are scheduled and
 //! really run, from images built here ([`crate::images`]).
 //!
-//! Pods use the host's network (`hostNetwork: true`): traffic stays on this
-//! machine's loopback, where the broker, the webhook and the apiserver
-//! listen. There is no CNI network, so the runtime reports its network as
-//! not ready and the kubelet runs only host-network pods.
+//! Two kinds of node. [`RealNode::shared`]'s pods use the host's network
+//! (`hostNetwork: true`): traffic stays on this machine's loopback, where
+//! the broker, the webhook and the apiserver listen as processes of the
+//! harness; pods off the host's network get a loopback interface only.
+//! [`RealNode::shared_with_pod_network`] runs in a network namespace of its
+//! own with a pod network, kube-proxy and CoreDNS ([`crate::pod_network`]),
+//! for ferry's own components running as pods of the Helm chart.
 //!
 //! Nothing outlives the harness. containerd and the kubelet run in a private
 //! PID and mount namespace whose init is a child of `unshare --kill-child`
@@ -19,6 +22,7 @@
 //! on the same kind of lifeline) removes once the namespace is empty.
 
 use std::io::Write as _;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::Mutex;
@@ -28,8 +32,9 @@ use k8s_openapi::api::core::v1::{Event, Node, Pod};
 use kube::api::{Api, ListParams};
 
 use crate::HarnessError;
-use crate::cluster::{Cluster, free_ports, mkdir, write_kubeconfig};
+use crate::cluster::{Cluster, free_ports, mkdir, write_kubeconfig, write_kubeconfig_via};
 use crate::images::{self, ImageSet};
+use crate::pod_network::{self, PodNetwork};
 use crate::process::ProcessGroup;
 
 /// The real node's name (the kubelet's `--hostname-override`), which is
@@ -52,12 +57,26 @@ const REGISTER_DEADLINE: Duration = Duration::from_secs(120);
 const JANITOR_WAIT_TENTHS: u32 = 100;
 
 /// Runs as PID 1 of the node's namespace: mounts a private /run/containerd
-/// (shim sockets and runc state stay out of the host's), then becomes the
-/// pause program, which reaps orphans (shims re-parent to it) and does
+/// (shim sockets and runc state stay out of the host's) and a private
+/// /var/lib (what the kubelet and CNI write there whatever they are told:
+/// device-plugin sockets, CNI result caches), then becomes the pause
+/// program, which reaps orphans (shims re-parent to it) and does
 /// nothing else.
+///
+/// With a network namespace of its own (`$2` = `net`), it brings up its
+/// loopback and lets the namespace route and filter bridged traffic (what
+/// kube-proxy's rules for pods on one bridge need).
 const NODE_INIT: &str = r#"set -e
 mkdir -p /run/containerd
 mount -t tmpfs -o mode=0755 ferry-e2e-run /run/containerd
+mount -t tmpfs -o mode=0755 ferry-e2e-var-lib /var/lib
+if [ "$2" = net ]; then
+  ip link set lo up
+  echo 1 > /proc/sys/net/ipv4/ip_forward
+  if [ -e /proc/sys/net/bridge/bridge-nf-call-iptables ]; then
+    echo 1 > /proc/sys/net/bridge/bridge-nf-call-iptables
+  fi
+fi
 exec "$1""#;
 
 /// Ignores the terminal's signals and reads its stdin until EOF (the node
@@ -97,6 +116,9 @@ pub struct RealNode {
     socket: PathBuf,
     cgroup_root: String,
     images: ImageSet,
+    apiserver_relay: Option<SocketAddr>,
+    // Dropped after the processes: its relays serve them until they stop.
+    network: Option<PodNetwork>,
 }
 
 impl std::fmt::Debug for RealNode {
@@ -118,11 +140,25 @@ impl RealNode {
             .await
     }
 
+    /// Like [`Self::shared`], but a node with a pod network: pods get
+    /// addresses of their own, Services work by name and ClusterIP, and
+    /// the apiserver reaches webhooks in pods. A test binary uses one kind.
+    pub async fn shared_with_pod_network() -> Result<&'static Self, HarnessError> {
+        static SHARED: tokio::sync::OnceCell<RealNode> = tokio::sync::OnceCell::const_new();
+        SHARED
+            .get_or_try_init(|| async { Self::start_node(Cluster::shared().await?, true).await })
+            .await
+    }
+
     /// Builds the images, starts containerd, imports them, then starts the
     /// kubelet and kube-scheduler against `cluster` and waits until the
     /// Node is registered. Fails, with the tail of the failing component's
-    /// log, within a deadline.
+    /// log, within a deadline. Its pods use the host's network.
     pub async fn start(cluster: &Cluster) -> Result<Self, HarnessError> {
+        Self::start_node(cluster, false).await
+    }
+
+    async fn start_node(cluster: &Cluster, pod_network: bool) -> Result<Self, HarnessError> {
         let tools = node_tools()?;
         let bin_dir = crate::controlplane_bin_dir()?;
         let dir = tempfile::Builder::new()
@@ -143,7 +179,8 @@ impl RealNode {
         let images = images::build_node_images(&bin_dir, &dir.join("images")).await?;
 
         let processes = ProcessGroup::new(&log_dir, &dir)?;
-        let (namespace, init_pid) = start_namespace(&processes, &bin_dir.join("pause"), &log_dir)?;
+        let (namespace, init_pid) =
+            start_namespace(&processes, &bin_dir.join("pause"), &log_dir, pod_network)?;
         janitor.watch(init_pid);
         let mut node = Self {
             processes: Mutex::new(Some(processes)),
@@ -154,12 +191,21 @@ impl RealNode {
             dir,
             cgroup_root,
             images,
+            apiserver_relay: None,
+            network: None,
         };
+        if pod_network {
+            node.link_network(cluster).await?;
+        }
         node.start_containerd(&tools).await?;
         for archive in node.images.archives() {
             node.import(archive)?;
         }
         node.start_kubelet(cluster, &bin_dir)?;
+        if node.network.is_some() {
+            node.start_kube_proxy(cluster, &bin_dir)?;
+            node.start_coredns(cluster, &bin_dir).await?;
+        }
         node.start_scheduler(cluster, &bin_dir)?;
         node.start_node_lifecycle(cluster, &bin_dir)?;
         node.wait_registered(cluster).await?;
@@ -193,13 +239,19 @@ state = "{root}/state"
             cni = cni.display(),
             cni_bin = CNI_BIN,
         );
-        // Pods off the host's network get a loopback interface and nothing
-        // else: traffic stays on this machine, and the runtime's network
-        // is ready, so the node is.
-        crate::pki::write_file(
-            &cni.join("10-loopback.conflist"),
-            br#"{"cniVersion": "0.4.0", "name": "ferry-e2e-loopback", "plugins": [{"type": "loopback"}]}"#,
-        )?;
+        match &self.network {
+            Some(network) => crate::pki::write_file(
+                &cni.join("10-ferry-e2e.conflist"),
+                network.cni_config(&mkdir(&self.dir, "cni-ipam")?).as_bytes(),
+            )?,
+            // Pods off the host's network get a loopback interface and
+            // nothing else: traffic stays on this machine, and the
+            // runtime's network is ready, so the node is.
+            None => crate::pki::write_file(
+                &cni.join("10-loopback.conflist"),
+                br#"{"cniVersion": "0.4.0", "name": "ferry-e2e-loopback", "plugins": [{"type": "loopback"}]}"#,
+            )?,
+        }
         crate::pki::write_file(&config, toml.as_bytes())?;
         let mut command = self.in_namespace();
         command
@@ -241,14 +293,28 @@ state = "{root}/state"
             "kubelet-serving",
         )?;
         let kubeconfig = pki.join("kubelet.kubeconfig");
-        write_kubeconfig(&kubeconfig, cluster.server(), &ca, &identity)?;
-        let [port, healthz] = free_ports()?;
+        self.write_node_kubeconfig(cluster, &kubeconfig, &identity)?;
+        let [mut port, healthz] = free_ports()?;
+        let mut address = Ipv4Addr::LOCALHOST;
+        if let Some(network) = self.network.as_mut() {
+            // The apiserver dials the Node's Hostname (localhost) for logs
+            // and exec: a relay there reaches the kubelet in the node's
+            // namespace, on the same port.
+            address = network.node_address();
+            port = network
+                .relay(
+                    "kubelet-relay",
+                    SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+                    |bound| SocketAddr::from((address, bound.port())),
+                )?
+                .port();
+        }
         let root_dir = mkdir(&self.dir, "kubelet")?;
         let pod_logs = mkdir(&self.dir, "pod-logs")?;
-        let config = serde_json::json!({
+        let mut config = serde_json::json!({
             "apiVersion": "kubelet.config.k8s.io/v1beta1",
             "kind": "KubeletConfiguration",
-            "address": "127.0.0.1",
+            "address": address.to_string(),
             "port": port,
             "readOnlyPort": 0,
             "healthzBindAddress": "127.0.0.1",
@@ -278,17 +344,116 @@ state = "{root}/state"
             "registerNode": true,
             "rotateCertificates": false,
         });
+        let mut command = self.in_namespace();
+        command.arg(bin_dir.join("kubelet"));
+        if self.network.is_some() {
+            // Pods ask CoreDNS, on the node's address, for Services.
+            config["clusterDNS"] = serde_json::json!([address.to_string()]);
+            config["clusterDomain"] = serde_json::json!(pod_network::CLUSTER_DOMAIN);
+            command.arg(format!("--node-ip={address}"));
+        }
         let config_path = self.dir.join("kubelet.yaml");
         crate::pki::write_file(&config_path, config.to_string().as_bytes())?;
-        let mut command = self.in_namespace();
         command
-            .arg(bin_dir.join("kubelet"))
             .arg(format!("--config={}", config_path.display()))
             .arg(format!("--kubeconfig={}", kubeconfig.display()))
             .arg(format!("--root-dir={}", root_dir.display()))
             .arg(format!("--hostname-override={REAL_NODE_NAME}"))
             .arg("--v=1");
         self.spawn("kubelet", command)
+    }
+
+    /// Gives the node its own network ([`PodNetwork`]): the veth pair, the
+    /// relay to the apiserver, and the `kubernetes` Service pointing there.
+    async fn link_network(&mut self, cluster: &Cluster) -> Result<(), HarnessError> {
+        let mut network = PodNetwork::link(self.init_pid)?;
+        let apiserver: SocketAddr = cluster
+            .server()
+            .trim_start_matches("https://")
+            .parse()
+            .map_err(|e| HarnessError::Process(format!("the apiserver's address: {e}")))?;
+        let relay = network.relay("apiserver-relay", pod_network::on_host(&network, 0), |_| {
+            apiserver
+        })?;
+        network.publish_apiserver(cluster, relay).await?;
+        self.apiserver_relay = Some(relay);
+        self.network = Some(network);
+        Ok(())
+    }
+
+    /// Writes a kubeconfig for a component of the node as `identity`: the
+    /// apiserver on loopback, or through the relay from the node's own
+    /// network namespace (its certificate names localhost, not the relay).
+    fn write_node_kubeconfig(
+        &self,
+        cluster: &Cluster,
+        path: &Path,
+        identity: &crate::pki::CertFiles,
+    ) -> Result<(), HarnessError> {
+        let ca = self.dir.join("pki").join("ca.crt");
+        match self.apiserver_relay {
+            Some(relay) => write_kubeconfig_via(
+                path,
+                &format!("https://{relay}"),
+                Some("localhost"),
+                &ca,
+                identity,
+            ),
+            None => write_kubeconfig(path, cluster.server(), &ca, identity),
+        }
+    }
+
+    /// The real kube-proxy in the node's namespace: Services' ClusterIPs
+    /// reach their pods through iptables rules, as on any node.
+    fn start_kube_proxy(&mut self, cluster: &Cluster, bin_dir: &Path) -> Result<(), HarnessError> {
+        let Some(network) = self.network.as_ref() else {
+            return Ok(());
+        };
+        let pki = self.dir.join("pki");
+        let identity =
+            cluster
+                .authority()
+                .client_cert("system:kube-proxy", None, &pki, "kube-proxy")?;
+        let kubeconfig = pki.join("kube-proxy.kubeconfig");
+        self.write_node_kubeconfig(cluster, &kubeconfig, &identity)?;
+        let config = self.dir.join("kube-proxy.yaml");
+        crate::pki::write_file(
+            &config,
+            pod_network::kube_proxy_config(network, &kubeconfig, REAL_NODE_NAME).as_bytes(),
+        )?;
+        let mut command = self.in_namespace();
+        command
+            .arg(bin_dir.join("kube-proxy"))
+            .arg(format!("--config={}", config.display()))
+            .arg("--v=1");
+        self.spawn("kube-proxy", command)
+    }
+
+    /// The real CoreDNS in the node's namespace, serving the cluster's zone
+    /// on the node's address (the kubelet's `clusterDNS`).
+    async fn start_coredns(
+        &mut self,
+        cluster: &Cluster,
+        bin_dir: &Path,
+    ) -> Result<(), HarnessError> {
+        let Some(network) = self.network.as_ref() else {
+            return Ok(());
+        };
+        let user = pod_network::grant_coredns(cluster).await?;
+        let pki = self.dir.join("pki");
+        let identity = cluster
+            .authority()
+            .client_cert(user, None, &pki, "coredns")?;
+        let kubeconfig = pki.join("coredns.kubeconfig");
+        self.write_node_kubeconfig(cluster, &kubeconfig, &identity)?;
+        let corefile = self.dir.join("Corefile");
+        crate::pki::write_file(&corefile, network.corefile(&kubeconfig).as_bytes())?;
+        let mut command = self.in_namespace();
+        command
+            .arg(bin_dir.join("coredns"))
+            .arg("-conf")
+            .arg(&corefile);
+        self.spawn("coredns", command)
     }
 
     fn start_scheduler(&mut self, cluster: &Cluster, bin_dir: &Path) -> Result<(), HarnessError> {
@@ -373,14 +538,18 @@ state = "{root}/state"
         }
     }
 
-    /// A command run inside the node's PID and mount namespaces.
+    /// A command run inside the node's PID and mount namespaces (and its
+    /// network namespace, if it has one).
     fn in_namespace(&self) -> Command {
         let mut command = Command::new("nsenter");
         command
             .arg(format!("--target={}", self.init_pid))
             .arg("--mount")
-            .arg("--pid")
-            .arg("--");
+            .arg("--pid");
+        if self.network.is_some() {
+            command.arg("--net");
+        }
+        command.arg("--");
         command
     }
 
@@ -392,6 +561,14 @@ state = "{root}/state"
             .arg(format!("--address={}", self.socket.display()))
             .args(["--namespace", "k8s.io"]);
         command
+    }
+
+    /// Imports more images into the node's containerd.
+    pub fn import_images(&self, images: &ImageSet) -> Result<(), HarnessError> {
+        images
+            .archives()
+            .iter()
+            .try_for_each(|archive| self.import(archive))
     }
 
     fn import(&self, archive: &Path) -> Result<(), HarnessError> {
@@ -699,6 +876,7 @@ fn start_namespace(
     processes: &ProcessGroup,
     pause: &Path,
     log_dir: &Path,
+    own_network: bool,
 ) -> Result<(Child, u32), HarnessError> {
     use std::os::unix::process::CommandExt;
     let log = std::fs::File::create(log_dir.join("node-init.log")).map_err(|source| {
@@ -707,7 +885,11 @@ fn start_namespace(
             source,
         }
     })?;
-    let mut child = Command::new("unshare")
+    let mut unshare = Command::new("unshare");
+    if own_network {
+        unshare.arg("--net");
+    }
+    let mut child = unshare
         .args([
             "--pid",
             "--fork",
@@ -722,6 +904,7 @@ fn start_namespace(
             "ferry-node-init",
         ])
         .arg(pause)
+        .arg(if own_network { "net" } else { "host" })
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)

@@ -22,6 +22,7 @@ mod log_capture;
 mod node;
 mod operator;
 pub mod pki;
+mod pod_network;
 mod pod_stack;
 mod postgres;
 mod process;
