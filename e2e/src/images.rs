@@ -76,6 +76,21 @@ pub async fn build_node_images(
     .map_err(|e| HarnessError::Build(format!("building images: {e}")))?
 }
 
+/// Builds the operator's and the webhook's images (the broker is the
+/// operator's binary) into `out`, from static builds in the `e2e-image`
+/// profile: what the chart runs on the node with a pod network.
+pub async fn build_component_images(out: &Path) -> Result<ImageSet, HarnessError> {
+    let out = out.to_path_buf();
+    let pause = crate::controlplane_bin_dir()?.join("pause");
+    tokio::task::spawn_blocking(move || {
+        let components = ["ferry-operator", "ferry-webhook"];
+        let binaries = static_binaries(&components, "e2e-image")?;
+        build_images(&out, &components, &binaries, &pause)
+    })
+    .await
+    .map_err(|e| HarnessError::Build(format!("building images: {e}")))?
+}
+
 /// Builds ferry's `packages` as static executables for the image (musl,
 /// in cargo profile `profile`) and returns the directory holding them.
 pub fn static_binaries(packages: &[&str], profile: &str) -> Result<PathBuf, HarnessError> {
