@@ -96,6 +96,8 @@ oci_archive() {
 base_rootfs() {
   local rootfs
   rootfs=$(mktemp -d "$out/.rootfs.XXXXXX")
+  # mktemp's 0700 would be the mode of the image's / (the layer's ./).
+  chmod 0755 "$rootfs"
   mkdir -p "$rootfs/etc/ssl/certs" "$rootfs/tmp"
   chmod 1777 "$rootfs/tmp"
   [[ -r $ca_bundle ]] || die "no CA bundle at $ca_bundle (install Debian's ca-certificates, or set CA_BUNDLE)"
