@@ -394,7 +394,9 @@ state = "{root}/state"
         command
     }
 
-    fn import(&self, archive: &Path) -> Result<(), HarnessError> {
+    /// Imports an image archive (as [`images::build_images`] writes them)
+    /// into the node's containerd.
+    pub fn import(&self, archive: &Path) -> Result<(), HarnessError> {
         let output = self
             .ctr()
             .args(["images", "import", "--no-unpack=false"])
@@ -468,6 +470,12 @@ state = "{root}/state"
     /// cgroup v1 hierarchy under /sys/fs/cgroup).
     pub fn cgroup_root(&self) -> &str {
         &self.cgroup_root
+    }
+
+    /// The id of the process group of the node's processes (none once the
+    /// node has stopped).
+    pub fn process_group(&self) -> Option<i32> {
+        self.lock().as_ref().map(ProcessGroup::id)
     }
 
     /// The host PID of the node namespace's init (gone once the node has
