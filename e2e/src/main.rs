@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
 
 use ferry_api::resources::Grant;
-use ferry_contract::SECRETS_VOLUME_NAME;
+use ferry_contract::{DEFAULT_MOUNT_PATH, SECRETS_VOLUME_NAME};
 use ferry_e2e::images::{self, PSQL_IMAGE};
 use ferry_e2e::{
     Cluster, NODE_NAME, NodeStandIn, PodStack, Postgres, REAL_NODE_NAME, RealNode, Stack,
@@ -155,7 +155,7 @@ async fn demo(keep: bool) -> anyhow::Result<()> {
         println!(
             "  # examples/pod.yaml made to run here: image {PSQL_IMAGE} (imported; nothing is pulled), the host's network (the broker listens on its loopback), and as the app:"
         );
-        for line in APP_SCRIPT.lines() {
+        for line in app_script().lines() {
             println!("  #   {line}");
         }
     }
@@ -336,7 +336,7 @@ async fn start_real_node(cluster: &Cluster) -> Result<RealNode, String> {
             .to_owned()
     };
     let images = cluster.dir().join("images");
-    let (node, psql) = tokio::join!(RealNode::start(cluster), images::build_psql_image(&images),);
+    let (node, psql) = tokio::join!(RealNode::start(cluster), images::build_psql_image(&images));
     let node = node.map_err(one_line)?;
     for archive in psql.map_err(one_line)?.archives() {
         node.import(archive).map_err(one_line)?;
@@ -347,24 +347,28 @@ async fn start_real_node(cluster: &Cluster) -> Result<RealNode, String> {
 /// What the app container runs on the real node: it lists what it found in
 /// its secrets volume, then uses the DSN file with psql (echoing each
 /// query), then waits to be stopped.
-const APP_SCRIPT: &str = r#"cd /var/run/secrets/ferry
+fn app_script() -> String {
+    format!(
+        r#"cd {DEFAULT_MOUNT_PATH}
 for f in */*; do printf '  %s  %5s bytes  %s\n' "$(stat -L -c %a "$f")" "$(stat -L -c %s "$f")" "$f"; done
 dsn=$(cat orders-db/dsn)
 # The password goes to libpq's environment, not psql's command line (ps shows that to anyone).
 export PGPASSWORD="$(cat orders-db/password)"
 for sql in 'SELECT id, item FROM orders ORDER BY id' 'DELETE FROM orders'; do
-  psql "${dsn%%://*}://$(cat orders-db/username)@${dsn#*@}" --echo-queries -c "$sql" 2>&1
+  psql "${{dsn%%://*}}://$(cat orders-db/username)@${{dsn#*@}}" --echo-queries -c "$sql" 2>&1
 done
-echo queried
+echo {APP_DONE}
 trap 'exit 0' TERM
-sleep 3600 & wait"#;
+sleep 3600 & wait"#
+    )
+}
 
-/// The line [`APP_SCRIPT`] logs once it has run its queries.
+/// The line [`app_script`] logs once it has run its queries.
 const APP_DONE: &str = "queried";
 
 /// Writes examples/pod.yaml as the real node can run it: the psql image,
 /// which is imported and cannot be pulled; the host's network, where the
-/// broker listens on loopback; [`APP_SCRIPT`] as the app. Returns its path.
+/// broker listens on loopback; [`app_script`] as the app. Returns its path.
 fn real_node_pod(cluster: &Cluster) -> anyhow::Result<PathBuf> {
     let example = Path::new(REPOSITORY).join("examples/pod.yaml");
     let mut pod: serde_json::Value = serde_yaml::from_str(
@@ -377,7 +381,7 @@ fn real_node_pod(cluster: &Cluster) -> anyhow::Result<PathBuf> {
         .context("examples/pod.yaml has no container")?;
     app["image"] = PSQL_IMAGE.into();
     app["imagePullPolicy"] = "Never".into();
-    app["command"] = serde_json::json!(["/bin/sh", "-c", APP_SCRIPT]);
+    app["command"] = serde_json::json!(["/bin/sh", "-c", app_script()]);
     let path = cluster.dir().join("checkout-pod.yaml");
     std::fs::write(&path, serde_yaml::to_string(&pod)?)
         .with_context(|| format!("writing {}", path.display()))?;
