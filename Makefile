@@ -19,7 +19,7 @@ controlplane: ## Build etcd, kube-apiserver, kube-controller-manager, kubectl an
 postgres: ## Install PostgreSQL's server binaries (apt) if missing; tests start private servers.
 	@e2e/postgres/install.sh
 
-node: ## Install containerd, runc, busybox-static (apt) and the musl Rust target if missing; tests start a private node.
+node: ## Install containerd, runc, busybox-static, postgresql-client (apt) and the musl Rust target if missing; tests start a private node.
 	@e2e/node/install.sh
 
 demo: controlplane postgres ## Run the local demo on a real control plane (DEMO_ARGS=--keep leaves it running).

@@ -11,6 +11,10 @@
 #              control plane), as 65535.
 #   busybox    Debian's busybox-static with its applets linked in /bin, for
 #              tests' and the demo's app containers, as 65532.
+#   psql       the demo's app: busybox as above (a shell to read the DSN
+#              file) and Debian's psql (postgresql-client) as /bin/psql with
+#              every shared library `ldd` lists, the dynamic loader
+#              included, at the paths it lists them; as 65532.
 #
 # `make images` loads the archives into docker or podman; the e2e harness
 # imports them into its containerd (`ctr -n k8s.io images import`).
@@ -19,10 +23,12 @@
 # Inputs (environment):
 #   FERRY_BIN_DIR     directory holding the static ferry-* binaries (ferry images)
 #   PAUSE_BIN         the pause binary (pause image)
-#   BUSYBOX_BIN       a static busybox (default /bin/busybox; busybox image)
+#   BUSYBOX_BIN       a static busybox (default /bin/busybox; busybox and psql images)
+#   PSQL_BIN          Debian's psql binary, not its pg_wrapper script (default:
+#                     the newest /usr/lib/postgresql/*/bin/psql; psql image)
 #   IMAGE_REPOSITORY  repository of ferry's images (default ghcr.io/ferry-dev)
 #   IMAGE_TAG         their tag (default: the workspace version)
-#   TEST_REPOSITORY   repository of pause and busybox (default ferry.local)
+#   TEST_REPOSITORY   repository of pause, busybox and psql (default ferry.local)
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -96,6 +102,8 @@ oci_archive() {
 base_rootfs() {
   local rootfs
   rootfs=$(mktemp -d "$out/.rootfs.XXXXXX")
+  # mktemp's 0700 would be the mode of the image's / (the layer's ./).
+  chmod 0755 "$rootfs"
   mkdir -p "$rootfs/etc/ssl/certs" "$rootfs/tmp"
   chmod 1777 "$rootfs/tmp"
   [[ -r $ca_bundle ]] || die "no CA bundle at $ca_bundle (install Debian's ca-certificates, or set CA_BUNDLE)"
@@ -104,6 +112,38 @@ base_rootfs() {
   printf 'root:x:0:\nnonroot:x:65532:\nnobody:x:65534:\n' >"$rootfs/etc/group"
   chmod 0644 "$rootfs/etc/passwd" "$rootfs/etc/group"
   echo "$rootfs"
+}
+
+# Debian's static busybox as /bin/busybox, each applet a link to it.
+install_busybox() {
+  local rootfs=$1 busybox=${BUSYBOX_BIN:-/bin/busybox} applet
+  [[ -x $busybox ]] || die "$busybox is missing (install Debian's busybox-static)"
+  mkdir -p "$rootfs/bin"
+  install -m 0755 "$busybox" "$rootfs/bin/busybox"
+  for applet in $("$busybox" --list); do
+    [[ $applet == busybox ]] || ln -s busybox "$rootfs/bin/$applet"
+  done
+}
+
+# Debian's psql as /bin/psql, and each library ldd resolves for it (the
+# loader too) copied to the path ldd names, where the loader looks first.
+install_psql() {
+  local rootfs=$1 psql=${PSQL_BIN:-} libraries library
+  if [[ -z $psql ]]; then
+    psql=$(compgen -G '/usr/lib/postgresql/*/bin/psql' | sort -V | tail -1) ||
+      die "psql is missing (install Debian's postgresql-client, or set PSQL_BIN)"
+  fi
+  [[ -x $psql ]] || die "$psql is missing (install Debian's postgresql-client, or set PSQL_BIN)"
+  libraries=$(ldd "$psql") || die "ldd $psql failed: is it a dynamic executable?"
+  ! grep -q 'not found' <<<"$libraries" || die "ldd $psql: $(grep 'not found' <<<"$libraries")"
+  install -m 0755 "$psql" "$rootfs/bin/psql"
+  # "libpq.so.5 => /lib/.../libpq.so.5 (0x...)", "/lib64/ld-linux-x86-64.so.2 (0x...)";
+  # linux-vdso names no file.
+  for library in $(awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }' <<<"$libraries"); do
+    mkdir -p "$rootfs$(dirname "$library")"
+    install -m 0755 "$(readlink -f "$library")" "$rootfs$library"
+  done
+  [[ -n $(compgen -G "$rootfs/lib*/ld-linux*") ]] || die "ldd $psql named no dynamic loader"
 }
 
 build_image() {
@@ -124,17 +164,15 @@ build_image() {
       oci_archive "$test_repository/pause:1" "$rootfs" 65535:65535 '["/pause"]'
       ;;
     busybox)
-      local busybox=${BUSYBOX_BIN:-/bin/busybox}
-      [[ -x $busybox ]] || die "$busybox is missing (install Debian's busybox-static)"
-      mkdir -p "$rootfs/bin"
-      install -m 0755 "$busybox" "$rootfs/bin/busybox"
-      local applet
-      for applet in $("$busybox" --list); do
-        [[ $applet == busybox ]] || ln -s busybox "$rootfs/bin/$applet"
-      done
+      install_busybox "$rootfs"
       oci_archive "$test_repository/busybox:1" "$rootfs" 65532:65532 '["/bin/sh"]'
       ;;
-    *) die "unknown image $image (ferry-operator, ferry-webhook, ferry-sidecar, pause, busybox)" ;;
+    psql)
+      install_busybox "$rootfs"
+      install_psql "$rootfs"
+      oci_archive "$test_repository/psql:1" "$rootfs" 65532:65532 '["/bin/psql"]'
+      ;;
+    *) die "unknown image $image (ferry-operator, ferry-webhook, ferry-sidecar, pause, busybox, psql)" ;;
   esac
   rm -rf "$rootfs"
 }

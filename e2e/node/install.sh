@@ -2,8 +2,9 @@
 # Installs what the e2e harness's real node needs from Debian's packages
 # when it is missing: containerd and runc (the container runtime the kubelet
 # drives), the CNI plugins (pods not on the host's network get a loopback
-# interface only), busybox-static (the tests' app image) and ca-certificates (the CA
-# bundle in ferry's images). The harness starts its own containerd with
+# interface only), busybox-static (the tests' app image), postgresql-client
+# (the psql in the demo's app image) and ca-certificates (the CA bundle in
+# ferry's images). The harness starts its own containerd with
 # private directories and socket; nothing here starts or enables a service.
 set -euo pipefail
 
@@ -21,6 +22,8 @@ command -v containerd >/dev/null || missing+=(containerd)
 command -v runc >/dev/null || missing+=(runc)
 [[ -x /usr/lib/cni/loopback ]] || missing+=(containernetworking-plugins)
 [[ -x /bin/busybox ]] && file -b /bin/busybox | grep -q 'statically linked' || missing+=(busybox-static)
+# psql itself, not Debian's pg_wrapper script in /usr/bin.
+compgen -G '/usr/lib/postgresql/*/bin/psql' >/dev/null || missing+=(postgresql-client)
 [[ -r /etc/ssl/certs/ca-certificates.crt ]] || missing+=(ca-certificates)
 command -v file >/dev/null || missing+=(file)
 [[ ${#missing[@]} -eq 0 ]] && exit 0

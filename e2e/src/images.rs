@@ -1,7 +1,8 @@
 //! The images the real node runs, built here by `images/build.sh` (the same
-//! definition `make images` uses) from static binaries: ferry's sidecar,
-//! the pause program and busybox for the tests' app containers. Nothing is
-//! pulled; [`crate::RealNode`] imports the archives into its containerd.
+//! definition `make images` uses): ferry's static sidecar, the pause
+//! program, busybox for the tests' app containers and psql for the demo's.
+//! Nothing is pulled; [`crate::RealNode`] imports the archives into its
+//! containerd.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -13,6 +14,9 @@ pub const PAUSE_IMAGE: &str = "ferry.local/pause:1";
 
 /// The tests' app image: busybox-static with its applets in /bin.
 pub const BUSYBOX_IMAGE: &str = "ferry.local/busybox:1";
+
+/// The demo's app image: psql, and busybox for a shell.
+pub const PSQL_IMAGE: &str = "ferry.local/psql:1";
 
 /// The Rust target of ferry's static binaries.
 const STATIC_TARGET: &str = "x86_64-unknown-linux-musl";
@@ -89,6 +93,18 @@ pub async fn build_component_images(out: &Path) -> Result<ImageSet, HarnessError
     })
     .await
     .map_err(|e| HarnessError::Build(format!("building images: {e}")))?
+}
+
+/// Builds the psql image into `out`. Only the demo runs it, so the
+/// nodes' image sets leave it out; import it with [`crate::RealNode::import_images`].
+pub async fn build_psql_image(out: &Path) -> Result<ImageSet, HarnessError> {
+    let out = out.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        // Neither input is read for psql.
+        build_images(&out, &["psql"], Path::new(""), Path::new(""))
+    })
+    .await
+    .map_err(|e| HarnessError::Build(format!("building the psql image: {e}")))?
 }
 
 /// Builds ferry's `packages` as static executables for the image (musl,

@@ -647,6 +647,12 @@ state = "{root}/state"
         &self.cgroup_root
     }
 
+    /// The id of the process group of the node's processes (none once the
+    /// node has stopped).
+    pub fn process_group(&self) -> Option<i32> {
+        self.lock().as_ref().map(ProcessGroup::id)
+    }
+
     /// The host PID of the node namespace's init (gone once the node has
     /// stopped).
     pub fn init_pid(&self) -> u32 {

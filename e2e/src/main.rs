@@ -3,13 +3,17 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use ferry_api::resources::Grant;
-use ferry_contract::SECRETS_VOLUME_NAME;
-use ferry_e2e::{Cluster, NODE_NAME, Postgres, Stack, postgres_bin_dir};
+use ferry_contract::{DEFAULT_MOUNT_PATH, SECRETS_VOLUME_NAME};
+use ferry_e2e::images::{self, PSQL_IMAGE};
+use ferry_e2e::{
+    Cluster, NODE_NAME, NodeStandIn, PodStack, Postgres, REAL_NODE_NAME, RealNode, Stack,
+    postgres_bin_dir,
+};
 use k8s_openapi::api::core::v1::{Pod, Secret};
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, ListParams, LogParams, PostParams};
 
 /// Command-line interface of the e2e harness.
 #[derive(Debug, Parser)]
@@ -22,9 +26,10 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Commands {
     /// Start a local control plane (etcd, kube-apiserver,
-    /// kube-controller-manager), PostgreSQL and ferry, apply the examples,
-    /// run the example pod on the node stand-in, show its secrets and use
-    /// them, delete the pod and show them gone; then stop everything.
+    /// kube-controller-manager), PostgreSQL, a node and ferry, apply the
+    /// examples, run the example pod (on a kubelet with containerd where
+    /// this runs as root, else on the node stand-in), show its secrets and
+    /// use them, delete the pod and show them gone; then stop everything.
     Demo {
         /// Leave everything running afterwards, for exploring with
         /// kubectl, until Ctrl-C.
@@ -53,10 +58,16 @@ const REPOSITORY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 
 async fn demo(keep: bool) -> anyhow::Result<()> {
     eprintln!(
-        "starting a local control plane and PostgreSQL (the first run builds the control plane from Go modules: many minutes)..."
+        "starting a local control plane, PostgreSQL and a node (the first run builds the control plane from Go modules: many minutes)..."
     );
-    let (cluster, database) = tokio::try_join!(
-        async { Cluster::start().await.context("starting the control plane") },
+    let ((cluster, real_node), database) = tokio::try_join!(
+        async {
+            let cluster = Cluster::start()
+                .await
+                .context("starting the control plane")?;
+            let node = start_real_node(&cluster).await;
+            anyhow::Ok((cluster, node))
+        },
         async { Postgres::start().await.context("starting PostgreSQL") },
     )?;
     println!("apiserver: {}", cluster.server());
@@ -66,17 +77,34 @@ async fn demo(keep: bool) -> anyhow::Result<()> {
     println!("logs: {}", cluster.dir().join("logs").display());
     println!();
 
-    eprintln!("installing ferry: CRDs, operator, broker, webhook and a node stand-in...");
-    let stack = Stack::start(&cluster).await?;
+    eprintln!("installing ferry: CRDs, operator, broker and webhook...");
+    let node = match real_node {
+        Ok(node) => {
+            let stack = PodStack::start(&cluster, &node).await?;
+            DemoNode::Real {
+                node: Box::new(node),
+                stack,
+            }
+        }
+        Err(why) => DemoNode::StandIn {
+            stack: Stack::start(&cluster).await?,
+            why,
+        },
+    };
     let client = cluster.client()?;
     println!(
         "webhook: {} (registered as inject.ferry.dev)",
-        stack.webhook.url()
+        node.webhook_url()
     );
-    println!("broker: {}", stack.broker_url());
-    println!(
-        "node: {NODE_NAME}, a stand-in for the kubelet that runs the sidecar binary as a local process"
-    );
+    println!("broker: {}", node.broker_url());
+    match &node {
+        DemoNode::Real { .. } => println!(
+            "node: {REAL_NODE_NAME}, a kubelet with containerd running the pods' containers (on the host's network)"
+        ),
+        DemoNode::StandIn { why, .. } => println!(
+            "node: {NODE_NAME}, a stand-in for the kubelet that runs the sidecar binary as a local process (no real node: {why})"
+        ),
+    }
     println!();
 
     // The database owner's side: the orders table, the orders_reader role,
@@ -109,31 +137,333 @@ async fn demo(keep: bool) -> anyhow::Result<()> {
         Ok(grants.list(&ListParams::default()).await?.items.len() == 2)
     })
     .await?;
+    let manifest = match &node {
+        DemoNode::Real { .. } => real_node_pod(&cluster)?,
+        DemoNode::StandIn { .. } => "examples/pod.yaml".into(),
+    };
     // The webhook's Grant index follows the operator's write within moments.
     wait_for("the webhook to admit the example pod", || async {
         let output = cluster
             .kubectl()
             .current_dir(REPOSITORY)
-            .args(["apply", "-f", "examples/pod.yaml"])
+            .arg("apply")
+            .arg("-f")
+            .arg(&manifest)
             .output()?;
         Ok(output.status.success())
     })
     .await?;
-    println!("$ kubectl apply -f examples/pod.yaml");
+    println!("$ kubectl apply -f {}", manifest.display());
+    if let DemoNode::Real { .. } = node {
+        println!(
+            "  # examples/pod.yaml made to run here: image {PSQL_IMAGE} (imported; nothing is pulled), the host's network (the broker listens on its loopback), and as the app:"
+        );
+        for line in app_script().lines() {
+            println!("  #   {line}");
+        }
+    }
     println!("pod/checkout created");
     println!();
     show(&cluster, &["get", "bs,ap,grants", "-A"])?;
 
-    let pods: Api<Pod> = Api::namespaced(client.clone(), "shop");
-    let uid = pods
+    let uid = Api::<Pod>::namespaced(client.clone(), "shop")
         .get("checkout")
         .await?
         .metadata
         .uid
         .context("the pod has no uid")?;
+    let username = match &node {
+        DemoNode::Real { node, .. } => app_on_real_node(&cluster, node, &uid).await?,
+        DemoNode::StandIn { stack, .. } => app_on_stand_in(&cluster, &stack.node, &uid).await?,
+    };
+    let remaining = database
+        .admin()
+        .await?
+        .query("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&username])
+        .await?
+        .len();
+    println!("$ psql -c \"SELECT rolname FROM pg_roles WHERE rolname = '{username}'\"");
+    println!("({remaining} rows)   # the sidecar revoked the lease; the broker dropped the role");
+    println!();
+
+    if keep {
+        println!(
+            "Everything keeps running. Try: export KUBECONFIG={}",
+            cluster.kubeconfig().display()
+        );
+        println!(
+            "  kubectl apply -f {}; kubectl get pods -A",
+            Path::new(REPOSITORY).join(&manifest).display()
+        );
+        println!("Press Ctrl-C to stop everything.");
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    // What must be gone once everything stops: the process groups, the
+    // private directories, the real node's cgroups and mount namespace,
+    // and (checked before the server stops) every role the broker made.
+    let groups = [
+        cluster.process_group(),
+        database.process_group(),
+        node.process_group()?,
+    ];
+    let dirs = [
+        cluster.dir().to_path_buf(),
+        database.dir().to_path_buf(),
+        node.dir(),
+    ];
+    let node_namespace = match &node {
+        DemoNode::Real { node, .. } => Some((node.cgroup_root().to_owned(), node.init_pid())),
+        DemoNode::StandIn { .. } => None,
+    };
+    let ferry_roles = database
+        .admin()
+        .await?
+        .query(
+            "SELECT 1 FROM pg_roles WHERE starts_with(rolname, $1)",
+            &[&ferry_broker::providers::postgres::ROLE_PREFIX],
+        )
+        .await?
+        .len();
+    println!(
+        "process groups: {}",
+        groups.map(|group| group.to_string()).join(" ")
+    );
+    println!(
+        "directories: {}",
+        dirs.iter()
+            .map(|dir| dir.display().to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    if let Some((cgroup_root, _)) = &node_namespace {
+        println!("node cgroup root: {cgroup_root}");
+    }
+    eprintln!("stopping ferry, the node, PostgreSQL and the control plane...");
+    drop(node);
+    drop(database);
+    drop(cluster);
+    let mut left = Vec::new();
+    if ferry_roles > 0 {
+        left.push(format!("{ferry_roles} ferry roles in PostgreSQL"));
+    }
+    for group in groups {
+        // Signal 0 only asks whether any process of the group is left.
+        if nix::sys::signal::killpg(nix::unistd::Pid::from_raw(group), None).is_ok() {
+            left.push(format!("processes of group {group}"));
+        }
+    }
+    left.extend(
+        dirs.iter()
+            .filter(|dir| dir.exists())
+            .map(|dir| format!("directory {}", dir.display())),
+    );
+    if let Some((cgroup_root, init_pid)) = &node_namespace {
+        left.extend(cgroups_named(cgroup_root).map(|dir| format!("cgroup {}", dir.display())));
+        // The containers' mounts live and die with the node's namespace.
+        if Path::new(&format!("/proc/{init_pid}")).exists() {
+            left.push(format!("the node's namespace (init PID {init_pid})"));
+        }
+    }
+    if !left.is_empty() {
+        anyhow::bail!("stopped, but left behind: {}", left.join(", "));
+    }
+    eprintln!(
+        "stopped; nothing left behind: no ferry role, no process of {} groups, none of {} directories{}.",
+        groups.len(),
+        dirs.len(),
+        if node_namespace.is_some() {
+            ", no container, cgroup or mount of the node"
+        } else {
+            ""
+        }
+    );
+    Ok(())
+}
+
+/// Where the example pod runs.
+enum DemoNode {
+    /// A kubelet with containerd: the app is the psql image. Declared
+    /// first, so the node stops before ferry.
+    Real {
+        node: Box<RealNode>,
+        stack: PodStack,
+    },
+    /// The stand-in runs only the sidecar; the demo runs psql for the app.
+    StandIn { stack: Stack, why: String },
+}
+
+impl DemoNode {
+    fn webhook_url(&self) -> String {
+        match self {
+            Self::Real { stack, .. } => stack.webhook.url(),
+            Self::StandIn { stack, .. } => stack.webhook.url(),
+        }
+    }
+
+    fn broker_url(&self) -> &str {
+        match self {
+            Self::Real { stack, .. } => stack.broker_url(),
+            Self::StandIn { stack, .. } => stack.broker_url(),
+        }
+    }
+
+    fn process_group(&self) -> anyhow::Result<i32> {
+        match self {
+            Self::Real { node, .. } => node.process_group().context("the node has stopped"),
+            Self::StandIn { stack, .. } => Ok(stack.node.process_group()),
+        }
+    }
+
+    fn dir(&self) -> PathBuf {
+        match self {
+            Self::Real { node, .. } => node.dir().to_path_buf(),
+            Self::StandIn { stack, .. } => stack.node.dir().to_path_buf(),
+        }
+    }
+}
+
+/// Starts the real node with the psql image, or says in one line why it
+/// cannot run here.
+async fn start_real_node(cluster: &Cluster) -> Result<RealNode, String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err("containers need root, and this runs as a user".into());
+    }
+    let one_line = |error: ferry_e2e::HarnessError| {
+        error
+            .to_string()
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let images = cluster.dir().join("images");
+    let (node, psql) = tokio::join!(RealNode::start(cluster), images::build_psql_image(&images));
+    let node = node.map_err(one_line)?;
+    node.import_images(&psql.map_err(one_line)?)
+        .map_err(one_line)?;
+    Ok(node)
+}
+
+/// What the app container runs on the real node: it lists what it found in
+/// its secrets volume, then uses the DSN file with psql (echoing each
+/// query), then waits to be stopped.
+fn app_script() -> String {
+    format!(
+        r#"cd {DEFAULT_MOUNT_PATH}
+for f in */*; do printf '  %s  %5s bytes  %s\n' "$(stat -L -c %a "$f")" "$(stat -L -c %s "$f")" "$f"; done
+dsn=$(cat orders-db/dsn)
+# The password goes to libpq's environment, not psql's command line (ps shows that to anyone).
+export PGPASSWORD="$(cat orders-db/password)"
+for sql in 'SELECT id, item FROM orders ORDER BY id' 'DELETE FROM orders'; do
+  psql "${{dsn%%://*}}://$(cat orders-db/username)@${{dsn#*@}}" --echo-queries -c "$sql" 2>&1
+done
+echo {APP_DONE}
+trap 'exit 0' TERM
+sleep 3600 & wait"#
+    )
+}
+
+/// The line [`app_script`] logs once it has run its queries.
+const APP_DONE: &str = "queried";
+
+/// Writes examples/pod.yaml as the real node can run it: the psql image,
+/// which is imported and cannot be pulled; the host's network, where the
+/// broker listens on loopback; [`app_script`] as the app. Returns its path.
+fn real_node_pod(cluster: &Cluster) -> anyhow::Result<PathBuf> {
+    let example = Path::new(REPOSITORY).join("examples/pod.yaml");
+    let mut pod: serde_json::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(&example)
+            .with_context(|| format!("reading {}", example.display()))?,
+    )?;
+    pod["spec"]["hostNetwork"] = true.into();
+    let app = pod["spec"]["containers"]
+        .get_mut(0)
+        .context("examples/pod.yaml has no container")?;
+    app["image"] = PSQL_IMAGE.into();
+    app["imagePullPolicy"] = "Never".into();
+    app["command"] = serde_json::json!(["/bin/sh", "-c", app_script()]);
+    let path = cluster.dir().join("checkout-pod.yaml");
+    std::fs::write(&path, serde_yaml::to_string(&pod)?)
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+/// Shows the example pod running on the real node: its containers, its
+/// secrets volume, and the app's own log of what it found and queried;
+/// then deletes it and shows the volume gone. Returns the app's role.
+async fn app_on_real_node(cluster: &Cluster, node: &RealNode, uid: &str) -> anyhow::Result<String> {
+    let client = cluster.client()?;
+    node.wait_pod(
+        &client,
+        "shop",
+        "checkout",
+        "the app and its sidecar ready",
+        POD_DEADLINE,
+        pod_ready,
+    )
+    .await?;
+    show(
+        cluster,
+        &["-n", "shop", "get", "pod", "checkout", "-o", "wide"],
+    )?;
+    let volume = secrets_mount(&node.mounts(), uid)
+        .context("the node has no tmpfs mounted for the pod's secrets volume")?;
+    println!(
+        "The pod's secrets volume is a tmpfs the kubelet mounted at {} on the node.",
+        volume.display()
+    );
+    let secrets = node.node_path(&volume);
+    let token = read_secret(&secrets.join("orders-api-token/token"))?;
+    println!("orders-api-token/token is a JWT the broker signed; its claims:");
+    println!("  {}", jwt_claims(&token)?);
+    println!();
+
+    // A role name is not secret; its password is.
+    let username = read_secret(&secrets.join("orders-db/username"))?.to_string();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "shop");
+    let app_log = LogParams {
+        container: Some("app".into()),
+        ..LogParams::default()
+    };
+    wait_for("the app to run its queries", || async {
+        Ok(pods
+            .logs("checkout", &app_log)
+            .await?
+            .lines()
+            .any(|line| line == APP_DONE))
+    })
+    .await?;
+    println!(
+        "The app's log: what it found in its secrets volume, then its PostgreSQL role {username} at work, for what orders_reader may do:"
+    );
+    show(cluster, &["-n", "shop", "logs", "checkout", "-c", "app"])?;
+
+    show(cluster, &["-n", "shop", "delete", "pod", "checkout"])?;
+    wait_for("the kubelet to remove the pod's volume", || async {
+        Ok(!secrets.exists() && secrets_mount(&node.mounts(), uid).is_none())
+    })
+    .await?;
+    println!("$ ls {}   # on the node", volume.display());
+    println!("ls: {}: No such file or directory", volume.display());
+    Ok(username)
+}
+
+/// Shows the example pod on the node stand-in: what the app would have
+/// found when it started, and psql run here with those files; then deletes
+/// it and shows the volume gone. Returns the app's role.
+async fn app_on_stand_in(
+    cluster: &Cluster,
+    stand_in: &NodeStandIn,
+    uid: &str,
+) -> anyhow::Result<String> {
     let mut run = None;
     wait_for("the sidecar's startup probe to pass", || {
-        let found = stack.node.pod(&uid).filter(|run| run.started);
+        let found = stand_in.pod(uid).filter(|run| run.started);
         let started = found.is_some();
         run = found;
         async move { Ok(started) }
@@ -141,7 +471,7 @@ async fn demo(keep: bool) -> anyhow::Result<()> {
     .await?;
     let run = run.context("the pod did not start")?;
     show(
-        &cluster,
+        cluster,
         &["-n", "shop", "get", "pod", "checkout", "-o", "wide"],
     )?;
     let secrets = run.volumes[SECRETS_VOLUME_NAME].clone();
@@ -170,9 +500,9 @@ async fn demo(keep: bool) -> anyhow::Result<()> {
     psql_as_app(&secrets, "DELETE FROM orders")?;
     println!();
 
-    show(&cluster, &["-n", "shop", "delete", "pod", "checkout"])?;
+    show(cluster, &["-n", "shop", "delete", "pod", "checkout"])?;
     wait_for("the pod to be torn down", || async {
-        Ok(stack.node.pod(&uid).is_some_and(|run| run.finished))
+        Ok(stand_in.pod(uid).is_some_and(|run| run.finished))
     })
     .await?;
     println!("$ ls {}", secrets.display());
@@ -185,91 +515,44 @@ async fn demo(keep: bool) -> anyhow::Result<()> {
             "No such file or directory"
         }
     );
-    let remaining = database
-        .admin()
-        .await?
-        .query("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&username])
-        .await?
-        .len();
-    println!("$ psql -c \"SELECT rolname FROM pg_roles WHERE rolname = '{username}'\"");
-    println!("({remaining} rows)   # the sidecar revoked the lease; the broker dropped the role");
-    println!();
+    Ok(username)
+}
 
-    if keep {
-        println!(
-            "Everything keeps running. Try: export KUBECONFIG={}",
-            cluster.kubeconfig().display()
-        );
-        println!("  kubectl apply -f examples/pod.yaml; kubectl get pods -A");
-        println!("Press Ctrl-C to stop everything.");
-        let mut terminate =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = terminate.recv() => {}
-        }
-    }
-    // What must be gone once everything stops: the process groups, the
-    // private directories, and (checked before the server stops) every
-    // role the broker made.
-    let groups = [
-        cluster.process_group(),
-        database.process_group(),
-        stack.node.process_group(),
-    ];
-    let dirs = [
-        cluster.dir().to_path_buf(),
-        database.dir().to_path_buf(),
-        stack.node.dir().to_path_buf(),
-    ];
-    let ferry_roles = database
-        .admin()
-        .await?
-        .query(
-            "SELECT 1 FROM pg_roles WHERE starts_with(rolname, $1)",
-            &[&ferry_broker::providers::postgres::ROLE_PREFIX],
-        )
-        .await?
-        .len();
-    println!(
-        "process groups: {}",
-        groups.map(|group| group.to_string()).join(" ")
-    );
-    println!(
-        "directories: {}",
-        dirs.iter()
-            .map(|dir| dir.display().to_string())
-            .collect::<Vec<_>>()
-            .join(" ")
-    );
-    eprintln!("stopping ferry, PostgreSQL and the control plane...");
-    drop(stack);
-    drop(database);
-    drop(cluster);
-    let mut left = Vec::new();
-    if ferry_roles > 0 {
-        left.push(format!("{ferry_roles} ferry roles in PostgreSQL"));
-    }
-    for group in groups {
-        // Signal 0 only asks whether any process of the group is left.
-        if nix::sys::signal::killpg(nix::unistd::Pid::from_raw(group), None).is_ok() {
-            left.push(format!("processes of group {group}"));
-        }
-    }
-    left.extend(
-        dirs.iter()
-            .filter(|dir| dir.exists())
-            .map(|dir| format!("directory {}", dir.display())),
-    );
-    if !left.is_empty() {
-        anyhow::bail!("stopped, but left behind: {}", left.join(", "));
-    }
-    eprintln!(
-        "stopped; nothing left behind: no ferry role, no process of {} groups, none of {} directories.",
-        groups.len(),
-        dirs.len()
-    );
-    Ok(())
+/// How long the example pod may take to be ready on the real node.
+const POD_DEADLINE: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Whether the pod reports Ready: the sidecar started, the app runs.
+fn pod_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|status| status.conditions.as_ref())
+        .is_some_and(|conditions| {
+            conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+        })
+}
+
+/// Where the node mounted the tmpfs of pod `uid`'s secrets volume, from
+/// the node's mount table (`/proc/<pid>/mountinfo`).
+fn secrets_mount(mountinfo: &str, uid: &str) -> Option<PathBuf> {
+    let suffix = format!("/pods/{uid}/volumes/kubernetes.io~empty-dir/{SECRETS_VOLUME_NAME}");
+    mountinfo.lines().find_map(|line| {
+        let (mount, fs) = line.split_once(" - ")?;
+        let point = mount.split(' ').nth(4)?;
+        (fs.starts_with("tmpfs ") && point.ends_with(&suffix)).then(|| PathBuf::from(point))
+    })
+}
+
+/// The cgroups named `root` that exist, one per cgroup v1 hierarchy.
+fn cgroups_named(root: &str) -> impl Iterator<Item = PathBuf> {
+    let root = root.to_owned();
+    std::fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(move |hierarchy| hierarchy.path().join(&root))
+        .filter(|dir| dir.is_dir())
 }
 
 /// Runs an example SQL file as the database's superuser, with psql.
