@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs what the e2e harness's real node needs from Debian's packages
 # when it is missing: containerd and runc (the container runtime the kubelet
-# drives), the CNI plugins (pods not on the host's network get a loopback
-# interface only), busybox-static (the tests' app image), postgresql-client
-# (the psql in the demo's app image) and ca-certificates (the CA bundle in
-# ferry's images). The harness starts its own containerd with
+# drives), the CNI plugins (loopback for pods off the host's network; the
+# bridge for the node with a pod network), iptables and iproute2 (that
+# node's kube-proxy rules and veth pair), busybox-static (the tests' app
+# image), postgresql-client (the psql in the demo's app image) and
+# ca-certificates (the CA bundle in ferry's images). The harness starts its own containerd with
 # private directories and socket; nothing here starts or enables a service.
 set -euo pipefail
 
@@ -20,7 +21,10 @@ fi
 missing=()
 command -v containerd >/dev/null || missing+=(containerd)
 command -v runc >/dev/null || missing+=(runc)
-[[ -x /usr/lib/cni/loopback ]] || missing+=(containernetworking-plugins)
+[[ -x /usr/lib/cni/loopback && -x /usr/lib/cni/bridge && -x /usr/lib/cni/host-local ]] ||
+  missing+=(containernetworking-plugins)
+PATH=$PATH:/usr/sbin:/sbin command -v iptables-restore >/dev/null || missing+=(iptables)
+PATH=$PATH:/usr/sbin:/sbin command -v ip >/dev/null || missing+=(iproute2)
 [[ -x /bin/busybox ]] && file -b /bin/busybox | grep -q 'statically linked' || missing+=(busybox-static)
 # psql itself, not Debian's pg_wrapper script in /usr/bin.
 compgen -G '/usr/lib/postgresql/*/bin/psql' >/dev/null || missing+=(postgresql-client)
