@@ -40,6 +40,19 @@ const COMPONENTS: [&str; 3] = ["ferry-operator", "ferry-broker", "ferry-webhook"
 const PLANTED: &str = "planted-chart-api-key-51c2";
 const PLANTED_SHA256: &str = "06baa68ce599f57eb8a9507e7f8a359e22dec73838c58957204257430854c48c";
 
+fn assert_not_in_logs(log: &str, whose: &str) {
+    use base64::Engine as _;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(PLANTED);
+    assert!(
+        !log.contains(PLANTED),
+        "the planted value is in {whose} log"
+    );
+    assert!(
+        !log.contains(&encoded),
+        "the planted value's base64 is in {whose} log"
+    );
+}
+
 fn chart() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../charts/ferry")
 }
@@ -303,11 +316,30 @@ async fn helm_runs_every_component_twice_injects_pods_rolls_without_refusals_and
         .unwrap()
         .items
     {
+        let name = pod.metadata.name.clone().unwrap();
         let init = pod.spec.unwrap().init_containers.unwrap_or_default();
         assert!(
             init.iter().any(|c| c.name == SIDECAR_CONTAINER_NAME),
             "the sidecar was injected"
         );
+        let sidecar_log = app_pods
+            .logs(
+                &name,
+                &LogParams {
+                    container: Some(SIDECAR_CONTAINER_NAME.into()),
+                    ..LogParams::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert!(sidecar_log.contains("secret_written"), "{sidecar_log}");
+        assert_not_in_logs(&sidecar_log, "the sidecar's");
+    }
+    // Nor in any of ferry's pods' logs.
+    for pod in pods.list(&ListParams::default()).await.unwrap().items {
+        let name = pod.metadata.name.unwrap();
+        let log = pods.logs(&name, &LogParams::default()).await.unwrap();
+        assert_not_in_logs(&log, &name);
     }
 
     // Upgrade: every component's pods are replaced, one at a time, while
