@@ -168,6 +168,7 @@ pub async fn run(args: BrokerArgs) -> Result<(), BrokerStartError> {
             certificate,
             reload_interval: args.serving.reload_interval(),
             limits: args.serving.limits(),
+            shutdown_delay: args.serving.shutdown_delay(),
             audience: args.audience,
             keys: lease_keys,
             jwt,
@@ -226,6 +227,8 @@ pub struct BrokerOptions {
     pub reload_interval: Duration,
     /// What the HTTPS port allows each client.
     pub limits: ServingLimits,
+    /// How long both ports keep answering once shutdown begins.
+    pub shutdown_delay: Duration,
     /// The audience tokens must carry.
     pub audience: String,
     /// The lease keys.
@@ -385,6 +388,7 @@ pub async fn serve(
             reload_interval: options.reload_interval,
             routes: broker_routes(state),
             limits: options.limits,
+            shutdown_delay: options.shutdown_delay,
             server: "broker",
             admin: AdminState {
                 readiness,

@@ -165,6 +165,8 @@ impl RunningBroker {
                 rate_limit,
                 review_limits,
                 limits,
+                // Tests stop it on purpose: no clients to move elsewhere.
+                shutdown_delay: Duration::ZERO,
                 // Tests wait on the reaper; production passes every minute.
                 reap_interval: Duration::from_secs(2),
                 unknown_pod_grace: Duration::from_secs(5),

@@ -95,6 +95,8 @@ impl RunningWebhook {
                 config,
                 readiness: thread_readiness,
                 limits,
+                // Tests stop it on purpose: no clients to move elsewhere.
+                shutdown_delay: Duration::ZERO,
             };
             if let Err(error) = serve(client, options, thread_registry, shutdown).await {
                 tracing::error!(%error, "webhook stopped");

@@ -59,6 +59,12 @@ pub struct ServingArgs {
     /// default, sized to its API).
     #[arg(long, env = "FERRY_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     pub max_body_bytes: u64,
+    /// Seconds both ports keep answering after SIGTERM, each reply asking
+    /// its client to reconnect elsewhere, while the pod leaves its
+    /// Service's endpoints; then the server stops accepting and drains.
+    /// Keep it well under the pod's terminationGracePeriodSeconds.
+    #[arg(long, env = "FERRY_SHUTDOWN_DELAY_SECONDS", default_value_t = 5)]
+    pub shutdown_delay_seconds: u64,
 }
 
 impl ServingArgs {
@@ -76,6 +82,11 @@ impl ServingArgs {
             body_timeout: Duration::from_secs(self.body_timeout_seconds.max(1)),
             max_body_bytes: self.max_body_bytes,
         }
+    }
+
+    /// How long both ports keep answering after SIGTERM.
+    pub fn shutdown_delay(&self) -> Duration {
+        Duration::from_secs(self.shutdown_delay_seconds)
     }
 
     /// How often the certificate files are checked (at least every second).

@@ -24,8 +24,9 @@ use rustls::sign::CertifiedKey;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+use warp::Filter as _;
 use warp::filters::BoxedFilter;
-use warp::http::StatusCode;
+use warp::http::{HeaderValue, StatusCode, header};
 use warp::reply::{Reply, Response};
 use zeroize::Zeroizing;
 
@@ -293,6 +294,9 @@ pub struct ServedPorts {
     pub routes: BoxedFilter<(Response,)>,
     /// What the TLS port allows each client.
     pub limits: ServingLimits,
+    /// How long both ports keep answering once `shutdown` begins (see
+    /// [`spawn_servers`]).
+    pub shutdown_delay: Duration,
     /// Names the serving metrics: `ferry_<server>_connections_open` and
     /// `ferry_<server>_limited_total`.
     pub server: &'static str,
@@ -301,8 +305,8 @@ pub struct ServedPorts {
 }
 
 /// Serves `ports` with [`spawn_servers`] until `shutdown`; then reports
-/// not ready (so no new traffic is sent) and waits for every task of
-/// `tasks`, the servers and the caller's own background work, to finish.
+/// not ready and waits for every task of `tasks`, the servers and the
+/// caller's own background work, to finish.
 pub async fn serve_until_shutdown(
     mut tasks: tokio::task::JoinSet<()>,
     ports: ServedPorts,
@@ -316,33 +320,69 @@ pub async fn serve_until_shutdown(
     Ok(())
 }
 
-/// Spawns, onto `tasks`, what every ferry HTTPS server runs until
-/// `shutdown`: the certificate reload, the admin server, and the TLS server
-/// (which drains on shutdown).
+/// Spawns, onto `tasks`, what every ferry HTTPS server runs: the
+/// certificate reload, the admin server, and the TLS server.
+///
+/// A pod told to stop is still in its Service's endpoints for a moment,
+/// and its clients (the apiserver calling the webhook, sidecars calling the
+/// broker) hold keep-alive connections to it. Closing at once would cut
+/// off a request already on its way over such a connection (the apiserver
+/// reports `EOF` and refuses the pod it was admitting). So once `shutdown`
+/// begins, both ports keep answering for `shutdown_delay`, and every reply
+/// says `Connection: close`, so each client leaves after a complete answer
+/// and reconnects to a replica that is not stopping. Then the TLS server
+/// stops accepting and drains.
 pub fn spawn_servers(
     tasks: &mut tokio::task::JoinSet<()>,
     ports: ServedPorts,
     shutdown: &CancellationToken,
 ) -> Result<(), TlsError> {
     let config = Arc::new(server_config(Arc::clone(&ports.certificate))?);
+    let stopped = CancellationToken::new();
+    {
+        let (shutdown, stopped, delay) = (shutdown.clone(), stopped.clone(), ports.shutdown_delay);
+        tasks.spawn(async move {
+            shutdown.cancelled().await;
+            tokio::time::sleep(delay).await;
+            stopped.cancel();
+        });
+    }
     let (certificate, interval) = (ports.certificate, ports.reload_interval);
-    let reload_shutdown = shutdown.clone();
+    let reload_shutdown = stopped.clone();
     tasks.spawn(async move { certificate.reload_every(interval, reload_shutdown).await });
     let metrics = ServingMetrics::new(&ports.admin.registry, ports.server)?;
     tasks.spawn(crate::admin::serve_admin(
         ports.admin_listener,
         ports.admin,
-        shutdown.clone().cancelled_owned(),
+        stopped.clone().cancelled_owned(),
     ));
     tasks.spawn(serve(
         ports.listener,
         config,
-        ports.routes,
+        closing_once_stopping(ports.routes, shutdown.clone()),
         ports.limits,
         metrics,
-        shutdown.clone().cancelled_owned(),
+        stopped.cancelled_owned(),
     ));
     Ok(())
+}
+
+/// `routes`, whose replies say `Connection: close` once `stopping` is
+/// cancelled.
+fn closing_once_stopping(
+    routes: BoxedFilter<(Response,)>,
+    stopping: CancellationToken,
+) -> BoxedFilter<(Response,)> {
+    routes
+        .map(move |mut response: Response| {
+            if stopping.is_cancelled() {
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            response
+        })
+        .boxed()
 }
 
 /// Binds `addr` (such as `0.0.0.0:8443`, or `127.0.0.1:0` in tests).

@@ -186,6 +186,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             config,
             readiness: ferry_runtime::admin::Readiness::not_ready("starting"),
             limits: args.serving.limits(),
+            shutdown_delay: args.serving.shutdown_delay(),
         },
         prometheus::Registry::new(),
         shutdown,

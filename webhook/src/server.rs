@@ -124,6 +124,8 @@ pub struct ServeOptions {
     pub readiness: Readiness,
     /// What the HTTPS port allows each client.
     pub limits: ServingLimits,
+    /// How long both ports keep answering once shutdown begins.
+    pub shutdown_delay: Duration,
 }
 
 /// Runs the webhook until `shutdown` is cancelled: watches Grants, serves
@@ -188,6 +190,7 @@ pub async fn serve(
             reload_interval: options.reload_interval,
             routes: mutate_route(state),
             limits: options.limits,
+            shutdown_delay: options.shutdown_delay,
             server: "webhook",
             admin: AdminState {
                 readiness,
