@@ -10,6 +10,7 @@
 
 pub mod broker_client;
 pub mod config;
+pub mod csr;
 pub mod http1;
 pub mod keeper;
 pub mod log;

@@ -1,0 +1,440 @@
+//! `x509` signing: a short-lived certificate for a key the pod made. The
+//! pod sends a PKCS #10 CSR; its signature must verify and its key must be
+//! of an allowed type, and everything else in it (subject, requested
+//! extensions) is ignored: the names come from the pod's identity and the
+//! BrokeredSecret's spec, the lifetime from the lease.
+//!
+//! This is the pure part: parse the CA, check the CSR, sign. Reading the
+//! CA's Secret and serving leases is the provider's.
+
+use rcgen::{
+    CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, Issuer, KeyPair,
+    KeyUsagePurpose, PublicKeyData, SanType, SerialNumber, SignatureAlgorithm,
+};
+use ring::rand::{SecureRandom, SystemRandom};
+use time::OffsetDateTime;
+use x509_parser::certification_request::X509CertificationRequest;
+use x509_parser::prelude::FromDer as _;
+
+use super::ProviderError;
+
+/// The key types a pod's key may have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyType {
+    /// ECDSA over P-256 (signed with SHA-256).
+    EcdsaP256,
+    /// Ed25519.
+    Ed25519,
+}
+
+impl KeyType {
+    /// The name in the API (`ecdsa-p256`, `ed25519`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::EcdsaP256 => "ecdsa-p256",
+            Self::Ed25519 => "ed25519",
+        }
+    }
+
+    fn signature_algorithm(self) -> &'static SignatureAlgorithm {
+        match self {
+            Self::EcdsaP256 => &rcgen::PKCS_ECDSA_P256_SHA256,
+            Self::Ed25519 => &rcgen::PKCS_ED25519,
+        }
+    }
+}
+
+/// What a certificate may be used for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Usage {
+    /// TLS client authentication.
+    ClientAuth,
+    /// TLS server authentication.
+    ServerAuth,
+}
+
+/// The names a certificate carries, all decided by the broker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Names {
+    /// The URI SAN, such as `spiffe://cluster.local/ns/shop/sa/orders`.
+    pub uri: String,
+    /// The subject's common name, if any.
+    pub common_name: Option<String>,
+    /// DNS SANs.
+    pub dns_names: Vec<String>,
+}
+
+/// A CA that signs pods' certificates: its certificate and key from a
+/// Secret, checked to belong together.
+pub struct Authority {
+    issuer: Issuer<'static, KeyPair>,
+    cert_pem: String,
+}
+
+impl std::fmt::Debug for Authority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authority").finish_non_exhaustive()
+    }
+}
+
+impl Authority {
+    /// The CA of `cert_pem` (its first certificate) with `key_pem`. `what`
+    /// names the Secret in errors; errors never quote the key.
+    pub fn from_pem(cert_pem: &str, key_pem: &str, what: &str) -> Result<Self, ProviderError> {
+        let invalid = |reason: &str| ProviderError::Invalid(format!("{what}: {reason}"));
+        let key = KeyPair::from_pem(key_pem)
+            .map_err(|_| invalid("the key is not a PKCS #8, SEC1 or PKCS #1 PEM private key"))?;
+        let der = rustls_pki_types_pem_first(cert_pem)
+            .ok_or_else(|| invalid("the certificate is not a PEM certificate"))?;
+        let (_, certificate) = x509_parser::parse_x509_certificate(&der)
+            .map_err(|_| invalid("the certificate does not parse"))?;
+        if !certificate.is_ca() {
+            return Err(invalid(
+                "the certificate is not a CA (no basicConstraints cA)",
+            ));
+        }
+        if certificate.tbs_certificate.subject_pki.raw != key.subject_public_key_info() {
+            return Err(invalid("the key does not match the certificate"));
+        }
+        let issuer = Issuer::from_ca_cert_der(&der.into(), key)
+            .map_err(|_| invalid("the certificate cannot issue"))?;
+        Ok(Self {
+            issuer,
+            cert_pem: cert_pem.to_owned(),
+        })
+    }
+
+    /// The CA certificate as read, for `ca.crt`.
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+}
+
+/// The first certificate of a PEM bundle, DER-encoded.
+fn rustls_pki_types_pem_first(pem: &str) -> Option<Vec<u8>> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+    CertificateDer::pem_slice_iter(pem.as_bytes())
+        .next()?
+        .ok()
+        .map(|der| der.to_vec())
+}
+
+/// A CSR's public key, once checked.
+struct CheckedKey {
+    key_type: KeyType,
+    raw: Vec<u8>,
+}
+
+impl PublicKeyData for CheckedKey {
+    fn der_bytes(&self) -> &[u8] {
+        &self.raw
+    }
+
+    fn algorithm(&self) -> &'static SignatureAlgorithm {
+        self.key_type.signature_algorithm()
+    }
+}
+
+const OID_EC_PUBLIC_KEY: &str = "1.2.840.10045.2.1";
+const OID_PRIME256V1: &str = "1.2.840.10045.3.1.7";
+const OID_ED25519: &str = "1.3.101.112";
+
+/// The CSR's key, if its signature verifies and its type is in `allowed`.
+fn checked_key(csr_der: &[u8], allowed: &[KeyType]) -> Result<CheckedKey, ProviderError> {
+    let invalid = |reason: String| ProviderError::Invalid(format!("the CSR {reason}"));
+    let (rest, csr) = X509CertificationRequest::from_der(csr_der)
+        .map_err(|_| invalid("is not a DER PKCS #10 certification request".into()))?;
+    if !rest.is_empty() {
+        return Err(invalid("has trailing bytes".into()));
+    }
+    let info = &csr.certification_request_info.subject_pki;
+    let algorithm = info.algorithm.algorithm.to_id_string();
+    let key_type = match algorithm.as_str() {
+        OID_EC_PUBLIC_KEY => {
+            let curve = info
+                .algorithm
+                .parameters
+                .as_ref()
+                .and_then(|p| p.as_oid().ok())
+                .map(|oid| oid.to_id_string());
+            if curve.as_deref() == Some(OID_PRIME256V1) {
+                Some(KeyType::EcdsaP256)
+            } else {
+                None
+            }
+        }
+        OID_ED25519 => Some(KeyType::Ed25519),
+        _ => None,
+    };
+    let allowed_names = || {
+        allowed
+            .iter()
+            .map(|t| t.name())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let Some(key_type) = key_type.filter(|t| allowed.contains(t)) else {
+        return Err(invalid(format!(
+            "has a key type that is not allowed here (allowed: {})",
+            allowed_names()
+        )));
+    };
+    csr.verify_signature()
+        .map_err(|_| invalid("signature does not verify".into()))?;
+    Ok(CheckedKey {
+        key_type,
+        raw: info.subject_public_key.data.to_vec(),
+    })
+}
+
+/// A signed certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signed {
+    /// The certificate, PEM.
+    pub cert_pem: String,
+    /// Its serial number in hex, for the audit log.
+    pub serial: String,
+}
+
+/// Signs the key of `csr_der` (DER) with `authority` for `names` and
+/// `usages`, valid from `not_before` to `not_after`.
+pub fn sign(
+    authority: &Authority,
+    csr_der: &[u8],
+    allowed: &[KeyType],
+    names: &Names,
+    usages: &[Usage],
+    validity: (OffsetDateTime, OffsetDateTime),
+) -> Result<Signed, ProviderError> {
+    let key = checked_key(csr_der, allowed)?;
+    let invalid = |what: &str| ProviderError::Invalid(format!("cannot sign: {what}"));
+    let mut params = CertificateParams::default();
+    let mut subject = DistinguishedName::new();
+    if let Some(common_name) = &names.common_name {
+        subject.push(DnType::CommonName, common_name.as_str());
+    }
+    params.distinguished_name = subject;
+    let uri = names
+        .uri
+        .clone()
+        .try_into()
+        .map_err(|_| invalid("the URI name is not valid"))?;
+    params.subject_alt_names = vec![SanType::URI(uri)];
+    for dns in &names.dns_names {
+        let name = dns
+            .clone()
+            .try_into()
+            .map_err(|_| invalid("a DNS name is not valid"))?;
+        params.subject_alt_names.push(SanType::DnsName(name));
+    }
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = usages
+        .iter()
+        .map(|usage| match usage {
+            Usage::ClientAuth => ExtendedKeyUsagePurpose::ClientAuth,
+            Usage::ServerAuth => ExtendedKeyUsagePurpose::ServerAuth,
+        })
+        .collect();
+    params.use_authority_key_identifier_extension = true;
+    (params.not_before, params.not_after) = validity;
+    let mut serial = [0_u8; 16];
+    SystemRandom::new()
+        .fill(&mut serial)
+        .map_err(|_| ProviderError::Unavailable("no randomness for a serial number".into()))?;
+    // Positive, and never shortened by a leading zero byte.
+    serial[0] = (serial[0] & 0x7f) | 0x40;
+    params.serial_number = Some(SerialNumber::from_slice(&serial));
+    let certificate = params
+        .signed_by(&key, &authority.issuer)
+        .map_err(|_| invalid("the CA cannot sign this key"))?;
+    Ok(Signed {
+        cert_pem: certificate.pem(),
+        serial: serial.iter().map(|b| format!("{b:02x}")).collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{BasicConstraints, IsCa};
+    use x509_parser::extensions::GeneralName;
+
+    fn ca() -> (String, String) {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "shop CA");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+        let cert = params.self_signed(&key).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    fn csr(alg: &'static SignatureAlgorithm, subject: &str) -> Vec<u8> {
+        let key = KeyPair::generate_for(alg).unwrap();
+        let mut params = CertificateParams::new(vec!["evil.example".to_owned()]).unwrap();
+        params.distinguished_name.push(DnType::CommonName, subject);
+        params.serialize_request(&key).unwrap().der().to_vec()
+    }
+
+    fn names() -> Names {
+        Names {
+            uri: "spiffe://cluster.local/ns/shop/sa/orders".into(),
+            common_name: Some("orders.shop".into()),
+            dns_names: vec!["orders.shop.svc".into()],
+        }
+    }
+
+    fn window() -> (OffsetDateTime, OffsetDateTime) {
+        let now = OffsetDateTime::now_utc();
+        (now, now + time::Duration::minutes(10))
+    }
+
+    const BOTH: &[KeyType] = &[KeyType::EcdsaP256, KeyType::Ed25519];
+
+    #[test]
+    fn the_certificate_carries_the_brokers_names_not_the_csrs() {
+        let (cert, key) = ca();
+        let authority = Authority::from_pem(&cert, &key, "Secret shop/ca").unwrap();
+        let request = csr(&rcgen::PKCS_ECDSA_P256_SHA256, "admin");
+        let (not_before, not_after) = window();
+        let signed = sign(
+            &authority,
+            &request,
+            BOTH,
+            &names(),
+            &[Usage::ClientAuth],
+            (not_before, not_after),
+        )
+        .unwrap();
+        let der = rustls_pki_types_pem_first(&signed.cert_pem).unwrap();
+        let (_, parsed) = x509_parser::parse_x509_certificate(&der).unwrap();
+        assert_eq!(parsed.subject().to_string(), "CN=orders.shop");
+        assert_eq!(parsed.issuer().to_string(), "CN=shop CA");
+        let sans = parsed.subject_alternative_name().unwrap().unwrap();
+        let sans: Vec<String> = sans
+            .value
+            .general_names
+            .iter()
+            .map(|name| match name {
+                GeneralName::URI(uri) => format!("uri:{uri}"),
+                GeneralName::DNSName(dns) => format!("dns:{dns}"),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            sans,
+            [
+                "uri:spiffe://cluster.local/ns/shop/sa/orders",
+                "dns:orders.shop.svc"
+            ]
+        );
+        let usage = parsed.extended_key_usage().unwrap().unwrap().value;
+        assert!(usage.client_auth && !usage.server_auth);
+        assert!(!parsed.is_ca());
+        assert_eq!(
+            parsed.validity().not_after.timestamp(),
+            not_after.unix_timestamp()
+        );
+        assert_eq!(
+            parsed.raw_serial_as_string().replace(':', ""),
+            signed.serial
+        );
+        // The CA's signature verifies.
+        let ca_der = rustls_pki_types_pem_first(&cert).unwrap();
+        let (_, ca_parsed) = x509_parser::parse_x509_certificate(&ca_der).unwrap();
+        parsed
+            .verify_signature(Some(ca_parsed.public_key()))
+            .unwrap();
+    }
+
+    #[test]
+    fn ed25519_keys_are_signed_when_allowed_and_refused_when_not() {
+        let (cert, key) = ca();
+        let authority = Authority::from_pem(&cert, &key, "Secret shop/ca").unwrap();
+        let request = csr(&rcgen::PKCS_ED25519, "x");
+        sign(
+            &authority,
+            &request,
+            BOTH,
+            &names(),
+            &[Usage::ServerAuth],
+            window(),
+        )
+        .unwrap();
+        let refused = sign(
+            &authority,
+            &request,
+            &[KeyType::EcdsaP256],
+            &names(),
+            &[Usage::ServerAuth],
+            window(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            refused.to_string(),
+            "the CSR has a key type that is not allowed here (allowed: ecdsa-p256)"
+        );
+    }
+
+    #[test]
+    fn other_key_types_are_refused() {
+        let (cert, key) = ca();
+        let authority = Authority::from_pem(&cert, &key, "Secret shop/ca").unwrap();
+        let p384 = csr(&rcgen::PKCS_ECDSA_P384_SHA384, "x");
+        let error = sign(&authority, &p384, BOTH, &names(), &[], window()).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "the CSR has a key type that is not allowed here (allowed: ecdsa-p256, ed25519)"
+        );
+    }
+
+    #[test]
+    fn a_csr_whose_signature_does_not_verify_is_refused() {
+        let (cert, key) = ca();
+        let authority = Authority::from_pem(&cert, &key, "Secret shop/ca").unwrap();
+        let mut request = csr(&rcgen::PKCS_ECDSA_P256_SHA256, "x");
+        // The signature is the last bytes: flip one.
+        let last = request.len() - 1;
+        request[last] ^= 0x01;
+        let error = sign(&authority, &request, BOTH, &names(), &[], window()).unwrap_err();
+        assert_eq!(error.to_string(), "the CSR signature does not verify");
+        let error = sign(&authority, b"not a csr", BOTH, &names(), &[], window()).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "the CSR is not a DER PKCS #10 certification request"
+        );
+    }
+
+    #[test]
+    fn a_ca_whose_key_does_not_match_is_refused_without_quoting_the_key() {
+        let (cert, _) = ca();
+        let (_, other_key) = ca();
+        let error = Authority::from_pem(&cert, &other_key, "Secret shop/ca").unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "Secret shop/ca: the key does not match the certificate"
+        );
+        let error = Authority::from_pem("junk", &other_key, "Secret shop/ca").unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "Secret shop/ca: the certificate is not a PEM certificate"
+        );
+        let error = Authority::from_pem(&cert, "junk", "Secret shop/ca").unwrap_err();
+        assert!(!error.to_string().contains("junk"), "{error}");
+    }
+
+    #[test]
+    fn a_leaf_certificate_cannot_be_a_ca() {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let leaf = CertificateParams::new(vec!["leaf".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let error =
+            Authority::from_pem(&leaf.pem(), &key.serialize_pem(), "Secret shop/ca").unwrap_err();
+        assert!(error.to_string().contains("not a CA"), "{error}");
+    }
+}
