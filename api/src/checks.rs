@@ -10,14 +10,21 @@ use crate::resources::{BrokeredSecret, SourceKind};
 use crate::templates::{JWT_VARIABLES, POSTGRES_VARIABLES, check_templates, check_variables};
 
 /// The Secret a BrokeredSecret's source names, as far as the checks need
-/// it: its name, and the key it must hold when one is named.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// it: its name, and the keys it must hold (none: the source copies
+/// whatever keys it has).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reference<'a> {
     /// The Secret's name (in the BrokeredSecret's namespace).
     pub name: &'a str,
-    /// The key the source reads, when it reads one key.
-    pub key: Option<&'a str>,
+    /// The keys the source reads.
+    pub keys: Vec<&'a str>,
 }
+
+/// The keys an `x509` source's CA Secret must hold.
+pub const X509_CA_KEYS: [&str; 3] = ["tls.crt", "tls.key", "ca.crt"];
+
+/// The variables `x509` name templates (`commonName`, `dnsNames`) use.
+pub const X509_NAME_VARIABLES: [&str; 3] = ["namespace", "serviceAccount", "podName"];
 
 /// The Secret `secret`'s source names, if its source names one.
 pub fn reference(secret: &BrokeredSecret) -> Option<Reference<'_>> {
@@ -25,12 +32,17 @@ pub fn reference(secret: &BrokeredSecret) -> Option<Reference<'_>> {
     if let Some(postgres) = &source.postgres {
         Some(Reference {
             name: &postgres.connection_secret_ref.name,
-            key: Some(&postgres.connection_secret_ref.key),
+            keys: vec![&postgres.connection_secret_ref.key],
+        })
+    } else if let Some(x509) = &source.x509 {
+        Some(Reference {
+            name: &x509.ca_secret_name,
+            keys: X509_CA_KEYS.to_vec(),
         })
     } else {
         source.kubernetes_secret.as_ref().map(|k8s| Reference {
             name: &k8s.name,
-            key: None,
+            keys: vec![],
         })
     }
 }
@@ -63,6 +75,8 @@ pub fn verdict(secret: &BrokeredSecret, found: Option<&[String]>) -> Verdict {
         SourceKind::Postgres => Some(POSTGRES_VARIABLES.map(String::from).to_vec()),
         SourceKind::Jwt => Some(JWT_VARIABLES.map(String::from).to_vec()),
         SourceKind::KubernetesSecret => None,
+        // It writes its own files; the schema refuses spec.files.
+        SourceKind::X509 => Some(vec![]),
     };
     let (ready, reason, message) = match reference(secret) {
         None => (
@@ -70,18 +84,24 @@ pub fn verdict(secret: &BrokeredSecret, found: Option<&[String]>) -> Verdict {
             "Resolved",
             format!("{source} source needs no reference"),
         ),
-        Some(Reference { name, key }) => {
-            if key.is_none() {
+        Some(Reference { name, keys: needed }) => {
+            if needed.is_empty() {
                 // A copied Secret provides its keys as variables.
                 provided = found.map(<[String]>::to_vec);
             }
-            match (found, key) {
+            let missing = found.and_then(|keys| {
+                needed
+                    .iter()
+                    .find(|key| !keys.iter().any(|k| k == *key))
+                    .copied()
+            });
+            match (found, missing) {
                 (None, _) => (
                     false,
                     "SecretNotFound",
                     format!("Secret {namespace}/{name} not found"),
                 ),
-                (Some(keys), Some(key)) if !keys.iter().any(|k| k == key) => (
+                (Some(_), Some(key)) => (
                     false,
                     "KeyNotFound",
                     format!("Secret {namespace}/{name} has no key {key:?}"),
@@ -90,7 +110,9 @@ pub fn verdict(secret: &BrokeredSecret, found: Option<&[String]>) -> Verdict {
             }
         }
     };
-    match template_problem(&secret.spec.files, provided.as_deref()) {
+    let problem = template_problem(&secret.spec.files, provided.as_deref())
+        .or_else(|| name_template_problem(secret));
+    match problem {
         Some(problem) => Verdict {
             ready: false,
             reason: "InvalidTemplate",
@@ -121,6 +143,21 @@ pub fn template_problem(
         None => check_templates(files),
     };
     checked.err().map(|error| format!("spec.files: {error}"))
+}
+
+/// What is wrong with an `x509` source's name templates, if anything.
+fn name_template_problem(secret: &BrokeredSecret) -> Option<String> {
+    let x509 = secret.spec.source.x509.as_ref()?;
+    let mut templates = BTreeMap::new();
+    if let Some(common_name) = &x509.common_name {
+        templates.insert("commonName".to_owned(), common_name.clone());
+    }
+    for (index, dns_name) in x509.dns_names.iter().enumerate() {
+        templates.insert(format!("dnsNames[{index}]"), dns_name.clone());
+    }
+    check_variables(&templates, &X509_NAME_VARIABLES)
+        .err()
+        .map(|error| format!("spec.source.x509: {error}"))
 }
 
 #[cfg(test)]
@@ -156,6 +193,41 @@ mod tests {
                 source: SourceKind::Jwt,
             }
         );
+    }
+
+    #[test]
+    fn an_x509_source_needs_its_ca_secret_with_all_three_keys() {
+        let secret = orders_db().x509("shop-ca").build();
+        let missing = verdict(&secret, Some(&keys(&["tls.crt", "tls.key"])));
+        assert_eq!(
+            (missing.ready, missing.reason, missing.message.as_str()),
+            (
+                false,
+                "KeyNotFound",
+                r#"Secret payments/shop-ca has no key "ca.crt""#
+            )
+        );
+        let found = verdict(&secret, Some(&keys(&["ca.crt", "tls.crt", "tls.key"])));
+        assert_eq!((found.ready, found.source), (true, SourceKind::X509));
+        assert_eq!(verdict(&secret, None).reason, "SecretNotFound");
+    }
+
+    #[test]
+    fn x509_name_templates_may_use_only_the_pods_names() {
+        let mut secret = orders_db().x509("shop-ca").build();
+        let x509 = secret.spec.source.x509.as_mut().unwrap();
+        x509.common_name = Some("{{ serviceAccount }}.{{ namespace }}".into());
+        x509.dns_names = vec![
+            "{{ podName }}.{{ namespace }}.svc".into(),
+            "{{ password }}".into(),
+        ];
+        let found = keys(&X509_CA_KEYS);
+        let judged = verdict(&secret, Some(&found));
+        assert_eq!(judged.reason, "InvalidTemplate");
+        assert!(judged.message.contains("dnsNames[1]"), "{}", judged.message);
+        assert!(judged.message.contains("password"), "{}", judged.message);
+        secret.spec.source.x509.as_mut().unwrap().dns_names.pop();
+        assert!(verdict(&secret, Some(&found)).ready);
     }
 
     #[test]

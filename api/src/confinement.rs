@@ -121,6 +121,31 @@ pub fn parse_allowed_issuers(text: &str) -> Result<BTreeMap<String, BTreeSet<Str
     Ok(allowed)
 }
 
+/// How a BrokeredSecret uses a Secret it names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SecretUse {
+    /// Its values reach pods or backends (`kubernetesSecret`, `postgres`).
+    Read,
+    /// Its key signs and never leaves the broker (`x509`'s CA): a
+    /// `kubernetes.io/tls` Secret needs only `true` then.
+    Sign,
+}
+
+/// Like [`brokerable`], for a Secret used as `used`.
+pub fn brokerable_for(
+    used: SecretUse,
+    namespace: &str,
+    name: &str,
+    secret_type: Option<&str>,
+    label: Option<&str>,
+) -> Result<(), Refusal> {
+    let secret_type = match (used, secret_type) {
+        (SecretUse::Sign, Some("kubernetes.io/tls")) => None,
+        _ => secret_type,
+    };
+    brokerable(namespace, name, secret_type, label)
+}
+
 /// Whether the Secret `namespace/name`, of type `secret_type` and with
 /// `label` as the value of [`BROKERABLE_LABEL`], may be read for a
 /// BrokeredSecret; `Err` says why not and what its owner can do.
@@ -210,6 +235,32 @@ mod tests {
         assert!(brokerable("a", "b", None, Some("true")).is_ok());
         assert!(brokerable("a", "b", Some("Opaque"), None).is_err());
         assert!(brokerable("a", "b", Some("Opaque"), Some("yes")).is_err());
+        // A CA's tls Secret signs and is never copied: `true` is enough.
+        assert!(
+            brokerable_for(
+                SecretUse::Sign,
+                "a",
+                "b",
+                Some("kubernetes.io/tls"),
+                Some("true")
+            )
+            .is_ok()
+        );
+        assert!(
+            brokerable_for(
+                SecretUse::Read,
+                "a",
+                "b",
+                Some("kubernetes.io/tls"),
+                Some("true")
+            )
+            .is_err()
+        );
+        assert!(
+            brokerable_for(SecretUse::Sign, "a", "b", Some("kubernetes.io/tls"), None).is_err()
+        );
+        let token = Some("kubernetes.io/service-account-token");
+        assert!(brokerable_for(SecretUse::Sign, "a", "b", token, Some("true")).is_err());
         for kind in SENSITIVE_SECRET_TYPES {
             let refusal = brokerable("a", "b", Some(kind), Some("true")).unwrap_err();
             assert!(

@@ -66,6 +66,7 @@ fn default_max_ttl() -> String {
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new(on_durations(&["self.ttl", "self.maxTtl"], "duration(self.ttl) <= duration(self.maxTtl)")).message("ttl must not exceed maxTtl"))]
+#[x_kube(validation = Rule::new("!has(self.source.x509) || !has(self.files) || size(self.files) == 0").message("an x509 source writes tls.crt, tls.key and ca.crt; files cannot be set"))]
 pub struct BrokeredSecretSpec {
     /// Default lifetime of one issued credential, like `15m` or `1h`
     /// (between 10s and 24h).
@@ -79,7 +80,7 @@ pub struct BrokeredSecretSpec {
     #[x_kube(validation = Rule::new(on_durations(&["self"], "duration(self) >= duration('10s') && duration(self) <= duration('168h')")).message("maxTtl must be between 10s and 168h"))]
     pub max_ttl: String,
     /// Where the material comes from: exactly one of `postgres`,
-    /// `kubernetesSecret` or `jwt`.
+    /// `kubernetesSecret`, `jwt` or `x509`.
     pub source: SecretSource,
     /// Files written into the pod's secrets directory: file name to
     /// template. Names are plain file names (no `/`, no `..`, no leading
@@ -94,7 +95,7 @@ pub struct BrokeredSecretSpec {
 /// Where a secret's material comes from. Exactly one field is set.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("[has(self.postgres), has(self.kubernetesSecret), has(self.jwt)].filter(x, x).size() == 1").message("exactly one of postgres, kubernetesSecret or jwt must be set"))]
+#[x_kube(validation = Rule::new("[has(self.postgres), has(self.kubernetesSecret), has(self.jwt), has(self.x509)].filter(x, x).size() == 1").message("exactly one of postgres, kubernetesSecret, jwt or x509 must be set"))]
 pub struct SecretSource {
     /// A dynamic PostgreSQL role per pod: `CREATE ROLE ... VALID UNTIL`,
     /// member of roles the database owner already defined.
@@ -106,6 +107,10 @@ pub struct SecretSource {
     /// A JWT minted and signed by the broker.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwt: Option<JwtSource>,
+    /// A short-lived certificate for a key the pod makes, signed by a CA
+    /// of this namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub x509: Option<X509Source>,
 }
 
 /// The kind of a BrokeredSecret's source: which provider serves it.
@@ -117,6 +122,8 @@ pub enum SourceKind {
     KubernetesSecret,
     /// `jwt`: a token minted by the broker.
     Jwt,
+    /// `x509`: a certificate signed by the broker.
+    X509,
 }
 
 impl SourceKind {
@@ -126,6 +133,7 @@ impl SourceKind {
             Self::Postgres => "postgres",
             Self::KubernetesSecret => "kubernetesSecret",
             Self::Jwt => "jwt",
+            Self::X509 => "x509",
         }
     }
 }
@@ -146,6 +154,8 @@ impl SecretSource {
             Some(SourceKind::KubernetesSecret)
         } else if self.jwt.is_some() {
             Some(SourceKind::Jwt)
+        } else if self.x509.is_some() {
+            Some(SourceKind::X509)
         } else {
             None
         }
@@ -231,6 +241,88 @@ pub enum JwtAlgorithm {
     ES256,
     /// Ed25519.
     EdDSA,
+}
+
+/// Signs, for each lease, a certificate for a key pair the pod's sidecar
+/// generates: the private key never leaves the pod, the broker sees only a
+/// certificate signing request, and sets every name in the certificate
+/// itself. The pod gets `tls.crt` (the certificate, then the CA's when it
+/// is not the root), `tls.key` and `ca.crt`, replaced together at each
+/// renewal with a new key.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct X509Source {
+    /// A `kubernetes.io/tls` Secret in this namespace holding the CA that
+    /// signs: `tls.crt` and `tls.key` (the CA's certificate and key) and
+    /// `ca.crt` (what pods trust). Its owner must opt it in with the label
+    /// `ferry.dev/brokerable=true`.
+    #[schemars(regex(pattern = SUBDOMAIN_PATTERN), length(min = 1, max = 253))]
+    pub ca_secret_name: String,
+    /// The trust domain of the SPIFFE ID every certificate carries as a URI
+    /// name: `spiffe://<trustDomain>/ns/<namespace>/sa/<service account>`.
+    #[serde(default = "default_trust_domain")]
+    #[schemars(
+        regex(pattern = r"^[a-z0-9]([-a-z0-9._]*[a-z0-9])?$"),
+        length(min = 1, max = 255)
+    )]
+    pub trust_domain: String,
+    /// The subject's common name, a template over `namespace`,
+    /// `serviceAccount` and `podName`, such as
+    /// `{{ serviceAccount }}.{{ namespace }}`. None when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub common_name: Option<String>,
+    /// DNS names, templates like `commonName`'s, such as
+    /// `{{ serviceAccount }}.{{ namespace }}.svc`. Each must render to a
+    /// lower-case DNS name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(length(min = 1, max = 256)))]
+    pub dns_names: Vec<String>,
+    /// What the certificate may be used for (extended key usages).
+    #[serde(default = "default_usages")]
+    #[schemars(length(min = 1, max = 2))]
+    pub usages: Vec<CertificateUsage>,
+    /// The key pair the sidecar generates.
+    #[serde(default)]
+    pub key_algorithm: KeyAlgorithm,
+}
+
+fn default_trust_domain() -> String {
+    "cluster.local".into()
+}
+
+fn default_usages() -> Vec<CertificateUsage> {
+    vec![CertificateUsage::ClientAuth]
+}
+
+/// An extended key usage of an issued certificate.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum CertificateUsage {
+    /// TLS client authentication (mTLS clients, PostgreSQL `cert` login).
+    ClientAuth,
+    /// TLS server authentication.
+    ServerAuth,
+}
+
+/// The key pair a pod generates for its certificate.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum KeyAlgorithm {
+    /// ECDSA over P-256.
+    #[default]
+    ECDSAP256,
+    /// Ed25519 (not every TLS peer accepts it).
+    Ed25519,
+}
+
+impl KeyAlgorithm {
+    /// The name in the broker's API, as the sidecar knows it.
+    pub fn wire_name(self) -> &'static str {
+        match self {
+            Self::ECDSAP256 => ferry_contract::wire::KEY_ECDSA_P256,
+            Self::Ed25519 => ferry_contract::wire::KEY_ED25519,
+        }
+    }
 }
 
 /// Observed state of a BrokeredSecret.

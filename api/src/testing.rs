@@ -23,9 +23,10 @@ use std::collections::BTreeMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, Time};
 
 use crate::resources::{
-    AccessPolicy, AccessPolicySpec, BrokeredSecret, BrokeredSecretSpec, Grant, GrantSpec,
-    JwtAlgorithm, JwtSource, KubernetesSecretSource, PolicyReference, PostgresSource, SecretAccess,
-    SecretKeyRef, SecretReference, SecretSource, ServiceAccountRef, Subject,
+    AccessPolicy, AccessPolicySpec, BrokeredSecret, BrokeredSecretSpec, CertificateUsage, Grant,
+    GrantSpec, JwtAlgorithm, JwtSource, KeyAlgorithm, KubernetesSecretSource, PolicyReference,
+    PostgresSource, SecretAccess, SecretKeyRef, SecretReference, SecretSource, ServiceAccountRef,
+    Subject, X509Source,
 };
 
 fn strings(values: &[&str]) -> Vec<String> {
@@ -104,6 +105,23 @@ impl BrokeredSecretBuilder {
         self.spec.source = SecretSource {
             kubernetes_secret: Some(KubernetesSecretSource {
                 name: secret.into(),
+            }),
+            ..SecretSource::default()
+        };
+        self
+    }
+
+    /// An x509 source signing with the CA in Secret `ca_secret`, for
+    /// client authentication with a P-256 key, no common or DNS names.
+    pub fn x509(mut self, ca_secret: &str) -> Self {
+        self.spec.source = SecretSource {
+            x509: Some(X509Source {
+                ca_secret_name: ca_secret.into(),
+                trust_domain: "cluster.local".into(),
+                common_name: None,
+                dns_names: Vec::new(),
+                usages: vec![CertificateUsage::ClientAuth],
+                key_algorithm: KeyAlgorithm::default(),
             }),
             ..SecretSource::default()
         };

@@ -10,8 +10,9 @@
 //! process. It depends on `ferry-contract` (the wire types), `ferry-api`
 //! and `ferry-runtime`; no other ferry crate depends on it but the
 //! `ferry-operator` binary, which serves it as `ferry-operator broker`. It
-//! must never depend on the operator's library, the webhook or the sidecar,
-//! nor on certificate generation (`e2e/tests/dependencies.rs` checks).
+//! must never depend on the operator's library, the webhook or the sidecar
+//! (`e2e/tests/dependencies.rs` checks). It signs the `x509` source's
+//! certificates (rcgen) but makes no key for them: pods make their own.
 
 pub mod auth;
 pub mod jwt_keys;

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use ferry_contract::wire::{LeaseRequest, LeasesResponse};
+use ferry_contract::wire::{
+    ErrorDetail, ErrorResponse, LeaseRequest, LeasesResponse, RenewRequest,
+};
 use governor::Quota;
 use governor::clock::{Clock as _, DefaultClock};
 use k8s_openapi::jiff::Timestamp;
@@ -70,11 +72,13 @@ pub fn broker_routes(state: Arc<BrokerState>) -> BoxedFilter<(Response,)> {
         );
     let renew = warp::path!("v1" / "leases" / String / "renew")
         .and(warp::post())
+        .and(warp::body::content_length_limit(MAX_BODY_BYTES))
+        .and(warp::body::bytes())
         .and(bearer)
         .and(with_state.clone())
         .then(
-            |id: String, caller: Caller, state: Arc<BrokerState>| async move {
-                renew(&state, caller, &id).await
+            |id: String, body: Bytes, caller: Caller, state: Arc<BrokerState>| async move {
+                renew(&state, caller, &id, &body).await
             },
         );
     let revoke = warp::path!("v1" / "leases" / String)
@@ -192,11 +196,22 @@ async fn issue(state: &BrokerState, caller: Caller, body: &[u8]) -> Response {
     }
 }
 
-async fn renew(state: &BrokerState, caller: Caller, id: &str) -> Response {
+async fn renew(state: &BrokerState, caller: Caller, id: &str, body: &[u8]) -> Response {
     let started = Instant::now();
     let result = async {
         let pod = authenticate(state, "renew", caller).await?;
-        state.broker.renew(&pod, id, Timestamp::now()).await
+        // An empty body is `{}`: sidecars before x509 sent nothing else.
+        let request: RenewRequest = if body.trim_ascii().is_empty() {
+            RenewRequest::default()
+        } else {
+            serde_json::from_slice(body).map_err(|error| {
+                BrokerError::BadRequest(format!("request body is not a renew request: {error}"))
+            })?
+        };
+        state
+            .broker
+            .renew(&pod, id, request.csr.as_deref(), Timestamp::now())
+            .await
     }
     .await;
     state
@@ -231,11 +246,23 @@ async fn revoke(state: &BrokerState, caller: Caller, id: &str) -> Response {
 
 fn error_reply(error: &BrokerError) -> Response {
     let code = StatusCode::from_u16(error.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let reply = json_error(code, error.to_string());
     match error {
-        BrokerError::RateLimited(seconds) => {
-            warp::reply::with_header(reply, "retry-after", seconds.to_string()).into_response()
+        BrokerError::RateLimited(seconds) => warp::reply::with_header(
+            json_error(code, error.to_string()),
+            "retry-after",
+            seconds.to_string(),
+        )
+        .into_response(),
+        BrokerError::KeysRequired(keys) => {
+            let body = ErrorResponse {
+                error: ErrorDetail {
+                    code: code.as_u16(),
+                    message: error.to_string(),
+                    keys_required: keys.clone(),
+                },
+            };
+            warp::reply::with_status(warp::reply::json(&body), code).into_response()
         }
-        _ => reply,
+        _ => json_error(code, error.to_string()),
     }
 }

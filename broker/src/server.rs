@@ -25,6 +25,7 @@ use crate::providers::jwt::JwtProvider;
 use crate::providers::kubernetes_secret::KubernetesSecretProvider;
 use crate::providers::postgres::PostgresProvider;
 use crate::providers::secret_reader::SecretReader;
+use crate::providers::x509::X509Provider;
 use crate::revocations::Revocations;
 use crate::routes::{BrokerState, broker_routes};
 use crate::service::Broker;
@@ -322,6 +323,7 @@ pub async fn serve(
             secrets,
             keys: options.keys,
             kubernetes_secret: KubernetesSecretProvider::new(Arc::clone(&secret_reader)),
+            x509: X509Provider::new(Arc::clone(&secret_reader)),
             jwt: options.jwt,
             postgres: PostgresProvider::new(secret_reader),
             metrics,

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use ferry_contract::wire::{Lease, LeaseRequest, SecretRef, SecretRequest};
+use ferry_contract::wire::{KeyRequired, Lease, LeaseRequest, SecretRef, SecretRequest};
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::reflector::{ObjectRef, Store};
 use zeroize::Zeroizing;
@@ -22,6 +22,7 @@ use super::pods::PodIndex;
 use super::providers::jwt::JwtProvider;
 use super::providers::kubernetes_secret::KubernetesSecretProvider;
 use super::providers::postgres::PostgresProvider;
+use super::providers::x509::{self, X509Provider};
 use super::providers::{IssueRequest, Issued, Provider, ProviderError, ReapContext, Reaped};
 use super::revocations::{RevocationError, Revocations};
 use super::templates::{Variables, render_files};
@@ -59,6 +60,9 @@ pub enum BrokerError {
     /// 429: the service account asks too often; retry after the seconds.
     #[error("too many requests from this service account; retry in {0}s")]
     RateLimited(u64),
+    /// 422: these secrets are certificates: send a CSR for each.
+    #[error("{}", keys_required_message(.0))]
+    KeysRequired(Vec<KeyRequired>),
     /// 501: the source is not served by this broker version.
     #[error("{0}")]
     NotImplemented(String),
@@ -77,6 +81,7 @@ impl BrokerError {
             Self::NotFound(_) => 404,
             Self::Conflict(_) => 409,
             Self::RateLimited(_) | Self::TooManyLeases(_) => 429,
+            Self::KeysRequired(_) => 422,
             Self::NotImplemented(_) => 501,
             Self::Unavailable(_) => 503,
         }
@@ -92,10 +97,39 @@ impl BrokerError {
             Self::Conflict(_) => "conflict",
             Self::RateLimited(_) => "rate_limited",
             Self::TooManyLeases(_) => "too_many_leases",
+            Self::KeysRequired(_) => "keys_required",
             Self::NotImplemented(_) => "not_implemented",
             Self::Unavailable(_) => "unavailable",
         }
     }
+}
+
+/// The pod's CSR, decoded from base64 (its size is bounded by the
+/// request body's).
+fn decode_csr(csr: Option<&str>) -> Result<Option<Vec<u8>>, BrokerError> {
+    csr.map(|encoded| {
+        BASE64.decode(encoded).map_err(|_| {
+            BrokerError::BadRequest("csr is not base64 (standard alphabet, padded)".into())
+        })
+    })
+    .transpose()
+}
+
+fn keys_required_message(required: &[KeyRequired]) -> String {
+    let listed: Vec<String> = required
+        .iter()
+        .map(|key| {
+            format!(
+                "{} ({})",
+                qualified(&key.secret.namespace, &key.secret.name),
+                key.algorithm
+            )
+        })
+        .collect();
+    format!(
+        "these secrets are certificates: make a key and send a CSR for each: {}",
+        listed.join(", ")
+    )
 }
 
 impl From<ProviderError> for BrokerError {
@@ -137,6 +171,8 @@ pub struct Broker {
     pub jwt: JwtProvider,
     /// The `postgres` provider.
     pub postgres: PostgresProvider,
+    /// The `x509` provider.
+    pub x509: X509Provider,
     /// Counters and latencies.
     pub metrics: BrokerMetrics,
     /// What the installation lets BrokeredSecrets reach.
@@ -232,6 +268,29 @@ impl Broker {
                 )));
             }
         }
+        // Before anything is issued: a certificate asked for without a CSR
+        // is answered with the keys to make, and nothing else happens.
+        let keys_required: Vec<KeyRequired> = request
+            .secrets
+            .iter()
+            .filter(|asked| asked.csr.is_none())
+            .filter_map(|asked| {
+                let (secret, _) = self
+                    .authorize(pod, &asked.namespace, &asked.name, now)
+                    .ok()?;
+                let x509 = secret.spec.source.x509.as_ref()?;
+                Some(KeyRequired {
+                    secret: SecretRef {
+                        namespace: asked.namespace.clone(),
+                        name: asked.name.clone(),
+                    },
+                    algorithm: x509.key_algorithm.wire_name().to_owned(),
+                })
+            })
+            .collect();
+        if !keys_required.is_empty() {
+            return Err(BrokerError::KeysRequired(keys_required));
+        }
         let mut leases: Vec<(Lease, LeaseClaims)> = Vec::with_capacity(request.secrets.len());
         for asked in &request.secrets {
             let mut audit = Audit {
@@ -268,6 +327,7 @@ impl Broker {
     ) -> Result<(Lease, LeaseClaims), BrokerError> {
         let (secret, grant) = self.authorize(pod, &asked.namespace, &asked.name, now)?;
         let terms = lease_terms(&secret.spec, &grant.spec, asked, now).map_err(terms_error)?;
+        let csr = decode_csr(asked.csr.as_deref())?;
         let serial = generate_serial().map_err(|_| {
             BrokerError::Unavailable("the system's random number generator failed".into())
         })?;
@@ -301,6 +361,7 @@ impl Broker {
             terms: &terms,
             now,
             expires_at,
+            csr: csr.as_deref(),
         };
         let issued = match self.provide(&secret, request, None).await {
             Ok(Some(issued)) => issued,
@@ -399,6 +460,7 @@ impl Broker {
                 call(self, &self.kubernetes_secret, request, renewing).await
             }
             Some(SourceKind::Jwt) => call(self, &self.jwt, request, renewing).await,
+            Some(SourceKind::X509) => call(self, &self.x509, request, renewing).await,
             Some(SourceKind::Postgres) => {
                 // A role is created before its templates render: refuse
                 // templates that cannot render first, so no role is left over.
@@ -461,6 +523,7 @@ impl Broker {
         &self,
         pod: &PodIdentity,
         id: &str,
+        csr: Option<&str>,
         now: Timestamp,
     ) -> Result<Lease, BrokerError> {
         let mut audit = Audit {
@@ -470,7 +533,7 @@ impl Broker {
             lease: String::new(),
             ttl: 0,
         };
-        let result = self.renew_checked(pod, id, now, &mut audit).await;
+        let result = self.renew_checked(pod, id, csr, now, &mut audit).await;
         audit.record(&self.metrics, result.as_ref().map(|_| ()));
         result
     }
@@ -479,6 +542,7 @@ impl Broker {
         &self,
         pod: &PodIdentity,
         id: &str,
+        csr: Option<&str>,
         now: Timestamp,
         audit: &mut Audit<'_>,
     ) -> Result<Lease, BrokerError> {
@@ -506,6 +570,7 @@ impl Broker {
             ttl: None,
             audience: (!claims.audience.is_empty()).then(|| claims.audience.clone()),
             scopes: claims.scopes.clone(),
+            csr: None,
         };
         let terms = lease_terms(&secret.spec, &grant.spec, &asked, now).map_err(terms_error)?;
         let ttl = claims.expires_at - claims.issued_at;
@@ -523,12 +588,14 @@ impl Broker {
             max_expires_at,
             ..claims.clone()
         };
+        let csr = decode_csr(csr)?;
         let request = IssueRequest {
             secret: &secret,
             pod,
             terms: &terms,
             now,
             expires_at,
+            csr: csr.as_deref(),
         };
         let issued = self.provide(&secret, request, Some(&claims)).await?;
         let lease = self.lease(&renewed, issued, now);
@@ -604,9 +671,13 @@ impl Broker {
         let kind = secret
             .as_deref()
             .and_then(|secret| secret.spec.source.kind());
-        // Only postgres leases carry a handle: a lease with one is a
-        // postgres lease even when its BrokeredSecret is gone.
+        // Only postgres and x509 leases carry a handle, x509's marked: a
+        // lease with one is of that source even when its BrokeredSecret is
+        // gone.
         match kind {
+            _ if claims.handle.starts_with(x509::HANDLE_PREFIX) => {
+                call(self, &self.x509, secret.as_deref(), claims).await
+            }
             _ if !claims.handle.is_empty() => {
                 call(self, &self.postgres, secret.as_deref(), claims).await
             }
@@ -614,6 +685,7 @@ impl Broker {
                 call(self, &self.postgres, secret.as_deref(), claims).await
             }
             Some(SourceKind::Jwt) => call(self, &self.jwt, secret.as_deref(), claims).await,
+            Some(SourceKind::X509) => call(self, &self.x509, secret.as_deref(), claims).await,
             Some(SourceKind::KubernetesSecret) | None => {
                 call(self, &self.kubernetes_secret, secret.as_deref(), claims).await
             }

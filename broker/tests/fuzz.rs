@@ -209,6 +209,7 @@ proptest! {
             ttl,
             audience,
             scopes,
+            csr: None,
         };
         let now = Timestamp::from_second(now).unwrap();
         match lease_terms(&secret, &grant, &request, now) {

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! POST   /v1/leases              LeaseRequest  -> LeasesResponse
-//! POST   /v1/leases/{id}/renew                 -> LeasesResponse (one lease)
+//! POST   /v1/leases/{id}/renew   RenewRequest  -> LeasesResponse (one lease)
 //! DELETE /v1/leases/{id}                       -> 204
 //! errors                                       -> ErrorResponse
 //! ```
@@ -14,6 +14,12 @@ use serde::{Deserialize, Serialize};
 
 /// Path of the issue endpoint.
 pub const LEASES_PATH: &str = "/v1/leases";
+
+/// An ECDSA P-256 key, in [`KeyRequired::algorithm`].
+pub const KEY_ECDSA_P256: &str = "ecdsa-p256";
+
+/// An Ed25519 key, in [`KeyRequired::algorithm`].
+pub const KEY_ED25519: &str = "ed25519";
 
 /// A BrokeredSecret by namespace and name.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -42,6 +48,20 @@ pub struct SecretRequest {
     /// A subset of the Grant's JWT scopes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scopes: Option<Vec<String>>,
+    /// For a certificate: a PKCS #10 CSR for a key the pod made, DER in
+    /// base64. The broker answers 422 with [`ErrorDetail::keys_required`]
+    /// when a secret needs one and none was sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub csr: Option<String>,
+}
+
+/// `POST /v1/leases/{id}/renew`: what a renewal sends (may be `{}`).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RenewRequest {
+    /// For a certificate: a CSR for a new key, as in [`SecretRequest::csr`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub csr: Option<String>,
 }
 
 /// `POST /v1/leases`: the secrets a pod wants now.
@@ -100,11 +120,24 @@ pub struct ErrorResponse {
 
 /// The body of an [`ErrorResponse`].
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
 pub struct ErrorDetail {
     /// The HTTP status code.
     pub code: u16,
     /// What to fix, for an operator.
     pub message: String,
+    /// With 422: the secrets that need a CSR, and for which key type.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keys_required: Vec<KeyRequired>,
+}
+
+/// A secret that is a certificate: the pod must make a key and send a CSR.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct KeyRequired {
+    /// The secret.
+    pub secret: SecretRef,
+    /// The key type: [`KEY_ECDSA_P256`] or [`KEY_ED25519`].
+    pub algorithm: String,
 }
 
 #[cfg(test)]

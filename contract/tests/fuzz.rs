@@ -86,6 +86,7 @@ fn secret_request() -> impl Strategy<Value = SecretRequest> {
             ttl,
             audience,
             scopes,
+            csr: None,
         })
 }
 
@@ -168,7 +169,7 @@ proptest! {
 
     #[test]
     fn error_responses_round_trip(code in any::<u16>(), message in any::<String>()) {
-        let response = ErrorResponse { error: ErrorDetail { code, message } };
+        let response = ErrorResponse { error: ErrorDetail { code, message, keys_required: Vec::new() } };
         let bytes = serde_json::to_vec(&response).unwrap();
         prop_assert_eq!(serde_json::from_slice::<ErrorResponse>(&bytes).unwrap(), response);
     }

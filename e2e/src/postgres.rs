@@ -86,16 +86,30 @@ fn as_user(command: &mut Command, user: Option<(u32, u32)>) {
 impl Postgres {
     /// Starts a new server and waits until it accepts connections.
     pub async fn start() -> Result<Self, HarnessError> {
-        Self::start_with(None).await
+        Self::start_with(None, None).await
     }
 
     /// Starts a new server that also offers TLS with the certificate and
     /// key in `tls` (PEM; the certificate's chain is the caller's to trust).
     pub async fn start_tls(tls: &crate::pki::CertFiles) -> Result<Self, HarnessError> {
-        Self::start_with(Some(tls)).await
+        Self::start_with(Some(tls), None).await
     }
 
-    async fn start_with(tls: Option<&crate::pki::CertFiles>) -> Result<Self, HarnessError> {
+    /// Like [`Self::start_tls`], and every TLS connection logs in by client
+    /// certificate alone (`hostssl all all 127.0.0.1/32 cert`): the
+    /// certificate must chain to `client_ca_pem` and its common name be
+    /// the user's. Connections without TLS still use passwords.
+    pub async fn start_tls_with_client_certificates(
+        tls: &crate::pki::CertFiles,
+        client_ca_pem: &str,
+    ) -> Result<Self, HarnessError> {
+        Self::start_with(Some(tls), Some(client_ca_pem)).await
+    }
+
+    async fn start_with(
+        tls: Option<&crate::pki::CertFiles>,
+        client_ca_pem: Option<&str>,
+    ) -> Result<Self, HarnessError> {
         let bin = postgres_bin_dir()?;
         let user = server_user()?;
         let dir = tempfile::Builder::new()
@@ -168,6 +182,22 @@ impl Postgres {
                 .arg(format!("ssl_cert_file={}", cert.display()))
                 .arg("-c")
                 .arg(format!("ssl_key_file={}", key.display()));
+            if let Some(ca_pem) = client_ca_pem {
+                let ca = dir.path().join("client-ca.crt");
+                std::fs::write(&ca, ca_pem).map_err(io("writing the client CA"))?;
+                // First match wins: TLS connections log in by certificate.
+                let hba = data.join("pg_hba.conf");
+                let rules = std::fs::read_to_string(&hba).map_err(io("reading pg_hba.conf"))?;
+                std::fs::write(&hba, format!("hostssl all all 127.0.0.1/32 cert\n{rules}"))
+                    .map_err(io("writing pg_hba.conf"))?;
+                if let Some((uid, gid)) = user {
+                    std::os::unix::fs::chown(&ca, Some(uid), Some(gid))
+                        .map_err(io("handing the client CA to postgres"))?;
+                }
+                server
+                    .arg("-c")
+                    .arg(format!("ssl_ca_file={}", ca.display()));
+            }
         }
         as_user(&mut server, user);
         processes.spawn("postgres", server)?;

@@ -58,10 +58,8 @@ const NEVER: &[(&str, &[&str])] = &[
             "ferry-operator",
         ],
     ),
-    (
-        "ferry-broker",
-        &["rcgen", "ferry-operator", "ferry-webhook"],
-    ),
+    // The broker signs x509 leases' certificates with rcgen.
+    ("ferry-broker", &["ferry-operator", "ferry-webhook"]),
     ("ferry-operator", &["ferry-webhook", "ferry-sidecar"]),
 ];
 

@@ -247,6 +247,7 @@ pub fn json_error(status: StatusCode, message: impl Into<String>) -> Response {
         error: ErrorDetail {
             code: status.as_u16(),
             message: message.into(),
+            keys_required: Vec::new(),
         },
     };
     warp::reply::with_status(warp::reply::json(&body), status).into_response()

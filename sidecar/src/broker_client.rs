@@ -3,10 +3,11 @@
 //! token re-read for each call and the leases' files decoded into wiped
 //! buffers. Blocking: the caller decides which thread waits.
 
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -17,12 +18,14 @@ use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::config::BrokerUrl;
+use crate::csr::{self, KeyAlgorithm, KeyAndCsr};
 use crate::http1::{self, HttpError, Response};
 use crate::names::check_file_name;
 use crate::schedule;
 use crate::volume::SecretFile;
 use ferry_contract::wire::{
-    ErrorResponse, LEASES_PATH, Lease, LeaseRequest, LeasesResponse, SecretRef, SecretRequest,
+    ErrorResponse, KeyRequired, LEASES_PATH, Lease, LeaseRequest, LeasesResponse, RenewRequest,
+    SecretRef, SecretRequest,
 };
 
 /// A lease's `expiresAt` is kept (for logs) up to this many characters.
@@ -81,6 +84,22 @@ pub enum BrokerError {
         /// What failed.
         message: String,
     },
+    /// The broker asks for CSRs: these secrets are certificates.
+    #[error("broker needs a CSR to {action} for {}", keys.iter().map(|k| format!("{}/{}", k.secret.namespace, k.secret.name)).collect::<Vec<_>>().join(", "))]
+    KeysRequired {
+        /// What was asked.
+        action: String,
+        /// The secrets and their key types.
+        keys: Vec<KeyRequired>,
+    },
+    /// No key pair could be made here.
+    #[error("cannot {action}: {message}")]
+    Key {
+        /// What was asked.
+        action: String,
+        /// What failed.
+        message: String,
+    },
     /// The broker answered 2xx with leases the sidecar cannot use.
     #[error("broker answered {action} with an unusable lease: {message}")]
     InvalidLease {
@@ -94,7 +113,10 @@ pub enum BrokerError {
 impl BrokerError {
     /// Whether repeating the same request cannot succeed.
     pub fn is_permanent(&self) -> bool {
-        matches!(self, Self::Refused { .. } | Self::InvalidLease { .. })
+        matches!(
+            self,
+            Self::Refused { .. } | Self::InvalidLease { .. } | Self::KeysRequired { .. }
+        )
     }
 
     /// Whether retrying cannot help while the pod starts. Unlike
@@ -113,6 +135,7 @@ impl BrokerError {
     pub fn status(&self) -> Option<u16> {
         match self {
             Self::Refused { status, .. } | Self::Unavailable { status, .. } => Some(*status),
+            Self::KeysRequired { .. } => Some(422),
             _ => None,
         }
     }
@@ -187,6 +210,10 @@ pub fn tls_config(ca_pem: Option<&str>) -> Result<Arc<ClientConfig>, TlsSetupErr
     Ok(Arc::new(config))
 }
 
+/// The file a certificate lease's private key is written to, beside the
+/// broker's `tls.crt` and `ca.crt`.
+pub const PRIVATE_KEY_FILE: &str = "tls.key";
+
 /// A blocking client for the broker's lease API.
 #[derive(Clone)]
 pub struct BrokerClient {
@@ -194,6 +221,9 @@ pub struct BrokerClient {
     tls: Arc<ClientConfig>,
     token_file: PathBuf,
     timeout: Duration,
+    /// Certificate leases (by id) and their key type: each renewal sends
+    /// a CSR for a new key of that type.
+    certificates: Arc<Mutex<HashMap<String, KeyAlgorithm>>>,
 }
 
 impl BrokerClient {
@@ -210,31 +240,40 @@ impl BrokerClient {
             tls,
             token_file: token_file.into(),
             timeout,
+            certificates: Arc::default(),
         }
     }
 
     /// `POST /v1/leases`: one lease per secret, in the same order, or none.
+    /// When the broker answers that some are certificates, makes a key for
+    /// each and asks once more with their CSRs; the keys join those leases'
+    /// files and never leave the pod.
     pub fn issue(&self, secrets: &[SecretRef]) -> Result<Vec<IssuedLease>, BrokerError> {
         let action = format!("issue leases for {}", list(secrets));
-        let request = LeaseRequest {
-            secrets: secrets
-                .iter()
-                .map(|s| SecretRequest {
-                    namespace: s.namespace.clone(),
-                    name: s.name.clone(),
-                    ttl: None,
-                    audience: None,
-                    scopes: None,
-                })
-                .collect(),
-        };
-        let body = serde_json::to_vec(&request).map_err(|e| BrokerError::Transport {
-            action: action.clone(),
-            message: e.to_string(),
-        })?;
-        let path = format!("{}{LEASES_PATH}", self.url.path_prefix);
-        let response = self.call(&action, "POST", &path, Some(&body), self.timeout)?;
-        let leases = parse_leases(&action, &response.body)?;
+        let mut keys: Vec<Option<(KeyAlgorithm, KeyAndCsr)>> =
+            secrets.iter().map(|_| None).collect();
+        let mut answered = self.post_leases(&action, secrets, &keys);
+        if let Err(BrokerError::KeysRequired { keys: required, .. }) = &answered {
+            for needed in required {
+                let invalid = |message: String| BrokerError::InvalidLease {
+                    action: action.clone(),
+                    message,
+                };
+                let index = secrets
+                    .iter()
+                    .position(|secret| *secret == needed.secret)
+                    .ok_or_else(|| invalid("asked for a key for a secret not requested".into()))?;
+                let algorithm = KeyAlgorithm::from_name(&needed.algorithm).ok_or_else(|| {
+                    invalid(format!(
+                        "asked for an unknown key type {:?}",
+                        needed.algorithm
+                    ))
+                })?;
+                keys[index] = Some((algorithm, self.make_key(&action, algorithm)?));
+            }
+            answered = self.post_leases(&action, secrets, &keys);
+        }
+        let leases = answered?;
         if leases.len() != secrets.len() || leases.iter().zip(secrets).any(|(l, s)| &l.secret != s)
         {
             return Err(BrokerError::InvalidLease {
@@ -248,11 +287,85 @@ impl BrokerClient {
         }
         leases
             .into_iter()
-            .map(|lease| decode_lease(&action, lease))
+            .zip(keys)
+            .map(|(lease, key)| {
+                let mut issued = decode_lease(&action, lease)?;
+                if let Some((algorithm, made)) = key {
+                    self.attach_key(&action, &mut issued, algorithm, made)?;
+                }
+                Ok(issued)
+            })
             .collect()
     }
 
+    fn post_leases(
+        &self,
+        action: &str,
+        secrets: &[SecretRef],
+        keys: &[Option<(KeyAlgorithm, KeyAndCsr)>],
+    ) -> Result<Vec<Lease>, BrokerError> {
+        let request = LeaseRequest {
+            secrets: secrets
+                .iter()
+                .zip(keys)
+                .map(|(s, key)| SecretRequest {
+                    namespace: s.namespace.clone(),
+                    name: s.name.clone(),
+                    ttl: None,
+                    audience: None,
+                    scopes: None,
+                    csr: key.as_ref().map(|(_, made)| BASE64.encode(&made.csr_der)),
+                })
+                .collect(),
+        };
+        let body = serde_json::to_vec(&request).map_err(|e| BrokerError::Transport {
+            action: action.to_owned(),
+            message: e.to_string(),
+        })?;
+        let path = format!("{}{LEASES_PATH}", self.url.path_prefix);
+        let response = self.call(action, "POST", &path, Some(&body), self.timeout)?;
+        parse_leases(action, &response.body)
+    }
+
+    fn make_key(&self, action: &str, algorithm: KeyAlgorithm) -> Result<KeyAndCsr, BrokerError> {
+        csr::generate(algorithm).map_err(|error| BrokerError::Key {
+            action: action.to_owned(),
+            message: error.to_string(),
+        })
+    }
+
+    /// Adds the private key to a certificate lease's files and remembers
+    /// the lease as a certificate.
+    fn attach_key(
+        &self,
+        action: &str,
+        issued: &mut IssuedLease,
+        algorithm: KeyAlgorithm,
+        made: KeyAndCsr,
+    ) -> Result<(), BrokerError> {
+        if issued
+            .files
+            .iter()
+            .any(|file| file.name == PRIVATE_KEY_FILE)
+        {
+            return Err(BrokerError::InvalidLease {
+                action: action.to_owned(),
+                message: format!("lease {} brings its own {PRIVATE_KEY_FILE}", issued.id),
+            });
+        }
+        issued.files.push(SecretFile {
+            name: PRIVATE_KEY_FILE.to_owned(),
+            content: Zeroizing::new(made.key_pem.as_bytes().to_vec()),
+        });
+        self.certificates
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(issued.id.clone(), algorithm);
+        Ok(())
+    }
+
     /// `POST /v1/leases/{id}/renew`: the renewed lease, maybe with new files.
+    /// A certificate's renewal sends a CSR for a new key.
     pub fn renew(&self, lease_id: &str) -> Result<IssuedLease, BrokerError> {
         let action = format!("renew lease {lease_id}");
         let path = format!(
@@ -260,7 +373,23 @@ impl BrokerClient {
             self.url.path_prefix,
             percent_encode(lease_id)
         );
-        let response = self.call(&action, "POST", &path, Some(b"{}"), self.timeout)?;
+        let algorithm = self
+            .certificates
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(lease_id)
+            .copied();
+        let made = algorithm
+            .map(|algorithm| self.make_key(&action, algorithm))
+            .transpose()?;
+        let request = RenewRequest {
+            csr: made.as_ref().map(|made| BASE64.encode(&made.csr_der)),
+        };
+        let body = serde_json::to_vec(&request).map_err(|e| BrokerError::Transport {
+            action: action.clone(),
+            message: e.to_string(),
+        })?;
+        let response = self.call(&action, "POST", &path, Some(&body), self.timeout)?;
         let mut leases = parse_leases(&action, &response.body)?;
         if leases.len() != 1 {
             return Err(BrokerError::InvalidLease {
@@ -269,7 +398,19 @@ impl BrokerClient {
             });
         }
         let lease = leases.remove(0);
-        decode_lease(&action, lease)
+        let mut issued = decode_lease(&action, lease)?;
+        if let (Some(algorithm), Some(made)) = (algorithm, made) {
+            self.attach_key(&action, &mut issued, algorithm, made)?;
+            self.forget_certificate(lease_id);
+        }
+        Ok(issued)
+    }
+
+    fn forget_certificate(&self, lease_id: &str) {
+        self.certificates
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(lease_id);
     }
 
     /// `DELETE /v1/leases/{id}`, taking at most `timeout`.
@@ -280,8 +421,9 @@ impl BrokerClient {
             self.url.path_prefix,
             percent_encode(lease_id)
         );
-        self.call(&action, "DELETE", &path, None, timeout.min(self.timeout))
-            .map(drop)
+        self.call(&action, "DELETE", &path, None, timeout.min(self.timeout))?;
+        self.forget_certificate(lease_id);
+        Ok(())
     }
 
     fn read_token(&self) -> Result<Zeroizing<Vec<u8>>, BrokerError> {
@@ -335,6 +477,10 @@ impl BrokerClient {
         })?;
         match response.status {
             200..=299 => Ok(response),
+            422 if !keys_required(&response.body).is_empty() => Err(BrokerError::KeysRequired {
+                action: action.into(),
+                keys: keys_required(&response.body),
+            }),
             status => {
                 let message = error_message(&response.body);
                 // 501: the broker does not serve this source at all;
@@ -508,6 +654,17 @@ fn error_message(body: &[u8]) -> String {
             }
         }
     }
+}
+
+/// The secrets a 422 answer asks CSRs for (at most as many as a request
+/// may name).
+fn keys_required(body: &[u8]) -> Vec<KeyRequired> {
+    serde_json::from_slice::<ErrorResponse>(body)
+        .map(|error| error.error.keys_required)
+        .unwrap_or_default()
+        .into_iter()
+        .take(64)
+        .collect()
 }
 
 /// `namespace/name, ...` for messages.

@@ -488,6 +488,7 @@ mod tests {
             terms: &terms,
             now,
             expires_at: now.as_second() + 600,
+            csr: None,
         })?;
         Ok(String::from_utf8(issued.files[TOKEN_FILE].to_vec()).unwrap())
     }

@@ -60,6 +60,8 @@ pub struct IssueRequest<'a> {
     pub now: Timestamp,
     /// When the lease expires, in Unix seconds.
     pub expires_at: i64,
+    /// The pod's CSR (DER), for a certificate.
+    pub csr: Option<&'a [u8]>,
 }
 
 /// Why a provider could not do what it was asked. Messages name objects and

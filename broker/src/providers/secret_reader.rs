@@ -18,6 +18,7 @@ use kube::Api;
 use zeroize::Zeroizing;
 
 use super::{Files, ProviderError};
+use ferry_api::confinement::SecretUse;
 
 /// How long a read Secret is reused.
 const CACHE_TTL: Duration = Duration::from_secs(5);
@@ -28,8 +29,10 @@ const CACHE_CAPACITY: usize = 4096;
 /// How long reading a Secret may take.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Recently read Secrets: (namespace, name) to (reuse until, data).
-type Cache = HashMap<(String, String), (Instant, Arc<Files>)>;
+/// Recently read Secrets: (namespace, name, use) to (reuse until, data).
+/// The use is part of the key: a Secret allowed for signing only must not
+/// be served from the cache to a source that copies it.
+type Cache = HashMap<(String, String, SecretUse), (Instant, Arc<Files>)>;
 
 /// Reads Secrets' data through a short-lived, bounded cache.
 pub struct SecretReader {
@@ -48,7 +51,17 @@ impl SecretReader {
 
     /// The data of Secret `namespace/name`: refused when missing or empty.
     pub async fn data(&self, namespace: &str, name: &str) -> Result<Arc<Files>, ProviderError> {
-        let key = (namespace.to_owned(), name.to_owned());
+        self.data_for(SecretUse::Read, namespace, name).await
+    }
+
+    /// The data of Secret `namespace/name` for `used`.
+    pub async fn data_for(
+        &self,
+        used: SecretUse,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Arc<Files>, ProviderError> {
+        let key = (namespace.to_owned(), name.to_owned(), used);
         let now = Instant::now();
         if let Some((_, files)) = self
             .cache
@@ -73,7 +86,8 @@ impl SecretReader {
             .ok_or_else(|| {
                 ProviderError::NotFound(format!("Secret {namespace}/{name} not found"))
             })?;
-        ferry_api::confinement::brokerable(
+        ferry_api::confinement::brokerable_for(
+            used,
             namespace,
             name,
             secret.type_.as_deref(),

@@ -4,8 +4,14 @@
 //! extensions) is ignored: the names come from the pod's identity and the
 //! BrokeredSecret's spec, the lifetime from the lease.
 //!
-//! This is the pure part: parse the CA, check the CSR, sign. Reading the
-//! CA's Secret and serving leases is the provider's.
+//! The pure part (parse the CA, check the CSR, sign) is apart from the
+//! provider, which reads the CA's Secret and renders the names.
+//!
+//! Nothing is revoked upstream: a certificate lives no longer than its
+//! lease (minutes to hours), so no CRL or OCSP is published; revoking a
+//! lease stops its renewal and the pod's sidecar wipes the key, and the
+//! audit log records the serial number of every certificate issued and of
+//! each one whose lease was revoked.
 
 use rcgen::{
     CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, Issuer, KeyPair,
@@ -16,7 +22,18 @@ use time::OffsetDateTime;
 use x509_parser::certification_request::X509CertificationRequest;
 use x509_parser::prelude::FromDer as _;
 
-use super::ProviderError;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use ferry_api::checks::X509_CA_KEYS;
+use ferry_api::confinement::SecretUse;
+use ferry_api::resources::{BrokeredSecret, CertificateUsage, KeyAlgorithm, X509Source};
+use zeroize::Zeroizing;
+
+use super::secret_reader::SecretReader;
+use super::{IssueRequest, Issued, Provider, ProviderError};
+use crate::lease_id::LeaseClaims;
+use crate::templates::{Variables, render_files};
 
 /// The key types a pod's key may have.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -252,6 +269,237 @@ pub fn sign(
         cert_pem: certificate.pem(),
         serial: serial.iter().map(|b| format!("{b:02x}")).collect(),
     })
+}
+
+/// How an x509 lease's handle (the certificate's serial number) begins:
+/// it tells the lease from a postgres one (whose handle is a role name)
+/// once its BrokeredSecret is gone.
+pub const HANDLE_PREFIX: &str = "x509:";
+
+/// The `x509` provider.
+pub struct X509Provider {
+    secrets: Arc<SecretReader>,
+}
+
+impl X509Provider {
+    /// A provider reading CA Secrets through `secrets`.
+    pub fn new(secrets: Arc<SecretReader>) -> Self {
+        Self { secrets }
+    }
+
+    async fn certify(&self, request: IssueRequest<'_>) -> Result<Issued, ProviderError> {
+        let secret = request.secret;
+        let source = secret
+            .spec
+            .source
+            .x509
+            .as_ref()
+            .ok_or_else(|| ProviderError::Invalid("not an x509 BrokeredSecret".into()))?;
+        let csr = request.csr.ok_or_else(|| {
+            ProviderError::Invalid(format!(
+                "BrokeredSecret {} issues certificates: send a CSR for a new {} key",
+                qualified(secret),
+                source.key_algorithm.wire_name()
+            ))
+        })?;
+        let namespace = secret.metadata.namespace.as_deref().unwrap_or_default();
+        let data = self
+            .secrets
+            .data_for(SecretUse::Sign, namespace, &source.ca_secret_name)
+            .await?;
+        let what = format!("Secret {namespace}/{}", source.ca_secret_name);
+        let text = |key: &str| -> Result<&str, ProviderError> {
+            let bytes = data
+                .get(key)
+                .ok_or_else(|| ProviderError::NotFound(format!("{what} has no key {key:?}")))?;
+            std::str::from_utf8(bytes)
+                .map_err(|_| ProviderError::Invalid(format!("{what}: {key} is not PEM text")))
+        };
+        let [cert_key, key_key, ca_key] = X509_CA_KEYS;
+        let (ca_cert, ca_key_pem, trusted) = (text(cert_key)?, text(key_key)?, text(ca_key)?);
+        let authority = Authority::from_pem(ca_cert, ca_key_pem, &what)?;
+        let names = names(source, request)?;
+        let allowed = [key_type(source.key_algorithm)];
+        let usages: Vec<Usage> = source
+            .usages
+            .iter()
+            .map(|usage| match usage {
+                CertificateUsage::ClientAuth => Usage::ClientAuth,
+                CertificateUsage::ServerAuth => Usage::ServerAuth,
+            })
+            .collect();
+        let (not_before, not_after) = (
+            // Backdated a little for clocks that lag the broker's.
+            OffsetDateTime::from_unix_timestamp(request.now.as_second() - 60),
+            OffsetDateTime::from_unix_timestamp(request.expires_at),
+        );
+        let (Ok(not_before), Ok(not_after)) = (not_before, not_after) else {
+            return Err(ProviderError::Invalid(
+                "the lease's times are out of range".into(),
+            ));
+        };
+        let signed = sign(
+            &authority,
+            csr,
+            &allowed,
+            &names,
+            &usages,
+            (not_before, not_after),
+        )?;
+        tracing::info!(
+            target: "ferry::audit",
+            action = "certify",
+            secret = %qualified(secret),
+            pod = %format!("{}/{}", request.pod.namespace, request.pod.pod_name),
+            serial = %signed.serial,
+            subject = names.common_name.as_deref().unwrap_or_default(),
+            uri = %names.uri,
+            dns_names = %names.dns_names.join(","),
+            not_after = request.expires_at,
+        );
+        // The chain: the certificate, then the CA's unless pods trust it
+        // directly (the usual self-signed root).
+        let mut chain = signed.cert_pem.clone();
+        if ca_cert.trim() != trusted.trim() {
+            chain.push_str(ca_cert.trim_end());
+            chain.push('\n');
+        }
+        let mut files = BTreeMap::new();
+        files.insert("tls.crt".to_owned(), Zeroizing::new(chain.into_bytes()));
+        files.insert(
+            "ca.crt".to_owned(),
+            Zeroizing::new(trusted.as_bytes().to_vec()),
+        );
+        Ok(Issued {
+            files,
+            handle: format!("{HANDLE_PREFIX}{}", signed.serial),
+            variables: BTreeMap::new(),
+        })
+    }
+}
+
+fn qualified(secret: &BrokeredSecret) -> String {
+    format!(
+        "{}/{}",
+        secret.metadata.namespace.as_deref().unwrap_or_default(),
+        secret.metadata.name.as_deref().unwrap_or_default()
+    )
+}
+
+fn key_type(algorithm: KeyAlgorithm) -> KeyType {
+    match algorithm {
+        KeyAlgorithm::ECDSAP256 => KeyType::EcdsaP256,
+        KeyAlgorithm::Ed25519 => KeyType::Ed25519,
+    }
+}
+
+/// The longest common name X.509 allows (`ub-common-name`).
+const MAX_COMMON_NAME: usize = 64;
+
+/// The certificate's names for the pod of `request`: the SPIFFE ID, and
+/// the common and DNS names the spec's templates render to.
+fn names(source: &X509Source, request: IssueRequest<'_>) -> Result<Names, ProviderError> {
+    let pod = request.pod;
+    let variables: Variables = [
+        ("namespace", &pod.namespace),
+        ("serviceAccount", &pod.service_account),
+        ("podName", &pod.pod_name),
+    ]
+    .into_iter()
+    .map(|(name, value)| (name, Zeroizing::new(value.as_bytes().to_vec())))
+    .collect();
+    let mut templates = BTreeMap::new();
+    if let Some(common_name) = &source.common_name {
+        templates.insert("commonName".to_owned(), common_name.clone());
+    }
+    for (index, dns_name) in source.dns_names.iter().enumerate() {
+        templates.insert(format!("dnsNames[{index}]"), dns_name.clone());
+    }
+    let rendered = render_files(&templates, &variables)
+        .map_err(|error| ProviderError::Invalid(format!("spec.source.x509: {error}")))?;
+    let text = |field: &str| {
+        rendered
+            .get(field)
+            .map(|bytes| String::from_utf8_lossy(bytes).into_owned())
+    };
+    let common_name = text("commonName");
+    if let Some(common_name) = &common_name
+        && (common_name.is_empty() || common_name.len() > MAX_COMMON_NAME)
+    {
+        return Err(ProviderError::Invalid(format!(
+            "spec.source.x509.commonName renders to {} characters; it must have 1 to {MAX_COMMON_NAME}",
+            common_name.len()
+        )));
+    }
+    let mut dns_names = Vec::with_capacity(source.dns_names.len());
+    for index in 0..source.dns_names.len() {
+        let name = text(&format!("dnsNames[{index}]")).unwrap_or_default();
+        if !is_dns_name(&name) {
+            return Err(ProviderError::Invalid(format!(
+                "spec.source.x509.dnsNames[{index}] renders to {name:?}, not a lower-case DNS name"
+            )));
+        }
+        dns_names.push(name);
+    }
+    Ok(Names {
+        uri: format!(
+            "spiffe://{}/ns/{}/sa/{}",
+            source.trust_domain, pod.namespace, pod.service_account
+        ),
+        common_name,
+        dns_names,
+    })
+}
+
+/// Whether `name` is a lower-case DNS name (RFC 1123 labels).
+fn is_dns_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        })
+}
+
+impl Provider for X509Provider {
+    fn kind(&self) -> &'static str {
+        "x509"
+    }
+
+    async fn issue(&self, request: IssueRequest<'_>) -> Result<Issued, ProviderError> {
+        self.certify(request).await
+    }
+
+    async fn renew(
+        &self,
+        request: IssueRequest<'_>,
+        _lease: &LeaseClaims,
+    ) -> Result<Option<Issued>, ProviderError> {
+        // A new key and certificate at each renewal.
+        self.certify(request).await.map(Some)
+    }
+
+    async fn revoke(
+        &self,
+        secret: Option<&BrokeredSecret>,
+        lease: &LeaseClaims,
+    ) -> Result<(), ProviderError> {
+        // Nothing to call: the certificate expires with the lease. Recorded
+        // so an auditor can tell a revoked serial from one that lapsed.
+        tracing::info!(
+            target: "ferry::audit",
+            action = "certificate_revoked",
+            secret = %secret.map(qualified).unwrap_or_else(|| format!("{}/{}", lease.secret_namespace, lease.secret_name)),
+            serial = %lease.handle.trim_start_matches(HANDLE_PREFIX),
+            not_after = lease.expires_at,
+        );
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use kube::runtime::reflector::ObjectRef;
 use super::status::{ready_condition, write_status};
 use super::{Context, RESYNC, ReconcileError, UNRESOLVED_RECHECK};
 use ferry_api::checks::{self, Reference};
-use ferry_api::confinement::{Refusal, brokerable};
+use ferry_api::confinement::{Refusal, SecretUse, brokerable_for};
 use ferry_api::resources::{BrokeredSecret, BrokeredSecretStatus};
 use ferry_contract::BROKERABLE_LABEL;
 
@@ -37,7 +37,13 @@ pub(super) async fn reconcile_secret(
                 "reading Secret {namespace}/{name}"
             )))?
             .map(|found| {
-                let opted_in = brokerable(
+                let used = if secret.spec.source.x509.is_some() {
+                    SecretUse::Sign
+                } else {
+                    SecretUse::Read
+                };
+                let opted_in = brokerable_for(
+                    used,
                     &namespace,
                     name,
                     found.type_.as_deref(),
