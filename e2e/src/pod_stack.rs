@@ -1,7 +1,8 @@
 //! ferry's components for pods on the real node: the CRDs, the operator,
 //! the broker and the webhook, with the webhook injecting the sidecar image
 //! the node imported and pointing it at the broker on 127.0.0.1 (pods use
-//! the host's network). Like [`crate::Stack`], without the node stand-in.
+//! the host's network). Unlike the demo's fallback [`crate::Stack`], the
+//! broker can be stopped under running pods ([`PodStack::stop_broker`]).
 //!
 //! The components run in the test process and log through its subscriber:
 //! call [`crate::capture_logs_at`] (`"trace"`, say) before starting the
