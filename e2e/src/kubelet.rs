@@ -46,6 +46,9 @@ pub const REAL_NODE_NAME: &str = "localhost";
 /// Where Debian's containernetworking-plugins puts the CNI plugins.
 const CNI_BIN: &str = "/usr/lib/cni";
 
+/// The kubelet's `--root-dir`, in the node's directory.
+const KUBELET_ROOT_DIR: &str = "kubelet";
+
 /// How long containerd may take to answer on its socket.
 const CONTAINERD_DEADLINE: Duration = Duration::from_secs(60);
 
@@ -309,7 +312,7 @@ state = "{root}/state"
                 )?
                 .port();
         }
-        let root_dir = mkdir(&self.dir, "kubelet")?;
+        let root_dir = mkdir(&self.dir, KUBELET_ROOT_DIR)?;
         let pod_logs = mkdir(&self.dir, "pod-logs")?;
         let mut config = serde_json::json!({
             "apiVersion": "kubelet.config.k8s.io/v1beta1",
@@ -669,6 +672,27 @@ state = "{root}/state"
     /// The node namespace's mount table (`/proc/<init>/mountinfo`).
     pub fn mounts(&self) -> String {
         std::fs::read_to_string(format!("/proc/{}/mountinfo", self.init_pid)).unwrap_or_default()
+    }
+
+    /// The directory of volume `volume` of pod `pod_uid` as the harness
+    /// reads it (through [`Self::node_path`]: a tmpfs or a projected token
+    /// is mounted in the node's namespace only), whatever its plugin
+    /// (`kubernetes.io~empty-dir`, `kubernetes.io~projected`, ...); `None`
+    /// while the kubelet has not set it up or after it removed it.
+    pub fn pod_volume(&self, pod_uid: &str, volume: &str) -> Option<PathBuf> {
+        let volumes = self.node_path(
+            &self
+                .dir
+                .join(KUBELET_ROOT_DIR)
+                .join("pods")
+                .join(pod_uid)
+                .join("volumes"),
+        );
+        std::fs::read_dir(volumes)
+            .ok()?
+            .flatten()
+            .map(|plugin| plugin.path().join(volume))
+            .find(|dir| dir.is_dir())
     }
 
     /// The host PIDs of the processes of container `container_id` (as the

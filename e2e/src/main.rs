@@ -305,10 +305,10 @@ impl DemoNode {
         }
     }
 
-    fn broker_url(&self) -> &str {
+    fn broker_url(&self) -> String {
         match self {
-            Self::Real { stack, .. } => stack.broker_url(),
-            Self::StandIn { stack, .. } => stack.broker_url(),
+            Self::Real { stack, .. } => stack.broker_url().to_owned(),
+            Self::StandIn { stack, .. } => stack.broker.url(),
         }
     }
 

@@ -1,10 +1,18 @@
-//! A node stand-in: **test infrastructure standing in for the kubelet**,
-//! because this machine has no container runtime. It is not part of ferry.
+//! A node stand-in: **test infrastructure standing in for the kubelet**. It
+//! is not part of ferry.
 //!
-//! It registers a Node, binds pending pods to it (there is no scheduler in
-//! the harness), and for each pod bound to it does what a kubelet would do
-//! for ferry's injected sidecar, with real pieces wherever ferry meets
-//! them:
+//! Kept only where a real kubelet cannot run: `make demo` falls back to it
+//! when this machine cannot run containers (the real node,
+//! [`crate::RealNode`], needs root, containerd and cgroups), so the demo
+//! still shows a pod's secrets end to end; `e2e/tests/node.rs` checks what
+//! the demo relies on. ferry's behaviours are all tested on the real node,
+//! where images, the kubelet's probes, ordering, restarts and volumes are
+//! the real thing rather than this imitation.
+//!
+//! It registers a Node, binds pending pods to it (without the real node
+//! the harness runs no scheduler), and for each pod bound to it does what
+//! a kubelet would do for ferry's injected sidecar, with real pieces
+//! wherever ferry meets them:
 //!
 //! - every `emptyDir` volume is a directory on a real tmpfs (`/dev/shm`);
 //! - every projected `serviceAccountToken` is a real TokenRequest bound to

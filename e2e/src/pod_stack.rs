@@ -1,7 +1,14 @@
 //! ferry's components for pods on the real node: the CRDs, the operator,
 //! the broker and the webhook, with the webhook injecting the sidecar image
 //! the node imported and pointing it at the broker on 127.0.0.1 (pods use
-//! the host's network). Like [`crate::Stack`], without the node stand-in.
+//! the host's network). Unlike the demo's fallback [`crate::Stack`], the
+//! broker can be stopped under running pods ([`PodStack::stop_broker`]).
+//!
+//! The components run in the test process and log through its subscriber:
+//! call [`crate::capture_logs_at`] (`"trace"`, say) before starting the
+//! stack to choose their level, as `RUST_LOG` would for the binaries. The
+//! sidecar has no levels; its log is the container's, read through the
+//! apiserver like any pod's.
 
 use std::sync::Mutex;
 
@@ -46,7 +53,7 @@ impl PodStack {
         })
     }
 
-    /// The broker's URL.
+    /// The broker's URL (also after it was stopped).
     pub fn broker_url(&self) -> &str {
         &self.broker_url
     }
@@ -58,5 +65,17 @@ impl PodStack {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .as_ref()
             .map(use_broker)
+    }
+
+    /// Stops the broker, as an outage would; pods keep running.
+    pub fn stop_broker(&self) {
+        let broker = self
+            .broker
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(broker) = broker {
+            broker.stop();
+        }
     }
 }

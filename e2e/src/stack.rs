@@ -1,9 +1,7 @@
-//! All of ferry running against one cluster, as the demo and the
-//! end-to-end tests need it: the CRDs, the operator, the broker, the
-//! webhook registered with the apiserver and pointing pods at that broker,
-//! and the node stand-in that runs the injected sidecar.
-
-use std::sync::{Mutex, PoisonError};
+//! ferry's components against one cluster: the CRDs, the operator, the
+//! broker and the webhook registered with the apiserver and pointing pods
+//! at that broker ([`start_components`], which [`crate::PodStack`] runs for
+//! the real node), and [`Stack`], the same with the node stand-in.
 
 use ferry_broker::lease_id::{LeaseKeys, generate_lease_key};
 use ferry_webhook::config::InjectionConfig;
@@ -18,15 +16,23 @@ use crate::{
 /// ferry's namespace in the stack.
 pub const FERRY_NAMESPACE: &str = "ferry-system";
 
-/// ferry's components, running until dropped.
+/// ferry's components with the node stand-in running the injected
+/// sidecar, until dropped.
+///
+/// Only `make demo` uses it, as its fallback where this machine cannot run
+/// containers (not root, or no containerd: the demo says which), so the
+/// demo still shows a pod's secrets end to end. Every behaviour of ferry is
+/// tested on the real node ([`crate::PodStack`] with [`crate::RealNode`]);
+/// the stand-in is tested only for what the demo relies on
+/// (`e2e/tests/node.rs`).
 pub struct Stack {
     /// Runs injected sidecars; dropped first, so sidecars still reach the
     /// broker to revoke when the stack stops.
     pub node: NodeStandIn,
     /// The mutating webhook, registered.
     pub webhook: RunningWebhook,
-    broker: Mutex<Option<RunningBroker>>,
-    broker_url: String,
+    /// The broker the webhook points sidecars at.
+    pub broker: RunningBroker,
     /// The operator (Grants).
     pub operator: RunningOperator,
 }
@@ -36,7 +42,6 @@ impl Stack {
     pub async fn start(cluster: &Cluster) -> Result<Self, HarnessError> {
         let (operator, broker, webhook) =
             start_components(cluster, InjectionConfig::default()).await?;
-        let broker_url = broker.url();
         let node = NodeStandIn::start(
             cluster.config().clone(),
             &workspace_binary("ferry-sidecar")?,
@@ -44,36 +49,9 @@ impl Stack {
         Ok(Self {
             node,
             webhook,
-            broker: Mutex::new(Some(broker)),
-            broker_url,
+            broker,
             operator,
         })
-    }
-
-    /// The broker's URL (also after it was stopped).
-    pub fn broker_url(&self) -> &str {
-        &self.broker_url
-    }
-
-    /// Runs `use_broker` with the broker, if it still runs.
-    pub fn with_broker<T>(&self, use_broker: impl FnOnce(&RunningBroker) -> T) -> Option<T> {
-        self.broker
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
-            .map(use_broker)
-    }
-
-    /// Stops the broker, as an outage would.
-    pub fn stop_broker(&self) {
-        let broker = self
-            .broker
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(broker) = broker {
-            broker.stop();
-        }
     }
 }
 

@@ -1,36 +1,39 @@
-//! With the broker stopped, a running pod keeps its secret until the
-//! lease's expiry, then the sidecar removes it and stops reporting ready.
-//! Its own test binary: stopping the broker would break any other test.
+//! With the broker stopped, a running pod on the real node keeps its
+//! secret until the lease's expiry, then the sidecar removes it and stops
+//! reporting ready. Its own test binary: stopping the broker would break
+//! any other test.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::time::Duration;
-
 use ferry_api::testing;
-use ferry_contract::{READY_MARKER, SECRETS_VOLUME_NAME};
-use ferry_e2e::{Cluster, Stack, create_brokered_secret, create_object, eventually, grant};
-use k8s_openapi::api::core::v1::{Pod, Secret};
-use kube::api::{Api, PostParams};
+use ferry_contract::{BROKERABLE, BROKERABLE_LABEL, READY_MARKER, SIDECAR_CONTAINER_NAME};
+use ferry_e2e::sidecar_process::expiry_in_log;
+use ferry_e2e::{create_brokered_secret, create_object, grant};
+use k8s_openapi::api::core::v1::Secret;
 use serde_json::json;
 
-const WAIT: Duration = Duration::from_secs(90);
-const TTL_SECONDS: i64 = 20;
+mod real_pods_common;
+
+use real_pods_common::*;
+
+/// The value behind the secret, which no log may show.
+const OUTAGE_VALUE: &str = "planted-outage-value-0c5e";
 
 #[tokio::test]
 async fn without_the_broker_a_secret_is_kept_until_its_expiry_then_removed() {
-    let cluster = Cluster::shared().await.unwrap();
-    let stack = Stack::start(cluster).await.unwrap();
-    let client = cluster.client().unwrap();
-    let ns = cluster.create_namespace("outage").await.unwrap();
+    let env = env().await;
+    let client = env.cluster.client().unwrap();
+    let ns = env.cluster.create_namespace("outage").await.unwrap();
     create_object::<Secret>(
         &client,
         &ns,
-        json!({"metadata": {"name": "api-key", "labels": {"ferry.dev/brokerable": "true"}}, "stringData": {"token": "outage-value"}}),
+        json!({"metadata": {"name": "api-key", "labels": {BROKERABLE_LABEL: BROKERABLE}},
+               "stringData": {"token": OUTAGE_VALUE}}),
     )
     .await
     .unwrap();
     let api_key = testing::brokered_secret(&ns, "api-key")
-        .ttl(&format!("{TTL_SECONDS}s"))
+        .ttl("20s")
         .kubernetes_secret("api-key")
         .build();
     create_brokered_secret(&client, &api_key).await.unwrap();
@@ -40,42 +43,55 @@ async fn without_the_broker_a_secret_is_kept_until_its_expiry_then_removed() {
         .build();
     grant(&client, policy).await.unwrap();
 
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    let manifest: Pod = serde_json::from_value(json!({
-        "metadata": {"name": "app", "labels": {"ferry.dev/inject": "true"},
-                     "annotations": {"ferry.dev/secrets": "api-key"}},
-        "spec": {"serviceAccountName": "app",
-                 "containers": [{"name": "app", "image": "registry.example/app:1"}]},
-    }))
-    .unwrap();
-    let created_at = k8s_openapi::jiff::Timestamp::now().as_second();
-    let pod = eventually("the webhook to admit the pod", WAIT, || async {
-        pods.create(&PostParams::default(), &manifest).await.ok()
-    })
+    // The app watches its file, then the ready marker the sidecar's probe
+    // reads, and says when each went.
+    let script = format!(
+        r#"f={SECRETS}/api-key/token
+echo started
+trap 'exit 0' TERM
+while [ -s "$f" ]; do sleep 0.2 & wait; done
+echo gone
+date +%s
+while [ -e {SECRETS}/{READY_MARKER} ]; do sleep 0.2 & wait; done
+echo not-ready
+sleep 3600 & wait"#
+    );
+    create_pod(
+        &client,
+        &ns,
+        &opted_in(
+            "app",
+            &["api-key".into()],
+            pod_spec("app", json!({"runAsUser": 1000}), &script),
+        ),
+    )
     .await;
-    let uid = pod.metadata.uid.unwrap();
-    let run = eventually("the app to start", WAIT, || async {
-        stack.node.pod(&uid).filter(|run| run.started)
-    })
-    .await;
-    let dir = run.volumes[SECRETS_VOLUME_NAME].clone();
-    let file = dir.join("api-key/token");
+    wait_log_line(&client, &ns, "app", "started").await;
 
-    // The broker goes away before the first renewal is due.
-    stack.stop_broker();
-    // The lease was issued after the pod was created, so it lasts at least
-    // until then + ttl: until a moment before, the file must stay.
-    let keep_until = created_at + TTL_SECONDS - 2;
-    while k8s_openapi::jiff::Timestamp::now().as_second() < keep_until {
-        assert!(file.exists(), "the secret went before its lease expired");
-        assert!(dir.join(READY_MARKER).exists());
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    eventually("the secret to be removed at its expiry", WAIT, || async {
-        (!file.exists()).then_some(())
-    })
-    .await;
-    assert!(!dir.join(READY_MARKER).exists(), "ready without its secret");
-    let log = std::fs::read_to_string(&run.sidecar_log).unwrap();
-    assert!(!log.contains("outage-value"));
+    env.stack.stop_broker();
+    let stopped_at = k8s_openapi::jiff::Timestamp::now().as_second();
+    let log = wait_log_line(&client, &ns, "app", "not-ready").await;
+    let gone_at: i64 = log
+        .lines()
+        .skip_while(|line| *line != "gone")
+        .nth(1)
+        .and_then(|line| line.parse().ok())
+        .unwrap_or_else(|| panic!("no time after 'gone' in the app's log:\n{log}"));
+    // Kept to the end of the last lease the sidecar got, which outlasted
+    // the broker: the file stayed through the outage, not only before it.
+    let sidecar = container_log(&client, &ns, "app", SIDECAR_CONTAINER_NAME).await;
+    let (expires_at, _) = expiry_in_log(&sidecar, &format!("{ns}/api-key"))
+        .unwrap_or_else(|| panic!("no expiry in the sidecar's log:\n{sidecar}"));
+    assert!(
+        expires_at.as_second() > stopped_at,
+        "the lease expired at {expires_at}, before the broker stopped at {stopped_at}"
+    );
+    assert!(
+        gone_at >= expires_at.as_second() - 1,
+        "the file went at {gone_at}, before the lease's expiry at {expires_at}"
+    );
+    assert_not_in_logs(
+        &[("the secret's value", OUTAGE_VALUE)],
+        &[("the sidecar's", sidecar)],
+    );
 }

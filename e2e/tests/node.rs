@@ -1,5 +1,6 @@
-//! The node stand-in (test infrastructure, not ferry) does what the e2e
-//! tests rely on a kubelet for: pods are bound to it and reported Running,
+//! The node stand-in (test infrastructure, not ferry; `make demo`'s
+//! fallback where containers cannot run) does what the demo relies on a
+//! kubelet for: pods are bound to it and reported Running,
 //! projected tokens are real pod-bound tokens with the volume's audience and
 //! mode, emptyDirs live on tmpfs, and a deleted pod is finalised.
 

@@ -2,17 +2,21 @@
 //! pinned Kubernetes module, kube-scheduler, and images built here. The
 //! webhook injects the sidecar image; the kubelet runs it as a native
 //! sidecar with its exec startup probe, writes its projected token, mounts
-//! the Memory emptyDir, orders start and shutdown, and restarts it. The
-//! broker, webhook and operator run in the test process on 127.0.0.1; pods
-//! use the host's network to reach the broker.
+//! the Memory emptyDir, orders start and shutdown, and restarts it. Over a
+//! pod's life: a short-lived JWT is renewed before it expires, PostgreSQL
+//! credentials work in the app until the pod is deleted, the reaper drops
+//! the role of a sidecar that never revoked, and no secret reaches a log.
+//! The broker, webhook and operator run in the test process on 127.0.0.1;
+//! pods use the host's network to reach the broker.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use base64::Engine as _;
 use ferry_api::resources::AccessPolicy;
-use ferry_contract::SIDECAR_CONTAINER_NAME;
-use ferry_e2e::images::BUSYBOX_IMAGE;
+use ferry_contract::{READY_MARKER, SIDECAR_CONTAINER_NAME};
+use ferry_e2e::images::{BUSYBOX_IMAGE, PSQL_IMAGE};
 use ferry_e2e::sidecar_process::expiry_in_log;
-use ferry_e2e::{captured_logs, eventually};
+use ferry_e2e::{Postgres, RealNode, audit_lines, captured_logs, eventually};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, PostParams};
@@ -21,6 +25,38 @@ use serde_json::json;
 mod real_pods_common;
 
 use real_pods_common::*;
+
+/// Gives the app of `spec` a directory of the node at `/reports`, writable
+/// by any user, and returns it: what the app writes there while its pod is
+/// deleted outlives the pod and its log.
+fn mount_reports(node: &RealNode, app: &str, spec: &mut serde_json::Value) -> std::path::PathBuf {
+    let reports = node.dir().join("reports").join(app);
+    std::fs::create_dir_all(&reports).unwrap();
+    std::fs::set_permissions(
+        &reports,
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    spec["volumes"] = json!([{"name": "reports", "hostPath": {"path": reports}}]);
+    spec["containers"][0]["volumeMounts"] = json!([{"name": "reports", "mountPath": "/reports"}]);
+    reports
+}
+
+/// The claims of a JWT.
+fn claims(token: &[u8]) -> serde_json::Value {
+    let token = std::str::from_utf8(token).unwrap();
+    serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(token.split('.').nth(1).unwrap())
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+/// An app that says it started, then waits to be stopped.
+const IDLE_APP: &str = "echo started
+trap 'exit 0' TERM
+sleep 3600 & wait";
 
 #[tokio::test]
 async fn a_plain_pod_runs_from_an_imported_image_as_its_image_user() {
@@ -161,13 +197,6 @@ async fn deleting_the_pod_stops_the_app_then_the_sidecar_revokes_and_wipes() {
     let node = env().await.node;
     // The app reports, when it is stopped, whether its files were still
     // there: the sidecar must outlive it. The report outlives the pod.
-    let reports = node.dir().join("reports").join(&app);
-    std::fs::create_dir_all(&reports).unwrap();
-    std::fs::set_permissions(
-        &reports,
-        std::os::unix::fs::PermissionsExt::from_mode(0o777),
-    )
-    .unwrap();
     let script = format!(
         r#"trap 'ls {SECRETS}/orders-db > /reports/at-term; exit 0' TERM
 cat {SECRETS}/orders-db/username; echo
@@ -175,8 +204,7 @@ echo started
 sleep 3600 & wait"#
     );
     let mut spec = pod_spec("checkout", json!({"runAsUser": 1000}), &script);
-    spec["volumes"] = json!([{"name": "reports", "hostPath": {"path": reports}}]);
-    spec["containers"][0]["volumeMounts"] = json!([{"name": "reports", "mountPath": "/reports"}]);
+    let reports = mount_reports(node, &app, &mut spec);
     let pod = create_pod(
         &client,
         &app,
@@ -192,17 +220,7 @@ sleep 3600 & wait"#
         "the pod's volumes are not mounted on the node"
     );
 
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &app);
-    pods.delete("api", &DeleteParams::default()).await.unwrap();
-    eventually("the pod to be gone", WAIT, || async {
-        pods.get_opt("api")
-            .await
-            .unwrap()
-            .filter(|pod| pod.metadata.uid.as_deref() == Some(uid.as_str()))
-            .is_none()
-            .then_some(())
-    })
-    .await;
+    delete_pod(&client, &app, "api", &uid).await;
 
     let at_term = std::fs::read_to_string(reports.join("at-term")).unwrap();
     assert_eq!(
@@ -223,6 +241,186 @@ sleep 3600 & wait"#
         (!node.mounts().contains(&uid)).then_some(())
     })
     .await;
+}
+
+#[tokio::test]
+async fn postgres_credentials_work_until_the_pod_is_deleted_and_no_secret_is_logged() {
+    import_psql_image().await;
+    let (client, owner, app) = scenario("credentials").await;
+    let node = env().await.node;
+    let database = Postgres::shared().await.unwrap();
+    // The app queries with its files as psql reads them, when it starts
+    // and again when it is stopped; the second answer goes to a report,
+    // the pod's log going with the pod. Nothing it prints is secret.
+    let script = format!(
+        r#"export PGHOST=127.0.0.1 PGPORT={port} PGDATABASE=postgres
+query() {{
+  PGUSER="$(cat {SECRETS}/orders-db/username)" PGPASSWORD="$(cat {SECRETS}/orders-db/password)" \
+    psql -X -tA -c 'SELECT item FROM orders' 2>&1
+}}
+trap 'query > /reports/at-term; exit 0' TERM
+query
+echo started
+sleep 3600 & wait"#,
+        port = database.port()
+    );
+    let mut spec = pod_spec("checkout", json!({"runAsUser": 1000}), &script);
+    spec["containers"][0]["image"] = json!(PSQL_IMAGE);
+    let reports = mount_reports(node, &app, &mut spec);
+    let secrets = [
+        format!("{owner}/orders-api-key"),
+        format!("{owner}/orders-db"),
+    ];
+    create_pod(&client, &app, &opted_in("api", &secrets, spec)).await;
+    let log = wait_log_line(&client, &app, "api", "started").await;
+    assert_eq!(log.lines().collect::<Vec<_>>(), ["tea", "started"]);
+    let pod = wait_app_running(&client, &app, "api").await;
+    let uid = pod.metadata.uid.clone().unwrap();
+    let sidecar = follow_log(&client, &app, "api", SIDECAR_CONTAINER_NAME);
+
+    // A session opened with the same files, as a connection pool keeps one.
+    let read = |path| String::from_utf8(secret_file(node, &uid, path).unwrap()).unwrap();
+    let (username, password) = (read("orders-db/username"), read("orders-db/password"));
+    let session = database.connect_as(&username, &password).await.unwrap();
+    assert_eq!(
+        session
+            .query("SELECT item FROM orders", &[])
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+
+    delete_pod(&client, &app, "api", &uid).await;
+    let at_term = std::fs::read_to_string(reports.join("at-term")).unwrap();
+    assert_eq!(
+        at_term.trim(),
+        "tea",
+        "the credentials no longer worked when the app was stopped"
+    );
+    assert!(!role_exists(&username).await, "the role outlived the pod");
+    assert!(
+        session.query("SELECT 1", &[]).await.is_err(),
+        "the session outlived the pod"
+    );
+    assert!(database.connect_as(&username, &password).await.is_err());
+
+    let sidecar = sidecar_log_to_end(sidecar).await;
+    assert_not_in_logs(
+        &[
+            ("the planted value", PLANTED),
+            ("the issued password", &password),
+        ],
+        &every_log(&sidecar),
+    );
+}
+
+#[tokio::test]
+async fn a_short_lived_jwt_is_renewed_before_it_expires() {
+    let (client, owner, app) = scenario("renew").await;
+    let node = env().await.node;
+    create_pod(
+        &client,
+        &app,
+        &opted_in(
+            "api",
+            &[format!("{owner}/orders-token")],
+            pod_spec("checkout", json!({"runAsUser": 1000}), IDLE_APP),
+        ),
+    )
+    .await;
+    wait_log_line(&client, &app, "api", "started").await;
+    let pod = wait_app_running(&client, &app, "api").await;
+    let uid = pod.metadata.uid.clone().unwrap();
+    let sidecar = follow_log(&client, &app, "api", SIDECAR_CONTAINER_NAME);
+    let first = secret_file(node, &uid, "orders-token/token").unwrap();
+    let first_exp = claims(&first)["exp"].as_i64().unwrap();
+
+    // The time is read after the file: the change came no later.
+    let (seen_at, renewed) = eventually("a renewed token", WAIT, || async {
+        let current = secret_file(node, &uid, "orders-token/token")?;
+        let now = k8s_openapi::jiff::Timestamp::now().as_second();
+        (!current.is_empty() && current != first).then_some((now, current))
+    })
+    .await;
+    assert!(
+        seen_at < first_exp,
+        "the token was replaced only at {seen_at}, after the first one expired at {first_exp}"
+    );
+    assert!(claims(&renewed)["exp"].as_i64().unwrap() > first_exp);
+
+    delete_pod(&client, &app, "api", &uid).await;
+    let sidecar = sidecar_log_to_end(sidecar).await;
+    let (first, renewed) = (
+        String::from_utf8(first).unwrap(),
+        String::from_utf8(renewed).unwrap(),
+    );
+    assert_not_in_logs(
+        &[("the first JWT", &first), ("the renewed JWT", &renewed)],
+        &every_log(&sidecar),
+    );
+}
+
+#[tokio::test]
+async fn a_stopped_sidecars_role_is_reaped_once_its_pod_is_force_deleted() {
+    let (client, owner, app) = scenario("reap").await;
+    let node = env().await.node;
+    let script = format!("cat {SECRETS}/orders-db/username; echo\n{IDLE_APP}");
+    create_pod(
+        &client,
+        &app,
+        &opted_in(
+            "api",
+            &[format!("{owner}/orders-db")],
+            pod_spec("checkout", json!({"runAsUser": 1000}), &script),
+        ),
+    )
+    .await;
+    let log = wait_log_line(&client, &app, "api", "started").await;
+    let username = log.lines().next().unwrap().to_owned();
+    let pod = wait_app_running(&client, &app, "api").await;
+    let uid = pod.metadata.uid.clone().unwrap();
+
+    // Stopped, not killed: the kubelet would restart a dead sidecar, and a
+    // stopped one can neither revoke nor exit.
+    let pid = sidecar_pid(node, &pod);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap()),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .unwrap();
+    eventually("the sidecar to be stopped", WAIT, || async {
+        proc_status_field(pid, "State")
+            .starts_with('T')
+            .then_some(())
+    })
+    .await;
+    assert!(role_exists(&username).await);
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &app);
+    pods.delete("api", &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    // The audit line follows the drop: wait for the line.
+    let reaped = eventually("the reaper to drop the role", WAIT, || async {
+        let lines = audit_lines(|line| line["action"] == "reap" && line["role"] == username);
+        (!lines.is_empty()).then_some(lines)
+    })
+    .await;
+    assert!(!role_exists(&username).await);
+    // Each BrokeredSecret's admin connection reaps the server's roles:
+    // several tests' namespaces here share one server, so one drop may be
+    // audited more than once, each for the same reason.
+    for line in &reaped {
+        assert_eq!(line["reason"], "pod_gone", "{line}");
+        assert_eq!(line["pod_uid"], uid.as_str(), "{line}");
+    }
+    let revoked =
+        audit_lines(|line| line["action"] == "revoke" && line["pod"] == format!("{app}/api"));
+    assert!(
+        revoked.is_empty(),
+        "the stopped sidecar revoked: {revoked:?}"
+    );
 }
 
 #[tokio::test]
@@ -354,6 +552,14 @@ async fn an_ungranted_pod_is_refused_and_a_revoked_one_loses_its_files_at_expiry
         .await
         .unwrap_err();
     assert!(refused.to_string().contains("no Grant"), "{refused}");
+    assert!(
+        Api::<Pod>::namespaced(client.clone(), &app)
+            .get_opt("greedy")
+            .await
+            .unwrap()
+            .is_none(),
+        "the refused pod was stored"
+    );
 
     let script = format!(
         r#"f={SECRETS}/orders-token/token
@@ -362,6 +568,8 @@ trap 'exit 0' TERM
 while [ -s "$f" ]; do sleep 0.2 & wait; done
 echo gone
 date +%s
+while [ -e {SECRETS}/{READY_MARKER} ]; do sleep 0.2 & wait; done
+echo not-ready
 sleep 3600 & wait"#
     );
     create_pod(
@@ -395,4 +603,13 @@ sleep 3600 & wait"#
         gone_at >= expires_at.as_second() - 1,
         "the file went at {gone_at}, before the lease's expiry at {expires_at}"
     );
+    // Without its secret the sidecar no longer reports ready (the marker
+    // its probe reads is gone), and the broker refused the renewal.
+    wait_log_line(&client, &app, "api", "not-ready").await;
+    let denied = audit_lines(|line| {
+        line["action"] == "renew"
+            && line["result"] == "denied"
+            && line["pod"] == format!("{app}/api")
+    });
+    assert!(!denied.is_empty(), "no refused renewal was audited");
 }

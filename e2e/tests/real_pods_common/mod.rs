@@ -1,22 +1,24 @@
 //! What the real-pod tests and the pod-start benchmark share: one real
 //! node with ferry's operator, broker and webhook for the whole binary, a
 //! team scenario on it, and pod helpers. Included with `mod` by
-//! `tests/real_pods.rs` and by `#[path]` from `benches/pod_start.rs`.
+//! `tests/real_pods.rs`, `tests/broker_outage.rs` and
+//! `tests/logs_at_trace.rs`, and by `#[path]` from `benches/pod_start.rs`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
 use std::time::Duration;
 
+use base64::Engine as _;
 use ferry_api::testing;
 use ferry_contract::{BROKERABLE, BROKERABLE_LABEL, SIDECAR_CONTAINER_NAME};
-use ferry_e2e::images::BUSYBOX_IMAGE;
+use ferry_e2e::images::{self, BUSYBOX_IMAGE};
 use ferry_e2e::{
-    Cluster, PodStack, Postgres, RealNode, capture_logs, create_brokered_secret, create_object,
-    eventually, grant,
+    Cluster, PodStack, Postgres, RealNode, capture_logs, captured_logs, create_brokered_secret,
+    create_object, eventually, grant,
 };
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod, Secret, ServiceAccount};
 use kube::Client;
-use kube::api::{Api, LogParams, PostParams};
+use kube::api::{Api, DeleteParams, LogParams, PostParams};
 use serde_json::json;
 use tokio::sync::OnceCell;
 
@@ -25,15 +27,22 @@ pub const WAIT: Duration = Duration::from_secs(120);
 /// The value planted in the Secret behind `orders-api-key`.
 pub const PLANTED: &str = "planted-api-key-7f3a91";
 
+/// The password of the broker's admin role (`pods_admin`, not a
+/// superuser: the broker refuses one), in the Secret `db-admin`.
+pub const ADMIN_PASSWORD: &str = "pods-admin-password";
+
 /// Where the app finds its secrets.
 pub const SECRETS: &str = "/var/run/secrets/ferry";
 
 pub struct Env {
     pub cluster: &'static Cluster,
     pub node: &'static RealNode,
-    _stack: PodStack,
+    pub stack: PodStack,
 }
 
+/// The binary's node and ferry, started on first use. The first call to
+/// a `capture_logs*` function decides the components' log level: call
+/// `capture_logs_at` before this to choose another than INFO.
 pub async fn env() -> &'static Env {
     static ENV: OnceCell<Env> = OnceCell::const_new();
     capture_logs();
@@ -46,22 +55,22 @@ pub async fn env() -> &'static Env {
             .admin()
             .await
             .unwrap()
-            .batch_execute(
+            .batch_execute(&format!(
                 "CREATE TABLE orders (id int PRIMARY KEY, item text);
                  INSERT INTO orders VALUES (1, 'tea');
                  CREATE ROLE orders_reader NOLOGIN;
                  GRANT SELECT ON orders TO orders_reader;
-                 CREATE ROLE pods_admin LOGIN CREATEROLE PASSWORD 'pods-admin-password';
+                 CREATE ROLE pods_admin LOGIN CREATEROLE PASSWORD '{ADMIN_PASSWORD}';
                  GRANT orders_reader TO pods_admin WITH ADMIN OPTION;
-                 GRANT pg_signal_backend TO pods_admin;",
-            )
+                 GRANT pg_signal_backend TO pods_admin;"
+            ))
             .await
             .unwrap();
         let stack = PodStack::start(cluster, node).await.unwrap();
         Env {
             cluster,
             node,
-            _stack: stack,
+            stack,
         }
     })
     .await
@@ -88,7 +97,7 @@ pub async fn scenario(prefix: &str) -> (Client, String, String) {
         ("api-key", json!({"token": PLANTED})),
         (
             "db-admin",
-            json!({"dsn": database.dsn("pods_admin", "pods-admin-password")}),
+            json!({"dsn": database.dsn("pods_admin", ADMIN_PASSWORD)}),
         ),
     ] {
         create_object::<Secret>(
@@ -313,4 +322,118 @@ pub async fn time_to_app_running(client: &Client, namespace: &str, pod: &Pod) ->
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+}
+
+/// Builds the psql image (psql and busybox's shell) and imports it into
+/// the node, once per binary, for an app that uses its PostgreSQL
+/// credentials as an app would.
+pub async fn import_psql_image() {
+    static IMPORTED: OnceCell<()> = OnceCell::const_new();
+    IMPORTED
+        .get_or_init(|| async {
+            let node = env().await.node;
+            let psql = images::build_psql_image(&node.dir().join("psql-image"))
+                .await
+                .unwrap();
+            node.import_images(&psql).unwrap();
+        })
+        .await;
+}
+
+/// The file `path` of pod `uid`'s secrets volume, as the node has it (the
+/// app reads the same tmpfs); `None` while it is not there.
+pub fn secret_file(node: &RealNode, uid: &str, path: &str) -> Option<Vec<u8>> {
+    let volume = node.pod_volume(uid, ferry_contract::SECRETS_VOLUME_NAME)?;
+    std::fs::read(volume.join(path)).ok()
+}
+
+/// Follows the log of `container` of pod `namespace/name` from its start
+/// until the container exits (the kubelet then ends the stream): all of it,
+/// what it logs while its pod is deleted included, which the apiserver can
+/// no longer give once the pod is gone. Start it once the container runs.
+pub fn follow_log(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    container: &str,
+) -> tokio::task::JoinHandle<String> {
+    use futures::AsyncReadExt as _;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let name = name.to_owned();
+    let params = LogParams {
+        container: Some(container.into()),
+        follow: true,
+        ..LogParams::default()
+    };
+    tokio::spawn(async move {
+        let stream = pods.log_stream(&name, &params).await.unwrap();
+        futures::pin_mut!(stream);
+        let mut log = Vec::new();
+        // A broken stream leaves what was read; callers check the log ends
+        // as the container's does.
+        let _ = stream.read_to_end(&mut log).await;
+        String::from_utf8_lossy(&log).into_owned()
+    })
+}
+
+/// The sidecar's whole log, followed by [`follow_log`], once it has
+/// stopped; fails unless it ends with the sidecar's `stopped` line (its
+/// volume wiped, its leases given back or let go).
+pub async fn sidecar_log_to_end(following: tokio::task::JoinHandle<String>) -> String {
+    let log = tokio::time::timeout(WAIT, following)
+        .await
+        .expect("the sidecar's log did not end")
+        .unwrap();
+    let last = log
+        .lines()
+        .rev()
+        .find_map(|line| serde_json::from_str::<serde_json::Value>(line).ok());
+    assert!(
+        last.as_ref()
+            .is_some_and(|line| line["event"] == "stopped" && line["wiped"] == true),
+        "the sidecar did not stop with its volume wiped; its log:\n{log}"
+    );
+    log
+}
+
+/// Deletes pod `namespace/name` (gracefully) and waits until it is gone.
+pub async fn delete_pod(client: &Client, namespace: &str, name: &str, uid: &str) {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    pods.delete(name, &DeleteParams::default()).await.unwrap();
+    eventually("the pod to be gone", WAIT, || async {
+        pods.get_opt(name)
+            .await
+            .unwrap()
+            .filter(|pod| pod.metadata.uid.as_deref() == Some(uid))
+            .is_none()
+            .then_some(())
+    })
+    .await;
+}
+
+/// Fails if any of `values`, or its base64, is in any of `logs` (each
+/// named for the message).
+pub fn assert_not_in_logs(values: &[(&str, &str)], logs: &[(&str, String)]) {
+    for (what, value) in values {
+        assert!(!value.is_empty(), "{what} is empty: nothing to look for");
+        let encoded = base64::engine::general_purpose::STANDARD.encode(value);
+        for (whose, log) in logs {
+            assert!(!log.contains(value), "{what} is in {whose} log");
+            assert!(
+                !log.contains(&encoded),
+                "{what}, base64-encoded, is in {whose} log"
+            );
+        }
+    }
+}
+
+/// Every log a secret must stay out of, as of now: ferry's components
+/// (in this process), the sidecar's (`sidecar`, followed to its end) and
+/// PostgreSQL's (every statement).
+pub fn every_log(sidecar: &str) -> [(&'static str, String); 3] {
+    [
+        ("ferry's components'", captured_logs()),
+        ("the sidecar's", sidecar.to_owned()),
+        ("PostgreSQL's", Postgres::log_of_shared()),
+    ]
 }
