@@ -383,76 +383,66 @@ async fn bad_csrs_and_bad_cas_are_refused_by_name() {
     let broker = world().await.broker.client().unwrap();
     let (_, token) = tenant.pod("api", "checkout").await.unwrap();
     let secrets = tenant.owner.clone();
-    let good = csr::generate(KeyAlgorithm::EcdsaP256).unwrap();
-
-    let ed25519 = csr::generate(KeyAlgorithm::Ed25519).unwrap();
-    let refused = issue(
+    // Once the broker knows the pod (422: keys required), every answer is
+    // the refusal itself.
+    issue(
         &broker,
         &token,
-        &request(&secrets, "client-cert", Some(&ed25519), None),
+        &request(&secrets, "client-cert", None, None),
     )
     .await;
-    assert_eq!(refused.status, 400);
-    assert!(
-        message(&refused).contains("key type that is not allowed"),
-        "{}",
-        message(&refused)
-    );
-
+    let refusal = |body: Vec<u8>| {
+        let (broker, token) = (&broker, &token);
+        async move {
+            let reply = broker
+                .request("POST", "/v1/leases", Some(token), &body)
+                .await
+                .unwrap();
+            (reply.status, message(&reply))
+        }
+    };
+    let good = csr::generate(KeyAlgorithm::EcdsaP256).unwrap();
+    let ed25519 = csr::generate(KeyAlgorithm::Ed25519).unwrap();
     let mut forged = csr::generate(KeyAlgorithm::EcdsaP256).unwrap();
     let last = forged.csr_der.len() - 1;
     forged.csr_der[last] ^= 1;
-    let refused = issue(
-        &broker,
-        &token,
-        &request(&secrets, "client-cert", Some(&forged), None),
-    )
-    .await;
-    assert_eq!(refused.status, 400);
-    assert_eq!(message(&refused), "the CSR signature does not verify");
-
     let garbage = serde_json::to_vec(
         &json!({"secrets": [{"namespace": secrets, "name": "client-cert", "csr": "%%%"}]}),
     )
     .unwrap();
-    let refused = issue(&broker, &token, &garbage).await;
-    assert_eq!(refused.status, 400);
-    assert!(
-        message(&refused).contains("csr is not base64"),
-        "{}",
-        message(&refused)
-    );
 
-    let refused = broker
-        .request(
-            "POST",
-            "/v1/leases",
-            Some(&token),
-            &request(&secrets, "hidden-ca", Some(&good), None),
-        )
-        .await
-        .unwrap();
-    assert_eq!(refused.status, 403, "{:?}", refused.json());
-    assert!(
-        message(&refused).contains("not opted in"),
-        "{}",
-        message(&refused)
-    );
-
-    let refused = broker
-        .request(
-            "POST",
-            "/v1/leases",
-            Some(&token),
-            &request(&secrets, "wrong-key", Some(&good), None),
-        )
-        .await
-        .unwrap();
-    assert_eq!(refused.status, 400, "{:?}", refused.json());
-    assert_eq!(
-        message(&refused),
-        format!("Secret {secrets}/wrong-key: the key does not match the certificate")
-    );
+    for (body, status, says) in [
+        (
+            request(&secrets, "client-cert", Some(&ed25519), None),
+            400,
+            "the CSR has a key type that is not allowed here (allowed: ecdsa-p256)".to_owned(),
+        ),
+        (
+            request(&secrets, "client-cert", Some(&forged), None),
+            400,
+            "the CSR signature does not verify".to_owned(),
+        ),
+        (
+            garbage,
+            400,
+            "csr is not base64 (standard alphabet, padded)".to_owned(),
+        ),
+        (
+            request(&secrets, "hidden-ca", Some(&good), None),
+            403,
+            format!(
+                "Secret {secrets}/hidden-ca is not opted in: its owner must label it \
+                 ferry.dev/brokerable=true for BrokeredSecrets to use it"
+            ),
+        ),
+        (
+            request(&secrets, "wrong-key", Some(&good), None),
+            400,
+            format!("Secret {secrets}/wrong-key: the key does not match the certificate"),
+        ),
+    ] {
+        assert_eq!(refusal(body).await, (status, says));
+    }
     // No message quoted the CA's key.
     for line in ferry_e2e::captured_logs().lines() {
         assert!(
