@@ -141,6 +141,7 @@ pub fn derive_grants(policy: &AccessPolicy, world: PolicyWorld<'_>) -> Derivatio
                         max_ttl: limits.max_ttl.clone(),
                         audience: limits.audience.clone(),
                         scopes: limits.scopes.clone(),
+                        dns_names: limits.dns_names.clone(),
                         valid_until: valid_until.clone(),
                         policy: policy_ref.clone(),
                     };
@@ -157,6 +158,7 @@ struct Limits {
     max_ttl: String,
     audience: Vec<String>,
     scopes: Vec<String>,
+    dns_names: Option<Vec<String>>,
 }
 
 /// Applies an entry's narrowing to a secret, refusing anything wider.
@@ -187,10 +189,16 @@ fn narrow(access: &SecretAccess, secret: &BrokeredSecret) -> Result<Limits, Stri
         access.scopes.as_deref(),
         jwt.map(|j| j.scopes.as_slice()),
     )?;
+    let dns_names = match (&access.dns_names, &secret.spec.source.x509) {
+        (None, _) => None,
+        (Some(_), None) => return Err("dnsNames applies to x509 secrets only".into()),
+        (Some(asked), Some(x509)) => Some(subset("dnsNames", Some(asked), Some(&x509.dns_names))?),
+    };
     Ok(Limits {
         max_ttl: format_duration(max_ttl),
         audience,
         scopes,
+        dns_names,
     })
 }
 
@@ -508,6 +516,41 @@ mod tests {
     }
 
     #[test]
+    fn x509_dns_names_default_to_the_secrets_and_may_only_be_narrowed() {
+        let cert = testing::brokered_secret("payments", "cert")
+            .x509("ca")
+            .dns_names(&["{{ serviceAccount }}.svc", "{{ podName }}.pods"])
+            .build();
+        let all = derive(
+            &checkout(&[access("cert")]),
+            std::slice::from_ref(&cert),
+            &[],
+        );
+        assert_eq!(all.grants[0].spec.dns_names, None);
+        let narrow = derive(
+            &checkout(&[access("cert").dns_names(&["{{ serviceAccount }}.svc"])]),
+            std::slice::from_ref(&cert),
+            &[],
+        );
+        assert_eq!(
+            narrow.grants[0].spec.dns_names.as_deref(),
+            Some(&["{{ serviceAccount }}.svc".to_owned()][..])
+        );
+        let wider = derive(
+            &checkout(&[access("cert").dns_names(&["evil.example"])]),
+            &[cert],
+            &[],
+        );
+        assert!(wider.grants.is_empty());
+        let not_x509 = derive(
+            &checkout(&[access("orders-db").dns_names(&["x"])]),
+            &[postgres("orders-db")],
+            &[],
+        );
+        assert!(not_x509.grants.is_empty());
+    }
+
+    #[test]
     fn audience_on_a_non_jwt_secret_is_invalid_narrowing() {
         let d = derive(
             &checkout(&[access("orders-db").audience(&["x"])]),
@@ -658,6 +701,7 @@ mod tests {
             max_ttl: "1h".into(),
             audience: vec![],
             scopes: vec![],
+            dns_names: None,
             valid_until: None,
             policy: PolicyReference {
                 namespace: "payments".into(),

@@ -425,6 +425,11 @@ pub struct SecretAccess {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 32), inner(length(min = 1, max = 128)))]
     pub scopes: Option<Vec<String>>,
+    /// x509 DNS names allowed: a subset of the secret's `dnsNames`
+    /// templates, written the same way. Unset: all of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16), inner(length(min = 1, max = 256)))]
+    pub dns_names: Option<Vec<String>>,
 }
 
 /// Observed state of an AccessPolicy.
@@ -480,6 +485,9 @@ pub struct GrantSpec {
     /// JWT scopes allowed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub scopes: Vec<String>,
+    /// x509 DNS name templates allowed; unset: all of the secret's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_names: Option<Vec<String>>,
     /// When the grant ends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub valid_until: Option<Time>,

@@ -128,6 +128,14 @@ impl BrokeredSecretBuilder {
         self
     }
 
+    /// The DNS name templates of an x509 source (after [`Self::x509`]).
+    pub fn dns_names(mut self, names: &[&str]) -> Self {
+        if let Some(x509) = self.spec.source.x509.as_mut() {
+            x509.dns_names = strings(names);
+        }
+        self
+    }
+
     /// A jwt source for `audience`, ES256, no scopes or claims.
     pub fn jwt(mut self, audience: &[&str]) -> Self {
         self.spec.source = SecretSource {
@@ -305,6 +313,12 @@ impl SecretAccessBuilder {
         self
     }
 
+    /// Narrows an x509 secret's DNS name templates.
+    pub fn dns_names(mut self, names: &[&str]) -> Self {
+        self.0.dns_names = Some(strings(names));
+        self
+    }
+
     /// The entry.
     pub fn build(self) -> SecretAccess {
         self.0
@@ -327,6 +341,7 @@ pub fn grant(namespace: &str, service_account: &str, secret: (&str, &str)) -> Gr
             max_ttl: "1h".into(),
             audience: Vec::new(),
             scopes: Vec::new(),
+            dns_names: None,
             valid_until: None,
             policy: PolicyReference {
                 namespace: secret.0.into(),

@@ -23,6 +23,9 @@ pub struct LeaseTerms {
     pub audience: Vec<String>,
     /// JWT scopes.
     pub scopes: Vec<String>,
+    /// x509 DNS name templates the certificate carries, rendered by the
+    /// provider (empty: not x509, or none allowed).
+    pub dns_names: Vec<String>,
 }
 
 /// Why a request asks for more than its Grant allows.
@@ -138,11 +141,23 @@ pub fn lease_terms(
         narrowed(&request.audience, &granted_audience).map_err(TermsError::AudienceNotGranted)?;
     let scopes =
         narrowed(&request.scopes, &granted_scopes).map_err(TermsError::ScopesNotGranted)?;
+    // The DNS names an x509 certificate may carry: the secret's, as far as
+    // the Grant allows (all of them when it does not say).
+    let dns_names = secret
+        .source
+        .x509
+        .as_ref()
+        .map(|x509| match &grant.dns_names {
+            None => x509.dns_names.clone(),
+            Some(granted) => within(&x509.dns_names, granted),
+        })
+        .unwrap_or_default();
     Ok(LeaseTerms {
         ttl,
         max_expires_at,
         audience,
         scopes,
+        dns_names,
     })
 }
 
@@ -179,6 +194,27 @@ mod tests {
 
     fn now() -> Timestamp {
         Timestamp::from_second(1_800_000_000).unwrap()
+    }
+
+    #[test]
+    fn a_certificate_carries_the_secrets_dns_names_as_far_as_the_grant_allows() {
+        let secret = testing::brokered_secret("payments", "orders-token")
+            .x509("ca")
+            .dns_names(&["a.svc", "b.svc"])
+            .spec();
+        let mut granted = testing::grant("shop", "checkout", ("payments", "orders-token")).spec();
+        let terms = lease_terms(&secret, &granted, &request(json!({})), now()).unwrap();
+        assert_eq!(terms.dns_names, ["a.svc", "b.svc"]);
+        // A Grant naming more than the secret (edited by hand) gains nothing.
+        granted.dns_names = Some(vec!["b.svc".into(), "evil.example".into()]);
+        let terms = lease_terms(&secret, &granted, &request(json!({})), now()).unwrap();
+        assert_eq!(terms.dns_names, ["b.svc"]);
+        assert!(
+            lease_terms(&jwt_secret(), &grant("30m"), &request(json!({})), now())
+                .unwrap()
+                .dns_names
+                .is_empty()
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use ferry_api::testing;
+use ferry_api::testing::{self, secret_access};
 use ferry_contract::BROKERABLE_LABEL;
 use ferry_contract::READY_MARKER;
 use ferry_e2e::https_client::{HttpsClient, HttpsReply};
@@ -71,8 +71,9 @@ async fn ca_secret(tenant: &Tenant, name: &str, ca: &(String, String), opted_in:
 }
 
 /// A tenant whose `checkout` account is granted x509 secret `client-cert`
-/// (CN `{{ serviceAccount }}`, a DNS name, signed by `ca`), `short-cert`
-/// (the same for 10s), `hidden-ca`
+/// (CN `{{ serviceAccount }}`, a service and a pod DNS name, signed by
+/// `ca`), `short-cert` (the same for 10s, narrowed by the policy to the
+/// service name), `hidden-ca`
 /// (CA Secret not opted in) and `wrong-key` (CA key not its certificate's).
 async fn scenario(prefix: &str, ca: &(String, String)) -> Tenant {
     world().await;
@@ -94,7 +95,10 @@ async fn scenario(prefix: &str, ca: &(String, String)) -> Tenant {
             .build();
         let x509 = secret.spec.source.x509.as_mut().unwrap();
         x509.common_name = Some("{{ serviceAccount }}".into());
-        x509.dns_names = vec!["{{ serviceAccount }}.{{ namespace }}.svc".into()];
+        x509.dns_names = vec![
+            "{{ serviceAccount }}.{{ namespace }}.svc".into(),
+            "{{ podName }}.{{ namespace }}.pod".into(),
+        ];
         ferry_e2e::create_brokered_secret(&tenant.client, &secret)
             .await
             .unwrap();
@@ -102,7 +106,10 @@ async fn scenario(prefix: &str, ca: &(String, String)) -> Tenant {
     let policy = testing::access_policy(&tenant.owner, "checkout")
         .service_account(&tenant.app, "checkout")
         .secret("client-cert")
-        .secret("short-cert")
+        // The policy narrows the certificate to the service's name.
+        .narrowed(
+            secret_access("short-cert").dns_names(&["{{ serviceAccount }}.{{ namespace }}.svc"]),
+        )
         .secret("hidden-ca")
         .secret("wrong-key")
         .build();
@@ -271,7 +278,8 @@ async fn a_pods_own_key_gets_a_certificate_that_logs_into_postgresql_as_its_role
         sans,
         [
             format!("spiffe://cluster.local/ns/{app}/sa/checkout"),
-            format!("checkout.{app}.svc")
+            format!("checkout.{app}.svc"),
+            format!("api.{app}.pod"),
         ]
     );
     let expires: k8s_openapi::jiff::Timestamp =
@@ -452,6 +460,24 @@ async fn bad_csrs_and_bad_cas_are_refused_by_name() {
     }
 }
 
+/// The DNS names of the first certificate in `pem`.
+fn dns_names(pem: &str) -> Vec<String> {
+    let der = certificates(pem).remove(0);
+    let (_, certificate) = x509_parser::parse_x509_certificate(&der).unwrap();
+    certificate
+        .subject_alternative_name()
+        .unwrap()
+        .unwrap()
+        .value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            GeneralName::DNSName(dns) => Some(dns.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
 /// The DER SubjectPublicKeyInfo of the first certificate in `pem`.
 fn certificate_key(pem: &str) -> Vec<u8> {
     let der = certificates(pem).remove(0);
@@ -488,6 +514,11 @@ async fn the_sidecar_makes_the_key_writes_all_three_files_and_rotates_the_key_at
     .await;
     let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap();
     assert_eq!(read("ca.crt"), ca.0);
+    assert_eq!(
+        dns_names(&read("tls.crt")),
+        [format!("checkout.{}.svc", tenant.app)],
+        "the policy's narrowing: no pod name"
+    );
     let key = KeyPair::from_pem(&read("tls.key")).unwrap();
     assert_eq!(key.algorithm(), &rcgen::PKCS_ECDSA_P256_SHA256);
     assert_eq!(

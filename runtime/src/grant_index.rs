@@ -517,6 +517,7 @@ mod tests {
                 max_ttl: "1h".into(),
                 audience: vec![],
                 scopes: vec![],
+                dns_names: None,
                 valid_until: None,
                 policy: PolicyReference {
                     namespace: secret.0.into(),

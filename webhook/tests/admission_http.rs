@@ -43,6 +43,7 @@ fn grant(service_account: &str, secret: (&str, &str)) -> Grant {
             max_ttl: "1h".into(),
             audience: vec![],
             scopes: vec![],
+            dns_names: None,
             valid_until: None,
             policy: PolicyReference {
                 namespace: secret.0.into(),

@@ -481,6 +481,7 @@ mod tests {
             max_expires_at: now.as_second() + 3600,
             audience: vec!["orders".into()],
             scopes: vec!["read".into()],
+            dns_names: vec![],
         };
         let issued = provider.mint(IssueRequest {
             secret: &secret,

@@ -412,7 +412,9 @@ fn names(source: &X509Source, request: IssueRequest<'_>) -> Result<Names, Provid
     if let Some(common_name) = &source.common_name {
         templates.insert("commonName".to_owned(), common_name.clone());
     }
-    for (index, dns_name) in source.dns_names.iter().enumerate() {
+    // The secret's DNS names as far as the Grant allows (lease terms).
+    let dns_templates = &request.terms.dns_names;
+    for (index, dns_name) in dns_templates.iter().enumerate() {
         templates.insert(format!("dnsNames[{index}]"), dns_name.clone());
     }
     let rendered = render_files(&templates, &variables)
@@ -431,12 +433,12 @@ fn names(source: &X509Source, request: IssueRequest<'_>) -> Result<Names, Provid
             common_name.len()
         )));
     }
-    let mut dns_names = Vec::with_capacity(source.dns_names.len());
-    for index in 0..source.dns_names.len() {
+    let mut dns_names = Vec::with_capacity(dns_templates.len());
+    for (index, template) in dns_templates.iter().enumerate() {
         let name = text(&format!("dnsNames[{index}]")).unwrap_or_default();
         if !is_dns_name(&name) {
             return Err(ProviderError::Invalid(format!(
-                "spec.source.x509.dnsNames[{index}] renders to {name:?}, not a lower-case DNS name"
+                "spec.source.x509.dnsNames: {template:?} renders to {name:?}, not a lower-case DNS name"
             )));
         }
         dns_names.push(name);
