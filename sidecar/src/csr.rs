@@ -150,7 +150,8 @@ fn pem(label: &str, der: &[u8]) -> Zeroizing<String> {
     let encoded = Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(der));
     let mut out = Zeroizing::new(format!("-----BEGIN {label}-----\n"));
     for line in encoded.as_bytes().chunks(64) {
-        out.push_str(&String::from_utf8_lossy(line));
+        // base64 is ASCII: no copy of the key's text is made here.
+        out.push_str(std::str::from_utf8(line).unwrap_or_default());
         out.push('\n');
     }
     out.push_str(&format!("-----END {label}-----\n"));
