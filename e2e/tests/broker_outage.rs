@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use ferry_api::testing;
-use ferry_contract::{BROKERABLE, BROKERABLE_LABEL, READY_MARKER, SIDECAR_CONTAINER_NAME};
+use ferry_contract::{BROKERABLE, BROKERABLE_LABEL, SIDECAR_CONTAINER_NAME};
 use ferry_e2e::sidecar_process::expiry_in_log;
 use ferry_e2e::{create_brokered_secret, create_object, grant};
 use k8s_openapi::api::core::v1::Secret;
@@ -45,27 +45,8 @@ async fn without_the_broker_a_secret_is_kept_until_its_expiry_then_removed() {
 
     // The app watches its file, then the ready marker the sidecar's probe
     // reads, and says when each went.
-    let script = format!(
-        r#"f={SECRETS}/api-key/token
-echo started
-trap 'exit 0' TERM
-while [ -s "$f" ]; do sleep 0.2 & wait; done
-echo gone
-date +%s
-while [ -e {SECRETS}/{READY_MARKER} ]; do sleep 0.2 & wait; done
-echo not-ready
-sleep 3600 & wait"#
-    );
-    create_pod(
-        &client,
-        &ns,
-        &opted_in(
-            "app",
-            &["api-key".into()],
-            pod_spec("app", json!({"runAsUser": 1000}), &script),
-        ),
-    )
-    .await;
+    let script = watch_expiry_script("api-key/token");
+    create_app(&client, &ns, ("app", "app"), &["api-key".into()], &script).await;
     wait_log_line(&client, &ns, "app", "started").await;
 
     env.stack.stop_broker();

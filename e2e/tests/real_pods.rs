@@ -13,7 +13,7 @@
 
 use base64::Engine as _;
 use ferry_api::resources::AccessPolicy;
-use ferry_contract::{READY_MARKER, SIDECAR_CONTAINER_NAME};
+use ferry_contract::SIDECAR_CONTAINER_NAME;
 use ferry_e2e::images::{BUSYBOX_IMAGE, PSQL_IMAGE};
 use ferry_e2e::sidecar_process::expiry_in_log;
 use ferry_e2e::{Postgres, RealNode, audit_lines, captured_logs, eventually};
@@ -319,14 +319,12 @@ sleep 3600 & wait"#,
 async fn a_short_lived_jwt_is_renewed_before_it_expires() {
     let (client, owner, app) = scenario("renew").await;
     let node = env().await.node;
-    create_pod(
+    create_app(
         &client,
         &app,
-        &opted_in(
-            "api",
-            &[format!("{owner}/orders-token")],
-            pod_spec("checkout", json!({"runAsUser": 1000}), IDLE_APP),
-        ),
+        ("api", "checkout"),
+        &[format!("{owner}/orders-token")],
+        IDLE_APP,
     )
     .await;
     wait_log_line(&client, &app, "api", "started").await;
@@ -366,14 +364,12 @@ async fn a_stopped_sidecars_role_is_reaped_once_its_pod_is_force_deleted() {
     let (client, owner, app) = scenario("reap").await;
     let node = env().await.node;
     let script = format!("cat {SECRETS}/orders-db/username; echo\n{IDLE_APP}");
-    create_pod(
+    create_app(
         &client,
         &app,
-        &opted_in(
-            "api",
-            &[format!("{owner}/orders-db")],
-            pod_spec("checkout", json!({"runAsUser": 1000}), &script),
-        ),
+        ("api", "checkout"),
+        &[format!("{owner}/orders-db")],
+        &script,
     )
     .await;
     let log = wait_log_line(&client, &app, "api", "started").await;
@@ -485,14 +481,12 @@ echo started
 trap 'exit 0' TERM
 while :; do [ -s "$f" ] || echo missing; sleep 0.2 & wait; done"#
     );
-    create_pod(
+    create_app(
         &client,
         &app,
-        &opted_in(
-            "api",
-            &[format!("{owner}/orders-token")],
-            pod_spec("checkout", json!({"runAsUser": 1000}), &script),
-        ),
+        ("api", "checkout"),
+        &[format!("{owner}/orders-token")],
+        &script,
     )
     .await;
     wait_log_line(&client, &app, "api", "started").await;
@@ -561,25 +555,13 @@ async fn an_ungranted_pod_is_refused_and_a_revoked_one_loses_its_files_at_expiry
         "the refused pod was stored"
     );
 
-    let script = format!(
-        r#"f={SECRETS}/orders-token/token
-echo started
-trap 'exit 0' TERM
-while [ -s "$f" ]; do sleep 0.2 & wait; done
-echo gone
-date +%s
-while [ -e {SECRETS}/{READY_MARKER} ]; do sleep 0.2 & wait; done
-echo not-ready
-sleep 3600 & wait"#
-    );
-    create_pod(
+    let script = watch_expiry_script("orders-token/token");
+    create_app(
         &client,
         &app,
-        &opted_in(
-            "api",
-            &[format!("{owner}/orders-token")],
-            pod_spec("checkout", json!({"runAsUser": 1000}), &script),
-        ),
+        ("api", "checkout"),
+        &[format!("{owner}/orders-token")],
+        &script,
     )
     .await;
     wait_log_line(&client, &app, "api", "started").await;

@@ -160,6 +160,37 @@ pub fn opted_in(name: &str, secrets: &[String], spec: serde_json::Value) -> Pod 
     .unwrap()
 }
 
+/// Creates pod `name` of service account `account`, running as uid 1000
+/// with `secrets`, its app container running `script`.
+pub async fn create_app(
+    client: &Client,
+    namespace: &str,
+    (name, account): (&str, &str),
+    secrets: &[String],
+    script: &str,
+) -> Pod {
+    let spec = pod_spec(account, json!({"runAsUser": 1000}), script);
+    create_pod(client, namespace, &opted_in(name, secrets, spec)).await
+}
+
+/// An app script that says `started`, waits until `file` (under the
+/// secrets directory) is gone and says `gone` and the Unix time, then
+/// waits until the ready marker is gone and says `not-ready`.
+pub fn watch_expiry_script(file: &str) -> String {
+    format!(
+        r#"f={SECRETS}/{file}
+echo started
+trap 'exit 0' TERM
+while [ -s "$f" ]; do sleep 0.2 & wait; done
+echo gone
+date +%s
+while [ -e {SECRETS}/{READY_MARKER} ]; do sleep 0.2 & wait; done
+echo not-ready
+sleep 3600 & wait"#,
+        READY_MARKER = ferry_contract::READY_MARKER
+    )
+}
+
 /// Creates `pod`, retrying while the webhook's Grant index catches up.
 pub async fn create_pod(client: &Client, namespace: &str, pod: &Pod) -> Pod {
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
