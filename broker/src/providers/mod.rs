@@ -8,6 +8,7 @@ pub mod kubernetes_secret;
 pub mod postgres;
 mod postgres_tls;
 pub mod secret_reader;
+mod tls;
 pub mod x509;
 
 use std::collections::BTreeMap;

@@ -9,10 +9,6 @@
 //! verified against the system's roots, or against the PEM certificates in
 //! the admin Secret's key [`CA_KEY`] when it has one.
 
-use std::sync::{Arc, OnceLock};
-
-use rustls::pki_types::CertificateDer;
-use rustls::pki_types::pem::PemObject;
 use tokio_postgres::config::SslMode;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
@@ -36,52 +32,8 @@ pub fn tls_mode(dsn: &str) -> (String, Option<SslMode>) {
 /// A connector trusting `ca_pem` (PEM certificates) when given, else the
 /// system's roots.
 pub fn connector(ca_pem: Option<&[u8]>) -> Result<MakeRustlsConnect, ProviderError> {
-    let config = match ca_pem {
-        None => system_config()?,
-        Some(pem) => {
-            let mut roots = rustls::RootCertStore::empty();
-            for certificate in CertificateDer::pem_slice_iter(pem) {
-                let certificate = certificate.map_err(|_| {
-                    ProviderError::Invalid(format!("key {CA_KEY} is not PEM certificates"))
-                })?;
-                roots
-                    .add(certificate)
-                    .map_err(|error| ProviderError::Invalid(format!("key {CA_KEY}: {error}")))?;
-            }
-            if roots.is_empty() {
-                return Err(ProviderError::Invalid(format!(
-                    "key {CA_KEY} holds no certificate"
-                )));
-            }
-            build(roots)?
-        }
-    };
+    let config = super::tls::client_config(ca_pem, CA_KEY)?;
     Ok(MakeRustlsConnect::new(rustls::ClientConfig::clone(&config)))
-}
-
-fn system_config() -> Result<Arc<rustls::ClientConfig>, ProviderError> {
-    static CONFIG: OnceLock<Result<Arc<rustls::ClientConfig>, ProviderError>> = OnceLock::new();
-    CONFIG
-        .get_or_init(|| {
-            let mut roots = rustls::RootCertStore::empty();
-            let native = rustls_native_certs::load_native_certs();
-            for certificate in native.certs {
-                // A system certificate rustls cannot parse is skipped, as curl does.
-                let _ = roots.add(certificate);
-            }
-            build(roots)
-        })
-        .clone()
-}
-
-fn build(roots: rustls::RootCertStore) -> Result<Arc<rustls::ClientConfig>, ProviderError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map(|builder| Arc::new(builder.with_root_certificates(roots).with_no_client_auth()))
-        .map_err(|error| {
-            ProviderError::Unavailable(format!("building TLS for PostgreSQL: {error}"))
-        })
 }
 
 #[cfg(test)]
