@@ -6,8 +6,10 @@
 
 use std::collections::BTreeMap;
 
-use crate::resources::{BrokeredSecret, SourceKind};
-use crate::templates::{JWT_VARIABLES, POSTGRES_VARIABLES, check_templates, check_variables};
+use crate::resources::{BrokeredSecret, ClientAuthentication, OAuth2Grant, SourceKind};
+use crate::templates::{
+    JWT_VARIABLES, OAUTH2_VARIABLES, POSTGRES_VARIABLES, check_templates, check_variables,
+};
 
 /// The Secret a BrokeredSecret's source names, as far as the checks need
 /// it: its name, and the keys it must hold (none: the source copies
@@ -22,6 +24,22 @@ pub struct Reference<'a> {
 
 /// The keys an `x509` source's CA Secret must hold.
 pub const X509_CA_KEYS: [&str; 3] = ["tls.crt", "tls.key", "ca.crt"];
+
+/// The keys of an `oauth2` source's credentials Secret: the client's id,
+/// its secret or its assertion-signing key (PKCS #8 PEM), the key's id
+/// (optional), and the refresh token the broker holds in custody.
+pub mod oauth2_keys {
+    /// The client id.
+    pub const CLIENT_ID: &str = "client_id";
+    /// The client secret (`ClientSecretBasic`, `ClientSecretPost`).
+    pub const CLIENT_SECRET: &str = "client_secret";
+    /// The assertion-signing key (`PrivateKeyJwt`).
+    pub const PRIVATE_KEY: &str = "private_key";
+    /// The `kid` of assertions, when the server needs one (optional).
+    pub const KEY_ID: &str = "key_id";
+    /// The refresh token (`RefreshToken` grant).
+    pub const REFRESH_TOKEN: &str = "refresh_token";
+}
 
 /// The variables `x509` name templates (`commonName`, `dnsNames`) use.
 pub const X509_NAME_VARIABLES: [&str; 3] = ["namespace", "serviceAccount", "podName"];
@@ -38,6 +56,22 @@ pub fn reference(secret: &BrokeredSecret) -> Option<Reference<'_>> {
         Some(Reference {
             name: &x509.ca_secret_name,
             keys: X509_CA_KEYS.to_vec(),
+        })
+    } else if let Some(oauth2) = &source.oauth2 {
+        let mut keys = vec![oauth2_keys::CLIENT_ID];
+        keys.push(match oauth2.client_authentication {
+            ClientAuthentication::ClientSecretBasic | ClientAuthentication::ClientSecretPost => {
+                oauth2_keys::CLIENT_SECRET
+            }
+            ClientAuthentication::PrivateKeyJwt => oauth2_keys::PRIVATE_KEY,
+        });
+        if oauth2.grant == OAuth2Grant::RefreshToken {
+            keys.push(oauth2_keys::REFRESH_TOKEN);
+        }
+        keys.extend(oauth2.ca_key.as_deref());
+        Some(Reference {
+            name: &oauth2.credentials_secret_name,
+            keys,
         })
     } else {
         source.kubernetes_secret.as_ref().map(|k8s| Reference {
@@ -77,6 +111,7 @@ pub fn verdict(secret: &BrokeredSecret, found: Option<&[String]>) -> Verdict {
         SourceKind::KubernetesSecret => None,
         // It writes its own files; the schema refuses spec.files.
         SourceKind::X509 => Some(vec![]),
+        SourceKind::OAuth2 => Some(OAUTH2_VARIABLES.map(String::from).to_vec()),
     };
     let (ready, reason, message) = match reference(secret) {
         None => (
@@ -210,6 +245,42 @@ mod tests {
         let found = verdict(&secret, Some(&keys(&["ca.crt", "tls.crt", "tls.key"])));
         assert_eq!((found.ready, found.source), (true, SourceKind::X509));
         assert_eq!(verdict(&secret, None).reason, "SecretNotFound");
+    }
+
+    #[test]
+    fn an_oauth2_source_needs_the_keys_its_client_and_grant_use() {
+        let mut secret = orders_db()
+            .oauth2("https://auth.example/token", "crm-client", &[])
+            .build();
+        fn needed(secret: &BrokeredSecret) -> Vec<&str> {
+            reference(secret).unwrap().keys
+        }
+        assert_eq!(needed(&secret), ["client_id", "client_secret"]);
+        let oauth2 = secret.spec.source.oauth2.as_mut().unwrap();
+        oauth2.client_authentication = ClientAuthentication::PrivateKeyJwt;
+        oauth2.grant = OAuth2Grant::RefreshToken;
+        oauth2.ca_key = Some("ca.crt".into());
+        assert_eq!(
+            needed(&secret),
+            ["client_id", "private_key", "refresh_token", "ca.crt"]
+        );
+        let found = verdict(
+            &secret,
+            Some(&keys(&["client_id", "private_key", "ca.crt"])),
+        );
+        assert_eq!(
+            (found.ready, found.reason, found.message.as_str()),
+            (
+                false,
+                "KeyNotFound",
+                "Secret payments/crm-client has no key \"refresh_token\""
+            )
+        );
+        secret.spec.files = files(&[("token", "Bearer {{ access_token }} {{ scope }}")]);
+        let all = keys(&["client_id", "private_key", "refresh_token", "ca.crt"]);
+        assert!(verdict(&secret, Some(&all)).ready);
+        secret.spec.files = files(&[("token", "{{ client_secret }}")]);
+        assert_eq!(verdict(&secret, Some(&all)).reason, "InvalidTemplate");
     }
 
     #[test]

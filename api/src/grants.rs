@@ -178,16 +178,16 @@ fn narrow(access: &SecretAccess, secret: &BrokeredSecret) -> Result<Limits, Stri
             asked
         }
     };
-    let jwt = secret.spec.source.jwt.as_ref();
+    let narrowable = secret.spec.source.audience_and_scopes();
     let audience = subset(
         "audience",
         access.audience.as_deref(),
-        jwt.map(|j| j.audience.as_slice()),
+        narrowable.map(|(audience, _)| audience),
     )?;
     let scopes = subset(
         "scopes",
         access.scopes.as_deref(),
-        jwt.map(|j| j.scopes.as_slice()),
+        narrowable.map(|(_, scopes)| scopes),
     )?;
     let dns_names = match (&access.dns_names, &secret.spec.source.x509) {
         (None, _) => None,
@@ -203,7 +203,7 @@ fn narrow(access: &SecretAccess, secret: &BrokeredSecret) -> Result<Limits, Stri
 }
 
 /// `asked` must be a subset of `allowed`; no request means all of it.
-/// `allowed` is `None` when the secret is not a JWT.
+/// `allowed` is `None` when the secret has no audiences or scopes.
 fn subset(
     field: &str,
     asked: Option<&[String]>,
@@ -211,7 +211,7 @@ fn subset(
 ) -> Result<Vec<String>, String> {
     match (asked, allowed) {
         (None, allowed) => Ok(allowed.unwrap_or_default().to_vec()),
-        (Some(_), None) => Err(format!("{field} applies to jwt secrets only")),
+        (Some(_), None) => Err(format!("{field} applies to jwt and oauth2 secrets only")),
         (Some(asked), Some(allowed)) => {
             let wider: Vec<&str> = asked
                 .iter()
@@ -516,6 +516,26 @@ mod tests {
     }
 
     #[test]
+    fn oauth2_audience_and_scopes_are_narrowed_like_a_jwts() {
+        let crm = testing::brokered_secret("payments", "crm")
+            .oauth2("https://auth.example/token", "crm-client", &["crm-api"])
+            .scopes(&["contacts.read", "contacts.write"])
+            .build();
+        let all = derive(&checkout(&[access("crm")]), std::slice::from_ref(&crm), &[]);
+        assert_eq!(
+            all.grants[0].spec.scopes,
+            ["contacts.read", "contacts.write"]
+        );
+        assert_eq!(all.grants[0].spec.audience, ["crm-api"]);
+        let narrowed = access("crm").scopes(&["contacts.read"]);
+        let derived = derive(&checkout(&[narrowed]), std::slice::from_ref(&crm), &[]);
+        assert_eq!(derived.grants[0].spec.scopes, ["contacts.read"]);
+        let wider = access("crm").scopes(&["contacts.delete"]);
+        let refused = derive(&checkout(&[wider]), std::slice::from_ref(&crm), &[]);
+        assert!(refused.grants.is_empty());
+    }
+
+    #[test]
     fn x509_dns_names_default_to_the_secrets_and_may_only_be_narrowed() {
         let cert = testing::brokered_secret("payments", "cert")
             .x509("ca")
@@ -560,7 +580,7 @@ mod tests {
         assert!(
             d.problems[0]
                 .to_string()
-                .contains("audience applies to jwt secrets only")
+                .contains("audience applies to jwt and oauth2 secrets only")
         );
     }
 

@@ -80,7 +80,7 @@ pub struct BrokeredSecretSpec {
     #[x_kube(validation = Rule::new(on_durations(&["self"], "duration(self) >= duration('10s') && duration(self) <= duration('168h')")).message("maxTtl must be between 10s and 168h"))]
     pub max_ttl: String,
     /// Where the material comes from: exactly one of `postgres`,
-    /// `kubernetesSecret`, `jwt` or `x509`.
+    /// `kubernetesSecret`, `jwt`, `x509` or `oauth2`.
     pub source: SecretSource,
     /// Files written into the pod's secrets directory: file name to
     /// template. Names are plain file names (no `/`, no `..`, no leading
@@ -95,7 +95,7 @@ pub struct BrokeredSecretSpec {
 /// Where a secret's material comes from. Exactly one field is set.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("[has(self.postgres), has(self.kubernetesSecret), has(self.jwt), has(self.x509)].filter(x, x).size() == 1").message("exactly one of postgres, kubernetesSecret, jwt or x509 must be set"))]
+#[x_kube(validation = Rule::new("[has(self.postgres), has(self.kubernetesSecret), has(self.jwt), has(self.x509), has(self.oauth2)].filter(x, x).size() == 1").message("exactly one of postgres, kubernetesSecret, jwt, x509 or oauth2 must be set"))]
 pub struct SecretSource {
     /// A dynamic PostgreSQL role per pod: `CREATE ROLE ... VALID UNTIL`,
     /// member of roles the database owner already defined.
@@ -111,6 +111,10 @@ pub struct SecretSource {
     /// of this namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub x509: Option<X509Source>,
+    /// An access token from an OAuth2 authorization server, acquired by
+    /// the broker with credentials only the broker holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth2: Option<OAuth2Source>,
 }
 
 /// The kind of a BrokeredSecret's source: which provider serves it.
@@ -124,6 +128,8 @@ pub enum SourceKind {
     Jwt,
     /// `x509`: a certificate signed by the broker.
     X509,
+    /// `oauth2`: an access token from an authorization server.
+    OAuth2,
 }
 
 impl SourceKind {
@@ -134,6 +140,7 @@ impl SourceKind {
             Self::KubernetesSecret => "kubernetesSecret",
             Self::Jwt => "jwt",
             Self::X509 => "x509",
+            Self::OAuth2 => "oauth2",
         }
     }
 }
@@ -156,8 +163,23 @@ impl SecretSource {
             Some(SourceKind::Jwt)
         } else if self.x509.is_some() {
             Some(SourceKind::X509)
+        } else if self.oauth2.is_some() {
+            Some(SourceKind::OAuth2)
         } else {
             None
+        }
+    }
+
+    /// The audiences and scopes a token of this source may carry, which
+    /// policies and requests narrow: `None` for sources without them
+    /// (only `jwt` and `oauth2` have them).
+    pub fn audience_and_scopes(&self) -> Option<(&[String], &[String])> {
+        if let Some(jwt) = &self.jwt {
+            Some((&jwt.audience, &jwt.scopes))
+        } else {
+            self.oauth2
+                .as_ref()
+                .map(|oauth2| (oauth2.audience.as_slice(), oauth2.scopes.as_slice()))
         }
     }
 }
@@ -323,6 +345,125 @@ impl KeyAlgorithm {
             Self::Ed25519 => ferry_contract::wire::KEY_ED25519,
         }
     }
+}
+
+/// An access token for a third-party API, acquired from its OAuth2
+/// authorization server by the broker. The client secret, signing key or
+/// refresh token stay in a Secret only the broker reads: a pod gets the
+/// access token alone (files `access_token`, `token_type`, `expires_at`),
+/// narrowed to the scopes and audiences its policy allows.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new(on_durations(&["self.minRemainingLifetime"], "duration(self.minRemainingLifetime) <= duration('1h')")).message("minRemainingLifetime must be at most 1h"))]
+pub struct OAuth2Source {
+    /// The token endpoint, an `https://` URL.
+    #[schemars(regex(pattern = HTTPS_URL_PATTERN), length(max = 2048))]
+    pub token_url: String,
+    /// The RFC 7009 revocation endpoint, an `https://` URL. When set, a
+    /// lease's own token is revoked there when the lease is revoked or its
+    /// pod goes away; unset, tokens live until they expire upstream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = HTTPS_URL_PATTERN), length(max = 2048))]
+    pub revocation_url: Option<String>,
+    /// The authorization endpoint, an `https://` URL: only for the
+    /// `refreshToken` grant, where `ferry-operator oauth2-consent` sends a
+    /// person to consent once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = HTTPS_URL_PATTERN), length(max = 2048))]
+    pub authorization_url: Option<String>,
+    /// A Secret in this namespace with the client's credentials, which only
+    /// the broker reads: `client_id`, and `client_secret` (client secret
+    /// authentication) or `private_key` (PKCS #8 PEM, P-256, for
+    /// `privateKeyJwt`; optional `key_id`), and `refresh_token` for the
+    /// `refreshToken` grant, which the broker writes back when the server
+    /// rotates it. Its owner must opt it in with the label
+    /// `ferry.dev/brokerable=true`.
+    #[schemars(regex(pattern = SUBDOMAIN_PATTERN), length(min = 1, max = 253))]
+    pub credentials_secret_name: String,
+    /// A key of that Secret holding PEM CA certificates that verify the
+    /// token endpoint; unset: the system's trusted roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[-._a-zA-Z0-9]+$"), length(min = 1, max = 253))]
+    pub ca_key: Option<String>,
+    /// How the broker authenticates as the client.
+    #[serde(default)]
+    pub client_authentication: ClientAuthentication,
+    /// How the broker obtains a token.
+    #[serde(default)]
+    pub grant: OAuth2Grant,
+    /// The scopes a token may carry; a policy may narrow them. Each token
+    /// request asks for exactly the lease's scopes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(regex(pattern = r"^[!#-\[\]-~]{1,128}$")))]
+    pub scopes: Vec<String>,
+    /// The audiences a token may be for (sent as `audience` parameters);
+    /// a policy may narrow them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(length(min = 1, max = 253)))]
+    pub audience: Vec<String>,
+    /// `PerLease` (default): every lease gets a token of its own, revoked
+    /// with the lease. `Shared`: pods with the same scopes and audiences
+    /// share one cached token, fetched once for all who ask at the same
+    /// time, and never revoked at a pod's end (others still use it).
+    #[serde(default)]
+    pub token_sharing: TokenSharing,
+    /// A shared token is handed out only while it has at least this long
+    /// to live; a lease never outlives its token.
+    #[serde(default = "default_min_remaining_lifetime")]
+    #[schemars(regex(pattern = DURATION_PATTERN), length(max = 32))]
+    pub min_remaining_lifetime: String,
+    /// At most this many token requests a minute go to the server for
+    /// this BrokeredSecret, whatever the number of pods; beyond it pods
+    /// are told to retry.
+    #[serde(default = "default_requests_per_minute")]
+    #[schemars(range(min = 1, max = 6000))]
+    pub requests_per_minute: u32,
+}
+
+/// An `https://` URL (no whitespace).
+const HTTPS_URL_PATTERN: &str = r"^https://[^\s/?#]+[^\s]*$";
+
+fn default_min_remaining_lifetime() -> String {
+    "2m".into()
+}
+
+fn default_requests_per_minute() -> u32 {
+    600
+}
+
+/// How the broker authenticates to the token endpoint.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ClientAuthentication {
+    /// `client_secret_basic`: `client_id` and `client_secret` in HTTP
+    /// Basic authentication.
+    #[default]
+    ClientSecretBasic,
+    /// `client_secret_post`: `client_id` and `client_secret` in the form.
+    ClientSecretPost,
+    /// `private_key_jwt` (RFC 7523): a short ES256 assertion signed with
+    /// `private_key`; the server knows the public key.
+    PrivateKeyJwt,
+}
+
+/// How the broker obtains an access token.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum OAuth2Grant {
+    /// The client's own access (`client_credentials`).
+    #[default]
+    ClientCredentials,
+    /// A person's delegated access: the broker spends the `refresh_token`
+    /// it holds, and stores the rotated one back, one replica at a time.
+    RefreshToken,
+}
+
+/// Whether pods share access tokens.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum TokenSharing {
+    /// One token per lease.
+    #[default]
+    PerLease,
+    /// One cached token per set of scopes and audiences.
+    Shared,
 }
 
 /// Observed state of a BrokeredSecret.

@@ -51,6 +51,10 @@ pub const POSTGRES_VARIABLES: [&str; 5] = ["username", "password", "host", "port
 /// The variables the `jwt` source provides to templates.
 pub const JWT_VARIABLES: [&str; 1] = ["token"];
 
+/// The variables the `oauth2` source provides to templates: its files'
+/// names, and the token's granted `scope`.
+pub const OAUTH2_VARIABLES: [&str; 4] = ["access_token", "token_type", "expires_at", "scope"];
+
 /// The statements a template may use.
 const ALLOWED_STATEMENTS: [&str; 7] = ["if", "elif", "else", "endif", "for", "endfor", "raw"];
 

@@ -23,10 +23,11 @@ use std::collections::BTreeMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, Time};
 
 use crate::resources::{
-    AccessPolicy, AccessPolicySpec, BrokeredSecret, BrokeredSecretSpec, CertificateUsage, Grant,
-    GrantSpec, JwtAlgorithm, JwtSource, KeyAlgorithm, KubernetesSecretSource, PolicyReference,
-    PostgresSource, SecretAccess, SecretKeyRef, SecretReference, SecretSource, ServiceAccountRef,
-    Subject, X509Source,
+    AccessPolicy, AccessPolicySpec, BrokeredSecret, BrokeredSecretSpec, CertificateUsage,
+    ClientAuthentication, Grant, GrantSpec, JwtAlgorithm, JwtSource, KeyAlgorithm,
+    KubernetesSecretSource, OAuth2Grant, OAuth2Source, PolicyReference, PostgresSource,
+    SecretAccess, SecretKeyRef, SecretReference, SecretSource, ServiceAccountRef, Subject,
+    TokenSharing, X509Source,
 };
 
 fn strings(values: &[&str]) -> Vec<String> {
@@ -151,11 +152,38 @@ impl BrokeredSecretBuilder {
         self
     }
 
-    /// The scopes a jwt source allows (after [`Self::jwt`]).
+    /// The scopes a jwt or oauth2 source allows (after [`Self::jwt`] or
+    /// [`Self::oauth2`]).
     pub fn scopes(mut self, scopes: &[&str]) -> Self {
         if let Some(jwt) = self.spec.source.jwt.as_mut() {
             jwt.scopes = strings(scopes);
         }
+        if let Some(oauth2) = self.spec.source.oauth2.as_mut() {
+            oauth2.scopes = strings(scopes);
+        }
+        self
+    }
+
+    /// An oauth2 source: client credentials from Secret
+    /// `credentials_secret` at `token_url`, for `audience`, no scopes.
+    pub fn oauth2(mut self, token_url: &str, credentials_secret: &str, audience: &[&str]) -> Self {
+        self.spec.source = SecretSource {
+            oauth2: Some(OAuth2Source {
+                token_url: token_url.into(),
+                revocation_url: None,
+                authorization_url: None,
+                credentials_secret_name: credentials_secret.into(),
+                ca_key: None,
+                client_authentication: ClientAuthentication::default(),
+                grant: OAuth2Grant::default(),
+                scopes: Vec::new(),
+                audience: strings(audience),
+                token_sharing: TokenSharing::default(),
+                min_remaining_lifetime: "2m".into(),
+                requests_per_minute: 600,
+            }),
+            ..SecretSource::default()
+        };
         self
     }
 

@@ -468,7 +468,8 @@ impl Broker {
                     .map_err(|error| template_error(secret, &error))?;
                 call(self, &self.postgres, request, renewing).await
             }
-            None => Err(unsupported(secret)),
+            // Served once the oauth2 provider lands.
+            Some(SourceKind::OAuth2) | None => Err(unsupported(secret)),
         }
     }
 
@@ -686,7 +687,7 @@ impl Broker {
             }
             Some(SourceKind::Jwt) => call(self, &self.jwt, secret.as_deref(), claims).await,
             Some(SourceKind::X509) => call(self, &self.x509, secret.as_deref(), claims).await,
-            Some(SourceKind::KubernetesSecret) | None => {
+            Some(SourceKind::KubernetesSecret | SourceKind::OAuth2) | None => {
                 call(self, &self.kubernetes_secret, secret.as_deref(), claims).await
             }
         }

@@ -42,8 +42,9 @@ pub enum TermsError {
         /// What the Grant allows.
         max: String,
     },
-    /// Audiences or scopes asked of a secret that is not a JWT.
-    #[error("audience and scopes apply only to JWT secrets")]
+    /// Audiences or scopes asked of a secret that has none (neither a
+    /// jwt nor an oauth2 source).
+    #[error("audience and scopes apply only to jwt and oauth2 secrets")]
     NotAJwt,
     /// Audiences the Grant does not include.
     #[error("audience {0:?} is not granted")]
@@ -101,8 +102,8 @@ pub fn lease_terms(
         u64::try_from(max_expires_at - now.as_second()).unwrap_or(0),
     ));
 
-    let is_jwt = secret.source.jwt.is_some();
-    if !is_jwt && (request.audience.is_some() || request.scopes.is_some()) {
+    let narrowable = secret.source.audience_and_scopes();
+    if narrowable.is_none() && (request.audience.is_some() || request.scopes.is_some()) {
         return Err(TermsError::NotAJwt);
     }
     let narrowed = |asked: &Option<Vec<String>>, granted: &[String]| match asked {
@@ -122,12 +123,7 @@ pub fn lease_terms(
     };
     // A Grant is a cache of a policy's decision, not an authority: what it
     // names beyond the secret's own audiences and scopes is never issued.
-    let (secret_audience, secret_scopes) = secret
-        .source
-        .jwt
-        .as_ref()
-        .map(|jwt| (jwt.audience.as_slice(), jwt.scopes.as_slice()))
-        .unwrap_or_default();
+    let (secret_audience, secret_scopes) = narrowable.unwrap_or_default();
     let within = |granted: &[String], allowed: &[String]| -> Vec<String> {
         granted
             .iter()
