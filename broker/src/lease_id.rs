@@ -12,6 +12,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as BASE64URL;
 use ring::hmac;
 use serde::{Deserialize, Serialize};
 
+use crate::seal::Seal;
+
 /// The longest id accepted, in bytes; longer input is refused unparsed.
 /// Sized to the largest claims the schema admits (16 audiences of 253
 /// characters and 32 scopes of 128, every character escaped as JSON), so
@@ -140,6 +142,7 @@ pub enum LeaseIdError {
 pub struct LeaseKeys {
     current: hmac::Key,
     previous: Vec<hmac::Key>,
+    seal: Seal,
 }
 
 impl std::fmt::Debug for LeaseKeys {
@@ -157,7 +160,14 @@ impl LeaseKeys {
         Self {
             current: key(current),
             previous: previous.iter().map(|bytes| key(bytes)).collect(),
+            seal: Seal::new(current, previous),
         }
+    }
+
+    /// What seals secrets a lease id carries (an `oauth2` lease's token),
+    /// derived from the same keys.
+    pub fn value_seal(&self) -> Seal {
+        self.seal.clone()
     }
 
     /// Seals `claims` into a lease id.

@@ -25,6 +25,7 @@ pub mod providers;
 pub mod reaper;
 pub mod revocations;
 pub mod routes;
+pub mod seal;
 pub mod server;
 pub mod service;
 pub mod templates;
