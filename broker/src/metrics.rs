@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+};
 
 use super::auth::CacheUse;
 use super::providers::Reaped;
@@ -17,6 +19,7 @@ pub struct BrokerMetrics {
     reaped: IntCounterVec,
     reap_failures: IntCounterVec,
     revocable: IntGaugeVec,
+    oauth2_token_requests: IntCounter,
 }
 
 impl BrokerMetrics {
@@ -68,6 +71,10 @@ impl BrokerMetrics {
                 ),
                 &["provider"],
             )?,
+            oauth2_token_requests: IntCounter::new(
+                "ferry_broker_oauth2_token_requests_total",
+                "Token requests sent to authorization servers (oauth2 sources): with shared tokens, far fewer than leases.",
+            )?,
             revocable: IntGaugeVec::new(
                 Opts::new(
                     "ferry_broker_active_leases",
@@ -83,6 +90,7 @@ impl BrokerMetrics {
         registry.register(Box::new(metrics.duration.clone()))?;
         registry.register(Box::new(metrics.reviews.clone()))?;
         registry.register(Box::new(metrics.provider_errors.clone()))?;
+        registry.register(Box::new(metrics.oauth2_token_requests.clone()))?;
         Ok(metrics)
     }
 
@@ -129,6 +137,12 @@ impl BrokerMetrics {
                 .with_label_values(&[provider])
                 .set(i64::try_from(reaped.found - dropped.min(reaped.found)).unwrap_or(i64::MAX));
         }
+    }
+
+    /// The counter of token requests sent to authorization servers, for
+    /// the oauth2 provider to count with.
+    pub fn oauth2_token_requests(&self) -> IntCounter {
+        self.oauth2_token_requests.clone()
     }
 
     /// How many decisions of `action` had `result` (for tests).

@@ -23,6 +23,8 @@ use crate::metrics::BrokerMetrics;
 use crate::pods::PodIndex;
 use crate::providers::jwt::JwtProvider;
 use crate::providers::kubernetes_secret::KubernetesSecretProvider;
+use crate::providers::oauth2::OAuth2Provider;
+use crate::providers::oauth2::custody::Custody;
 use crate::providers::postgres::PostgresProvider;
 use crate::providers::secret_reader::SecretReader;
 use crate::providers::x509::X509Provider;
@@ -317,6 +319,7 @@ pub async fn serve(
     }
     let grants_synced = grants.clone();
     let secret_reader = Arc::new(SecretReader::new(client.clone()));
+    let seal = options.keys.value_seal();
     let state = Arc::new(BrokerState {
         broker: Broker {
             grants,
@@ -324,6 +327,12 @@ pub async fn serve(
             keys: options.keys,
             kubernetes_secret: KubernetesSecretProvider::new(Arc::clone(&secret_reader)),
             x509: X509Provider::new(Arc::clone(&secret_reader)),
+            oauth2: OAuth2Provider::new(
+                Arc::clone(&secret_reader),
+                Custody::new(client.clone(), &ferry_runtime::leader::default_identity()),
+                seal,
+                metrics.oauth2_token_requests(),
+            ),
             jwt: options.jwt,
             postgres: PostgresProvider::new(secret_reader),
             metrics,

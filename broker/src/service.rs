@@ -21,6 +21,7 @@ use super::metrics::BrokerMetrics;
 use super::pods::PodIndex;
 use super::providers::jwt::JwtProvider;
 use super::providers::kubernetes_secret::KubernetesSecretProvider;
+use super::providers::oauth2::{self, OAuth2Provider};
 use super::providers::postgres::PostgresProvider;
 use super::providers::x509::{self, X509Provider};
 use super::providers::{IssueRequest, Issued, Provider, ProviderError, ReapContext, Reaped};
@@ -30,7 +31,7 @@ use super::terms::{TermsError, lease_terms};
 use ferry_api::confinement::Installation;
 use ferry_api::grants::grant_is_valid_at;
 use ferry_api::resources::{BrokeredSecret, Grant, SecretReference, SourceKind};
-use ferry_api::templates::{POSTGRES_VARIABLES, TemplateError, check_variables};
+use ferry_api::templates::{OAUTH2_VARIABLES, POSTGRES_VARIABLES, TemplateError, check_variables};
 use ferry_runtime::grant_index::GrantIndex;
 
 /// The most secrets one request may ask for.
@@ -173,6 +174,8 @@ pub struct Broker {
     pub postgres: PostgresProvider,
     /// The `x509` provider.
     pub x509: X509Provider,
+    /// The `oauth2` provider.
+    pub oauth2: OAuth2Provider,
     /// Counters and latencies.
     pub metrics: BrokerMetrics,
     /// What the installation lets BrokeredSecrets reach.
@@ -376,7 +379,13 @@ impl Broker {
                 return Err(error);
             }
         };
-        let is_jwt = secret.spec.source.kind() == Some(SourceKind::Jwt);
+        // A credential that dies upstream first (an access token) ends
+        // the lease with it.
+        let expires_at = issued
+            .expires_at
+            .map_or(expires_at, |dies| dies.min(expires_at));
+        // Renewal asks for the narrowing the lease was issued with.
+        let narrowable = secret.spec.source.audience_and_scopes().is_some();
         let claims = LeaseClaims {
             version: CLAIMS_VERSION,
             secret_namespace: asked.namespace.clone(),
@@ -386,12 +395,12 @@ impl Broker {
             issued_at: now.as_second(),
             expires_at,
             max_expires_at: terms.max_expires_at,
-            audience: if is_jwt {
+            audience: if narrowable {
                 terms.audience.clone()
             } else {
                 vec![]
             },
-            scopes: is_jwt.then(|| terms.scopes.clone()),
+            scopes: narrowable.then(|| terms.scopes.clone()),
             serial,
         };
         let lease = self.lease(&claims, Some(issued), now);
@@ -461,6 +470,11 @@ impl Broker {
             }
             Some(SourceKind::Jwt) => call(self, &self.jwt, request, renewing).await,
             Some(SourceKind::X509) => call(self, &self.x509, request, renewing).await,
+            Some(SourceKind::OAuth2) => {
+                check_variables(&secret.spec.files, &OAUTH2_VARIABLES)
+                    .map_err(|error| template_error(secret, &error))?;
+                call(self, &self.oauth2, request, renewing).await
+            }
             Some(SourceKind::Postgres) => {
                 // A role is created before its templates render: refuse
                 // templates that cannot render first, so no role is left over.
@@ -468,8 +482,7 @@ impl Broker {
                     .map_err(|error| template_error(secret, &error))?;
                 call(self, &self.postgres, request, renewing).await
             }
-            // Served once the oauth2 provider lands.
-            Some(SourceKind::OAuth2) | None => Err(unsupported(secret)),
+            None => Err(unsupported(secret)),
         }
     }
 
@@ -599,6 +612,22 @@ impl Broker {
             csr: csr.as_deref(),
         };
         let issued = self.provide(&secret, request, Some(&claims)).await?;
+        // A new credential (a new certificate or token) has a handle of
+        // its own, and may die before the lease would end.
+        let renewed = match &issued {
+            Some(issued) => LeaseClaims {
+                handle: if issued.handle.is_empty() {
+                    renewed.handle
+                } else {
+                    issued.handle.clone()
+                },
+                expires_at: issued
+                    .expires_at
+                    .map_or(renewed.expires_at, |dies| dies.min(renewed.expires_at)),
+                ..renewed
+            },
+            None => renewed,
+        };
         let lease = self.lease(&renewed, issued, now);
         audit.ttl = lease.ttl;
         Ok(lease)
@@ -672,12 +701,15 @@ impl Broker {
         let kind = secret
             .as_deref()
             .and_then(|secret| secret.spec.source.kind());
-        // Only postgres and x509 leases carry a handle, x509's marked: a
-        // lease with one is of that source even when its BrokeredSecret is
-        // gone.
+        // Only postgres, x509 and oauth2 leases carry a handle, x509's and
+        // oauth2's marked: a lease with one is of that source even when its
+        // BrokeredSecret is gone.
         match kind {
             _ if claims.handle.starts_with(x509::HANDLE_PREFIX) => {
                 call(self, &self.x509, secret.as_deref(), claims).await
+            }
+            _ if claims.handle.starts_with(oauth2::HANDLE_PREFIX) => {
+                call(self, &self.oauth2, secret.as_deref(), claims).await
             }
             _ if !claims.handle.is_empty() => {
                 call(self, &self.postgres, secret.as_deref(), claims).await
@@ -687,7 +719,8 @@ impl Broker {
             }
             Some(SourceKind::Jwt) => call(self, &self.jwt, secret.as_deref(), claims).await,
             Some(SourceKind::X509) => call(self, &self.x509, secret.as_deref(), claims).await,
-            Some(SourceKind::KubernetesSecret | SourceKind::OAuth2) | None => {
+            Some(SourceKind::OAuth2) => call(self, &self.oauth2, secret.as_deref(), claims).await,
+            Some(SourceKind::KubernetesSecret) | None => {
                 call(self, &self.kubernetes_secret, secret.as_deref(), claims).await
             }
         }
@@ -708,9 +741,11 @@ impl Broker {
             now: now.as_second(),
             unknown_pod_grace: seconds(unknown_pod_grace),
         };
-        // kubernetesSecret copies and JWTs die on their own.
+        // kubernetesSecret copies, JWTs and certificates die on their own.
         let reaped = self.postgres.reap(context).await;
         self.metrics.observe_reaped(self.postgres.kind(), &reaped);
+        let tokens = self.oauth2.reap(context).await;
+        self.metrics.observe_reaped(self.oauth2.kind(), &tokens);
         let records = self
             .revocations
             .reap(
@@ -720,7 +755,12 @@ impl Broker {
             )
             .await;
         self.metrics.observe_reaped("revocation_record", &records);
-        reaped
+        Reaped {
+            found: reaped.found + tokens.found,
+            expired: reaped.expired + tokens.expired,
+            pod_gone: reaped.pod_gone + tokens.pod_gone,
+            failed: reaped.failed + tokens.failed,
+        }
     }
 }
 
@@ -742,6 +782,7 @@ fn render(secret: &BrokeredSecret, issued: Issued) -> Result<Issued, BrokerError
         files,
         handle: issued.handle,
         variables: BTreeMap::new(),
+        expires_at: issued.expires_at,
     })
 }
 

@@ -398,6 +398,7 @@ impl JwtProvider {
             files: BTreeMap::from([(TOKEN_FILE.to_owned(), Zeroizing::new(token.into_bytes()))]),
             handle: String::new(),
             variables: Default::default(),
+            expires_at: None,
         })
     }
 }

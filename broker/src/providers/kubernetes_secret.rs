@@ -42,6 +42,7 @@ impl KubernetesSecretProvider {
                 .collect(),
             handle: String::new(),
             variables: Default::default(),
+            expires_at: None,
         })
     }
 }

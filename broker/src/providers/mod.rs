@@ -5,6 +5,7 @@
 
 pub mod jwt;
 pub mod kubernetes_secret;
+pub mod oauth2;
 pub mod postgres;
 mod postgres_tls;
 pub mod secret_reader;
@@ -36,6 +37,9 @@ pub struct Issued {
     /// Values templates may use besides the files (such as the database's
     /// host and port); never sent to the pod unless a template uses them.
     pub variables: BTreeMap<String, String>,
+    /// When the credential dies upstream, in Unix seconds, if before the
+    /// lease would end (an access token's expiry): the lease ends then.
+    pub expires_at: Option<i64>,
 }
 
 impl std::fmt::Debug for Issued {
@@ -44,6 +48,7 @@ impl std::fmt::Debug for Issued {
             .field("files", &self.files.keys().collect::<Vec<_>>())
             .field("handle", &self.handle)
             .field("variables", &self.variables.keys().collect::<Vec<_>>())
+            .field("expires_at", &self.expires_at)
             .finish()
     }
 }

@@ -303,6 +303,7 @@ impl Provider for PostgresProvider {
             files,
             handle: role,
             variables: BTreeMap::clone(&endpoint),
+            expires_at: None,
         })
     }
 

@@ -374,6 +374,7 @@ impl X509Provider {
             files,
             handle: format!("{HANDLE_PREFIX}{}", signed.serial),
             variables: BTreeMap::new(),
+            expires_at: None,
         })
     }
 }

@@ -1,0 +1,766 @@
+//! `oauth2`: access tokens for a third-party API, acquired by the broker
+//! from the API's authorization server with credentials only the broker
+//! holds (a client secret, an assertion-signing key, a refresh token in
+//! custody). A pod gets the access token alone, narrowed to its lease's
+//! scopes and audiences: those are the token request's parameters, so the
+//! server itself issues the narrower token.
+//!
+//! Upstream load is bounded three ways: a per-BrokeredSecret rate limit
+//! (`requestsPerMinute`), a pause when the server answers 429 or 5xx (as
+//! long as its `Retry-After` says, else a second), and with
+//! `tokenSharing: Shared`, one cached token per (secret, scopes,
+//! audiences) that concurrent requests wait for instead of each asking.
+//!
+//! A `PerLease` token is revoked upstream (RFC 7009, when the secret names
+//! a `revocationUrl`) when its lease is revoked, when its pod goes away
+//! without revoking (the reaper), and a minute after a renewal replaced it.
+//! The handle in the lease id is the token sealed under the lease key (see
+//! [`crate::seal`]), so any replica can revoke it. What this replica must
+//! still revoke (pods that may vanish, replaced tokens, revocations that
+//! failed) it remembers until the token expires; a replica that restarts
+//! forgets, and those tokens die at their expiry instead. A `Shared` token
+//! is never revoked at a pod's end: other pods hold it.
+
+pub mod custody;
+pub mod token;
+pub mod upstream;
+
+use std::collections::{BTreeMap, HashMap};
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use prometheus::IntCounter;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use k8s_openapi::jiff::Timestamp;
+use zeroize::Zeroizing;
+
+use self::custody::Custody;
+use self::token::{Client, Refused, Token};
+use self::upstream::{Endpoint, Form};
+use super::secret_reader::SecretReader;
+use super::{Files, IssueRequest, Issued, Provider, ProviderError, ReapContext, Reaped};
+use crate::lease_id::LeaseClaims;
+use crate::pods::PodPresence;
+use crate::seal::Seal;
+use crate::terms::LeaseTerms;
+use ferry_api::checks::oauth2_keys;
+use ferry_api::duration::parse_duration;
+use ferry_api::resources::{
+    BrokeredSecret, ClientAuthentication, OAuth2Grant, OAuth2Source, TokenSharing,
+};
+
+/// How an `oauth2` lease's handle (its sealed token) begins.
+pub const HANDLE_PREFIX: &str = "oauth2:";
+
+/// How long a token a renewal replaced stays valid before it is revoked:
+/// the pod's app may be finishing a request with it.
+pub const SUPERSEDED_GRACE: i64 = 60;
+
+/// The file names a lease gets.
+pub const ACCESS_TOKEN_FILE: &str = "access_token";
+/// The token's type, such as `Bearer`.
+pub const TOKEN_TYPE_FILE: &str = "token_type";
+/// When the token expires, RFC 3339.
+pub const EXPIRES_AT_FILE: &str = "expires_at";
+
+/// The most tokens this replica remembers to revoke; beyond it, tokens
+/// are left to expire (and the sidecar still revokes its own).
+const MAX_OUTSTANDING: usize = 65_536;
+
+/// The most (secret, scopes, audiences) keys of shared tokens kept.
+const MAX_SHARED_KEYS: usize = 4096;
+
+/// The longest a request waits for the rate limit before it is told to
+/// retry.
+const MAX_RATE_WAIT: Duration = Duration::from_secs(2);
+
+/// The pause after a 429 or 5xx without `Retry-After`.
+const DEFAULT_PAUSE: Duration = Duration::from_secs(1);
+
+/// A BrokeredSecret by namespace and name.
+type SecretKey = (String, String);
+
+/// A shared token's key: the secret, and the sorted scopes and audiences.
+type SharedKey = (String, String, Vec<String>, Vec<String>);
+
+/// The provider.
+pub struct OAuth2Provider {
+    reader: Arc<SecretReader>,
+    custody: Custody,
+    seal: Seal,
+    shared: Mutex<HashMap<SharedKey, Arc<SharedCell>>>,
+    upstreams: Mutex<HashMap<SecretKey, Upstream>>,
+    outstanding: Mutex<HashMap<String, Outstanding>>,
+    requests: IntCounter,
+}
+
+impl std::fmt::Debug for OAuth2Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OAuth2Provider")
+            .field("requests", &self.requests.get())
+            .finish_non_exhaustive()
+    }
+}
+
+/// One BrokeredSecret's upstream budget.
+struct Upstream {
+    per_minute: u32,
+    limiter: Arc<DefaultDirectRateLimiter>,
+    /// No request before this (the server asked for a pause).
+    paused_until: Option<Instant>,
+}
+
+/// A shared token and who is fetching it.
+#[derive(Default)]
+struct SharedCell {
+    /// Fetches started, so a request that waited through a failed fetch
+    /// takes its error instead of asking again at once.
+    fetches: AtomicU64,
+    slot: tokio::sync::Mutex<SharedSlot>,
+}
+
+#[derive(Default)]
+struct SharedSlot {
+    token: Option<Arc<IssuedToken>>,
+    /// The last fetch's number and error, when it failed.
+    failed: Option<(u64, ProviderError)>,
+}
+
+/// A token as leases get it.
+struct IssuedToken {
+    access_token: Zeroizing<String>,
+    token_type: String,
+    expires_at: i64,
+    scope: String,
+}
+
+/// A token this replica must still revoke upstream.
+#[derive(Debug, Clone)]
+struct Outstanding {
+    namespace: String,
+    name: String,
+    pod_uid: String,
+    /// When the token expires: nothing to do after.
+    expires_at: i64,
+    /// Revoke at this time whatever the pod does (a replaced token, or a
+    /// revocation that failed).
+    revoke_at: Option<i64>,
+}
+
+impl OAuth2Provider {
+    /// A provider reading credentials with `reader`, keeping refresh
+    /// tokens with `custody`, sealing handles with `seal`, counting its
+    /// token requests on `requests`.
+    pub fn new(
+        reader: Arc<SecretReader>,
+        custody: Custody,
+        seal: Seal,
+        requests: IntCounter,
+    ) -> Self {
+        Self {
+            reader,
+            custody,
+            seal,
+            shared: Mutex::default(),
+            upstreams: Mutex::default(),
+            outstanding: Mutex::default(),
+            requests,
+        }
+    }
+
+    /// A token for `request`, and the lease's handle.
+    async fn token_for(
+        &self,
+        request: IssueRequest<'_>,
+        source: &OAuth2Source,
+    ) -> Result<(Arc<IssuedToken>, String), ProviderError> {
+        if source.token_sharing == TokenSharing::Shared {
+            return Ok((self.shared_token(request, source).await?, String::new()));
+        }
+        let token = Arc::new(self.fetch(request.secret, source, request.terms).await?);
+        let handle = match &source.revocation_url {
+            None => String::new(),
+            Some(_) => {
+                let sealed = self
+                    .seal
+                    .seal(token.access_token.as_bytes())
+                    .map_err(|error| ProviderError::Unavailable(error.to_string()))?;
+                let handle = format!("{HANDLE_PREFIX}{sealed}");
+                self.remember(
+                    &handle,
+                    Outstanding {
+                        namespace: namespace_of(request.secret).to_owned(),
+                        name: name_of(request.secret).to_owned(),
+                        pod_uid: request.pod.pod_uid.clone(),
+                        expires_at: token.expires_at,
+                        revoke_at: None,
+                    },
+                );
+                handle
+            }
+        };
+        Ok((token, handle))
+    }
+
+    /// The shared token of the request's (secret, scopes, audiences):
+    /// the cached one while it has `minRemainingLifetime` left, else one
+    /// fetch for all who ask meanwhile.
+    async fn shared_token(
+        &self,
+        request: IssueRequest<'_>,
+        source: &OAuth2Source,
+    ) -> Result<Arc<IssuedToken>, ProviderError> {
+        let min_remaining = parse_duration(&source.min_remaining_lifetime)
+            .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+            .map_err(|error| {
+                ProviderError::Invalid(format!("spec.source.oauth2.minRemainingLifetime: {error}"))
+            })?;
+        let mut scopes = request.terms.scopes.clone();
+        scopes.sort();
+        let mut audience = request.terms.audience.clone();
+        audience.sort();
+        let key = (
+            namespace_of(request.secret).to_owned(),
+            name_of(request.secret).to_owned(),
+            scopes,
+            audience,
+        );
+        let cell = {
+            let mut shared = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
+            if shared.len() >= MAX_SHARED_KEYS && !shared.contains_key(&key) {
+                // Cells nobody is using; a cached token is only a saving.
+                shared.retain(|_, cell| Arc::strong_count(cell) > 1);
+            }
+            Arc::clone(shared.entry(key).or_default())
+        };
+        let waited_from = cell.fetches.load(Ordering::Acquire);
+        let mut slot = cell.slot.lock().await;
+        let now = Timestamp::now().as_second();
+        if let Some(token) = &slot.token
+            && token.expires_at - now >= min_remaining
+        {
+            return Ok(Arc::clone(token));
+        }
+        if let Some((fetch, error)) = &slot.failed
+            && *fetch > waited_from
+        {
+            // A fetch made while this request waited failed: asking again
+            // at once would double the load on a failing server.
+            return Err(error.clone());
+        }
+        let fetch = cell.fetches.fetch_add(1, Ordering::AcqRel) + 1;
+        match self.fetch(request.secret, source, request.terms).await {
+            Ok(token) => {
+                let token = Arc::new(token);
+                slot.token = Some(Arc::clone(&token));
+                slot.failed = None;
+                Ok(token)
+            }
+            Err(error) => {
+                slot.failed = Some((fetch, error.clone()));
+                Err(error)
+            }
+        }
+    }
+
+    /// Asks the server for a token, within the secret's upstream budget.
+    async fn fetch(
+        &self,
+        secret: &BrokeredSecret,
+        source: &OAuth2Source,
+        terms: &LeaseTerms,
+    ) -> Result<IssuedToken, ProviderError> {
+        let (namespace, name) = (namespace_of(secret), name_of(secret));
+        let endpoint = Endpoint::parse(&source.token_url, "spec.source.oauth2.tokenUrl")?;
+        self.admit(namespace, name, source.requests_per_minute)
+            .await?;
+        self.requests.inc();
+        let asked = TokenAsk {
+            endpoint: &endpoint,
+            source,
+            scopes: &terms.scopes,
+            audience: &terms.audience,
+            namespace,
+        };
+        let result = match source.grant {
+            OAuth2Grant::ClientCredentials => {
+                match self
+                    .reader
+                    .data(namespace, &source.credentials_secret_name)
+                    .await
+                {
+                    Ok(data) => asked.request(&data, None).await,
+                    Err(error) => Err(Refused::Request(error)),
+                }
+            }
+            OAuth2Grant::RefreshToken => {
+                self.custody
+                    .spend(
+                        namespace,
+                        &source.credentials_secret_name,
+                        || Timestamp::now().as_second(),
+                        |refresh_token, data| async move {
+                            asked.request(&data, Some(&refresh_token)).await
+                        },
+                    )
+                    .await
+            }
+        };
+        if let Err(Refused::Unavailable { retry_after, .. }) = &result {
+            self.pause(namespace, name, retry_after.unwrap_or(DEFAULT_PAUSE));
+        }
+        let token = result.map_err(|refused| refused.error().clone())?;
+        Ok(IssuedToken {
+            scope: token
+                .scope
+                .clone()
+                .unwrap_or_else(|| terms.scopes.join(" ")),
+            access_token: token.access_token,
+            token_type: token.token_type,
+            expires_at: token.expires_at,
+        })
+    }
+
+    /// Waits for the secret's rate limit (briefly) and refuses while the
+    /// server asked for a pause.
+    async fn admit(
+        &self,
+        namespace: &str,
+        name: &str,
+        per_minute: u32,
+    ) -> Result<(), ProviderError> {
+        let limiter = {
+            let mut upstreams = self
+                .upstreams
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let key = (namespace.to_owned(), name.to_owned());
+            let upstream = upstreams
+                .entry(key)
+                .or_insert_with(|| Upstream::new(per_minute));
+            if upstream.per_minute != per_minute {
+                *upstream = Upstream::new(per_minute);
+            }
+            if let Some(until) = upstream.paused_until {
+                let left = until.saturating_duration_since(Instant::now());
+                if !left.is_zero() {
+                    return Err(ProviderError::Unavailable(format!(
+                        "the authorization server of BrokeredSecret {namespace}/{name} asked \
+                         for a pause; retry in {}s",
+                        left.as_secs().max(1)
+                    )));
+                }
+                upstream.paused_until = None;
+            }
+            Arc::clone(&upstream.limiter)
+        };
+        match limiter.check() {
+            Ok(()) => Ok(()),
+            Err(not_until) => {
+                let wait = not_until.wait_time_from(governor::clock::Clock::now(
+                    &governor::clock::DefaultClock::default(),
+                ));
+                if wait > MAX_RATE_WAIT {
+                    return Err(ProviderError::Unavailable(format!(
+                        "BrokeredSecret {namespace}/{name} reached its upstream rate limit of \
+                         {per_minute} token requests a minute (requestsPerMinute); retry in {}s",
+                        wait.as_secs().max(1)
+                    )));
+                }
+                limiter.until_ready().await;
+                Ok(())
+            }
+        }
+    }
+
+    fn pause(&self, namespace: &str, name: &str, pause: Duration) {
+        let mut upstreams = self
+            .upstreams
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(upstream) = upstreams.get_mut(&(namespace.to_owned(), name.to_owned())) {
+            upstream.paused_until = Some(Instant::now() + pause);
+        }
+    }
+
+    fn remember(&self, handle: &str, outstanding: Outstanding) {
+        let mut tokens = self
+            .outstanding
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if tokens.len() >= MAX_OUTSTANDING {
+            let now = Timestamp::now().as_second();
+            tokens.retain(|_, token| token.expires_at > now);
+            if tokens.len() >= MAX_OUTSTANDING {
+                tracing::warn!(
+                    limit = MAX_OUTSTANDING,
+                    "too many oauth2 tokens to remember; this one is left to expire if its pod \
+                     vanishes without revoking it"
+                );
+                return;
+            }
+        }
+        tokens.insert(handle.to_owned(), outstanding);
+    }
+
+    fn forget(&self, handle: &str) {
+        self.outstanding
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(handle);
+    }
+
+    /// Revokes the token sealed in `handle` upstream (RFC 7009).
+    async fn revoke_upstream(
+        &self,
+        source: &OAuth2Source,
+        namespace: &str,
+        handle: &str,
+    ) -> Result<(), ProviderError> {
+        let Some(revocation_url) = &source.revocation_url else {
+            return Ok(());
+        };
+        let endpoint = Endpoint::parse(revocation_url, "spec.source.oauth2.revocationUrl")?;
+        let sealed = handle.strip_prefix(HANDLE_PREFIX).unwrap_or(handle);
+        let token = self
+            .seal
+            .open(sealed)
+            .map_err(|error| ProviderError::Invalid(format!("lease handle: {error}")))?;
+        // Revocation authenticates the client from its Secret; for a
+        // refresh-token source the refresh token is not needed.
+        let data = self
+            .reader
+            .data(namespace, &source.credentials_secret_name)
+            .await?;
+        let client = client_of(source, namespace, &data)?;
+        let tls = super::tls::client_config(
+            source
+                .ca_key
+                .as_deref()
+                .and_then(|key| data.get(key))
+                .map(|pem| pem.as_slice()),
+            source.ca_key.as_deref().unwrap_or("caKey"),
+        )?;
+        let mut form = Form::default();
+        form.add("token", &token)
+            .add("token_type_hint", b"access_token");
+        let authorization =
+            token::authenticate(&client, &endpoint, &mut form, Timestamp::now().as_second())?;
+        let reply = upstream::post_form(tls, &endpoint, form, authorization).await?;
+        match reply.status {
+            // RFC 7009: 200 for a revoked token and for one the server
+            // does not know (already expired or revoked).
+            200 => Ok(()),
+            status => Err(ProviderError::Unavailable(format!(
+                "revocation endpoint {revocation_url} answered {status}"
+            ))),
+        }
+    }
+
+    fn issued(token: &IssuedToken, handle: String) -> Issued {
+        let expires_at = Timestamp::from_second(token.expires_at)
+            .map(|at| at.to_string())
+            .unwrap_or_default();
+        let mut files = BTreeMap::new();
+        files.insert(
+            ACCESS_TOKEN_FILE.to_owned(),
+            Zeroizing::new(token.access_token.as_bytes().to_vec()),
+        );
+        files.insert(
+            TOKEN_TYPE_FILE.to_owned(),
+            Zeroizing::new(token.token_type.as_bytes().to_vec()),
+        );
+        files.insert(
+            EXPIRES_AT_FILE.to_owned(),
+            Zeroizing::new(expires_at.into_bytes()),
+        );
+        Issued {
+            files,
+            handle,
+            variables: BTreeMap::from([("scope".to_owned(), token.scope.clone())]),
+            expires_at: Some(token.expires_at),
+        }
+    }
+}
+
+impl Upstream {
+    fn new(per_minute: u32) -> Self {
+        let quota = Quota::per_minute(NonZeroU32::new(per_minute).unwrap_or(NonZeroU32::MIN));
+        Self {
+            per_minute,
+            limiter: Arc::new(RateLimiter::direct(quota)),
+            paused_until: None,
+        }
+    }
+}
+
+/// One token request's parameters.
+#[derive(Clone, Copy)]
+struct TokenAsk<'a> {
+    endpoint: &'a Endpoint,
+    source: &'a OAuth2Source,
+    scopes: &'a [String],
+    audience: &'a [String],
+    namespace: &'a str,
+}
+
+impl TokenAsk<'_> {
+    /// Asks with the client in `data`: `client_credentials`, or with
+    /// `refresh_token` the `refresh_token` grant.
+    async fn request(&self, data: &Files, refresh_token: Option<&[u8]>) -> Result<Token, Refused> {
+        let client = client_of(self.source, self.namespace, data).map_err(Refused::Request)?;
+        let tls = super::tls::client_config(
+            self.source
+                .ca_key
+                .as_deref()
+                .and_then(|key| data.get(key))
+                .map(|pem| pem.as_slice()),
+            self.source.ca_key.as_deref().unwrap_or("caKey"),
+        )
+        .map_err(Refused::Request)?;
+        let mut form = Form::default();
+        match refresh_token {
+            None => form.add("grant_type", b"client_credentials"),
+            Some(refresh_token) => form
+                .add("grant_type", b"refresh_token")
+                .add("refresh_token", refresh_token),
+        };
+        if !self.scopes.is_empty() {
+            form.add("scope", self.scopes.join(" ").as_bytes());
+        }
+        for audience in self.audience {
+            form.add("audience", audience.as_bytes());
+        }
+        let now = Timestamp::now().as_second();
+        let authorization = token::authenticate(&client, self.endpoint, &mut form, now)
+            .map_err(Refused::Request)?;
+        let reply = upstream::post_form(tls, self.endpoint, form, authorization)
+            .await
+            .map_err(|error| match error {
+                ProviderError::Unavailable(_) => Refused::Unavailable {
+                    error,
+                    retry_after: None,
+                },
+                error => Refused::Request(error),
+            })?;
+        token::read_token_reply(self.endpoint, &reply, now)
+    }
+}
+
+/// The client in the credentials Secret's `data`.
+fn client_of<'a>(
+    source: &'a OAuth2Source,
+    namespace: &str,
+    data: &'a Files,
+) -> Result<Client<'a>, ProviderError> {
+    let secret_name = &source.credentials_secret_name;
+    let key = |key: &str| {
+        data.get(key).map(|value| value.as_slice()).ok_or_else(|| {
+            ProviderError::NotFound(format!(
+                "Secret {namespace}/{secret_name} has no key {key:?}"
+            ))
+        })
+    };
+    let text = |key_name: &str, value: &'a [u8]| {
+        std::str::from_utf8(value)
+            .map(str::trim)
+            .ok()
+            .filter(|text| !text.is_empty() && text.bytes().all(|b| b.is_ascii_graphic()))
+            .ok_or_else(|| {
+                ProviderError::Invalid(format!(
+                    "Secret {namespace}/{secret_name}: key {key_name:?} is not printable ASCII"
+                ))
+            })
+    };
+    let id = text(oauth2_keys::CLIENT_ID, key(oauth2_keys::CLIENT_ID)?)?;
+    let secret = match source.client_authentication {
+        ClientAuthentication::ClientSecretBasic | ClientAuthentication::ClientSecretPost => {
+            key(oauth2_keys::CLIENT_SECRET)?
+        }
+        ClientAuthentication::PrivateKeyJwt => key(oauth2_keys::PRIVATE_KEY)?,
+    };
+    let key_id = match data.get(oauth2_keys::KEY_ID) {
+        None => None,
+        Some(value) => Some(text(oauth2_keys::KEY_ID, value)?),
+    };
+    Ok(Client {
+        authentication: source.client_authentication,
+        id,
+        secret,
+        key_id,
+    })
+}
+
+fn oauth2_source(secret: &BrokeredSecret) -> Result<&OAuth2Source, ProviderError> {
+    secret.spec.source.oauth2.as_ref().ok_or_else(|| {
+        ProviderError::Invalid(format!(
+            "BrokeredSecret {}/{} has no oauth2 source",
+            namespace_of(secret),
+            name_of(secret)
+        ))
+    })
+}
+
+fn namespace_of(secret: &BrokeredSecret) -> &str {
+    secret.metadata.namespace.as_deref().unwrap_or_default()
+}
+
+fn name_of(secret: &BrokeredSecret) -> &str {
+    secret.metadata.name.as_deref().unwrap_or_default()
+}
+
+impl Provider for OAuth2Provider {
+    fn kind(&self) -> &'static str {
+        "oauth2"
+    }
+
+    async fn issue(&self, request: IssueRequest<'_>) -> Result<Issued, ProviderError> {
+        let source = oauth2_source(request.secret)?;
+        let (token, handle) = self.token_for(request, source).await?;
+        tracing::info!(
+            audit = "oauth2_token",
+            secret = %format!("{}/{}", namespace_of(request.secret), name_of(request.secret)),
+            pod = %format!("{}/{}", request.pod.namespace, request.pod.pod_name),
+            scope = %token.scope,
+            shared = source.token_sharing == TokenSharing::Shared,
+            expires_at = token.expires_at,
+            "access token handed out"
+        );
+        Ok(Self::issued(&token, handle))
+    }
+
+    async fn renew(
+        &self,
+        request: IssueRequest<'_>,
+        lease: &LeaseClaims,
+    ) -> Result<Option<Issued>, ProviderError> {
+        let issued = self.issue(request).await?;
+        if lease.handle.starts_with(HANDLE_PREFIX) && lease.handle != issued.handle {
+            // The replaced token is revoked once the app has moved on.
+            self.remember(
+                &lease.handle,
+                Outstanding {
+                    namespace: lease.secret_namespace.clone(),
+                    name: lease.secret_name.clone(),
+                    pod_uid: lease.pod_uid.clone(),
+                    expires_at: lease
+                        .expires_at
+                        .max(request.now.as_second() + SUPERSEDED_GRACE),
+                    revoke_at: Some(request.now.as_second() + SUPERSEDED_GRACE),
+                },
+            );
+        }
+        Ok(Some(issued))
+    }
+
+    async fn revoke(
+        &self,
+        secret: Option<&BrokeredSecret>,
+        lease: &LeaseClaims,
+    ) -> Result<(), ProviderError> {
+        if !lease.handle.starts_with(HANDLE_PREFIX) {
+            // A shared token, or a server without revocation: it expires.
+            return Ok(());
+        }
+        let Some(source) = secret.and_then(|secret| secret.spec.source.oauth2.as_ref()) else {
+            tracing::warn!(
+                secret = %format!("{}/{}", lease.secret_namespace, lease.secret_name),
+                "the BrokeredSecret is gone: its lease's access token cannot be revoked \
+                 upstream and lives until it expires"
+            );
+            self.forget(&lease.handle);
+            return Ok(());
+        };
+        match self
+            .revoke_upstream(source, &lease.secret_namespace, &lease.handle)
+            .await
+        {
+            Ok(()) => {
+                self.forget(&lease.handle);
+                Ok(())
+            }
+            Err(error) => {
+                // The reaper tries again until the token expires.
+                tracing::warn!(
+                    secret = %format!("{}/{}", lease.secret_namespace, lease.secret_name),
+                    %error,
+                    "revoking an access token upstream failed; retrying from the reaper"
+                );
+                self.remember(
+                    &lease.handle,
+                    Outstanding {
+                        namespace: lease.secret_namespace.clone(),
+                        name: lease.secret_name.clone(),
+                        pod_uid: lease.pod_uid.clone(),
+                        expires_at: lease.expires_at,
+                        revoke_at: Some(Timestamp::now().as_second()),
+                    },
+                );
+                Ok(())
+            }
+        }
+    }
+
+    async fn reap(&self, context: ReapContext<'_>) -> Reaped {
+        let due = {
+            let mut tokens = self
+                .outstanding
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            tokens.retain(|_, token| token.expires_at > context.now);
+            let due: Vec<(String, Outstanding)> = tokens
+                .iter()
+                .filter(|(_, token)| {
+                    token.revoke_at.is_some_and(|at| at <= context.now)
+                        || (context.presence)(&token.pod_uid) == PodPresence::Departed
+                })
+                .map(|(handle, token)| (handle.clone(), token.clone()))
+                .collect();
+            // Expired tokens are forgotten: nothing upstream to revoke.
+            (tokens.len(), due)
+        };
+        let (found, due) = due;
+        let mut reaped = Reaped {
+            found,
+            ..Reaped::default()
+        };
+        for (handle, token) in due {
+            let source = context
+                .secrets
+                .iter()
+                .find(|secret| {
+                    namespace_of(secret) == token.namespace && name_of(secret) == token.name
+                })
+                .and_then(|secret| secret.spec.source.oauth2.clone());
+            let Some(source) = source else {
+                self.forget(&handle);
+                continue;
+            };
+            match self
+                .revoke_upstream(&source, &token.namespace, &handle)
+                .await
+            {
+                Ok(()) => {
+                    self.forget(&handle);
+                    if token.revoke_at.is_some() {
+                        reaped.expired += 1;
+                    } else {
+                        reaped.pod_gone += 1;
+                    }
+                }
+                Err(error) => {
+                    reaped.failed += 1;
+                    tracing::warn!(
+                        secret = %format!("{}/{}", token.namespace, token.name),
+                        %error,
+                        "revoking an access token upstream failed; retrying at the next pass"
+                    );
+                }
+            }
+        }
+        reaped
+    }
+}
