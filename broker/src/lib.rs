@@ -15,6 +15,7 @@
 //! certificates (rcgen) but makes no key for them: pods make their own.
 
 pub mod auth;
+pub mod consent;
 pub mod jwt_keys;
 pub mod keys;
 pub mod lease_id;

@@ -31,6 +31,12 @@ enum Commands {
     /// issue, renew and revoke leases on the secrets their Grants allow.
     /// Replicas are stateless and interchangeable.
     Broker(Box<ferry_broker::server::BrokerArgs>),
+    /// Consent once to an oauth2 BrokeredSecret with grant RefreshToken:
+    /// runs the authorization-code flow with PKCE in your browser and
+    /// stores the refresh token into its credentials Secret, printing no
+    /// token. Uses your kubeconfig.
+    #[command(name = "oauth2-consent")]
+    OAuth2Consent(Box<ferry_broker::consent::ConsentArgs>),
     /// Print ferry's CustomResourceDefinitions as YAML (for `kubectl apply -f -`).
     Crds {
         /// Write one `<crd name>.yaml` per CRD into DIR instead (created if
@@ -146,8 +152,24 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Commands::Run(args) => run(*args).await,
         Commands::Broker(args) => Ok(ferry_broker::server::run(*args).await?),
+        Commands::OAuth2Consent(args) => consent(&args).await,
         Commands::Crds { out_dir } => print_crds(out_dir.as_deref()),
     }
+}
+
+/// `ferry-operator oauth2-consent`: instructions on stderr, the outcome on
+/// stdout; never a token.
+async fn consent(args: &ferry_broker::consent::ConsentArgs) -> anyhow::Result<()> {
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to Kubernetes (KUBECONFIG or in-cluster config)")?;
+    let scopes = ferry_broker::consent::run(client, args, &mut std::io::stderr()).await?;
+    println!(
+        "Stored a refresh token for BrokeredSecret {}/{} in its credentials Secret \
+         (key refresh_token). Scopes granted: {scopes}",
+        args.namespace, args.name
+    );
+    Ok(())
 }
 
 /// Serves the admin port at once (standbys are live and ready too), waits

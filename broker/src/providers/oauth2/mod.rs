@@ -436,14 +436,7 @@ impl OAuth2Provider {
             .data(namespace, &source.credentials_secret_name)
             .await?;
         let client = client_of(source, namespace, &data)?;
-        let tls = super::tls::client_config(
-            source
-                .ca_key
-                .as_deref()
-                .and_then(|key| data.get(key))
-                .map(|pem| pem.as_slice()),
-            source.ca_key.as_deref().unwrap_or("caKey"),
-        )?;
+        let tls = tls_for(source, &data)?;
         let mut form = Form::default();
         form.add("token", &token)
             .add("token_type_hint", b"access_token");
@@ -512,15 +505,7 @@ impl TokenAsk<'_> {
     /// `refresh_token` the `refresh_token` grant.
     async fn request(&self, data: &Files, refresh_token: Option<&[u8]>) -> Result<Token, Refused> {
         let client = client_of(self.source, self.namespace, data).map_err(Refused::Request)?;
-        let tls = super::tls::client_config(
-            self.source
-                .ca_key
-                .as_deref()
-                .and_then(|key| data.get(key))
-                .map(|pem| pem.as_slice()),
-            self.source.ca_key.as_deref().unwrap_or("caKey"),
-        )
-        .map_err(Refused::Request)?;
+        let tls = tls_for(self.source, data).map_err(Refused::Request)?;
         let mut form = Form::default();
         match refresh_token {
             None => form.add("grant_type", b"client_credentials"),
@@ -550,8 +535,26 @@ impl TokenAsk<'_> {
     }
 }
 
+/// The TLS configuration that verifies the source's servers: the CA in
+/// the credentials Secret's `caKey`, or the system's roots.
+pub(crate) fn tls_for(
+    source: &OAuth2Source,
+    data: &Files,
+) -> Result<Arc<rustls::ClientConfig>, ProviderError> {
+    let ca_pem = match &source.ca_key {
+        None => None,
+        Some(key) => Some(data.get(key).map(|pem| pem.as_slice()).ok_or_else(|| {
+            ProviderError::NotFound(format!(
+                "Secret {} has no key {key:?} (spec.source.oauth2.caKey)",
+                source.credentials_secret_name
+            ))
+        })?),
+    };
+    super::tls::client_config(ca_pem, source.ca_key.as_deref().unwrap_or_default())
+}
+
 /// The client in the credentials Secret's `data`.
-fn client_of<'a>(
+pub(crate) fn client_of<'a>(
     source: &'a OAuth2Source,
     namespace: &str,
     data: &'a Files,
