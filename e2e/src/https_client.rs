@@ -127,6 +127,27 @@ impl HttpsClient {
             .ok_or_else(|| failed("reading the reply", "no status line"))
     }
 
+    /// Sends one request with `headers` on a fresh connection; a
+    /// `content-type` among them replaces the JSON default (OAuth2
+    /// endpoints take forms, see [`form_body`]).
+    pub async fn request_with_headers(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<HttpsReply, HarnessError> {
+        let mut sender = self.connect().await?;
+        send_with_headers(
+            &mut sender,
+            method,
+            path,
+            headers,
+            Bytes::copy_from_slice(body),
+        )
+        .await
+    }
+
     /// Sends one request on a fresh connection.
     pub async fn request(
         &self,
@@ -147,6 +168,13 @@ impl HttpsClient {
     }
 }
 
+/// An `application/x-www-form-urlencoded` body of `pairs`.
+pub fn form_body(pairs: &[(&str, &str)]) -> String {
+    form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs)
+        .finish()
+}
+
 /// Sends one request on `sender`.
 pub async fn send(
     sender: &mut SendRequest<Full<Bytes>>,
@@ -155,14 +183,37 @@ pub async fn send(
     bearer: Option<&str>,
     body: Bytes,
 ) -> Result<HttpsReply, HarnessError> {
+    let authorization = bearer.map(|token| format!("Bearer {token}"));
+    let headers: Vec<(&str, &str)> = authorization
+        .as_deref()
+        .map(|value| ("authorization", value))
+        .into_iter()
+        .collect();
+    send_with_headers(sender, method, path, &headers, body).await
+}
+
+/// Sends one request with `headers` on `sender`; JSON unless they name
+/// another `content-type`.
+pub async fn send_with_headers(
+    sender: &mut SendRequest<Full<Bytes>>,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> Result<HttpsReply, HarnessError> {
     let mut request = hyper::Request::builder()
         .method(method)
         .uri(path)
         .header("host", "127.0.0.1")
-        .header("content-type", "application/json")
         .header("content-length", body.len());
-    if let Some(token) = bearer {
-        request = request.header("authorization", format!("Bearer {token}"));
+    if !headers
+        .iter()
+        .any(|(name, _)| name.eq_ignore_ascii_case("content-type"))
+    {
+        request = request.header("content-type", "application/json");
+    }
+    for (name, value) in headers {
+        request = request.header(*name, *value);
     }
     let request = request
         .body(Full::new(body))

@@ -15,6 +15,7 @@ mod crds;
 mod fixtures;
 mod grant_policy;
 pub mod https_client;
+mod hydra;
 pub mod images;
 mod kubelet;
 pub mod load;
@@ -39,6 +40,9 @@ pub use fixtures::{
     create_brokered_secret_from, create_resource, direct_grant, grant, grant_to,
 };
 pub use grant_policy::{harness_grant_writers, install_grant_policy};
+pub use hydra::{
+    ClientSpec, HEADLESS_SUBJECT, Hydra, HydraOptions, client_secret_basic, hydra_bin_dir,
+};
 pub use kubelet::{REAL_NODE_NAME, RealNode};
 pub use log_capture::{audit_lines, capture_logs, capture_logs_at, captured_logs};
 pub use node::{NODE_NAME, NodeStandIn, PodRun, SeenFile};
@@ -300,8 +304,9 @@ pub enum HarnessError {
         /// The underlying error.
         source: std::io::Error,
     },
-    /// The control-plane binaries could not be built or found.
-    #[error("control-plane binaries: {0}")]
+    /// A program the harness runs (the control plane, PostgreSQL, hydra)
+    /// could not be built or found.
+    #[error("harness binaries: {0}")]
     Build(String),
     /// Generating a certificate or key failed.
     #[error("generating certificates: {0}")]

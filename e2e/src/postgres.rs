@@ -309,7 +309,8 @@ impl Postgres {
     }
 }
 
-fn random_password() -> Result<String, HarnessError> {
+/// 32 random hex digits, for passwords and secrets.
+pub(crate) fn random_password() -> Result<String, HarnessError> {
     use std::fmt::Write as _;
     let mut bytes = [0u8; 16];
     std::fs::File::open("/dev/urandom")

@@ -109,6 +109,21 @@ impl ProcessGroup {
         Ok(())
     }
 
+    /// Sends `signal` to the named child alone. Not to the group: the
+    /// watchdog must stay able to clean up (SIGSTOP would freeze it too).
+    pub fn signal(&self, name: &str, signal: Signal) -> Result<(), HarnessError> {
+        let child = self
+            .children
+            .iter()
+            .find(|(child, _)| child == name)
+            .map(|(_, child)| child)
+            .ok_or_else(|| HarnessError::Process(format!("no child named {name}")))?;
+        let pid = i32::try_from(child.id())
+            .map_err(|_| HarnessError::Process("pid out of range".into()))?;
+        nix::sys::signal::kill(Pid::from_raw(pid), signal)
+            .map_err(|error| HarnessError::Process(format!("sending {signal} to {name}: {error}")))
+    }
+
     /// The id of the process group (for tests that check nothing is left).
     pub fn id(&self) -> i32 {
         self.pgid.as_raw()
