@@ -355,6 +355,7 @@ impl KeyAlgorithm {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new(on_durations(&["self.minRemainingLifetime"], "duration(self.minRemainingLifetime) <= duration('1h')")).message("minRemainingLifetime must be at most 1h"))]
+#[x_kube(validation = Rule::new("!has(self.grant) || self.grant != 'RefreshToken' || (has(self.tokenSharing) && self.tokenSharing == 'Shared')").message("grant RefreshToken makes one access token at a time (a refresh revokes the previous one on servers such as Hydra): set tokenSharing: Shared"))]
 pub struct OAuth2Source {
     /// The token endpoint, an `https://` URL.
     #[schemars(regex(pattern = HTTPS_URL_PATTERN), length(max = 2048))]
@@ -404,11 +405,13 @@ pub struct OAuth2Source {
     /// `PerLease` (default): every lease gets a token of its own, revoked
     /// with the lease. `Shared`: pods with the same scopes and audiences
     /// share one cached token, fetched once for all who ask at the same
-    /// time, and never revoked at a pod's end (others still use it).
+    /// time, and never revoked at a pod's end (others still use it); a
+    /// lease of it ends `minRemainingLifetime` before the token expires.
     #[serde(default)]
     pub token_sharing: TokenSharing,
-    /// A shared token is handed out only while it has at least this long
-    /// to live; a lease never outlives its token.
+    /// A shared token's leases end this long before it expires (or halfway
+    /// through a token lifetime shorter than twice this), so a pod never
+    /// holds a token about to expire; a lease never outlives its token.
     #[serde(default = "default_min_remaining_lifetime")]
     #[schemars(regex(pattern = DURATION_PATTERN), length(max = 32))]
     pub min_remaining_lifetime: String,
@@ -453,6 +456,10 @@ pub enum OAuth2Grant {
     ClientCredentials,
     /// A person's delegated access: the broker spends the `refresh_token`
     /// it holds, and stores the rotated one back, one replica at a time.
+    /// Needs `tokenSharing: Shared`: one access token at a time, shared by
+    /// every lease and replica, asked for with the secret's scopes (a
+    /// policy that narrows them gets refused where the server does not
+    /// narrow refreshed tokens).
     RefreshToken,
 }
 

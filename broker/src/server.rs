@@ -329,7 +329,11 @@ pub async fn serve(
             x509: X509Provider::new(Arc::clone(&secret_reader)),
             oauth2: OAuth2Provider::new(
                 Arc::clone(&secret_reader),
-                Custody::new(client.clone(), &ferry_runtime::leader::default_identity()),
+                Custody::new(
+                    client.clone(),
+                    &ferry_runtime::leader::default_identity(),
+                    seal.clone(),
+                ),
                 seal,
                 metrics.oauth2_token_requests(),
             ),

@@ -15,6 +15,14 @@
 //! a token is never spent twice and a rotated one never lost. A claim
 //! ends by itself at `<until>`, so a replica that dies holding one stalls
 //! the others for at most [`CLAIM_LIFETIME`].
+//!
+//! Such servers also keep one access token per refresh token: a refresh
+//! revokes the access token the previous one made (Hydra does, even with
+//! a rotation grace period). So the replicas share the current access
+//! token too, or each one's refresh would cut off the pods another served:
+//! the winner stores it next to the refresh token, under the key
+//! [`CURRENT_TOKEN_KEY`], sealed with the lease key (see [`crate::seal`]);
+//! a replica that finds it there, fresh enough, uses it without spending.
 
 use std::future::Future;
 use std::time::Duration;
@@ -27,8 +35,13 @@ use zeroize::Zeroizing;
 
 use super::token::{Refused, Token};
 use crate::providers::{Files, ProviderError};
+use crate::seal::Seal;
 use ferry_api::checks::oauth2_keys;
 use ferry_api::confinement::SecretUse;
+
+/// The key of the credentials Secret holding the current access token,
+/// sealed, with its type, scope and lifetime (JSON).
+pub const CURRENT_TOKEN_KEY: &str = "ferry.dev-current-access-token";
 
 /// The annotation that claims a Secret's refresh token for one replica.
 pub const CLAIM_ANNOTATION: &str = "ferry.dev/refresh-token-claim";
@@ -46,29 +59,48 @@ const POLL: Duration = Duration::from_millis(200);
 /// How long one apiserver call may take.
 const API_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Spends refresh tokens held in Secrets, one replica at a time.
+/// The current access token as stored in the Secret.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Stored {
+    sealed: String,
+    token_type: String,
+    issued_at: i64,
+    expires_at: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    scope: Option<String>,
+}
+
+/// Spends refresh tokens held in Secrets, one replica at a time, and
+/// shares the access token each spend makes.
 pub struct Custody {
     client: kube::Client,
     holder: String,
+    seal: Seal,
 }
 
 impl Custody {
-    /// Custody for this replica, named `holder` in claims (its pod name).
-    pub fn new(client: kube::Client, holder: &str) -> Self {
+    /// Custody for this replica, named `holder` in claims (its pod name),
+    /// sealing the shared access token with `seal`.
+    pub fn new(client: kube::Client, holder: &str, seal: Seal) -> Self {
         Self {
             client,
             holder: holder.to_owned(),
+            seal,
         }
     }
 
-    /// Claims the refresh token of Secret `namespace/name`, hands it and
-    /// the Secret's data to `spend`, stores the rotated token the server
-    /// returns, and releases the claim. `now` gives Unix seconds.
-    pub async fn spend<F, Fut>(
+    /// The access token of Secret `namespace/name`: the one stored there
+    /// when `fresh` says it still is, else a new one: claims the refresh
+    /// token, hands it and the Secret's data to `spend`, stores the rotated
+    /// refresh token and the new access token, and releases the claim.
+    /// `now` gives Unix seconds.
+    pub async fn current_or_spend<F, Fut>(
         &self,
         namespace: &str,
         name: &str,
         now: impl Fn() -> i64,
+        fresh: impl Fn(&Token) -> bool,
         spend: F,
     ) -> Result<Token, Refused>
     where
@@ -76,7 +108,10 @@ impl Custody {
         Fut: Future<Output = Result<Token, Refused>>,
     {
         let api = Api::<Secret>::namespaced(self.client.clone(), namespace);
-        let claimed = self.claim(&api, namespace, name, &now).await?;
+        let claimed = match self.claim(&api, namespace, name, &now, &fresh).await? {
+            Claimed::Current(token) => return Ok(token),
+            Claimed::Spend(secret) => *secret,
+        };
         let mut data: Files = claimed
             .data
             .clone()
@@ -85,18 +120,20 @@ impl Custody {
             .map(|(key, value)| (key, Zeroizing::new(value.0)))
             .collect();
         let Some(refresh_token) = data.remove(oauth2_keys::REFRESH_TOKEN) else {
-            self.release(&api, claimed, None).await;
+            self.release(&api, claimed, None, None).await;
             return Err(Refused::Request(ProviderError::NotFound(format!(
                 "Secret {namespace}/{name} has no key {:?}",
                 oauth2_keys::REFRESH_TOKEN
             ))));
         };
+        data.remove(CURRENT_TOKEN_KEY);
         let spent = spend(refresh_token, data).await;
         let rotated = spent
             .as_ref()
             .ok()
             .and_then(|token| token.refresh_token.clone());
-        if !self.release(&api, claimed, rotated).await {
+        let current = spent.as_ref().ok().and_then(|token| self.stored(token));
+        if !self.release(&api, claimed, rotated.clone(), current).await && rotated.is_some() {
             tracing::error!(
                 secret = %format!("{namespace}/{name}"),
                 "the rotated refresh token could not be stored: the server has \
@@ -106,18 +143,23 @@ impl Custody {
         spent
     }
 
-    /// Waits for no other claim and writes ours; returns the Secret as
-    /// written (its resourceVersion is ours).
+    /// The stored access token when `fresh`; else waits for no other
+    /// claim and writes ours, and returns the Secret as written (its
+    /// resourceVersion is ours).
     async fn claim(
         &self,
         api: &Api<Secret>,
         namespace: &str,
         name: &str,
         now: &impl Fn() -> i64,
-    ) -> Result<Secret, Refused> {
+        fresh: &impl Fn(&Token) -> bool,
+    ) -> Result<Claimed, Refused> {
         let deadline = tokio::time::Instant::now() + MAX_WAIT;
         loop {
             let mut secret = read(api, namespace, name).await?;
+            if let Some(token) = self.current(&secret).filter(|token| fresh(token)) {
+                return Ok(Claimed::Current(token));
+            }
             let held_by_another = claim_of(&secret)
                 .is_some_and(|(holder, until)| holder != self.holder && until > now());
             if !held_by_another {
@@ -126,7 +168,7 @@ impl Custody {
                     format!("{} {}", self.holder, now() + CLAIM_LIFETIME),
                 );
                 match write(api, name, &secret).await {
-                    Ok(written) => return Ok(written),
+                    Ok(written) => return Ok(Claimed::Spend(Box::new(written))),
                     // Another replica wrote first: look again.
                     Err(WriteError::Conflict) => {}
                     Err(WriteError::Failed(error)) => {
@@ -146,43 +188,81 @@ impl Custody {
         }
     }
 
+    /// The access token stored in `secret`, if one opens.
+    fn current(&self, secret: &Secret) -> Option<Token> {
+        let stored = secret.data.as_ref()?.get(CURRENT_TOKEN_KEY)?;
+        let stored: Stored = serde_json::from_slice(&stored.0).ok()?;
+        let opened = self.seal.open(&stored.sealed).ok()?;
+        let access_token = Zeroizing::new(String::from_utf8(opened.to_vec()).ok()?);
+        Some(Token {
+            access_token,
+            token_type: stored.token_type,
+            issued_at: stored.issued_at,
+            expires_at: stored.expires_at,
+            scope: stored.scope,
+            refresh_token: None,
+        })
+    }
+
+    /// `token` as stored, sealed.
+    fn stored(&self, token: &Token) -> Option<Vec<u8>> {
+        let sealed = self.seal.seal(token.access_token.as_bytes()).ok()?;
+        serde_json::to_vec(&Stored {
+            sealed,
+            token_type: token.token_type.clone(),
+            issued_at: token.issued_at,
+            expires_at: token.expires_at,
+            scope: token.scope.clone(),
+        })
+        .ok()
+    }
+
     /// Drops our claim, storing `rotated` as the refresh token when the
-    /// server sent one. Retries on conflicts (someone relabelled the
-    /// Secret) as long as the claim is still ours. False if `rotated`
-    /// could not be stored.
+    /// server sent one, and `current` as the shared access token (none:
+    /// the stored one, spent, is removed). Retries on conflicts (someone
+    /// relabelled the Secret) as long as the claim is still ours. False if
+    /// nothing could be stored.
     async fn release(
         &self,
         api: &Api<Secret>,
         mut secret: Secret,
         rotated: Option<Zeroizing<String>>,
+        current: Option<Vec<u8>>,
     ) -> bool {
         let name = secret.metadata.name.clone().unwrap_or_default();
         for _ in 0..5 {
             if let Some(annotations) = secret.metadata.annotations.as_mut() {
                 annotations.remove(CLAIM_ANNOTATION);
             }
+            let data = secret.data.get_or_insert_default();
             if let Some(token) = &rotated {
-                secret.data.get_or_insert_default().insert(
+                data.insert(
                     oauth2_keys::REFRESH_TOKEN.to_owned(),
                     ByteString(token.as_bytes().to_vec()),
                 );
             }
+            match &current {
+                Some(stored) => {
+                    data.insert(CURRENT_TOKEN_KEY.to_owned(), ByteString(stored.clone()))
+                }
+                None => data.remove(CURRENT_TOKEN_KEY),
+            };
             match write(api, &name, &secret).await {
                 Ok(_) => return true,
                 Err(WriteError::Conflict) => {
-                    let Ok(Some(current)) = api.get_opt(&name).await else {
-                        return rotated.is_none();
+                    let Ok(Some(fresh)) = api.get_opt(&name).await else {
+                        return false;
                     };
-                    let ours = claim_of(&current).is_some_and(|(holder, _)| holder == self.holder);
+                    let ours = claim_of(&fresh).is_some_and(|(holder, _)| holder == self.holder);
                     if !ours {
-                        return rotated.is_none();
+                        return false;
                     }
-                    secret = current;
+                    secret = fresh;
                 }
-                Err(WriteError::Failed(_)) => return rotated.is_none(),
+                Err(WriteError::Failed(_)) => return false,
             }
         }
-        rotated.is_none()
+        false
     }
 }
 
@@ -225,6 +305,14 @@ async fn read(api: &Api<Secret>, namespace: &str, name: &str) -> Result<Secret, 
     )
     .map_err(|refusal| Refused::Request(ProviderError::Refused(refusal.message)))?;
     Ok(secret)
+}
+
+/// What a claim found.
+enum Claimed {
+    /// A fresh access token another spend stored.
+    Current(Token),
+    /// Nothing fresh: the Secret, claimed by us.
+    Spend(Box<Secret>),
 }
 
 enum WriteError {

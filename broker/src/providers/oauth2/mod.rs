@@ -45,7 +45,6 @@ use super::{Files, IssueRequest, Issued, Provider, ProviderError, ReapContext, R
 use crate::lease_id::LeaseClaims;
 use crate::pods::PodPresence;
 use crate::seal::Seal;
-use crate::terms::LeaseTerms;
 use ferry_api::checks::oauth2_keys;
 use ferry_api::duration::parse_duration;
 use ferry_api::resources::{
@@ -72,6 +71,10 @@ const MAX_OUTSTANDING: usize = 65_536;
 
 /// The most (secret, scopes, audiences) keys of shared tokens kept.
 const MAX_SHARED_KEYS: usize = 4096;
+
+/// The shortest lease of a shared token; one that would be shorter waits
+/// for a fresh token.
+const MIN_SHARED_LEASE: i64 = 10;
 
 /// The longest a request waits for the rate limit before it is told to
 /// retry.
@@ -133,8 +136,64 @@ struct SharedSlot {
 struct IssuedToken {
     access_token: Zeroizing<String>,
     token_type: String,
+    issued_at: i64,
     expires_at: i64,
+    /// The scopes granted (space-separated).
     scope: String,
+}
+
+impl IssuedToken {
+    /// `token` as leases get it; the scopes `asked` when the server did
+    /// not say which it granted (RFC 6749 5.1: then they are those).
+    fn from_token(token: &Token, asked: &[String]) -> Self {
+        Self {
+            access_token: token.access_token.clone(),
+            token_type: token.token_type.clone(),
+            issued_at: token.issued_at,
+            expires_at: token.expires_at,
+            scope: token.scope.clone().unwrap_or_else(|| asked.join(" ")),
+        }
+    }
+
+    /// When a lease of this shared token ends: `min_remaining` before it
+    /// expires, or halfway through a lifetime shorter than twice that.
+    fn usable_until(&self, min_remaining: i64) -> i64 {
+        let margin = min_remaining.min((self.expires_at - self.issued_at) / 2);
+        self.expires_at - margin
+    }
+
+    /// Whether a lease handed out at `now` would last [`MIN_SHARED_LEASE`].
+    fn fresh(&self, min_remaining: i64, now: i64) -> bool {
+        self.usable_until(min_remaining) - now >= MIN_SHARED_LEASE
+    }
+}
+
+/// Scopes that grant no API access (OpenID Connect's): a token may carry
+/// them beyond the lease's scopes.
+const META_SCOPES: [&str; 2] = ["openid", "offline_access"];
+
+/// The token's granted scopes must be within the lease's: a server that
+/// did not narrow as asked (Hydra ignores `scope` on a refresh) gets its
+/// token refused, never handed out wider.
+fn within_lease(token: &IssuedToken, request: IssueRequest<'_>) -> Result<(), ProviderError> {
+    let allowed = &request.terms.scopes;
+    if allowed.is_empty() {
+        return Ok(());
+    }
+    let wider: Vec<&str> = token
+        .scope
+        .split(' ')
+        .filter(|scope| !scope.is_empty())
+        .filter(|scope| !META_SCOPES.contains(scope) && !allowed.iter().any(|a| a == scope))
+        .collect();
+    if wider.is_empty() {
+        return Ok(());
+    }
+    Err(ProviderError::Refused(format!(
+        "the authorization server granted scopes {wider:?} beyond the lease's {allowed:?} \
+         (it did not narrow the token; a refresh-token grant is not narrowed by Hydra and \
+         others): the token was not handed out"
+    )))
 }
 
 /// A token this replica must still revoke upstream.
@@ -171,16 +230,43 @@ impl OAuth2Provider {
         }
     }
 
-    /// A token for `request`, and the lease's handle.
+    /// A token for `request`, the lease's handle, and when the lease ends.
     async fn token_for(
         &self,
         request: IssueRequest<'_>,
         source: &OAuth2Source,
-    ) -> Result<(Arc<IssuedToken>, String), ProviderError> {
-        if source.token_sharing == TokenSharing::Shared {
-            return Ok((self.shared_token(request, source).await?, String::new()));
+    ) -> Result<(Arc<IssuedToken>, String, i64), ProviderError> {
+        let min_remaining = parse_duration(&source.min_remaining_lifetime)
+            .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+            .map_err(|error| {
+                ProviderError::Invalid(format!("spec.source.oauth2.minRemainingLifetime: {error}"))
+            })?;
+        let terms = request.terms;
+        if source.token_sharing == TokenSharing::Shared || source.grant == OAuth2Grant::RefreshToken
+        {
+            // A refresh token makes one access token at a time: asked for
+            // with the secret's scopes, shared by every lease it covers.
+            let (scopes, audience) = match source.grant {
+                OAuth2Grant::RefreshToken => (&source.scopes, &source.audience),
+                OAuth2Grant::ClientCredentials => (&terms.scopes, &terms.audience),
+            };
+            let token = self
+                .shared_token(request.secret, source, scopes, audience, min_remaining)
+                .await?;
+            within_lease(&token, request)?;
+            let ends = token.usable_until(min_remaining);
+            return Ok((token, String::new(), ends));
         }
-        let token = Arc::new(self.fetch(request.secret, source, request.terms).await?);
+        let token = Arc::new(
+            self.fetch(
+                request.secret,
+                source,
+                &terms.scopes,
+                &terms.audience,
+                min_remaining,
+            )
+            .await?,
+        );
         let handle = match &source.revocation_url {
             None => String::new(),
             Some(_) => {
@@ -202,31 +288,40 @@ impl OAuth2Provider {
                 handle
             }
         };
-        Ok((token, handle))
+        if let Err(error) = within_lease(&token, request) {
+            // Never handed out: revoked at once where the server can.
+            if !handle.is_empty() {
+                let _ = self
+                    .revoke_upstream(source, namespace_of(request.secret), &handle)
+                    .await;
+                self.forget(&handle);
+            }
+            return Err(error);
+        }
+        Ok((Arc::clone(&token), handle, token.expires_at))
     }
 
-    /// The shared token of the request's (secret, scopes, audiences):
-    /// the cached one while it has `minRemainingLifetime` left, else one
-    /// fetch for all who ask meanwhile.
+    /// The shared token of (secret, `scopes`, `audience`): the cached one
+    /// while a lease of it can still last [`MIN_SHARED_LEASE`] and end
+    /// `min_remaining` before it expires, else one fetch for all who ask
+    /// meanwhile.
     async fn shared_token(
         &self,
-        request: IssueRequest<'_>,
+        secret: &BrokeredSecret,
         source: &OAuth2Source,
+        scopes: &[String],
+        audience: &[String],
+        min_remaining: i64,
     ) -> Result<Arc<IssuedToken>, ProviderError> {
-        let min_remaining = parse_duration(&source.min_remaining_lifetime)
-            .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-            .map_err(|error| {
-                ProviderError::Invalid(format!("spec.source.oauth2.minRemainingLifetime: {error}"))
-            })?;
-        let mut scopes = request.terms.scopes.clone();
-        scopes.sort();
-        let mut audience = request.terms.audience.clone();
-        audience.sort();
+        let mut sorted_scopes = scopes.to_vec();
+        sorted_scopes.sort();
+        let mut sorted_audience = audience.to_vec();
+        sorted_audience.sort();
         let key = (
-            namespace_of(request.secret).to_owned(),
-            name_of(request.secret).to_owned(),
-            scopes,
-            audience,
+            namespace_of(secret).to_owned(),
+            name_of(secret).to_owned(),
+            sorted_scopes,
+            sorted_audience,
         );
         let cell = {
             let mut shared = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
@@ -238,9 +333,8 @@ impl OAuth2Provider {
         };
         let waited_from = cell.fetches.load(Ordering::Acquire);
         let mut slot = cell.slot.lock().await;
-        let now = Timestamp::now().as_second();
         if let Some(token) = &slot.token
-            && token.expires_at - now >= min_remaining
+            && token.fresh(min_remaining, Timestamp::now().as_second())
         {
             return Ok(Arc::clone(token));
         }
@@ -252,7 +346,10 @@ impl OAuth2Provider {
             return Err(error.clone());
         }
         let fetch = cell.fetches.fetch_add(1, Ordering::AcqRel) + 1;
-        match self.fetch(request.secret, source, request.terms).await {
+        match self
+            .fetch(secret, source, scopes, audience, min_remaining)
+            .await
+        {
             Ok(token) => {
                 let token = Arc::new(token);
                 slot.token = Some(Arc::clone(&token));
@@ -266,27 +363,30 @@ impl OAuth2Provider {
         }
     }
 
-    /// Asks the server for a token, within the secret's upstream budget.
+    /// Asks the server for a token, within the secret's upstream budget
+    /// (for a refresh token: the one another replica stored, while fresh).
     async fn fetch(
         &self,
         secret: &BrokeredSecret,
         source: &OAuth2Source,
-        terms: &LeaseTerms,
+        scopes: &[String],
+        audience: &[String],
+        min_remaining: i64,
     ) -> Result<IssuedToken, ProviderError> {
         let (namespace, name) = (namespace_of(secret), name_of(secret));
         let endpoint = Endpoint::parse(&source.token_url, "spec.source.oauth2.tokenUrl")?;
-        self.admit(namespace, name, source.requests_per_minute)
-            .await?;
-        self.requests.inc();
         let asked = TokenAsk {
             endpoint: &endpoint,
             source,
-            scopes: &terms.scopes,
-            audience: &terms.audience,
+            scopes,
+            audience,
             namespace,
         };
         let result = match source.grant {
             OAuth2Grant::ClientCredentials => {
+                self.admit(namespace, name, source.requests_per_minute)
+                    .await?;
+                self.requests.inc();
                 match self
                     .reader
                     .data(namespace, &source.credentials_secret_name)
@@ -297,14 +397,24 @@ impl OAuth2Provider {
                 }
             }
             OAuth2Grant::RefreshToken => {
+                let now = || Timestamp::now().as_second();
+                let fresh = |token: &Token| {
+                    IssuedToken::from_token(token, scopes).fresh(min_remaining, now())
+                };
+                let spend = |refresh_token: Zeroizing<Vec<u8>>, data: Files| async move {
+                    self.admit(namespace, name, source.requests_per_minute)
+                        .await
+                        .map_err(Refused::Request)?;
+                    self.requests.inc();
+                    asked.request(&data, Some(&refresh_token)).await
+                };
                 self.custody
-                    .spend(
+                    .current_or_spend(
                         namespace,
                         &source.credentials_secret_name,
-                        || Timestamp::now().as_second(),
-                        |refresh_token, data| async move {
-                            asked.request(&data, Some(&refresh_token)).await
-                        },
+                        now,
+                        fresh,
+                        spend,
                     )
                     .await
             }
@@ -313,15 +423,7 @@ impl OAuth2Provider {
             self.pause(namespace, name, retry_after.unwrap_or(DEFAULT_PAUSE));
         }
         let token = result.map_err(|refused| refused.error().clone())?;
-        Ok(IssuedToken {
-            scope: token
-                .scope
-                .clone()
-                .unwrap_or_else(|| terms.scopes.join(" ")),
-            access_token: token.access_token,
-            token_type: token.token_type,
-            expires_at: token.expires_at,
-        })
+        Ok(IssuedToken::from_token(&token, scopes))
     }
 
     /// Waits for the secret's rate limit (briefly) and refuses while the
@@ -453,7 +555,7 @@ impl OAuth2Provider {
         }
     }
 
-    fn issued(token: &IssuedToken, handle: String) -> Issued {
+    fn issued(token: &IssuedToken, handle: String, ends: i64) -> Issued {
         let expires_at = Timestamp::from_second(token.expires_at)
             .map(|at| at.to_string())
             .unwrap_or_default();
@@ -474,7 +576,7 @@ impl OAuth2Provider {
             files,
             handle,
             variables: BTreeMap::from([("scope".to_owned(), token.scope.clone())]),
-            expires_at: Some(token.expires_at),
+            expires_at: Some(ends),
         }
     }
 }
@@ -622,7 +724,7 @@ impl Provider for OAuth2Provider {
 
     async fn issue(&self, request: IssueRequest<'_>) -> Result<Issued, ProviderError> {
         let source = oauth2_source(request.secret)?;
-        let (token, handle) = self.token_for(request, source).await?;
+        let (token, handle, ends) = self.token_for(request, source).await?;
         tracing::info!(
             audit = "oauth2_token",
             secret = %format!("{}/{}", namespace_of(request.secret), name_of(request.secret)),
@@ -632,7 +734,7 @@ impl Provider for OAuth2Provider {
             expires_at = token.expires_at,
             "access token handed out"
         );
-        Ok(Self::issued(&token, handle))
+        Ok(Self::issued(&token, handle, ends))
     }
 
     async fn renew(
@@ -765,5 +867,31 @@ impl Provider for OAuth2Provider {
             }
         }
         reaped
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(issued_at: i64, expires_at: i64, scope: &str) -> IssuedToken {
+        IssuedToken {
+            access_token: Zeroizing::new("at".into()),
+            token_type: "bearer".into(),
+            issued_at,
+            expires_at,
+            scope: scope.into(),
+        }
+    }
+
+    #[test]
+    fn a_shared_tokens_leases_end_min_remaining_before_it_expires() {
+        let hour = token(0, 3600, "");
+        assert_eq!(hour.usable_until(120), 3480);
+        assert!(hour.fresh(120, 3470));
+        assert!(!hour.fresh(120, 3471), "a lease must last 10s");
+        // A token shorter than twice the margin is used for half its life.
+        let minute = token(0, 60, "");
+        assert_eq!(minute.usable_until(120), 30);
     }
 }

@@ -124,6 +124,8 @@ pub struct Token {
     pub access_token: Zeroizing<String>,
     /// `Bearer`, usually.
     pub token_type: String,
+    /// When it was issued (asked for), in Unix seconds.
+    pub issued_at: i64,
     /// When it expires, in Unix seconds.
     pub expires_at: i64,
     /// The scopes granted, when the server says (else those asked).
@@ -241,6 +243,7 @@ pub fn read_token_reply(endpoint: &Endpoint, reply: &Reply, now: i64) -> Result<
     Ok(Token {
         access_token,
         token_type,
+        issued_at: now,
         expires_at: now + expires_in.min(MAX_EXPIRES_IN),
         scope,
         refresh_token: response
