@@ -99,6 +99,10 @@ pub struct ClientSpec {
     /// Where the authorization endpoint may send its codes.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub redirect_uris: Vec<String>,
+    /// The algorithm its `private_key_jwt` assertions are signed with
+    /// (hydra assumes `RS256`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_endpoint_auth_signing_alg: Option<String>,
     /// Its public keys (a JWK Set), for `private_key_jwt`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub jwks: Option<Value>,
