@@ -136,11 +136,6 @@ async fn issue(broker: &HttpsClient, token: &str, body: &[u8]) -> HttpsReply {
             .request("POST", "/v1/leases", Some(token), body)
             .await
             .unwrap();
-        eprintln!(
-            "DEBUG {} {:?}",
-            reply.status,
-            String::from_utf8_lossy(&reply.body)
-        );
         (!matches!(reply.status, 401 | 403)).then_some(reply)
     })
     .await
