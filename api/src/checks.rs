@@ -136,6 +136,15 @@ pub fn verdict(secret: &BrokeredSecret, found: Option<&[String]>) -> Verdict {
                     "SecretNotFound",
                     format!("Secret {namespace}/{name} not found"),
                 ),
+                (Some(_), Some(key)) if key == oauth2_keys::REFRESH_TOKEN => (
+                    false,
+                    "KeyNotFound",
+                    format!(
+                        "Secret {namespace}/{name} has no key {key:?}: a person must consent \
+                         once (ferry-operator oauth2-consent {} --namespace {namespace})",
+                        secret.metadata.name.as_deref().unwrap_or_default()
+                    ),
+                ),
                 (Some(_), Some(key)) => (
                     false,
                     "KeyNotFound",
@@ -273,7 +282,8 @@ mod tests {
             (
                 false,
                 "KeyNotFound",
-                "Secret payments/crm-client has no key \"refresh_token\""
+                "Secret payments/crm-client has no key \"refresh_token\": a person must consent \
+                 once (ferry-operator oauth2-consent orders-db --namespace payments)"
             )
         );
         secret.spec.files = files(&[("token", "Bearer {{ access_token }} {{ scope }}")]);
