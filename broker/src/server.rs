@@ -83,7 +83,7 @@ pub struct BrokerArgs {
     #[arg(
         long,
         env = "FERRY_JWT_KEY_SECRET",
-        default_value = "ferry-broker-jwt-keys"
+        default_value = ferry_contract::BROKER_JWT_KEY_SECRET
     )]
     pub jwt_key_secret: String,
     /// How often the JWT signing keys rotate, like `30d` or `720h` (at

@@ -62,6 +62,17 @@ pub const BROKERABLE: &str = "true";
 /// enough for those.
 pub const BROKERABLE_SENSITIVE: &str = "including-kubernetes-credentials";
 
+/// The Secret in ferry's namespace holding the broker's JWT signing keys,
+/// which every replica may rotate (the broker's default; its RBAC and the
+/// admission policy on its Secret writes name it too).
+pub const BROKER_JWT_KEY_SECRET: &str = "ferry-broker-jwt-keys";
+
+/// Annotation on an oauth2 source's credentials Secret by which one broker
+/// replica at a time claims its refresh token (`<holder> <unix-seconds>`).
+/// The broker writes it; the admission policy that narrows the broker's
+/// Secret writes lets it change.
+pub const REFRESH_TOKEN_CLAIM_ANNOTATION: &str = "ferry.dev/refresh-token-claim";
+
 /// Secret types that hold Kubernetes' own credentials: brokered only with
 /// [`BROKERABLE_SENSITIVE`].
 pub const SENSITIVE_SECRET_TYPES: [&str; 3] = [

@@ -44,7 +44,7 @@ use ferry_api::confinement::SecretUse;
 pub const CURRENT_TOKEN_KEY: &str = "ferry.dev-current-access-token";
 
 /// The annotation that claims a Secret's refresh token for one replica.
-pub const CLAIM_ANNOTATION: &str = "ferry.dev/refresh-token-claim";
+pub const CLAIM_ANNOTATION: &str = ferry_contract::REFRESH_TOKEN_CLAIM_ANNOTATION;
 
 /// How long a claim holds: longer than one token request may take
 /// ([`super::upstream::REQUEST_TIMEOUT`]) with the writes around it.
