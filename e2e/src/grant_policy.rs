@@ -13,7 +13,7 @@ use kube::api::{Api, Patch, PatchParams};
 use crate::HarnessError;
 use crate::cluster::ADMIN_USER;
 use crate::stack::FERRY_NAMESPACE;
-use ferry_operator::grant_admission::{
+use ferry_operator::admission::grants::{
     GRANT_POLICY_NAME, grant_admission_policy, operator_username,
 };
 

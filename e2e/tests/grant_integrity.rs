@@ -2,7 +2,7 @@
 //! provenance, against a real apiserver:
 //!
 //! - the ValidatingAdmissionPolicy the harness installs (the chart's, built
-//!   by `ferry_operator::grant_admission`) refuses a tenant whom RBAC allows
+//!   by `ferry_operator::admission::grants`) refuses a tenant whom RBAC allows
 //!   to create, update and delete Grants in its own namespace;
 //! - the webhook and the broker, independently, ignore a Grant without the
 //!   operator's label, one naming an AccessPolicy uid that does not exist,
@@ -31,7 +31,7 @@ use ferry_e2e::{
     Cluster, RunningBroker, RunningWebhook, Subject, controlplane_bin_dir, create_object,
     direct_grant, eventually, install_crds, pod_bound_token, wait_webhook_active,
 };
-use ferry_operator::grant_admission::{grant_admission_policy, operator_username};
+use ferry_operator::admission::grants::{grant_admission_policy, operator_username};
 use ferry_webhook::config::InjectionConfig;
 use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};

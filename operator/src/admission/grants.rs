@@ -1,6 +1,4 @@
-//! The ValidatingAdmissionPolicy that lets only the operator write Grants,
-//! defined once: the e2e harness installs it, and the Helm chart renders
-//! the same object (a test compares the two).
+//! The ValidatingAdmissionPolicy that lets only the operator write Grants.
 //!
 //! Grants are what the broker and the webhook read to decide who may have a
 //! secret. Namespace-admin roles with wildcards often allow creating any
@@ -10,15 +8,13 @@
 //! `ferry_runtime::grant_index`); this policy keeps forged Grants out of
 //! etcd in the first place.
 
-use std::collections::BTreeMap;
-
-use ferry_contract::{API_GROUP, PART_OF, PART_OF_LABEL};
+use ferry_contract::API_GROUP;
 use k8s_openapi::api::admissionregistration::v1::{
     MatchResources, NamedRuleWithOperations, ValidatingAdmissionPolicy,
-    ValidatingAdmissionPolicyBinding, ValidatingAdmissionPolicyBindingSpec,
-    ValidatingAdmissionPolicySpec, Validation, Variable,
+    ValidatingAdmissionPolicyBinding, ValidatingAdmissionPolicySpec, Validation, Variable,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+use super::{cel_list, deny_binding, metadata};
 
 /// Name of the policy and of its binding.
 pub const GRANT_POLICY_NAME: &str = "ferry-grant-writers";
@@ -38,28 +34,14 @@ pub fn operator_username(namespace: &str) -> String {
     format!("system:serviceaccount:{namespace}:ferry-operator")
 }
 
-/// A CEL list literal of `names`, each a single-quoted string.
-fn cel_list<'a>(names: impl IntoIterator<Item = &'a str>) -> String {
-    let quoted: Vec<String> = names
-        .into_iter()
-        .map(|name| format!("'{}'", name.replace('\\', "\\\\").replace('\'', "\\'")))
-        .collect();
-    format!("[{}]", quoted.join(", "))
-}
-
 /// The policy letting only `writers` (usernames) create, update or delete
 /// Grants, and [`GRANT_CLEANERS`] delete them; and its binding, which
 /// denies everything else.
 pub fn grant_admission_policy(
     writers: &[String],
 ) -> (ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding) {
-    let metadata = ObjectMeta {
-        name: Some(GRANT_POLICY_NAME.into()),
-        labels: Some(BTreeMap::from([(PART_OF_LABEL.into(), PART_OF.into())])),
-        ..ObjectMeta::default()
-    };
     let policy = ValidatingAdmissionPolicy {
-        metadata: metadata.clone(),
+        metadata: metadata(GRANT_POLICY_NAME),
         spec: Some(ValidatingAdmissionPolicySpec {
             failure_policy: Some("Fail".into()),
             match_constraints: Some(MatchResources {
@@ -100,15 +82,7 @@ pub fn grant_admission_policy(
         }),
         ..ValidatingAdmissionPolicy::default()
     };
-    let binding = ValidatingAdmissionPolicyBinding {
-        metadata,
-        spec: Some(ValidatingAdmissionPolicyBindingSpec {
-            policy_name: Some(GRANT_POLICY_NAME.into()),
-            validation_actions: Some(vec!["Deny".into()]),
-            ..ValidatingAdmissionPolicyBindingSpec::default()
-        }),
-    };
-    (policy, binding)
+    (policy, deny_binding(GRANT_POLICY_NAME))
 }
 
 #[cfg(test)]
@@ -128,6 +102,5 @@ mod tests {
             binding.spec.unwrap().policy_name.as_deref(),
             Some(GRANT_POLICY_NAME)
         );
-        assert_eq!(cel_list(["a'b"]), r"['a\'b']");
     }
 }
