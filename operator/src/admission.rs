@@ -3,7 +3,10 @@
 //! (tests compare the two).
 //!
 //! - [`grants`]: only the operator writes Grants.
+//! - [`broker_secrets`]: the broker's Secret updates change only a
+//!   brokerable Secret's refresh token and its claim annotation.
 
+pub mod broker_secrets;
 pub mod grants;
 
 use std::collections::BTreeMap;
