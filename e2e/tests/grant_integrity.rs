@@ -8,7 +8,9 @@
 //!   operator's label, one naming an AccessPolicy uid that does not exist,
 //!   and one whose policy does not name its subject; and stop honouring a
 //!   Grant once its policy no longer names the secret;
-//! - an app container mounting the `ferry-token` volume is refused.
+//! - an app container mounting the `ferry-token` volume is refused;
+//! - the chart renders the admission policies Rust builds: this one, and
+//!   the one narrowing the broker's Secret updates.
 //!
 //! No operator runs here: Grants are written as the operator would (by the
 //! harness's admin, a writer the policy allows), so nothing repairs the
@@ -31,8 +33,12 @@ use ferry_e2e::{
     Cluster, RunningBroker, RunningWebhook, Subject, controlplane_bin_dir, create_object,
     direct_grant, eventually, install_crds, pod_bound_token, wait_webhook_active,
 };
+use ferry_operator::admission::broker_secrets::broker_secret_policy;
 use ferry_operator::admission::grants::{grant_admission_policy, operator_username};
 use ferry_webhook::config::InjectionConfig;
+use k8s_openapi::api::admissionregistration::v1::{
+    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+};
 use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
@@ -506,37 +512,62 @@ fn documents(yaml: &str) -> Vec<Value> {
         .collect()
 }
 
+/// The chart rendered by `helm template` in `namespace` with `sets`.
+fn helm_template(namespace: &str, sets: &[String]) -> Vec<Value> {
+    let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/ferry");
+    let mut helm = Command::new(controlplane_bin_dir().unwrap().join("helm"));
+    helm.args(["template", "ferry"])
+        .arg(&chart)
+        .args(["--namespace", namespace]);
+    for set in sets {
+        helm.args(["--set", set]);
+    }
+    let output = helm.output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    documents(&String::from_utf8_lossy(&output.stdout))
+}
+
+/// Asserts that `rendered` holds `policy` and `binding`: the same kinds
+/// and names, the same specs.
+fn assert_rendered(
+    rendered: &[Value],
+    (policy, binding): (ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding),
+) {
+    for rust in [
+        serde_json::to_value(policy).unwrap(),
+        serde_json::to_value(binding).unwrap(),
+    ] {
+        let (kind, name) = (&rust["kind"], &rust["metadata"]["name"]);
+        let chart = rendered
+            .iter()
+            .find(|doc| doc["kind"] == *kind && doc["metadata"]["name"] == *name)
+            .unwrap_or_else(|| panic!("{kind} {name} not rendered"));
+        assert_eq!(chart["spec"], rust["spec"], "{kind} {name}");
+    }
+}
+
 #[test]
 fn the_chart_renders_the_grant_admission_policy_rust_builds() {
-    let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/ferry");
     for (namespace, extra) in [("ferry-system", None), ("broker", Some("ci-bot"))] {
-        let mut helm = Command::new(controlplane_bin_dir().unwrap().join("helm"));
-        helm.args(["template", "ferry"])
-            .arg(&chart)
-            .args(["--namespace", namespace]);
-        if let Some(extra) = extra {
-            helm.args(["--set", &format!("operator.grantWriters={{{extra}}}")]);
-        }
-        let output = helm.output().unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let rendered = documents(&String::from_utf8_lossy(&output.stdout));
+        let sets: Vec<String> = extra
+            .iter()
+            .map(|extra| format!("operator.grantWriters={{{extra}}}"))
+            .collect();
+        let rendered = helm_template(namespace, &sets);
         let mut writers = vec![operator_username(namespace)];
         writers.extend(extra.map(str::to_owned));
-        let (policy, binding) = grant_admission_policy(&writers);
-        for rust in [
-            serde_json::to_value(policy).unwrap(),
-            serde_json::to_value(binding).unwrap(),
-        ] {
-            let chart = rendered
-                .iter()
-                .find(|doc| doc["kind"] == rust["kind"])
-                .unwrap_or_else(|| panic!("{} not rendered", rust["kind"]));
-            assert_eq!(chart["spec"], rust["spec"], "{}", rust["kind"]);
-            assert_eq!(chart["metadata"]["name"], rust["metadata"]["name"]);
-        }
+        assert_rendered(&rendered, grant_admission_policy(&writers));
+    }
+}
+
+#[test]
+fn the_chart_renders_the_broker_secret_writes_policy_rust_builds() {
+    for namespace in ["ferry-system", "broker"] {
+        let rendered = helm_template(namespace, &[]);
+        assert_rendered(&rendered, broker_secret_policy(namespace));
     }
 }
