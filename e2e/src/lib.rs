@@ -8,12 +8,12 @@
 //! against the real thing. There is no kubelet: pods are stored and stay
 //! Pending unless a test stands in for the node.
 
+mod admission_policies;
 mod background;
 mod broker;
 mod cluster;
 mod crds;
 mod fixtures;
-mod grant_policy;
 pub mod https_client;
 mod hydra;
 pub mod images;
@@ -32,6 +32,9 @@ mod stack;
 mod webhook;
 mod world;
 
+pub use admission_policies::{
+    harness_grant_writers, install_broker_secret_policy, install_grant_policy,
+};
 pub use broker::RunningBroker;
 pub use cluster::{Cluster, controlplane_bin_dir};
 pub use crds::install_crds;
@@ -39,7 +42,6 @@ pub use fixtures::{
     ColdPod, Subject, bench_cold_pods, bench_tenant, create_brokered_secret,
     create_brokered_secret_from, create_resource, direct_grant, grant, grant_to,
 };
-pub use grant_policy::{harness_grant_writers, install_grant_policy};
 pub use hydra::{
     ClientSpec, HEADLESS_SUBJECT, Hydra, HydraOptions, client_secret_basic, hydra_bin_dir,
 };
