@@ -1,26 +1,35 @@
 //! The broker over real TLS against a real apiserver: a granted pod gets
 //! a kubernetesSecret lease, renews and revokes it, each decision one
 //! audit line; every refusal has its status and reason; and the planted
-//! secret value never appears in a log line.
+//! secret value never appears in a log line. With exactly its documented
+//! RBAC it does its job, and the admission policy narrows its Secret
+//! updates to a brokerable Secret's refresh token and claim.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
 
 use base64::Engine as _;
+use ferry_api::checks::oauth2_keys::REFRESH_TOKEN;
 use ferry_api::resources::JwtAlgorithm;
 use ferry_api::testing::{self, secret_access};
 use ferry_broker::jwt_keys::parse_rotation_period;
 use ferry_broker::keys::refresh_jwt_keys;
 use ferry_broker::lease_id::LeaseKeys;
+use ferry_contract::{
+    BROKER_JWT_KEY_SECRET, BROKERABLE, BROKERABLE_LABEL, REFRESH_TOKEN_CLAIM_ANNOTATION,
+};
 use ferry_e2e::https_client::{HttpsClient, HttpsReply};
 use ferry_e2e::{
     Cluster, LEASE_KEY, RunningBroker, Tenant, World, audit_lines, capture_logs, captured_logs,
     create_object, create_resource, eventually, grant, install_crds, pod_bound_token,
 };
+use ferry_operator::admission::broker_secrets::{BROKER_SECRET_POLICY_NAME, broker_username};
+use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::Client;
-use kube::api::{Api, DeleteParams};
+use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -385,12 +394,12 @@ async fn renewal_is_refused_once_the_policy_is_removed() {
     assert!(message(&reply).contains("has no Grant"));
 }
 
-#[tokio::test]
-async fn broker_does_its_job_with_exactly_its_documented_rbac() {
-    capture_logs();
+/// A private cluster with ferry's CRDs and admission policies, ferry's
+/// namespace and the broker's RBAC as `rbac/broker.yaml` has it; and a
+/// client config that acts as the broker's service account.
+async fn cluster_with_broker_rbac() -> (Cluster, kube::Config) {
     let cluster = Cluster::start().await.unwrap();
-    let client = cluster.client().unwrap();
-    install_crds(&client).await.unwrap();
+    install_crds(&cluster.client().unwrap()).await.unwrap();
     let rbac = concat!(env!("CARGO_MANIFEST_DIR"), "/../rbac/broker.yaml");
     for args in [
         vec!["create", "namespace", "ferry-system"],
@@ -399,7 +408,21 @@ async fn broker_does_its_job_with_exactly_its_documented_rbac() {
         let output = cluster.kubectl().args(&args).output().unwrap();
         assert!(output.status.success(), "kubectl {args:?}: {output:?}");
     }
-    let subject = "--as=system:serviceaccount:ferry-system:ferry-broker";
+    let mut as_broker = cluster.config().clone();
+    as_broker.auth_info.impersonate = Some(broker_username("ferry-system"));
+    as_broker.auth_info.impersonate_groups = Some(vec![
+        "system:serviceaccounts".into(),
+        "system:serviceaccounts:ferry-system".into(),
+    ]);
+    (cluster, as_broker)
+}
+
+#[tokio::test]
+async fn broker_does_its_job_with_exactly_its_documented_rbac() {
+    capture_logs();
+    let (cluster, as_broker) = cluster_with_broker_rbac().await;
+    let client = cluster.client().unwrap();
+    let subject = format!("--as={}", broker_username("ferry-system"));
     for (verb, resource, namespace, expected) in [
         ("create", "tokenreviews.authentication.k8s.io", None, "yes"),
         ("watch", "grants.ferry.dev", None, "yes"),
@@ -425,7 +448,7 @@ async fn broker_does_its_job_with_exactly_its_documented_rbac() {
         ("create", "pods/exec", Some("default"), "no"),
         ("create", "grants.ferry.dev", None, "no"),
     ] {
-        let mut args = vec!["auth", "can-i", verb, resource, subject];
+        let mut args = vec!["auth", "can-i", verb, resource, subject.as_str()];
         match namespace {
             Some(ns) => args.extend(["-n", ns]),
             None => args.push("--all-namespaces"),
@@ -439,13 +462,6 @@ async fn broker_does_its_job_with_exactly_its_documented_rbac() {
         );
     }
 
-    let mut as_broker = cluster.config().clone();
-    as_broker.auth_info.impersonate =
-        Some("system:serviceaccount:ferry-system:ferry-broker".into());
-    as_broker.auth_info.impersonate_groups = Some(vec![
-        "system:serviceaccounts".into(),
-        "system:serviceaccounts:ferry-system".into(),
-    ]);
     let broker_client = Client::try_from(as_broker.clone()).unwrap();
     let keys = ferry_broker::keys::load_or_create_lease_keys(
         &broker_client,
@@ -454,7 +470,8 @@ async fn broker_does_its_job_with_exactly_its_documented_rbac() {
     )
     .await
     .unwrap();
-    // The JWT keys: created, then rotated (an update) under the same role.
+    // The JWT keys: created, then rotated (an update) under the same role;
+    // the policy narrowing the broker's Secret updates leaves them alone.
     let jwt_keys = |period: &str| {
         let client = broker_client.clone();
         let period = parse_rotation_period(period).unwrap();
@@ -535,6 +552,297 @@ async fn broker_does_its_job_with_exactly_its_documented_rbac() {
         .await
         .unwrap();
     assert_eq!(renewed.status, 409, "{:?}", renewed.json());
+}
+
+/// Reads Secret `name` through `secrets`, applies `edit` and replaces it
+/// under the resourceVersion it read, as the broker's custody does.
+async fn replace_secret(
+    secrets: &Api<Secret>,
+    name: &str,
+    edit: impl FnOnce(&mut Secret),
+) -> Result<Secret, kube::Error> {
+    let mut secret = secrets.get(name).await?;
+    edit(&mut secret);
+    secrets.replace(name, &PostParams::default(), &secret).await
+}
+
+/// The message of the broker-secret-writes policy's refusal in `result`.
+fn policy_refusal(result: Result<Secret, kube::Error>) -> String {
+    match result {
+        Err(kube::Error::Api(status))
+            if status.code == 403 && status.message.contains(BROKER_SECRET_POLICY_NAME) =>
+        {
+            status.message.clone()
+        }
+        other => panic!("expected the policy's 403, got {other:?}"),
+    }
+}
+
+fn set_data(secret: &mut Secret, key: &str, value: &str) {
+    secret
+        .data
+        .get_or_insert_default()
+        .insert(key.into(), ByteString(value.as_bytes().to_vec()));
+}
+
+/// Edits of a Secret, each boxed so a table can hold several.
+type Edit = Box<dyn FnOnce(&mut Secret) + Send>;
+
+#[tokio::test]
+async fn the_broker_updates_only_a_brokerable_secrets_refresh_token_and_claim() {
+    let (cluster, as_broker) = cluster_with_broker_rbac().await;
+    let admin = cluster.client().unwrap();
+    let broker = Client::try_from(as_broker).unwrap();
+    let ns = cluster.create_namespace("writes").await.unwrap();
+    let opted_in = json!({BROKERABLE_LABEL: BROKERABLE});
+    for (namespace, name, labels, kind, data) in [
+        (
+            ns.as_str(),
+            "crm",
+            &opted_in,
+            "Opaque",
+            json!({"client_id": "crm", "client_secret": PLANTED, REFRESH_TOKEN: "first"}),
+        ),
+        (ns.as_str(), "empty", &opted_in, "Opaque", json!({})),
+        (
+            ns.as_str(),
+            "plain",
+            &json!({}),
+            "Opaque",
+            json!({REFRESH_TOKEN: PLANTED}),
+        ),
+        (
+            ns.as_str(),
+            "tls",
+            &opted_in,
+            "kubernetes.io/tls",
+            json!({"tls.crt": "c", "tls.key": PLANTED}),
+        ),
+        (
+            "ferry-system",
+            "other",
+            &opted_in,
+            "Opaque",
+            json!({REFRESH_TOKEN: PLANTED}),
+        ),
+    ] {
+        create_object::<Secret>(
+            &admin,
+            namespace,
+            json!({"metadata": {"name": name, "labels": labels},
+                   "type": kind, "stringData": data}),
+        )
+        .await
+        .unwrap();
+    }
+    let as_broker = Api::<Secret>::namespaced(broker.clone(), &ns);
+    let not_opted_in = |name: &str| {
+        format!(
+            "the ferry broker may not update Secret {ns}/{name}: its owner has not opted it in \
+             with the label {BROKERABLE_LABEL}={BROKERABLE}"
+        )
+    };
+
+    // A Secret its owner did not label: refused, once the new policy is
+    // in force (the apiserver loads it within moments).
+    let refusal = eventually("the policy to refuse the broker", WAIT, || {
+        let as_broker = as_broker.clone();
+        async move {
+            let written = replace_secret(&as_broker, "plain", |secret| {
+                set_data(secret, REFRESH_TOKEN, "rotated")
+            })
+            .await;
+            match written {
+                Ok(_) => None,
+                refused => Some(policy_refusal(refused)),
+            }
+        }
+    })
+    .await;
+    assert!(refusal.contains(&not_opted_in("plain")), "{refusal}");
+
+    // Its own JWT keys in ferry's namespace are not the policy's: created,
+    // then rotated (an update that adds and drops keys), as before.
+    let period = parse_rotation_period("30d").unwrap();
+    let jwt_keys = || async {
+        refresh_jwt_keys(&broker, "ferry-system", BROKER_JWT_KEY_SECRET, period)
+            .await
+            .unwrap()
+            .signing_keys()
+            .unwrap()
+    };
+    let created = jwt_keys().await;
+    age_jwt_keys(&admin, "ferry-system", BROKER_JWT_KEY_SECRET).await;
+    let rotated = jwt_keys().await;
+    assert_eq!(
+        rotated.signing_kid(JwtAlgorithm::EdDSA),
+        created.kids().get(3).copied(),
+        "the next EdDSA key signs after a rotation"
+    );
+
+    // What the broker's custody does: claim the refresh token (the Secret
+    // had no annotations), then store the rotated one and drop the claim
+    // (none left); and claim one of a Secret without data.
+    let claim = "broker-0 4102444800";
+    for name in ["crm", "empty"] {
+        replace_secret(&as_broker, name, |secret| {
+            secret
+                .metadata
+                .annotations
+                .get_or_insert_default()
+                .insert(REFRESH_TOKEN_CLAIM_ANNOTATION.into(), claim.into());
+        })
+        .await
+        .unwrap();
+    }
+    replace_secret(&as_broker, "crm", |secret| {
+        if let Some(annotations) = secret.metadata.annotations.as_mut() {
+            annotations.remove(REFRESH_TOKEN_CLAIM_ANNOTATION);
+        }
+        set_data(secret, REFRESH_TOKEN, "rotated");
+    })
+    .await
+    .unwrap();
+    let stored = Api::<Secret>::namespaced(admin.clone(), &ns)
+        .get("crm")
+        .await
+        .unwrap();
+    let data = stored.data.unwrap();
+    assert_eq!(data[REFRESH_TOKEN].0, b"rotated");
+    assert_eq!(data["client_secret"].0, PLANTED.as_bytes());
+    assert_eq!(stored.metadata.annotations, None);
+
+    // Anything else is refused, and the message says what, never a value.
+    let refused = |key: &str| {
+        format!(
+            "the ferry broker may not update Secret {ns}/crm: it may change data key \
+             {REFRESH_TOKEN} only, adding or removing none (refused: {key})"
+        )
+    };
+    let cases: Vec<(&str, &str, Edit, String)> = vec![
+        (
+            "ferry-system",
+            "other",
+            Box::new(|secret| set_data(secret, REFRESH_TOKEN, "rotated")),
+            "the ferry broker may not update Secret ferry-system/other: no BrokeredSecret is \
+             served from namespace ferry-system"
+                .into(),
+        ),
+        (
+            &ns,
+            "tls",
+            Box::new(|secret| set_data(secret, "tls.key", "rotated")),
+            not_opted_in("tls"),
+        ),
+        (
+            &ns,
+            "crm",
+            Box::new(|secret| set_data(secret, "client_secret", "stolen")),
+            refused("client_secret"),
+        ),
+        (
+            &ns,
+            "crm",
+            Box::new(|secret| set_data(secret, "redirect_uri", "https://evil.example")),
+            refused("redirect_uri"),
+        ),
+        (
+            &ns,
+            "crm",
+            Box::new(|secret| {
+                secret.data.get_or_insert_default().remove(REFRESH_TOKEN);
+            }),
+            refused(REFRESH_TOKEN),
+        ),
+        (
+            &ns,
+            "crm",
+            Box::new(|secret| {
+                secret.metadata.labels.get_or_insert_default().clear();
+            }),
+            format!(
+                "the ferry broker may not update Secret {ns}/crm: it may not change labels \
+                 (refused: {BROKERABLE_LABEL})"
+            ),
+        ),
+        (
+            &ns,
+            "crm",
+            Box::new(|secret| {
+                secret
+                    .metadata
+                    .annotations
+                    .get_or_insert_default()
+                    .insert("example.com/note".into(), "x".into());
+            }),
+            format!(
+                "the ferry broker may not update Secret {ns}/crm: it may change annotation \
+                 {REFRESH_TOKEN_CLAIM_ANNOTATION} only (refused: example.com/note)"
+            ),
+        ),
+        (
+            &ns,
+            "crm",
+            Box::new(|secret| {
+                secret.metadata.finalizers = Some(vec!["example.com/keep".into()]);
+            }),
+            format!(
+                "the ferry broker may not update Secret {ns}/crm: it may not change owner \
+                 references, finalizers or immutable"
+            ),
+        ),
+    ];
+    for (namespace, name, edit, expected) in cases {
+        let secrets = Api::<Secret>::namespaced(broker.clone(), namespace);
+        let refusal = policy_refusal(replace_secret(&secrets, name, edit).await);
+        assert!(refusal.contains(&expected), "{refusal}");
+        assert!(!refusal.contains(PLANTED), "{refusal}");
+    }
+
+    // The policy narrows the broker only: the Secret's owner edits freely.
+    let owner = "alice";
+    create_object::<Role>(
+        &admin,
+        &ns,
+        json!({"metadata": {"name": "secret-editor"},
+               "rules": [{"apiGroups": [""], "resources": ["secrets"],
+                          "verbs": ["get", "update"]}]}),
+    )
+    .await
+    .unwrap();
+    create_object::<RoleBinding>(
+        &admin,
+        &ns,
+        json!({"metadata": {"name": "secret-editor"},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                           "name": "secret-editor"},
+               "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User",
+                             "name": owner}]}),
+    )
+    .await
+    .unwrap();
+    let as_owner = cluster
+        .impersonating_client(owner, &["system:authenticated"])
+        .unwrap();
+    let as_owner = Api::<Secret>::namespaced(as_owner, &ns);
+    let edited = eventually("the owner's Role to be in force", WAIT, || {
+        let as_owner = as_owner.clone();
+        async move {
+            replace_secret(&as_owner, "crm", |secret| {
+                secret.metadata.labels = None;
+                secret.metadata.annotations =
+                    Some([("example.com/note".into(), "x".into())].into());
+                set_data(secret, "client_secret", "new");
+                set_data(secret, "redirect_uri", "https://crm.example");
+            })
+            .await
+            .ok()
+        }
+    })
+    .await;
+    let data = edited.data.unwrap();
+    assert_eq!(data["client_secret"].0, b"new");
+    assert_eq!(edited.metadata.labels, None);
 }
 
 #[tokio::test]
