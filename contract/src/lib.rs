@@ -73,6 +73,12 @@ pub const BROKER_JWT_KEY_SECRET: &str = "ferry-broker-jwt-keys";
 /// Secret writes lets it change.
 pub const REFRESH_TOKEN_CLAIM_ANNOTATION: &str = "ferry.dev/refresh-token-claim";
 
+/// The key of an oauth2 source's credentials Secret under which the broker
+/// shares the current access token between its replicas, sealed with the
+/// lease key. The broker adds, replaces and removes it; the admission
+/// policy that narrows the broker's Secret writes lets it.
+pub const CURRENT_ACCESS_TOKEN_KEY: &str = "ferry.dev-current-access-token";
+
 /// Secret types that hold Kubernetes' own credentials: brokered only with
 /// [`BROKERABLE_SENSITIVE`].
 pub const SENSITIVE_SECRET_TYPES: [&str; 3] = [

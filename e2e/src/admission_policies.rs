@@ -6,8 +6,9 @@
 //!   account), so both identities are the writers here; tests act as
 //!   tenants by impersonation to see everyone else refused;
 //! - the broker's service account in [`FERRY_NAMESPACE`] updates only a
-//!   brokerable Secret's refresh token and claim annotation (tests that
-//!   run the broker with least privilege impersonate that account).
+//!   brokerable Secret's refresh token, claim annotation and shared access
+//!   token (tests that run the broker with least privilege impersonate
+//!   that account).
 
 use k8s_openapi::api::admissionregistration::v1::{
     ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,

@@ -3,7 +3,8 @@
 //! audit line; every refusal has its status and reason; and the planted
 //! secret value never appears in a log line. With exactly its documented
 //! RBAC it does its job, and the admission policy narrows its Secret
-//! updates to a brokerable Secret's refresh token and claim.
+//! updates to what its refresh-token custody writes into a brokerable
+//! Secret.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -16,8 +17,13 @@ use ferry_api::testing::{self, secret_access};
 use ferry_broker::jwt_keys::parse_rotation_period;
 use ferry_broker::keys::refresh_jwt_keys;
 use ferry_broker::lease_id::LeaseKeys;
+use ferry_broker::providers::ProviderError;
+use ferry_broker::providers::oauth2::custody::Custody;
+use ferry_broker::providers::oauth2::token::{Refused, Token};
+use ferry_broker::seal::Seal;
 use ferry_contract::{
-    BROKER_JWT_KEY_SECRET, BROKERABLE, BROKERABLE_LABEL, REFRESH_TOKEN_CLAIM_ANNOTATION,
+    BROKER_JWT_KEY_SECRET, BROKERABLE, BROKERABLE_LABEL, CURRENT_ACCESS_TOKEN_KEY,
+    REFRESH_TOKEN_CLAIM_ANNOTATION,
 };
 use ferry_e2e::https_client::{HttpsClient, HttpsReply};
 use ferry_e2e::{
@@ -31,6 +37,7 @@ use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::Client;
 use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::json;
+use zeroize::Zeroizing;
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -588,8 +595,37 @@ fn set_data(secret: &mut Secret, key: &str, value: &str) {
 /// Edits of a Secret, each boxed so a table can hold several.
 type Edit = Box<dyn FnOnce(&mut Secret) + Send>;
 
+/// Spends the refresh token of Secret `namespace/name` through the
+/// broker's own `custody`, checking it is `expected`; the server answers
+/// with a token rotating it to `rotated`, or (none) refuses.
+async fn spend_through_custody(
+    custody: &Custody,
+    namespace: &str,
+    name: &str,
+    expected: &str,
+    rotated: Option<&str>,
+) -> Result<Token, Refused> {
+    let now = || k8s_openapi::jiff::Timestamp::now().as_second();
+    let spend = |refresh_token: Zeroizing<Vec<u8>>, _| async move {
+        assert_eq!(refresh_token.as_slice(), expected.as_bytes());
+        let rotated = rotated
+            .ok_or_else(|| Refused::Request(ProviderError::Invalid("invalid_grant".into())))?;
+        Ok(Token {
+            access_token: Zeroizing::new(format!("access-from-{expected}")),
+            token_type: "Bearer".into(),
+            issued_at: now(),
+            expires_at: now() + 3600,
+            scope: None,
+            refresh_token: Some(Zeroizing::new(rotated.into())),
+        })
+    };
+    custody
+        .current_or_spend(namespace, name, now, |_| false, spend)
+        .await
+}
+
 #[tokio::test]
-async fn the_broker_updates_only_a_brokerable_secrets_refresh_token_and_claim() {
+async fn the_broker_updates_a_brokerable_secret_only_as_its_custody_does() {
     let (cluster, as_broker) = cluster_with_broker_rbac().await;
     let admin = cluster.client().unwrap();
     let broker = Client::try_from(as_broker).unwrap();
@@ -680,43 +716,50 @@ async fn the_broker_updates_only_a_brokerable_secrets_refresh_token_and_claim() 
         "the next EdDSA key signs after a rotation"
     );
 
-    // What the broker's custody does: claim the refresh token (the Secret
-    // had no annotations), then store the rotated one and drop the claim
-    // (none left); and claim one of a Secret without data.
-    let claim = "broker-0 4102444800";
-    for name in ["crm", "empty"] {
-        replace_secret(&as_broker, name, |secret| {
-            secret
-                .metadata
-                .annotations
-                .get_or_insert_default()
-                .insert(REFRESH_TOKEN_CLAIM_ANNOTATION.into(), claim.into());
-        })
-        .await
-        .unwrap();
+    // The broker's own custody, as the broker: a spend claims the refresh
+    // token (the Secret had no annotations), stores the rotated one and the
+    // sealed access token, and drops the claim (none left); the next spend
+    // replaces both; one the server refuses removes the stored access
+    // token. A Secret without data is claimed and released, and refused
+    // for want of a refresh token.
+    let custody = Custody::new(broker.clone(), "broker-0", Seal::new(&LEASE_KEY, &[]));
+    let as_admin = Api::<Secret>::namespaced(admin.clone(), &ns);
+    let mut shared = None;
+    for (spent, rotated) in [
+        ("first", Some("second")),
+        ("second", Some("third")),
+        ("third", None),
+    ] {
+        let answer = spend_through_custody(&custody, &ns, "crm", spent, rotated).await;
+        assert_eq!(answer.is_ok(), rotated.is_some(), "{answer:?}");
+        let stored = as_admin.get("crm").await.unwrap();
+        assert_eq!(stored.metadata.annotations, None);
+        let data = stored.data.unwrap();
+        assert_eq!(data[REFRESH_TOKEN].0, rotated.unwrap_or(spent).as_bytes());
+        assert_eq!(data["client_secret"].0, PLANTED.as_bytes());
+        let current = data.get(CURRENT_ACCESS_TOKEN_KEY).cloned();
+        assert_eq!(current.is_some(), rotated.is_some(), "{spent}");
+        assert_ne!(
+            current, shared,
+            "the shared access token after spending {spent}"
+        );
+        shared = current;
     }
-    replace_secret(&as_broker, "crm", |secret| {
-        if let Some(annotations) = secret.metadata.annotations.as_mut() {
-            annotations.remove(REFRESH_TOKEN_CLAIM_ANNOTATION);
+    match spend_through_custody(&custody, &ns, "empty", "none", None).await {
+        Err(Refused::Request(ProviderError::NotFound(message))) => {
+            assert!(message.contains("has no key"), "{message}");
         }
-        set_data(secret, REFRESH_TOKEN, "rotated");
-    })
-    .await
-    .unwrap();
-    let stored = Api::<Secret>::namespaced(admin.clone(), &ns)
-        .get("crm")
-        .await
-        .unwrap();
-    let data = stored.data.unwrap();
-    assert_eq!(data[REFRESH_TOKEN].0, b"rotated");
-    assert_eq!(data["client_secret"].0, PLANTED.as_bytes());
-    assert_eq!(stored.metadata.annotations, None);
+        other => panic!("expected no refresh token, got {other:?}"),
+    }
+    let empty = as_admin.get("empty").await.unwrap();
+    assert_eq!((empty.metadata.annotations, empty.data), (None, None));
 
     // Anything else is refused, and the message says what, never a value.
     let refused = |key: &str| {
         format!(
             "the ferry broker may not update Secret {ns}/crm: it may change data key \
-             {REFRESH_TOKEN} only, adding or removing none (refused: {key})"
+             {REFRESH_TOKEN} (never adding or removing it) and write \
+             {CURRENT_ACCESS_TOKEN_KEY} only (refused: {key})"
         )
     };
     let cases: Vec<(&str, &str, Edit, String)> = vec![

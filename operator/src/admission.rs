@@ -4,7 +4,8 @@
 //!
 //! - [`grants`]: only the operator writes Grants.
 //! - [`broker_secrets`]: the broker's Secret updates change only a
-//!   brokerable Secret's refresh token and its claim annotation.
+//!   brokerable Secret's refresh token, its claim annotation and the
+//!   access token the broker's replicas share.
 
 pub mod broker_secrets;
 pub mod grants;

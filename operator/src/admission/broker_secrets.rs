@@ -3,13 +3,13 @@
 //!
 //! The broker writes a rotated refresh token back into the credentials
 //! Secret of an oauth2 BrokeredSecret (grant RefreshToken), with the
-//! annotation by which one replica at a time claims that token. Its RBAC
-//! therefore allows updating Secrets cluster-wide, and RBAC cannot say
-//! "only Secrets their owner opted in, only those two entries". This policy
-//! says it: an update by the broker's service account must leave everything
-//! but the refresh token and the claim annotation as it was, on a Secret
-//! its owner labelled brokerable, outside ferry's own namespace (and the
-//! namespaces no BrokeredSecret is served from). The broker's JWT-key
+//! annotation by which one replica at a time claims that token, and the
+//! sealed access token its replicas share. Its RBAC therefore allows
+//! updating Secrets cluster-wide, and RBAC cannot say "only Secrets their
+//! owner opted in, only those entries". This policy says it: an update by
+//! the broker's service account must leave everything but those entries
+//! as it was, on a Secret its owner labelled brokerable, outside ferry's
+//! own namespace (and the namespaces no BrokeredSecret is served from). The broker's JWT-key
 //! Secret in ferry's namespace, which a Role lets it rotate, is not
 //! matched. Should the broker's credentials leak, they cannot rewrite
 //! anyone's Secret.
@@ -17,7 +17,8 @@
 use ferry_api::checks::oauth2_keys;
 use ferry_contract::{
     BROKER_JWT_KEY_SECRET, BROKERABLE, BROKERABLE_LABEL, BROKERABLE_SENSITIVE,
-    REFRESH_TOKEN_CLAIM_ANNOTATION, REFUSED_NAMESPACES, SENSITIVE_SECRET_TYPES,
+    CURRENT_ACCESS_TOKEN_KEY, REFRESH_TOKEN_CLAIM_ANNOTATION, REFUSED_NAMESPACES,
+    SENSITIVE_SECRET_TYPES,
 };
 use k8s_openapi::api::admissionregistration::v1::{
     MatchCondition, MatchResources, NamedRuleWithOperations, ValidatingAdmissionPolicy,
@@ -29,9 +30,13 @@ use super::{cel_list, cel_string, deny_binding, metadata};
 /// Name of the policy and of its binding.
 pub const BROKER_SECRET_POLICY_NAME: &str = "ferry-broker-secret-writes";
 
-/// The data keys the broker may change (never add or remove): the refresh
-/// token it rotates.
-pub const WRITABLE_KEYS: [&str; 1] = [oauth2_keys::REFRESH_TOKEN];
+/// The data keys the broker may change, but never add or remove: the
+/// refresh token it rotates, which the Secret's owner put there.
+pub const ROTATED_KEYS: [&str; 1] = [oauth2_keys::REFRESH_TOKEN];
+
+/// The data keys the broker may add, change or remove: its own, the access
+/// token its replicas share.
+pub const BROKER_KEYS: [&str; 1] = [CURRENT_ACCESS_TOKEN_KEY];
 
 /// The annotations the broker may add, change or remove: its claim on the
 /// refresh token.
@@ -92,14 +97,17 @@ pub fn broker_secret_policy(
              variables.newLabels[k] != variables.oldLabels[k]) + \
              variables.newLabels.filter(k, !(k in variables.oldLabels))",
         ),
-        variable("writableKeys", cel_list(WRITABLE_KEYS)),
+        variable("rotatedKeys", cel_list(ROTATED_KEYS)),
+        variable("brokerKeys", cel_list(BROKER_KEYS)),
         variable("oldData", "oldObject.?data.orValue({})"),
         variable("newData", "object.?data.orValue({})"),
         variable(
             "changedKeys",
-            "variables.oldData.filter(k, !(k in variables.newData) || \
-             (!(k in variables.writableKeys) && variables.newData[k] != variables.oldData[k])) + \
-             variables.newData.filter(k, !(k in variables.oldData))",
+            "variables.oldData.filter(k, !(k in variables.brokerKeys) && \
+             (!(k in variables.newData) || (!(k in variables.rotatedKeys) && \
+             variables.newData[k] != variables.oldData[k]))) + \
+             variables.newData.filter(k, !(k in variables.brokerKeys) && \
+             !(k in variables.oldData))",
         ),
         variable("writableAnnotations", cel_list(WRITABLE_ANNOTATIONS)),
         variable(
@@ -145,8 +153,9 @@ pub fn broker_secret_policy(
         ),
         refusal(
             "variables.changedKeys.size() == 0",
-            "'it may change data key ' + variables.writableKeys.join(', ') + \
-             ' only, adding or removing none (refused: ' + variables.changedKeys.join(', ') + ')'",
+            "'it may change data key ' + variables.rotatedKeys.join(', ') + \
+             ' (never adding or removing it) and write ' + variables.brokerKeys.join(', ') + \
+             ' only (refused: ' + variables.changedKeys.join(', ') + ')'",
         ),
         refusal(
             "variables.changedAnnotations.size() == 0",

@@ -41,7 +41,7 @@ use ferry_api::confinement::SecretUse;
 
 /// The key of the credentials Secret holding the current access token,
 /// sealed, with its type, scope and lifetime (JSON).
-pub const CURRENT_TOKEN_KEY: &str = "ferry.dev-current-access-token";
+pub const CURRENT_TOKEN_KEY: &str = ferry_contract::CURRENT_ACCESS_TOKEN_KEY;
 
 /// The annotation that claims a Secret's refresh token for one replica.
 pub const CLAIM_ANNOTATION: &str = ferry_contract::REFRESH_TOKEN_CLAIM_ANNOTATION;
