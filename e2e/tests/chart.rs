@@ -610,6 +610,64 @@ async fn rendered_manifests_pass_a_server_side_dry_run() {
 
 /// `kubectl auth can-i` as `account` in `namespace`; `scope` is
 /// `--all-namespaces` or `-n <ns>` etc.
+/// What RBAC cannot say about the broker installed in `ns`, the chart's
+/// admission policy does: of the Secrets it may update, it is refused
+/// ferry's own (but its JWT keys) and one its owner did not opt in.
+async fn broker_secret_updates_are_narrowed(cluster: &Cluster, client: &kube::Client, ns: &str) {
+    use ferry_e2e::create_object;
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::api::{Api, PostParams};
+
+    let tenant = cluster.create_namespace("chart-tenant").await.unwrap();
+    let secrets = [
+        (ns, "ferry-broker-lease-key"),
+        (ns, "ferry-ca"),
+        (tenant.as_str(), "not-opted-in"),
+        (ns, "ferry-broker-jwt-keys"),
+    ];
+    for (namespace, name) in secrets {
+        create_object::<Secret>(
+            client,
+            namespace,
+            json!({"metadata": {"name": name}, "stringData": {"key": "value"}}),
+        )
+        .await
+        .unwrap();
+    }
+    let groups = [
+        "system:serviceaccounts".to_owned(),
+        format!("system:serviceaccounts:{ns}"),
+    ];
+    let groups: Vec<&str> = groups.iter().map(String::as_str).collect();
+    let as_broker = cluster
+        .impersonating_client(&format!("system:serviceaccount:{ns}:ferry-broker"), &groups)
+        .unwrap();
+    let update = |namespace: &str, name: &str| {
+        let secrets = Api::<Secret>::namespaced(as_broker.clone(), namespace);
+        let name = name.to_owned();
+        async move {
+            let mut secret = secrets.get(&name).await.unwrap();
+            secret.string_data = Some([("key".to_owned(), "changed".to_owned())].into());
+            secrets
+                .replace(&name, &PostParams::default(), &secret)
+                .await
+        }
+    };
+    // The policy is in force within moments of the install.
+    eventually("the chart's policy to refuse the broker", WAIT, || async {
+        update(ns, "ferry-ca").await.is_err().then_some(())
+    })
+    .await;
+    for (namespace, name) in &secrets[..3] {
+        match update(namespace, name).await {
+            Err(kube::Error::Api(status))
+                if status.code == 403 && status.message.contains("ferry-broker-secret-writes") => {}
+            other => panic!("the broker updating Secret {namespace}/{name}: {other:?}"),
+        }
+    }
+    update(ns, "ferry-broker-jwt-keys").await.unwrap();
+}
+
 fn can_i(cluster: &Cluster, account: &str, verb: &str, resource: &str, scope: &[&str]) -> bool {
     let output = cluster
         .kubectl()
@@ -700,6 +758,9 @@ async fn helm_install_upgrade_and_uninstall_store_the_objects_keep_the_crds_and_
         ("get", "secrets", &all),
         ("create", "secrets", &own),
         ("update", "secrets/ferry-broker-jwt-keys", &own),
+        // Anywhere, for the oauth2 write-back: the chart's admission
+        // policy narrows it (checked below by trying).
+        ("update", "secrets", &other),
     ];
     let webhook_may: &[Check] = &[
         ("watch", "grants.ferry.dev", &all),
@@ -723,7 +784,6 @@ async fn helm_install_upgrade_and_uninstall_store_the_objects_keep_the_crds_and_
         ("watch", "secrets", &all),
         ("delete", "secrets", &own),
         ("create", "secrets", &other),
-        ("update", "secrets", &other),
         (
             "patch",
             "mutatingwebhookconfigurations.admissionregistration.k8s.io/another",
@@ -740,10 +800,11 @@ async fn helm_install_upgrade_and_uninstall_store_the_objects_keep_the_crds_and_
             &all,
         ),
     ];
-    let operator_must_not: &[Check] = &[("update", "secrets/ferry-broker-lease-key", &own)];
-    let broker_must_not: &[Check] = &[
+    let operator_must_not: &[Check] = &[
         ("update", "secrets/ferry-broker-lease-key", &own),
-        ("update", "secrets/ferry-ca", &own),
+        ("update", "secrets", &other),
+    ];
+    let broker_must_not: &[Check] = &[
         (
             "patch",
             "mutatingwebhookconfigurations.admissionregistration.k8s.io/ferry-sidecar-injector",
@@ -755,6 +816,7 @@ async fn helm_install_upgrade_and_uninstall_store_the_objects_keep_the_crds_and_
         ("get", "secrets", &all),
         ("get", "secrets", &own),
         ("create", "secrets", &own),
+        ("update", "secrets", &other),
         ("list", "pods", &all),
         ("create", "grants.ferry.dev", &all),
         (
@@ -781,6 +843,8 @@ async fn helm_install_upgrade_and_uninstall_store_the_objects_keep_the_crds_and_
             );
         }
     }
+
+    broker_secret_updates_are_narrowed(cluster, &client, &ns).await;
 
     // Upgrade with a changed value: applied in place.
     helm_on(
