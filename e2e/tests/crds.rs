@@ -243,7 +243,8 @@ async fn valid_objects_of_each_kind_are_accepted_with_defaults_applied() {
 async fn invalid_objects_are_refused_with_a_message_naming_the_problem() {
     let (_cluster, client, ns) = setup("crds-invalid").await;
     let pg_ref = json!({"name": "orders-db-admin"});
-    let exactly_one_source = "exactly one of postgres, kubernetesSecret, jwt or x509 must be set";
+    let exactly_one_source =
+        "exactly one of postgres, kubernetesSecret, jwt, x509 or oauth2 must be set";
     let plain_file_names = "file names must be plain names: letters, digits, '.', '_' or '-', no '/', no '..', no leading dot";
     let duration_pattern = r"should match '^([0-9]{1,6}(s|m|h))+$'";
     let subdomain_pattern = r"should match '^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$'";
