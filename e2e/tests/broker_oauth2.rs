@@ -809,8 +809,17 @@ async fn a_server_that_is_down_or_refuses_is_named_and_the_token_already_out_kee
         source.token_url = closed_url.clone();
     })
     .await;
+    // Without caKey the system's roots must vouch for the server: they
+    // do not know the test's CA.
+    crm_secret(&tenant, "crm-untrusted", &hydra, "crm-client", |source| {
+        source.ca_key = None;
+    })
+    .await;
     tenant
-        .grant("checkout", &["crm", "crm-wrong", "crm-nowhere"])
+        .grant(
+            "checkout",
+            &["crm", "crm-wrong", "crm-nowhere", "crm-untrusted"],
+        )
         .await
         .unwrap();
     let broker = world().await.broker.client().unwrap();
@@ -836,6 +845,19 @@ async fn a_server_that_is_down_or_refuses_is_named_and_the_token_already_out_kee
         message(&nowhere).starts_with(&format!("{closed_url}: cannot connect")),
         "{}",
         message(&nowhere)
+    );
+
+    let untrusted = issue(
+        &broker,
+        &token,
+        &request(&tenant.owner, "crm-untrusted", None),
+    )
+    .await;
+    assert_eq!(untrusted.status, 503, "{:?}", untrusted.json());
+    assert!(
+        message(&untrusted).contains("TLS handshake failed"),
+        "{}",
+        message(&untrusted)
     );
 
     let lease = lease_of(&issue(&broker, &token, &request(&tenant.owner, "crm", None)).await);
@@ -876,7 +898,7 @@ async fn a_server_that_is_down_or_refuses_is_named_and_the_token_already_out_kee
         .to_string();
     assert!(refused.contains("tokenUrl"), "{refused}");
 
-    for reply in [&wrong, &nowhere, &renewal] {
+    for reply in [&wrong, &nowhere, &untrusted, &renewal] {
         let body = String::from_utf8_lossy(&reply.body);
         assert!(
             !body.contains("planted"),
