@@ -34,6 +34,29 @@ const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// be served from the cache to a source that copies it.
 type Cache = HashMap<(String, String, SecretUse), (Instant, Arc<Files>)>;
 
+/// Whether `secret` (`namespace/name`) may be used as `used`: its owner
+/// opted it in ([`ferry_api::confinement::brokerable_for`]).
+pub fn opted_in(
+    used: SecretUse,
+    namespace: &str,
+    name: &str,
+    secret: &Secret,
+) -> Result<(), ProviderError> {
+    ferry_api::confinement::brokerable_for(
+        used,
+        namespace,
+        name,
+        secret.type_.as_deref(),
+        secret
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|labels| labels.get(ferry_contract::BROKERABLE_LABEL))
+            .map(String::as_str),
+    )
+    .map_err(|refusal| ProviderError::Refused(refusal.message))
+}
+
 /// Reads Secrets' data through a short-lived, bounded cache.
 pub struct SecretReader {
     client: kube::Client,
@@ -86,19 +109,7 @@ impl SecretReader {
             .ok_or_else(|| {
                 ProviderError::NotFound(format!("Secret {namespace}/{name} not found"))
             })?;
-        ferry_api::confinement::brokerable_for(
-            used,
-            namespace,
-            name,
-            secret.type_.as_deref(),
-            secret
-                .metadata
-                .labels
-                .as_ref()
-                .and_then(|labels| labels.get(ferry_contract::BROKERABLE_LABEL))
-                .map(String::as_str),
-        )
-        .map_err(|refusal| ProviderError::Refused(refusal.message))?;
+        opted_in(used, namespace, name, &secret)?;
         let files: Files = secret
             .data
             .unwrap_or_default()

@@ -34,6 +34,7 @@ use kube::api::PostParams;
 use zeroize::Zeroizing;
 
 use super::token::{Refused, Token};
+use crate::providers::secret_reader::opted_in;
 use crate::providers::{Files, ProviderError};
 use crate::seal::Seal;
 use ferry_api::checks::oauth2_keys;
@@ -291,19 +292,7 @@ async fn read(api: &Api<Secret>, namespace: &str, name: &str) -> Result<Secret, 
                 "Secret {namespace}/{name} not found"
             )))
         })?;
-    ferry_api::confinement::brokerable_for(
-        SecretUse::Read,
-        namespace,
-        name,
-        secret.type_.as_deref(),
-        secret
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|labels| labels.get(ferry_contract::BROKERABLE_LABEL))
-            .map(String::as_str),
-    )
-    .map_err(|refusal| Refused::Request(ProviderError::Refused(refusal.message)))?;
+    opted_in(SecretUse::Read, namespace, name, &secret).map_err(Refused::Request)?;
     Ok(secret)
 }
 
