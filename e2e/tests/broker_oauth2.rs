@@ -65,6 +65,22 @@ async fn crm_client(hydra: &Hydra, id: &str, secret: &str, method: &str) {
         .unwrap();
 }
 
+/// A hydra with the CRM's confidential client `id` (secret `secret`,
+/// `client_secret_basic`), and a tenant whose Secret `crm-client` holds it.
+async fn crm_tenant(prefix: &str, id: &str, secret: &str) -> (Hydra, Tenant) {
+    let hydra = hydra().await;
+    crm_client(&hydra, id, secret, "client_secret_basic").await;
+    let tenant = Tenant::create(prefix).await.unwrap();
+    credentials(
+        &tenant,
+        "crm-client",
+        &hydra,
+        json!({"client_id": id, "client_secret": secret}),
+    )
+    .await;
+    (hydra, tenant)
+}
+
 /// The tenant's credentials Secret `name`: the client, and the CA that
 /// signed hydra's certificate.
 async fn credentials(tenant: &Tenant, name: &str, hydra: &Hydra, data: Value) {
@@ -141,22 +157,7 @@ fn message(reply: &HttpsReply) -> String {
 #[tokio::test]
 async fn a_pod_gets_an_access_token_the_server_narrowed_renewed_and_revoked_upstream() {
     world().await;
-    let hydra = hydra().await;
-    crm_client(
-        &hydra,
-        "crm-app",
-        "crm-secret-planted-1",
-        "client_secret_basic",
-    )
-    .await;
-    let tenant = Tenant::create("oauth2").await.unwrap();
-    credentials(
-        &tenant,
-        "crm-client",
-        &hydra,
-        json!({"client_id": "crm-app", "client_secret": "crm-secret-planted-1"}),
-    )
-    .await;
+    let (hydra, tenant) = crm_tenant("oauth2", "crm-app", "crm-secret-planted-1").await;
     crm_secret(&tenant, "crm", &hydra, "crm-client", |_| {}).await;
     // The policy allows reading contacts only.
     let policy = testing::access_policy(&tenant.owner, "checkout")
@@ -363,22 +364,7 @@ async fn shared_tokens_make_one_upstream_call_per_scope_set_for_fifty_pods_start
     )
     .unwrap();
     let broker = broker_process.client().unwrap();
-    let hydra = hydra().await;
-    crm_client(
-        &hydra,
-        "crm-shared",
-        "crm-secret-planted-3",
-        "client_secret_basic",
-    )
-    .await;
-    let tenant = Tenant::create("oauth2-shared").await.unwrap();
-    credentials(
-        &tenant,
-        "crm-client",
-        &hydra,
-        json!({"client_id": "crm-shared", "client_secret": "crm-secret-planted-3"}),
-    )
-    .await;
+    let (hydra, tenant) = crm_tenant("oauth2-shared", "crm-shared", "crm-secret-planted-3").await;
     crm_secret(&tenant, "crm-shared", &hydra, "crm-client", |source| {
         source.token_sharing = TokenSharing::Shared;
         source.revocation_url = None;
@@ -731,22 +717,7 @@ async fn a_rotating_refresh_token_is_spent_once_at_a_time_by_two_racing_broker_r
 #[tokio::test]
 async fn a_pods_token_is_revoked_upstream_when_the_pod_goes_away_without_revoking() {
     world().await;
-    let hydra = hydra().await;
-    crm_client(
-        &hydra,
-        "crm-gone",
-        "crm-secret-planted-5",
-        "client_secret_basic",
-    )
-    .await;
-    let tenant = Tenant::create("oauth2-gone").await.unwrap();
-    credentials(
-        &tenant,
-        "crm-client",
-        &hydra,
-        json!({"client_id": "crm-gone", "client_secret": "crm-secret-planted-5"}),
-    )
-    .await;
+    let (hydra, tenant) = crm_tenant("oauth2-gone", "crm-gone", "crm-secret-planted-5").await;
     crm_secret(&tenant, "crm", &hydra, "crm-client", |_| {}).await;
     tenant.grant("checkout", &["crm"]).await.unwrap();
     let broker = world().await.broker.client().unwrap();
@@ -776,22 +747,7 @@ async fn a_pods_token_is_revoked_upstream_when_the_pod_goes_away_without_revokin
 #[tokio::test]
 async fn a_server_that_is_down_or_refuses_is_named_and_the_token_already_out_keeps_working() {
     world().await;
-    let hydra = hydra().await;
-    crm_client(
-        &hydra,
-        "crm-down",
-        "crm-secret-planted-6",
-        "client_secret_basic",
-    )
-    .await;
-    let tenant = Tenant::create("oauth2-down").await.unwrap();
-    credentials(
-        &tenant,
-        "crm-client",
-        &hydra,
-        json!({"client_id": "crm-down", "client_secret": "crm-secret-planted-6"}),
-    )
-    .await;
+    let (hydra, tenant) = crm_tenant("oauth2-down", "crm-down", "crm-secret-planted-6").await;
     credentials(
         &tenant,
         "wrong-client",
