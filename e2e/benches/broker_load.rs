@@ -1,5 +1,7 @@
 //! Load benchmark of the real `ferry-operator broker` (release build) over
-//! TLS keep-alive, issuing kubernetesSecret and ES256 JWT leases:
+//! TLS keep-alive, issuing kubernetesSecret, ES256 JWT, x509 (P-256 CSR
+//! checked and signed) and cached oauth2 leases (a shared token from a real
+//! hydra):
 //!
 //! - renewals with a warm token, open loop: one pod renewing its 8 leases
 //!   (the most one pod may hold of a secret) round robin at a fixed arrival
@@ -12,6 +14,10 @@
 //!   secret it has not read lately (a Secret `get`), as each new pod's first
 //!   request is. (A production pod renews every few minutes, long after
 //!   its token's review left the 10 s cache: its renewals pay a review too.)
+//!
+//! - oauth2 upstream calls per 1,000 pod starts (125 new pods asking for
+//!   8 leases each at once, 64 requests in flight): with shared tokens
+//!   (coalesced: one call per scope set) and with one token per lease.
 //!
 //! Every reply must be a 200 with one lease of the secret asked for;
 //! failures are counted and shown. Settings that differ from production
@@ -29,16 +35,21 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use ferry_broker::live_leases::DEFAULT_MAX_LIVE_LEASES;
 use ferry_contract::DEFAULT_BROKER_AUDIENCE;
 use ferry_e2e::https_client::{HttpsClient, HttpsReply};
 use ferry_e2e::load::{LoadReport, LoadRequest, closed_loop, open_loop};
 use ferry_e2e::{
-    Cluster, KillOnDrop, bench_cold_pods, bench_setting, bench_tenant, free_port, install_crds,
-    pod_bound_token, wait_admin_ready, workspace_binary,
+    ClientSpec, Cluster, Hydra, HydraOptions, KillOnDrop, Subject, bench_cold_pods, bench_setting,
+    bench_tenant, broker_pod, create_brokered_secret_from, create_object, direct_grant, free_port,
+    install_crds, pod_bound_token, wait_admin_ready, workspace_binary,
 };
+use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, PostParams};
 use serde_json::json;
 
@@ -83,10 +94,16 @@ fn one_lease(reply: &HttpsReply) -> bool {
 }
 
 fn issue(secret: &str) -> Bytes {
-    Bytes::from(
-        serde_json::to_vec(&json!({"secrets": [{"namespace": "payments", "name": secret}]}))
-            .unwrap(),
-    )
+    issue_with(secret, None)
+}
+
+/// An issue request for `secret`, with a CSR (base64 DER) for a certificate.
+fn issue_with(secret: &str, csr: Option<&str>) -> Bytes {
+    let mut asked = json!({"namespace": "payments", "name": secret});
+    if let Some(csr) = csr {
+        asked["csr"] = json!(csr);
+    }
+    Bytes::from(serde_json::to_vec(&json!({ "secrets": [asked] })).unwrap())
 }
 
 #[tokio::main]
@@ -112,10 +129,73 @@ async fn main() {
                 "orders-jwt",
                 json!({"source": {"jwt": {"audience": ["orders"], "scopes": ["read"]}}}),
             ),
+            (
+                "orders-cert",
+                json!({"source": {"x509": {"caSecretName": "orders-ca", "commonName": "{{ serviceAccount }}"}}}),
+            ),
         ],
     )
     .await
     .unwrap();
+    let (ca_cert, ca_key) = bench_ca();
+    create_object::<Secret>(
+        &client,
+        "payments",
+        json!({"metadata": {"name": "orders-ca", "labels": {"ferry.dev/brokerable": "true"}},
+               "type": "kubernetes.io/tls",
+               "stringData": {"tls.crt": ca_cert, "tls.key": ca_key, "ca.crt": ca_cert}}),
+    )
+    .await
+    .unwrap();
+    // A real authorization server for the oauth2 leases.
+    let hydra = Hydra::start(HydraOptions::default()).await.unwrap();
+    hydra
+        .create_client(&ClientSpec {
+            client_id: "orders".into(),
+            client_secret: Some("bench-client-secret".into()),
+            grant_types: vec!["client_credentials".into()],
+            scope: "read".into(),
+            ..ClientSpec::default()
+        })
+        .await
+        .unwrap();
+    create_object::<Secret>(
+        &client,
+        "payments",
+        json!({"metadata": {"name": "orders-client", "labels": {"ferry.dev/brokerable": "true"}},
+               "stringData": {"client_id": "orders", "client_secret": "bench-client-secret",
+                              "ca.crt": hydra.ca_pem()}}),
+    )
+    .await
+    .unwrap();
+    for (name, sharing) in [
+        ("orders-crm", "Shared"),
+        ("orders-crm-coalesced", "Shared"),
+        ("orders-crm-own", "PerLease"),
+    ] {
+        let spec = json!({"source": {"oauth2": {
+            "tokenUrl": hydra.token_url(), "credentialsSecretName": "orders-client",
+            "caKey": "ca.crt", "scopes": ["read"], "tokenSharing": sharing,
+            // The most the schema allows: the benchmark counts calls, not
+            // the limiter's refusals.
+            "requestsPerMinute": 6000}}});
+        create_brokered_secret_from(&client, "payments", name, spec)
+            .await
+            .unwrap();
+        direct_grant(
+            &client,
+            Subject {
+                namespace: "shop",
+                name: "checkout",
+            },
+            "payments",
+            name,
+            &format!("bench-{name}"),
+            &format!("{name}-for-checkout"),
+        )
+        .await
+        .unwrap();
+    }
     // The broker keeps its lease and JWT keys in ferry's namespace.
     let ferry: Namespace =
         serde_json::from_value(json!({"metadata": {"name": "ferry-system"}})).unwrap();
@@ -179,11 +259,28 @@ async fn main() {
     // so one pod's steady load is renewals: 8 leases, renewed round robin.
     // Every renewal also asks the apiserver whether the lease was revoked
     // (a revocation on another replica must not be missed).
-    for (secret, kind) in [
-        ("orders-api-key", "kubernetesSecret"),
-        ("orders-jwt", "ES256 jwt"),
+    // One CSR for every x509 request: the broker checks and signs each
+    // as if new (a pod sends a new key's at each renewal).
+    let csr = BASE64.encode(
+        ferry_sidecar::csr::generate(ferry_sidecar::csr::KeyAlgorithm::EcdsaP256)
+            .unwrap()
+            .csr_der,
+    );
+    for (secret, kind, csr) in [
+        ("orders-api-key", "kubernetesSecret", None),
+        ("orders-jwt", "ES256 jwt", None),
+        (
+            "orders-cert",
+            "x509 (P-256 CSR checked and signed)",
+            Some(&csr),
+        ),
+        ("orders-crm", "oauth2 (shared token, cached)", None),
     ] {
-        let body = issue(secret);
+        let body = issue_with(secret, csr.map(String::as_str));
+        let renewal = Bytes::from(match csr {
+            Some(csr) => serde_json::to_vec(&json!({ "csr": csr })).unwrap(),
+            None => Vec::new(),
+        });
         let mut ids = vec![wait_known(&https, &token, &body).await];
         while ids.len() < DEFAULT_MAX_LIVE_LEASES {
             let reply = https
@@ -200,7 +297,7 @@ async fn main() {
         }
         let ids: Arc<Vec<String>> = Arc::new(ids);
         let requests = {
-            let (token, ids) = (Arc::clone(&token), Arc::clone(&ids));
+            let (token, ids, renewal) = (Arc::clone(&token), Arc::clone(&ids), renewal.clone());
             Arc::new(move |n: u64| LoadRequest {
                 method: "POST",
                 path: format!(
@@ -208,7 +305,7 @@ async fn main() {
                     ids[usize::try_from(n).unwrap_or(0) % ids.len()]
                 ),
                 bearer: Some(Arc::clone(&token)),
-                body: Bytes::new(),
+                body: renewal.clone(),
             })
         };
         // Warm-up: connections, TLS sessions, the allocator.
@@ -276,8 +373,110 @@ async fn main() {
         ),
         &cold_report,
     );
+    // oauth2 upstream calls per 1,000 pod starts.
+    let pods = new_pods(&client, 125).await;
+    // Each pod's token reviewed once first, as at a pod's start; eight
+    // first requests at once would each ask the apiserver (and meet the
+    // review limit), which is not what is measured here.
+    let warm: Vec<bool> = futures::stream::iter(&pods)
+        .map(|token| {
+            let (https, body) = (&https, issue("orders-jwt"));
+            async move { !wait_known(https, token, &body).await.is_empty() }
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    assert!(warm.iter().all(|known| *known));
+    for (secret, how) in [
+        ("orders-crm-coalesced", "shared tokens (coalesced)"),
+        ("orders-crm-own", "one token per lease"),
+    ] {
+        let before = token_requests(admin).await;
+        let started = Instant::now();
+        let body = issue(secret);
+        let replies: Vec<Result<(), String>> = futures::stream::iter(
+            pods.iter()
+                .flat_map(|token| std::iter::repeat_n(token, DEFAULT_MAX_LIVE_LEASES)),
+        )
+        .map(|token| {
+            let (https, body) = (&https, &body);
+            async move {
+                let reply = https
+                    .request("POST", "/v1/leases", Some(token), body)
+                    .await
+                    .unwrap();
+                if one_lease(&reply) {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "{}: {}",
+                        reply.status,
+                        String::from_utf8_lossy(&reply.body)
+                    ))
+                }
+            }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+        let took = started.elapsed();
+        let failures: Vec<&String> = replies.iter().filter_map(|r| r.as_ref().err()).collect();
+        let failed = failures.len();
+        println!(
+            "  oauth2, {} pod starts with {how}: {} upstream token requests, {failed} failed, in {took:.2?}",
+            replies.len(),
+            token_requests(admin).await - before
+        );
+        if let Some(failure) = failures.first() {
+            println!("    first failure: {failure}");
+        }
+    }
     println!("  broker RSS after load: {:.1} MiB", rss_mib(broker.0.id()));
     println!("  goal: p99 < 2 ms (client, broker and apiserver share this machine's 2 cores)");
+}
+
+/// A CA (certificate and key, PEM) for the x509 leases.
+fn bench_ca() -> (String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "orders CA");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let cert = params.self_signed(&key).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+/// `count` new pods of `shop/checkout`, their tokens for the broker.
+async fn new_pods(client: &kube::Client, count: usize) -> Vec<String> {
+    futures::stream::iter(0..count)
+        .map(|index| async move {
+            broker_pod(client, "shop", &format!("start-{index}"), "checkout")
+                .await
+                .unwrap()
+                .1
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await
+}
+
+/// `ferry_broker_oauth2_token_requests_total` from the broker's admin port.
+async fn token_requests(admin: std::net::SocketAddr) -> u64 {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(admin).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await.unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix("ferry_broker_oauth2_token_requests_total "))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// The id of the one lease in `reply`.
