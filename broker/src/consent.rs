@@ -30,10 +30,11 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use zeroize::Zeroizing;
 
+use crate::providers::ProviderError;
 use crate::providers::oauth2::token::{self, Refused};
 use crate::providers::oauth2::upstream::{self, Endpoint, Form, form_encode};
 use crate::providers::oauth2::{client_of, tls_for};
-use crate::providers::{Files, ProviderError};
+use crate::providers::secret_reader::files_of;
 use ferry_api::checks::oauth2_keys;
 use ferry_api::resources::{BrokeredSecret, OAuth2Grant};
 
@@ -141,13 +142,7 @@ pub async fn run(
         .map_err(kube_error(format!(
             "reading Secret {namespace}/{credentials_name}"
         )))?;
-    let data: Files = credentials
-        .data
-        .clone()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(key, value)| (key, Zeroizing::new(value.0)))
-        .collect();
+    let data = files_of(credentials.data);
     let client_auth = client_of(source, namespace, &data)
         .map_err(|error| ConsentError::Setup(error.to_string()))?;
 

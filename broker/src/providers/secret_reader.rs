@@ -9,10 +9,11 @@
 //! ([`ferry_api::confinement::brokerable`]): being allowed to create a
 //! BrokeredSecret in a namespace is not being allowed to read its Secrets.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use zeroize::Zeroizing;
@@ -55,6 +56,14 @@ pub fn opted_in(
             .map(String::as_str),
     )
     .map_err(|refusal| ProviderError::Refused(refusal.message))
+}
+
+/// A Secret's data as files, each wiped when dropped.
+pub fn files_of(data: Option<BTreeMap<String, ByteString>>) -> Files {
+    data.unwrap_or_default()
+        .into_iter()
+        .map(|(key, value)| (key, Zeroizing::new(value.0)))
+        .collect()
 }
 
 /// Reads Secrets' data through a short-lived, bounded cache.
@@ -110,12 +119,7 @@ impl SecretReader {
                 ProviderError::NotFound(format!("Secret {namespace}/{name} not found"))
             })?;
         opted_in(used, namespace, name, &secret)?;
-        let files: Files = secret
-            .data
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(key, value)| (key, Zeroizing::new(value.0)))
-            .collect();
+        let files = files_of(secret.data);
         if files.is_empty() {
             return Err(ProviderError::NotFound(format!(
                 "Secret {namespace}/{name} has no data"

@@ -34,7 +34,7 @@ use kube::api::PostParams;
 use zeroize::Zeroizing;
 
 use super::token::{Refused, Token};
-use crate::providers::secret_reader::opted_in;
+use crate::providers::secret_reader::{files_of, opted_in};
 use crate::providers::{Files, ProviderError};
 use crate::seal::Seal;
 use ferry_api::checks::oauth2_keys;
@@ -113,13 +113,7 @@ impl Custody {
             Claimed::Current(token) => return Ok(token),
             Claimed::Spend(secret) => *secret,
         };
-        let mut data: Files = claimed
-            .data
-            .clone()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(key, value)| (key, Zeroizing::new(value.0)))
-            .collect();
+        let mut data = files_of(claimed.data.clone());
         let Some(refresh_token) = data.remove(oauth2_keys::REFRESH_TOKEN) else {
             self.release(&api, claimed, None, None).await;
             return Err(Refused::Request(ProviderError::NotFound(format!(
