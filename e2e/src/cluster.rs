@@ -71,28 +71,7 @@ pub fn controlplane_bin_dir() -> Result<PathBuf, HarnessError> {
     static BIN_DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     BIN_DIR
         .get_or_init(|| {
-            if let Some(dir) = std::env::var_os("FERRY_CONTROLPLANE_BIN") {
-                return Ok(PathBuf::from(dir));
-            }
-            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("controlplane/build.sh");
-            let output = Command::new("bash")
-                .arg(&script)
-                .stderr(std::process::Stdio::inherit())
-                .output()
-                .map_err(|e| format!("running {}: {e}", script.display()))?;
-            if !output.status.success() {
-                return Err(format!(
-                    "{} failed with {}",
-                    script.display(),
-                    output.status
-                ));
-            }
-            let stdout = String::from_utf8_lossy(&output.stdout);
-            stdout
-                .lines()
-                .last()
-                .map(|line| PathBuf::from(line.trim()))
-                .ok_or_else(|| format!("{} printed no bin directory", script.display()))
+            crate::build_script_bin_dir("controlplane/build.sh", "FERRY_CONTROLPLANE_BIN")
         })
         .clone()
         .map_err(HarnessError::Build)

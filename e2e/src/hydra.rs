@@ -134,30 +134,7 @@ impl std::fmt::Debug for Hydra {
 pub fn hydra_bin_dir() -> Result<PathBuf, HarnessError> {
     static BIN_DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     BIN_DIR
-        .get_or_init(|| {
-            if let Some(dir) = std::env::var_os("FERRY_HYDRA_BIN") {
-                return Ok(PathBuf::from(dir));
-            }
-            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("hydra/build.sh");
-            let output = Command::new("bash")
-                .arg(&script)
-                .stderr(std::process::Stdio::inherit())
-                .output()
-                .map_err(|e| format!("running {}: {e}", script.display()))?;
-            if !output.status.success() {
-                return Err(format!(
-                    "{} failed with {}",
-                    script.display(),
-                    output.status
-                ));
-            }
-            let stdout = String::from_utf8_lossy(&output.stdout);
-            stdout
-                .lines()
-                .last()
-                .map(|line| PathBuf::from(line.trim()))
-                .ok_or_else(|| format!("{} printed no bin directory", script.display()))
-        })
+        .get_or_init(|| crate::build_script_bin_dir("hydra/build.sh", "FERRY_HYDRA_BIN"))
         .clone()
         .map_err(HarnessError::Build)
 }

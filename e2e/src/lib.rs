@@ -257,6 +257,39 @@ pub async fn wait_admin_ready(
     .await
 }
 
+/// The bin directory a build script of the e2e crate prints last
+/// (`script`, relative to it, such as `hydra/build.sh`; a no-op when its
+/// cache is up to date), or the directory the variable `override_var`
+/// names. Progress goes to stderr.
+pub(crate) fn build_script_bin_dir(
+    script: &str,
+    override_var: &str,
+) -> Result<std::path::PathBuf, String> {
+    use std::path::{Path, PathBuf};
+    if let Some(dir) = std::env::var_os(override_var) {
+        return Ok(PathBuf::from(dir));
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(script);
+    let output = std::process::Command::new("bash")
+        .arg(&script)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| format!("running {}: {e}", script.display()))?;
+    if !output.status.success() {
+        return Err(format!(
+            "{} failed with {}",
+            script.display(),
+            output.status
+        ));
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    stdout
+        .lines()
+        .last()
+        .map(|line| PathBuf::from(line.trim()))
+        .ok_or_else(|| format!("{} printed no bin directory", script.display()))
+}
+
 /// Builds the binary of workspace package `package` (a no-op when up to
 /// date, in the same profile and target directory as the caller) and
 /// returns its path. For tests and the demo, which run ferry's binaries as
