@@ -257,6 +257,47 @@ pub async fn wait_admin_ready(
     .await
 }
 
+/// Posts the lease request `body` with `token` until the broker knows the
+/// pod and its Grant (401 and 403 mean "not yet"), and returns the first
+/// other answer.
+pub async fn issue_once_known(
+    broker: &https_client::HttpsClient,
+    token: &str,
+    body: &[u8],
+) -> https_client::HttpsReply {
+    eventually(
+        "the broker to know the pod and its Grant",
+        std::time::Duration::from_secs(60),
+        || async {
+            let reply = broker
+                .request("POST", "/v1/leases", Some(token), body)
+                .await
+                .ok()?;
+            (!matches!(reply.status, 401 | 403)).then_some(reply)
+        },
+    )
+    .await
+}
+
+/// The file `name` of a lease in the broker's JSON, decoded (UTF-8).
+pub fn lease_file(lease: &serde_json::Value, name: &str) -> String {
+    use base64::Engine as _;
+    let encoded = lease["files"][name].as_str().unwrap_or_default();
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .unwrap_or_default();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// The message of the broker's error answer `reply` (empty if none).
+pub fn error_message(reply: &https_client::HttpsReply) -> String {
+    reply
+        .json()
+        .ok()
+        .and_then(|body| body["error"]["message"].as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
 /// The bin directory a build script of the e2e crate prints last
 /// (`script`, relative to it, such as `hydra/build.sh`; a no-op when its
 /// cache is up to date), or the directory the variable `override_var`

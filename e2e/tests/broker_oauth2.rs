@@ -19,9 +19,9 @@ use ferry_api::testing::{self, secret_access};
 use ferry_broker::auth::ReviewLimits;
 use ferry_broker::lease_id::LeaseKeys;
 use ferry_e2e::https_client::{HttpsClient, HttpsReply};
-use ferry_e2e::{ClientSpec, Hydra, HydraOptions};
 use ferry_e2e::{
-    Cluster, LEASE_KEY, RunningBroker, Tenant, World, captured_logs, eventually, grant,
+    ClientSpec, Cluster, Hydra, HydraOptions, LEASE_KEY, RunningBroker, Tenant, World,
+    captured_logs, error_message, eventually, grant, issue_once_known, lease_file,
 };
 use ferry_runtime::serving::ServingLimits;
 use futures::future::join_all;
@@ -120,38 +120,9 @@ fn request(namespace: &str, name: &str, scopes: Option<&[&str]>) -> Vec<u8> {
     serde_json::to_vec(&json!({"secrets": [asked]})).unwrap()
 }
 
-/// Posts `body` until the broker knows the pod and its Grant (401/403 then
-/// mean "not yet"), and returns the first other answer.
-async fn issue(broker: &HttpsClient, token: &str, body: &[u8]) -> HttpsReply {
-    eventually("the broker to know the pod and its Grant", WAIT, || async {
-        let reply = broker
-            .request("POST", "/v1/leases", Some(token), body)
-            .await
-            .unwrap();
-        (!matches!(reply.status, 401 | 403)).then_some(reply)
-    })
-    .await
-}
-
 fn lease_of(reply: &HttpsReply) -> Value {
     assert_eq!(reply.status, 200, "{:?}", reply.json());
     reply.json().unwrap()["leases"][0].clone()
-}
-
-fn file(lease: &Value, name: &str) -> String {
-    String::from_utf8(
-        BASE64
-            .decode(lease["files"][name].as_str().unwrap())
-            .unwrap(),
-    )
-    .unwrap()
-}
-
-fn message(reply: &HttpsReply) -> String {
-    reply.json().unwrap()["error"]["message"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
 }
 
 #[tokio::test]
@@ -168,7 +139,8 @@ async fn a_pod_gets_an_access_token_the_server_narrowed_renewed_and_revoked_upst
     let broker = world().await.broker.client().unwrap();
     let (_, token) = tenant.pod("api", "checkout").await.unwrap();
 
-    let lease = lease_of(&issue(&broker, &token, &request(&tenant.owner, "crm", None)).await);
+    let lease =
+        lease_of(&issue_once_known(&broker, &token, &request(&tenant.owner, "crm", None)).await);
     let mut names: Vec<&str> = lease["files"]
         .as_object()
         .unwrap()
@@ -177,8 +149,8 @@ async fn a_pod_gets_an_access_token_the_server_narrowed_renewed_and_revoked_upst
         .collect();
     names.sort_unstable();
     assert_eq!(names, ["access_token", "expires_at", "token_type"]);
-    assert_eq!(file(&lease, "token_type").to_lowercase(), "bearer");
-    let access_token = file(&lease, "access_token");
+    assert_eq!(lease_file(&lease, "token_type").to_lowercase(), "bearer");
+    let access_token = lease_file(&lease, "access_token");
     let introspected = hydra.introspect(&access_token).await.unwrap();
     assert_eq!(introspected["active"], true, "{introspected}");
     assert_eq!(introspected["client_id"], "crm-app");
@@ -188,7 +160,8 @@ async fn a_pod_gets_an_access_token_the_server_narrowed_renewed_and_revoked_upst
     );
     assert_eq!(introspected["aud"], json!([AUDIENCE]));
     // The lease ends no later than the token.
-    let token_expires: k8s_openapi::jiff::Timestamp = file(&lease, "expires_at").parse().unwrap();
+    let token_expires: k8s_openapi::jiff::Timestamp =
+        lease_file(&lease, "expires_at").parse().unwrap();
     // Counted from when it was asked for: at most a second early.
     let exp = introspected["exp"].as_i64().unwrap();
     assert!(
@@ -223,7 +196,7 @@ async fn a_pod_gets_an_access_token_the_server_narrowed_renewed_and_revoked_upst
         .await
         .unwrap();
     let renewed = lease_of(&renewed);
-    let fresh = file(&renewed, "access_token");
+    let fresh = lease_file(&renewed, "access_token");
     assert_ne!(fresh, access_token);
     assert_eq!(hydra.introspect(&fresh).await.unwrap()["active"], true);
 
@@ -330,9 +303,11 @@ async fn client_secret_post_and_a_private_key_jwt_authenticate_the_client_too() 
     let broker = world().await.broker.client().unwrap();
     let (_, token) = tenant.pod("api", "checkout").await.unwrap();
     for (secret, client) in [("crm-post", "crm-post"), ("crm-jwt", "crm-jwt")] {
-        let lease = lease_of(&issue(&broker, &token, &request(&tenant.owner, secret, None)).await);
+        let lease = lease_of(
+            &issue_once_known(&broker, &token, &request(&tenant.owner, secret, None)).await,
+        );
         let introspected = hydra
-            .introspect(&file(&lease, "access_token"))
+            .introspect(&lease_file(&lease, "access_token"))
             .await
             .unwrap();
         assert_eq!(introspected["active"], true, "{secret}: {introspected}");
@@ -387,7 +362,7 @@ async fn shared_tokens_make_one_upstream_call_per_scope_set_for_fifty_pods_start
         tokens.push(token);
     }
     // Every pod known and granted before the burst.
-    issue(
+    issue_once_known(
         &broker,
         &tokens[49],
         &request(&tenant.owner, "crm-own", None),
@@ -411,7 +386,7 @@ async fn shared_tokens_make_one_upstream_call_per_scope_set_for_fifty_pods_start
     let coalesced = token_requests(&broker_process) - before;
     let mut issued_tokens = std::collections::BTreeSet::new();
     for reply in &shared {
-        issued_tokens.insert(file(&lease_of(reply), "access_token"));
+        issued_tokens.insert(lease_file(&lease_of(reply), "access_token"));
     }
     assert_eq!(
         (coalesced, issued_tokens.len()),
@@ -560,9 +535,9 @@ async fn a_person_consents_once_and_the_broker_holds_the_refresh_token() {
     let broker = world().await.broker.client().unwrap();
     let (_, token) = tenant.pod("api", "checkout").await.unwrap();
     let body = request(&tenant.owner, "crm-delegated", None);
-    let lease = lease_of(&issue(&broker, &token, &body).await);
+    let lease = lease_of(&issue_once_known(&broker, &token, &body).await);
     let introspected = hydra
-        .introspect(&file(&lease, "access_token"))
+        .introspect(&lease_file(&lease, "access_token"))
         .await
         .unwrap();
     assert_eq!(introspected["active"], true, "{introspected}");
@@ -582,15 +557,17 @@ async fn a_person_consents_once_and_the_broker_holds_the_refresh_token() {
             .await
             .unwrap();
         // Not yet known: 401, or 403 for the missing Grant.
-        message(&reply).contains("granted scopes").then_some(reply)
+        error_message(&reply)
+            .contains("granted scopes")
+            .then_some(reply)
     })
     .await;
     assert_eq!(refused.status, 403, "{:?}", refused.json());
     assert!(
-        message(&refused)
+        error_message(&refused)
             .contains(r#"granted scopes ["contacts.write"] beyond the lease's ["contacts.read"]"#),
         "{}",
-        message(&refused)
+        error_message(&refused)
     );
 }
 
@@ -648,7 +625,7 @@ async fn a_rotating_refresh_token_is_spent_once_at_a_time_by_two_racing_broker_r
     let body = request(&tenant.owner, "crm-delegated", None);
     // Pod i asks replica i % 2; each knows its pods and their Grant.
     for (index, token) in tokens.iter().enumerate() {
-        lease_of(&issue(&clients[index % 2], token, &body).await);
+        lease_of(&issue_once_known(&clients[index % 2], token, &body).await);
     }
     let spent = || replicas.iter().map(token_requests).sum::<u64>();
     let before = spent();
@@ -672,7 +649,7 @@ async fn a_rotating_refresh_token_is_spent_once_at_a_time_by_two_racing_broker_r
         .await;
         let issued: std::collections::BTreeSet<String> = replies
             .iter()
-            .map(|reply| file(&lease_of(reply), "access_token"))
+            .map(|reply| lease_file(&lease_of(reply), "access_token"))
             .collect();
         assert_eq!(
             issued.len(),
@@ -722,8 +699,9 @@ async fn a_pods_token_is_revoked_upstream_when_the_pod_goes_away_without_revokin
     tenant.grant("checkout", &["crm"]).await.unwrap();
     let broker = world().await.broker.client().unwrap();
     let (_, token) = tenant.pod("api", "checkout").await.unwrap();
-    let lease = lease_of(&issue(&broker, &token, &request(&tenant.owner, "crm", None)).await);
-    let access_token = file(&lease, "access_token");
+    let lease =
+        lease_of(&issue_once_known(&broker, &token, &request(&tenant.owner, "crm", None)).await);
+    let access_token = lease_file(&lease, "access_token");
     assert_eq!(
         hydra.introspect(&access_token).await.unwrap()["active"],
         true
@@ -781,16 +759,16 @@ async fn a_server_that_is_down_or_refuses_is_named_and_the_token_already_out_kee
     let broker = world().await.broker.client().unwrap();
     let (_, token) = tenant.pod("api", "checkout").await.unwrap();
 
-    let wrong = issue(&broker, &token, &request(&tenant.owner, "crm-wrong", None)).await;
+    let wrong = issue_once_known(&broker, &token, &request(&tenant.owner, "crm-wrong", None)).await;
     assert_eq!(wrong.status, 400, "{:?}", wrong.json());
     assert_eq!(
-        message(&wrong),
+        error_message(&wrong),
         format!(
             "token endpoint {} refused the request: 401 invalid_client",
             hydra.token_url()
         )
     );
-    let nowhere = issue(
+    let nowhere = issue_once_known(
         &broker,
         &token,
         &request(&tenant.owner, "crm-nowhere", None),
@@ -798,12 +776,12 @@ async fn a_server_that_is_down_or_refuses_is_named_and_the_token_already_out_kee
     .await;
     assert_eq!(nowhere.status, 503, "{:?}", nowhere.json());
     assert!(
-        message(&nowhere).starts_with(&format!("{closed_url}: cannot connect")),
+        error_message(&nowhere).starts_with(&format!("{closed_url}: cannot connect")),
         "{}",
-        message(&nowhere)
+        error_message(&nowhere)
     );
 
-    let untrusted = issue(
+    let untrusted = issue_once_known(
         &broker,
         &token,
         &request(&tenant.owner, "crm-untrusted", None),
@@ -811,13 +789,14 @@ async fn a_server_that_is_down_or_refuses_is_named_and_the_token_already_out_kee
     .await;
     assert_eq!(untrusted.status, 503, "{:?}", untrusted.json());
     assert!(
-        message(&untrusted).contains("TLS handshake failed"),
+        error_message(&untrusted).contains("TLS handshake failed"),
         "{}",
-        message(&untrusted)
+        error_message(&untrusted)
     );
 
-    let lease = lease_of(&issue(&broker, &token, &request(&tenant.owner, "crm", None)).await);
-    let access_token = file(&lease, "access_token");
+    let lease =
+        lease_of(&issue_once_known(&broker, &token, &request(&tenant.owner, "crm", None)).await);
+    let access_token = lease_file(&lease, "access_token");
     hydra.pause().unwrap();
     let id = lease["id"].as_str().unwrap();
     let renewal = broker
@@ -831,9 +810,9 @@ async fn a_server_that_is_down_or_refuses_is_named_and_the_token_already_out_kee
         .unwrap();
     assert_eq!(renewal.status, 503, "{:?}", renewal.json());
     assert!(
-        message(&renewal).contains("did not answer within"),
+        error_message(&renewal).contains("did not answer within"),
         "{}",
-        message(&renewal)
+        error_message(&renewal)
     );
     hydra.resume().unwrap();
     assert_eq!(

@@ -16,11 +16,11 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use ferry_api::testing::{self, secret_access};
 use ferry_contract::BROKERABLE_LABEL;
 use ferry_contract::READY_MARKER;
-use ferry_e2e::https_client::{HttpsClient, HttpsReply};
 use ferry_e2e::pki::Authority;
 use ferry_e2e::sidecar_process::{SidecarProcess, SidecarSpec};
 use ferry_e2e::{
-    Postgres, Tenant, World, audit_lines, create_object, eventually, grant, postgres_bin_dir,
+    Postgres, Tenant, World, audit_lines, create_object, error_message, eventually, grant,
+    issue_once_known, lease_file, postgres_bin_dir,
 };
 use ferry_sidecar::csr::{self, KeyAlgorithm, KeyAndCsr};
 use k8s_openapi::api::core::v1::Secret;
@@ -128,35 +128,6 @@ fn request(namespace: &str, name: &str, csr: Option<&KeyAndCsr>, ttl: Option<&st
     serde_json::to_vec(&json!({"secrets": [asked]})).unwrap()
 }
 
-/// Posts `body` until the broker knows the pod and its Grant (401/403 then
-/// mean "not yet"), and returns the first other answer.
-async fn issue(broker: &HttpsClient, token: &str, body: &[u8]) -> HttpsReply {
-    eventually("the broker to know the pod and its Grant", WAIT, || async {
-        let reply = broker
-            .request("POST", "/v1/leases", Some(token), body)
-            .await
-            .unwrap();
-        (!matches!(reply.status, 401 | 403)).then_some(reply)
-    })
-    .await
-}
-
-fn file(lease: &Value, name: &str) -> String {
-    String::from_utf8(
-        BASE64
-            .decode(lease["files"][name].as_str().unwrap())
-            .unwrap(),
-    )
-    .unwrap()
-}
-
-fn message(reply: &HttpsReply) -> String {
-    reply.json().unwrap()["error"]["message"]
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
-
 /// The certificates of a PEM bundle, DER.
 fn certificates(pem: &str) -> Vec<Vec<u8>> {
     use rustls::pki_types::CertificateDer;
@@ -197,8 +168,8 @@ fn psql_as(
 /// Writes a lease's files and the pod's key as the sidecar would.
 fn write_files(dir: &Path, lease: &Value, key: &KeyAndCsr) {
     use std::os::unix::fs::PermissionsExt as _;
-    std::fs::write(dir.join("tls.crt"), file(lease, "tls.crt")).unwrap();
-    std::fs::write(dir.join("ca.crt"), file(lease, "ca.crt")).unwrap();
+    std::fs::write(dir.join("tls.crt"), lease_file(lease, "tls.crt")).unwrap();
+    std::fs::write(dir.join("ca.crt"), lease_file(lease, "ca.crt")).unwrap();
     let key_path = dir.join("tls.key");
     std::fs::write(&key_path, key.key_pem.as_bytes()).unwrap();
     std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
@@ -213,7 +184,7 @@ async fn a_pods_own_key_gets_a_certificate_that_logs_into_postgresql_as_its_role
     let secrets = tenant.owner.clone();
 
     // Without a CSR: the key to make, and nothing issued.
-    let asked = issue(
+    let asked = issue_once_known(
         &broker,
         &token,
         &request(&secrets, "client-cert", None, None),
@@ -226,7 +197,7 @@ async fn a_pods_own_key_gets_a_certificate_that_logs_into_postgresql_as_its_role
     );
 
     let key = csr::generate(KeyAlgorithm::EcdsaP256).unwrap();
-    let issued = issue(
+    let issued = issue_once_known(
         &broker,
         &token,
         &request(&secrets, "client-cert", Some(&key), None),
@@ -246,8 +217,8 @@ async fn a_pods_own_key_gets_a_certificate_that_logs_into_postgresql_as_its_role
         ["ca.crt", "tls.crt"],
         "the key never comes from the broker"
     );
-    assert_eq!(file(&lease, "ca.crt"), ca.0);
-    let chain = certificates(&file(&lease, "tls.crt"));
+    assert_eq!(lease_file(&lease, "ca.crt"), ca.0);
+    let chain = certificates(&lease_file(&lease, "tls.crt"));
     assert_eq!(
         chain.len(),
         1,
@@ -336,7 +307,10 @@ async fn a_pods_own_key_gets_a_certificate_that_logs_into_postgresql_as_its_role
         .unwrap();
     assert_eq!(renewed.status, 200, "{:?}", renewed.json());
     let renewed = renewed.json().unwrap()["leases"][0].clone();
-    assert_ne!(file(&renewed, "tls.crt"), file(&lease, "tls.crt"));
+    assert_ne!(
+        lease_file(&renewed, "tls.crt"),
+        lease_file(&lease, "tls.crt")
+    );
     let renewed_files = tempfile::tempdir().unwrap();
     write_files(renewed_files.path(), &renewed, &renewal_key);
     assert_eq!(
@@ -355,11 +329,15 @@ async fn a_pods_own_key_gets_a_certificate_that_logs_into_postgresql_as_its_role
         .await
         .unwrap();
     assert_eq!(bare.status, 400);
-    assert!(message(&bare).contains("send a CSR"), "{}", message(&bare));
+    assert!(
+        error_message(&bare).contains("send a CSR"),
+        "{}",
+        error_message(&bare)
+    );
 
     // A short lease's certificate stops working when it expires.
     let short_key = csr::generate(KeyAlgorithm::EcdsaP256).unwrap();
-    let short = issue(
+    let short = issue_once_known(
         &broker,
         &token,
         &request(&secrets, "client-cert", Some(&short_key), Some("10s")),
@@ -388,7 +366,7 @@ async fn bad_csrs_and_bad_cas_are_refused_by_name() {
     let secrets = tenant.owner.clone();
     // Once the broker knows the pod (422: keys required), every answer is
     // the refusal itself.
-    issue(
+    issue_once_known(
         &broker,
         &token,
         &request(&secrets, "client-cert", None, None),
@@ -401,7 +379,7 @@ async fn bad_csrs_and_bad_cas_are_refused_by_name() {
                 .request("POST", "/v1/leases", Some(token), &body)
                 .await
                 .unwrap();
-            (reply.status, message(&reply))
+            (reply.status, error_message(&reply))
         }
     };
     let good = csr::generate(KeyAlgorithm::EcdsaP256).unwrap();
@@ -490,7 +468,7 @@ async fn the_sidecar_makes_the_key_writes_all_three_files_and_rotates_the_key_at
     let owner = tenant.owner.clone();
     // A real sidecar starts long after its pod is created: wait until the
     // broker knows the pod (its answer is then 422, keys required).
-    issue(&broker, &token, &request(&owner, "short-cert", None, None)).await;
+    issue_once_known(&broker, &token, &request(&owner, "short-cert", None, None)).await;
 
     let cluster = ferry_e2e::Cluster::shared().await.unwrap();
     let sidecar = SidecarProcess::start(&SidecarSpec {
