@@ -45,9 +45,21 @@ pub const POLICY_FINALIZER: &str = "ferry.dev/grants";
 /// How often an unchanged object is looked at again anyway.
 const RESYNC: Duration = Duration::from_secs(600);
 
-/// How soon a BrokeredSecret whose references do not resolve is rechecked
-/// (Secrets are not watched: the operator only `get`s the ones named).
-const UNRESOLVED_RECHECK: Duration = Duration::from_secs(20);
+/// How soon a BrokeredSecret whose references do not resolve is rechecked,
+/// at first and at most. Secrets are not watched (the operator may only
+/// `get` the ones named, never list them), so an owner who creates or
+/// labels the Secret just after the BrokeredSecret is seen within seconds;
+/// one left unresolved for long is looked at less often (see
+/// [`unresolved_recheck`]).
+const UNRESOLVED_RECHECK_FIRST: Duration = Duration::from_secs(2);
+const UNRESOLVED_RECHECK_MAX: Duration = Duration::from_secs(30);
+
+/// When to look again at a BrokeredSecret unresolved for `unresolved_for`:
+/// an eighth of that, between [`UNRESOLVED_RECHECK_FIRST`] and
+/// [`UNRESOLVED_RECHECK_MAX`].
+fn unresolved_recheck(unresolved_for: Duration) -> Duration {
+    (unresolved_for / 8).clamp(UNRESOLVED_RECHECK_FIRST, UNRESOLVED_RECHECK_MAX)
+}
 
 /// How soon a failed reconcile is retried.
 const RETRY: Duration = Duration::from_secs(10);
@@ -413,6 +425,15 @@ fn lost_write_race(error: &ReconcileError) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unresolved_secret_is_rechecked_soon_at_first_then_less_often() {
+        let secs = Duration::from_secs;
+        assert_eq!(unresolved_recheck(secs(0)), secs(2));
+        assert_eq!(unresolved_recheck(secs(16)), secs(2));
+        assert_eq!(unresolved_recheck(secs(80)), secs(10));
+        assert_eq!(unresolved_recheck(secs(3600)), secs(30));
+    }
 
     #[test]
     fn only_a_failed_finalizer_precondition_counts_as_a_lost_write_race() {

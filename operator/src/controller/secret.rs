@@ -3,15 +3,17 @@
 //! write it as the `Ready` condition.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 
 use super::status::{ready_condition, write_status};
-use super::{Context, RESYNC, ReconcileError, UNRESOLVED_RECHECK};
+use super::{Context, RESYNC, ReconcileError, unresolved_recheck};
 use ferry_api::checks::{self, Reference};
 use ferry_api::confinement::{Refusal, SecretUse, brokerable_for};
 use ferry_api::resources::{BrokeredSecret, BrokeredSecretStatus};
@@ -93,6 +95,8 @@ pub(super) async fn reconcile_secret(
     Ok(Action::requeue(if verdict.ready {
         RESYNC
     } else {
-        UNRESOLVED_RECHECK
+        // A transition time ahead of this clock counts as just now.
+        let since = Timestamp::now().duration_since(ready.last_transition_time.0);
+        unresolved_recheck(Duration::try_from(since).unwrap_or_default())
     }))
 }
