@@ -356,6 +356,8 @@ impl KeyAlgorithm {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new(on_durations(&["self.minRemainingLifetime"], "duration(self.minRemainingLifetime) <= duration('1h')")).message("minRemainingLifetime must be at most 1h"))]
 #[x_kube(validation = Rule::new("!has(self.grant) || self.grant != 'RefreshToken' || (has(self.tokenSharing) && self.tokenSharing == 'Shared')").message("grant RefreshToken makes one access token at a time (a refresh revokes the previous one on servers such as Hydra): set tokenSharing: Shared"))]
+#[x_kube(validation = Rule::new("!has(self.grant) || self.grant != 'TokenExchange' || !has(self.tokenSharing) || self.tokenSharing == 'PerLease'").message("grant TokenExchange gets a token naming one pod: it cannot be shared (set tokenSharing: PerLease)"))]
+#[x_kube(validation = Rule::new("(has(self.grant) && self.grant == 'TokenExchange') == has(self.tokenExchange)").message("tokenExchange is set exactly when grant is TokenExchange"))]
 pub struct OAuth2Source {
     /// The token endpoint, an `https://` URL.
     #[schemars(regex(pattern = HTTPS_URL_PATTERN), length(max = 2048))]
@@ -392,6 +394,10 @@ pub struct OAuth2Source {
     /// How the broker obtains a token.
     #[serde(default)]
     pub grant: OAuth2Grant,
+    /// The subject token the broker presents for the `TokenExchange`
+    /// grant; set exactly with that grant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_exchange: Option<TokenExchange>,
     /// The scopes a token may carry; a policy may narrow them. Each token
     /// request asks for exactly the lease's scopes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -461,6 +467,24 @@ pub enum OAuth2Grant {
     /// policy that narrows them gets refused where the server does not
     /// narrow refreshed tokens).
     RefreshToken,
+    /// The pod's own delegated access (RFC 8693 token exchange): the
+    /// broker presents a JWT it signs naming the pod (`sub`
+    /// `system:serviceaccount:<namespace>:<name>`, `pod_uid`), which the
+    /// server trusts through the broker's JWKS, and gets a token for that
+    /// pod. Needs `tokenExchange`; tokens are never shared.
+    TokenExchange,
+}
+
+/// The subject token of an RFC 8693 exchange: a JWT the broker signs
+/// (ES256, the keys of its JWKS at `/v1/jwks`, `iss` the broker's issuer)
+/// naming the pod, valid for a minute, for the server alone.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenExchange {
+    /// The subject token's `aud`: what the authorization server expects
+    /// (often its issuer URL), so no other party accepts the token.
+    #[schemars(length(min = 1, max = 253))]
+    pub subject_token_audience: String,
 }
 
 /// Whether pods share access tokens.

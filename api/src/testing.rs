@@ -176,6 +176,7 @@ impl BrokeredSecretBuilder {
                 ca_key: None,
                 client_authentication: ClientAuthentication::default(),
                 grant: OAuth2Grant::default(),
+                token_exchange: None,
                 scopes: Vec::new(),
                 audience: strings(audience),
                 token_sharing: TokenSharing::default(),

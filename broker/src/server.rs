@@ -329,6 +329,7 @@ pub async fn serve(
             x509: X509Provider::new(Arc::clone(&secret_reader)),
             oauth2: OAuth2Provider::new(
                 Arc::clone(&secret_reader),
+                options.jwt.identity_tokens(),
                 Custody::new(
                     client.clone(),
                     &ferry_runtime::leader::default_identity(),

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use ferry_api::resources::{AccessPolicy, BrokeredSecret, Grant, JwtAlgorithm};
+use ferry_api::resources::{AccessPolicy, BrokeredSecret, Grant, JwtAlgorithm, TokenSharing};
 use ferry_e2e::{Cluster, eventually, install_crds};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
@@ -168,6 +168,16 @@ async fn valid_objects_of_each_kind_are_accepted_with_defaults_applied() {
                 }},
             }),
         ),
+        secret(
+            "crm-for-the-pod",
+            json!({"source": {"oauth2": {
+                "tokenUrl": "https://idp.example/token",
+                "credentialsSecretName": "crm-client",
+                "grant": "TokenExchange",
+                "tokenExchange": {"subjectTokenAudience": "https://idp.example"},
+                "scopes": ["contacts:read"],
+            }}}),
+        ),
         // An explicit null is the same as leaving a source out.
         secret(
             "legacy-api-key",
@@ -219,6 +229,18 @@ async fn valid_objects_of_each_kind_are_accepted_with_defaults_applied() {
     let jwt = token.spec.source.jwt.unwrap();
     assert_eq!(jwt.algorithm, JwtAlgorithm::ES256);
     assert_eq!(jwt.claims["team"], "payments");
+
+    let crm = secrets.get("crm-for-the-pod").await.unwrap();
+    let oauth2 = crm.spec.source.oauth2.unwrap();
+    assert_eq!(
+        (oauth2.token_sharing, oauth2.requests_per_minute),
+        (TokenSharing::PerLease, 600),
+        "defaults applied"
+    );
+    assert_eq!(
+        oauth2.token_exchange.unwrap().subject_token_audience,
+        "https://idp.example"
+    );
 
     let legacy = secrets.get("legacy-api-key").await.unwrap();
     assert_eq!(
@@ -352,6 +374,46 @@ async fn invalid_objects_are_refused_with_a_message_naming_the_problem() {
             ),
             "spec.source.jwt.algorithm",
             r#"Unsupported value: "HS256""#,
+        ),
+        (
+            secret(
+                "oauth2-http",
+                json!({"source": {"oauth2": {"tokenUrl": "http://idp.example/token", "credentialsSecretName": "crm"}}}),
+            ),
+            "spec.source.oauth2.tokenUrl",
+            "should match '^https://",
+        ),
+        (
+            secret(
+                "oauth2-refresh-per-lease",
+                json!({"source": {"oauth2": {"tokenUrl": "https://idp.example/token", "credentialsSecretName": "crm", "grant": "RefreshToken"}}}),
+            ),
+            "spec.source.oauth2",
+            "grant RefreshToken makes one access token at a time",
+        ),
+        (
+            secret(
+                "oauth2-exchange-shared",
+                json!({"source": {"oauth2": {"tokenUrl": "https://idp.example/token", "credentialsSecretName": "crm", "grant": "TokenExchange", "tokenExchange": {"subjectTokenAudience": "https://idp.example"}, "tokenSharing": "Shared"}}}),
+            ),
+            "spec.source.oauth2",
+            "grant TokenExchange gets a token naming one pod: it cannot be shared",
+        ),
+        (
+            secret(
+                "oauth2-exchange-without-audience",
+                json!({"source": {"oauth2": {"tokenUrl": "https://idp.example/token", "credentialsSecretName": "crm", "grant": "TokenExchange"}}}),
+            ),
+            "spec.source.oauth2",
+            "tokenExchange is set exactly when grant is TokenExchange",
+        ),
+        (
+            secret(
+                "oauth2-exchange-stray",
+                json!({"source": {"oauth2": {"tokenUrl": "https://idp.example/token", "credentialsSecretName": "crm", "tokenExchange": {"subjectTokenAudience": "https://idp.example"}}}}),
+            ),
+            "spec.source.oauth2",
+            "tokenExchange is set exactly when grant is TokenExchange",
         ),
         (
             policy(

@@ -24,6 +24,7 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use super::{IssueRequest, Issued, Provider, ProviderError};
+use crate::auth::PodIdentity;
 use crate::lease_id::LeaseClaims;
 use ferry_api::resources::JwtAlgorithm;
 
@@ -288,6 +289,15 @@ impl JwtProvider {
         self.keys.clone()
     }
 
+    /// What mints identity tokens with these keys and this issuer.
+    pub fn identity_tokens(&self) -> IdentityTokens {
+        IdentityTokens {
+            issuer: self.issuer.clone(),
+            keys: self.keys.clone(),
+            rng: SystemRandom::new(),
+        }
+    }
+
     /// The default `iss`.
     pub fn issuer(&self) -> &str {
         &self.issuer
@@ -329,20 +339,7 @@ impl JwtProvider {
             .jwt
             .as_ref()
             .ok_or_else(|| ProviderError::Invalid("not a jwt BrokeredSecret".into()))?;
-        let keys = self.keys.load();
-        let key = &keys
-            .get(source.algorithm)
-            .ok_or_else(|| {
-                ProviderError::Invalid(format!(
-                    "this broker has no {} signing key",
-                    jose_name(source.algorithm)
-                ))
-            })?
-            .signing;
-        let mut jti = [0u8; 16];
-        self.rng
-            .fill(&mut jti)
-            .map_err(|_| ProviderError::Unavailable("the OS random source failed".into()))?;
+        let jti = random_jti(&self.rng)?;
         let secret_namespace = request
             .secret
             .metadata
@@ -376,30 +373,110 @@ impl JwtProvider {
             ("iat".to_owned(), json!(now)),
             ("nbf".to_owned(), json!(now)),
             ("exp".to_owned(), json!(request.expires_at)),
-            ("jti".to_owned(), json!(BASE64URL.encode(jti))),
+            ("jti".to_owned(), json!(jti)),
             ("pod_uid".to_owned(), json!(request.pod.pod_uid)),
             (
                 ferry_contract::SECRET_CLAIM.to_owned(),
                 json!(format!("{secret_namespace}/{secret_name}")),
             ),
         ]);
-        let header = Header {
-            alg: jose_name(source.algorithm),
-            typ: "JWT",
-            kid: key.kid(),
-        };
-        // Structs of strings and numbers always serialise.
-        let header = serde_json::to_vec(&header).unwrap_or_default();
-        let claims = serde_json::to_vec(&claims).unwrap_or_default();
-        let signing_input = format!("{}.{}", BASE64URL.encode(header), BASE64URL.encode(claims));
-        let signature = key.sign(&self.rng, signing_input.as_bytes())?;
-        let token = format!("{signing_input}.{}", BASE64URL.encode(signature));
+        let token = sign(&self.keys.load(), source.algorithm, &self.rng, &claims)?;
         Ok(Issued {
             files: BTreeMap::from([(TOKEN_FILE.to_owned(), Zeroizing::new(token.into_bytes()))]),
             handle: String::new(),
             variables: Default::default(),
             expires_at: None,
         })
+    }
+}
+
+/// A fresh `jti`: 128 random bits, base64url.
+fn random_jti(rng: &SystemRandom) -> Result<String, ProviderError> {
+    let mut jti = [0u8; 16];
+    rng.fill(&mut jti)
+        .map_err(|_| ProviderError::Unavailable("the OS random source failed".into()))?;
+    Ok(BASE64URL.encode(jti))
+}
+
+/// `claims` as a compact JWS signed by `algorithm`'s signing key.
+fn sign(
+    keys: &SigningKeys,
+    algorithm: JwtAlgorithm,
+    rng: &SystemRandom,
+    claims: &BTreeMap<String, Value>,
+) -> Result<String, ProviderError> {
+    let key = &keys
+        .get(algorithm)
+        .ok_or_else(|| {
+            ProviderError::Invalid(format!(
+                "this broker has no {} signing key",
+                jose_name(algorithm)
+            ))
+        })?
+        .signing;
+    let header = Header {
+        alg: jose_name(algorithm),
+        typ: "JWT",
+        kid: key.kid(),
+    };
+    // Structs of strings and numbers always serialise.
+    let header = serde_json::to_vec(&header).unwrap_or_default();
+    let claims = serde_json::to_vec(claims).unwrap_or_default();
+    let signing_input = format!("{}.{}", BASE64URL.encode(header), BASE64URL.encode(claims));
+    let signature = key.sign(rng, signing_input.as_bytes())?;
+    Ok(format!("{signing_input}.{}", BASE64URL.encode(signature)))
+}
+
+/// How long an identity token is valid: long enough for one exchange.
+pub const IDENTITY_TOKEN_LIFETIME: i64 = 60;
+
+/// Mints the JWTs that name a pod to an authorization server (the subject
+/// token of an RFC 8693 exchange), with the `jwt` provider's ES256 keys and
+/// issuer, so a server trusts them through the broker's JWKS.
+#[derive(Clone)]
+pub struct IdentityTokens {
+    issuer: String,
+    keys: JwtKeyHandle,
+    rng: SystemRandom,
+}
+
+impl std::fmt::Debug for IdentityTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdentityTokens")
+            .field("issuer", &self.issuer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl IdentityTokens {
+    /// A token naming `pod`, for `audience` alone, about BrokeredSecret
+    /// `secret` (`<namespace>/<name>`), valid [`IDENTITY_TOKEN_LIFETIME`]
+    /// from `now`: `iss`, `sub` (`system:serviceaccount:<ns>:<name>`),
+    /// `aud`, `iat`, `nbf`, `exp`, `jti`, `pod_uid`, `pod`
+    /// (`<namespace>/<name>`) and `ferry.dev/secret`.
+    pub fn mint(
+        &self,
+        pod: &PodIdentity,
+        audience: &str,
+        secret: &str,
+        now: i64,
+    ) -> Result<Zeroizing<String>, ProviderError> {
+        let claims = BTreeMap::from([
+            ("iss".to_owned(), json!(self.issuer)),
+            ("sub".to_owned(), json!(pod.subject())),
+            ("aud".to_owned(), json!(audience)),
+            ("iat".to_owned(), json!(now)),
+            ("nbf".to_owned(), json!(now)),
+            ("exp".to_owned(), json!(now + IDENTITY_TOKEN_LIFETIME)),
+            ("jti".to_owned(), json!(random_jti(&self.rng)?)),
+            ("pod_uid".to_owned(), json!(pod.pod_uid)),
+            (
+                "pod".to_owned(),
+                json!(format!("{}/{}", pod.namespace, pod.pod_name)),
+            ),
+            (ferry_contract::SECRET_CLAIM.to_owned(), json!(secret)),
+        ]);
+        sign(&self.keys.load(), JwtAlgorithm::ES256, &self.rng, &claims).map(Zeroizing::new)
     }
 }
 
@@ -522,6 +599,43 @@ mod tests {
         validation.set_audience(&["orders"]);
         validation.set_issuer(&["https://broker"]);
         jsonwebtoken::decode::<Value>(token, &key, &validation).map(|data| data.claims)
+    }
+
+    #[test]
+    fn an_identity_token_names_the_pod_for_one_audience_and_a_minute() {
+        let provider = JwtProvider::with_keys("https://broker", keys_for_both(0));
+        let pod = PodIdentity {
+            namespace: "shop".into(),
+            service_account: "checkout".into(),
+            pod_name: "api".into(),
+            pod_uid: "uid-1".into(),
+            terminating: false,
+        };
+        let now = Timestamp::now().as_second();
+        let token = provider
+            .identity_tokens()
+            .mint(&pod, "orders", "payments/crm", now)
+            .unwrap();
+        let claims = verify(&provider.jwks(), &token).unwrap();
+        assert_eq!(claims["sub"], "system:serviceaccount:shop:checkout");
+        assert_eq!(claims["aud"], "orders");
+        assert_eq!(claims["pod"], "shop/api");
+        assert_eq!(claims["pod_uid"], "uid-1");
+        assert_eq!(claims[ferry_contract::SECRET_CLAIM], "payments/crm");
+        assert_eq!(claims["exp"], now + IDENTITY_TOKEN_LIFETIME);
+        assert_eq!(
+            jsonwebtoken::decode_header(&token).unwrap().alg,
+            Algorithm::ES256
+        );
+        let other = provider
+            .identity_tokens()
+            .mint(&pod, "orders", "payments/crm", now)
+            .unwrap();
+        assert_ne!(
+            verify(&provider.jwks(), &other).unwrap()["jti"],
+            claims["jti"],
+            "every token has its own jti"
+        );
     }
 
     #[test]

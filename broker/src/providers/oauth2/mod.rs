@@ -1,9 +1,11 @@
 //! `oauth2`: access tokens for a third-party API, acquired by the broker
 //! from the API's authorization server with credentials only the broker
 //! holds (a client secret, an assertion-signing key, a refresh token in
-//! custody). A pod gets the access token alone, narrowed to its lease's
-//! scopes and audiences: those are the token request's parameters, so the
-//! server itself issues the narrower token.
+//! custody), or on the pod's own behalf (RFC 8693 token exchange: the
+//! broker presents a JWT naming the pod, signed with its JWKS keys). A pod
+//! gets the access token alone, narrowed to its lease's scopes and
+//! audiences: those are the token request's parameters, so the server
+//! itself issues the narrower token.
 //!
 //! Upstream load is bounded three ways: a per-BrokeredSecret rate limit
 //! (`requestsPerMinute`), a pause when the server answers 429 or 5xx (as
@@ -40,6 +42,7 @@ use zeroize::Zeroizing;
 use self::custody::Custody;
 use self::token::{Client, Refused, Token};
 use self::upstream::{Endpoint, Form};
+use super::jwt::IdentityTokens;
 use super::secret_reader::SecretReader;
 use super::{Files, IssueRequest, Issued, Provider, ProviderError, ReapContext, Reaped};
 use crate::lease_id::LeaseClaims;
@@ -92,6 +95,7 @@ type SharedKey = (String, String, Vec<String>, Vec<String>);
 /// The provider.
 pub struct OAuth2Provider {
     reader: Arc<SecretReader>,
+    identity: IdentityTokens,
     custody: Custody,
     seal: Seal,
     shared: Mutex<HashMap<SharedKey, Arc<SharedCell>>>,
@@ -210,17 +214,20 @@ struct Outstanding {
 }
 
 impl OAuth2Provider {
-    /// A provider reading credentials with `reader`, keeping refresh
-    /// tokens with `custody`, sealing handles with `seal`, counting its
-    /// token requests on `requests`.
+    /// A provider reading credentials with `reader`, naming pods to
+    /// servers with `identity` (token exchange), keeping refresh tokens
+    /// with `custody`, sealing handles with `seal`, counting its token
+    /// requests on `requests`.
     pub fn new(
         reader: Arc<SecretReader>,
+        identity: IdentityTokens,
         custody: Custody,
         seal: Seal,
         requests: IntCounter,
     ) -> Self {
         Self {
             reader,
+            identity,
             custody,
             seal,
             shared: Mutex::default(),
@@ -242,13 +249,24 @@ impl OAuth2Provider {
                 ProviderError::Invalid(format!("spec.source.oauth2.minRemainingLifetime: {error}"))
             })?;
         let terms = request.terms;
+        if source.grant == OAuth2Grant::TokenExchange
+            && source.token_sharing == TokenSharing::Shared
+        {
+            return Err(ProviderError::Invalid(
+                "spec.source.oauth2: a TokenExchange token names one pod and cannot be shared \
+                 (set tokenSharing: PerLease)"
+                    .into(),
+            ));
+        }
         if source.token_sharing == TokenSharing::Shared || source.grant == OAuth2Grant::RefreshToken
         {
             // A refresh token makes one access token at a time: asked for
             // with the secret's scopes, shared by every lease it covers.
             let (scopes, audience) = match source.grant {
                 OAuth2Grant::RefreshToken => (&source.scopes, &source.audience),
-                OAuth2Grant::ClientCredentials => (&terms.scopes, &terms.audience),
+                OAuth2Grant::ClientCredentials | OAuth2Grant::TokenExchange => {
+                    (&terms.scopes, &terms.audience)
+                }
             };
             let token = self
                 .shared_token(request.secret, source, scopes, audience, min_remaining)
@@ -264,6 +282,7 @@ impl OAuth2Provider {
                 &terms.scopes,
                 &terms.audience,
                 min_remaining,
+                Some(request),
             )
             .await?,
         );
@@ -347,7 +366,7 @@ impl OAuth2Provider {
         }
         let fetch = cell.fetches.fetch_add(1, Ordering::AcqRel) + 1;
         match self
-            .fetch(secret, source, scopes, audience, min_remaining)
+            .fetch(secret, source, scopes, audience, min_remaining, None)
             .await
         {
             Ok(token) => {
@@ -364,7 +383,8 @@ impl OAuth2Provider {
     }
 
     /// Asks the server for a token, within the secret's upstream budget
-    /// (for a refresh token: the one another replica stored, while fresh).
+    /// (for a refresh token: the one another replica stored, while fresh);
+    /// `lease` is the lease it is for, unless it is shared.
     async fn fetch(
         &self,
         secret: &BrokeredSecret,
@@ -372,6 +392,7 @@ impl OAuth2Provider {
         scopes: &[String],
         audience: &[String],
         min_remaining: i64,
+        lease: Option<IssueRequest<'_>>,
     ) -> Result<IssuedToken, ProviderError> {
         let (namespace, name) = (namespace_of(secret), name_of(secret));
         let endpoint = Endpoint::parse(&source.token_url, "spec.source.oauth2.tokenUrl")?;
@@ -392,7 +413,29 @@ impl OAuth2Provider {
                     .data(namespace, &source.credentials_secret_name)
                     .await
                 {
-                    Ok(data) => asked.request(&data, None).await,
+                    Ok(data) => {
+                        asked
+                            .request(&data, GrantParameters::ClientCredentials)
+                            .await
+                    }
+                    Err(error) => Err(Refused::Request(error)),
+                }
+            }
+            OAuth2Grant::TokenExchange => {
+                self.admit(namespace, name, source.requests_per_minute)
+                    .await?;
+                let subject_token = self.subject_token(secret, source, lease)?;
+                self.requests.inc();
+                match self
+                    .reader
+                    .data(namespace, &source.credentials_secret_name)
+                    .await
+                {
+                    Ok(data) => {
+                        asked
+                            .request(&data, GrantParameters::TokenExchange(&subject_token))
+                            .await
+                    }
                     Err(error) => Err(Refused::Request(error)),
                 }
             }
@@ -406,7 +449,9 @@ impl OAuth2Provider {
                         .await
                         .map_err(Refused::Request)?;
                     self.requests.inc();
-                    asked.request(&data, Some(&refresh_token)).await
+                    asked
+                        .request(&data, GrantParameters::RefreshToken(&refresh_token))
+                        .await
                 };
                 self.custody
                     .current_or_spend(
@@ -424,6 +469,28 @@ impl OAuth2Provider {
         }
         let token = result.map_err(|refused| refused.error().clone())?;
         Ok(IssuedToken::from_token(&token, scopes))
+    }
+
+    /// The JWT naming `lease`'s pod that a token exchange presents.
+    fn subject_token(
+        &self,
+        secret: &BrokeredSecret,
+        source: &OAuth2Source,
+        lease: Option<IssueRequest<'_>>,
+    ) -> Result<Zeroizing<String>, ProviderError> {
+        let (Some(exchange), Some(lease)) = (&source.token_exchange, lease) else {
+            return Err(ProviderError::Invalid(
+                "spec.source.oauth2: grant TokenExchange needs tokenExchange, and a token \
+                 of its own for each lease (tokenSharing: PerLease)"
+                    .into(),
+            ));
+        };
+        self.identity.mint(
+            lease.pod,
+            &exchange.subject_token_audience,
+            &format!("{}/{}", namespace_of(secret), name_of(secret)),
+            lease.now.as_second(),
+        )
     }
 
     /// Waits for the secret's rate limit (briefly) and refuses while the
@@ -602,18 +669,42 @@ struct TokenAsk<'a> {
     namespace: &'a str,
 }
 
+/// What a token request sends besides the scopes and audiences.
+#[derive(Clone, Copy)]
+enum GrantParameters<'a> {
+    /// The client's own access.
+    ClientCredentials,
+    /// The refresh token in custody.
+    RefreshToken(&'a [u8]),
+    /// An identity token naming the pod (RFC 8693).
+    TokenExchange(&'a str),
+}
+
+/// RFC 8693's grant type.
+const TOKEN_EXCHANGE_GRANT: &[u8] = b"urn:ietf:params:oauth:grant-type:token-exchange";
+
+/// RFC 8693's type of a JWT subject token.
+const JWT_TOKEN_TYPE: &[u8] = b"urn:ietf:params:oauth:token-type:jwt";
+
+/// RFC 8693's type of the access token asked for.
+const ACCESS_TOKEN_TYPE: &[u8] = b"urn:ietf:params:oauth:token-type:access_token";
+
 impl TokenAsk<'_> {
-    /// Asks with the client in `data`: `client_credentials`, or with
-    /// `refresh_token` the `refresh_token` grant.
-    async fn request(&self, data: &Files, refresh_token: Option<&[u8]>) -> Result<Token, Refused> {
+    /// Asks with the client in `data` for the grant `grant`.
+    async fn request(&self, data: &Files, grant: GrantParameters<'_>) -> Result<Token, Refused> {
         let client = client_of(self.source, self.namespace, data).map_err(Refused::Request)?;
         let tls = tls_for(self.source, data).map_err(Refused::Request)?;
         let mut form = Form::default();
-        match refresh_token {
-            None => form.add("grant_type", b"client_credentials"),
-            Some(refresh_token) => form
+        match grant {
+            GrantParameters::ClientCredentials => form.add("grant_type", b"client_credentials"),
+            GrantParameters::RefreshToken(refresh_token) => form
                 .add("grant_type", b"refresh_token")
                 .add("refresh_token", refresh_token),
+            GrantParameters::TokenExchange(subject_token) => form
+                .add("grant_type", TOKEN_EXCHANGE_GRANT)
+                .add("subject_token", subject_token.as_bytes())
+                .add("subject_token_type", JWT_TOKEN_TYPE)
+                .add("requested_token_type", ACCESS_TOKEN_TYPE),
         };
         if !self.scopes.is_empty() {
             form.add("scope", self.scopes.join(" ").as_bytes());
