@@ -51,11 +51,16 @@ const signingKey = { ...(await jose.exportJWK(privateKey)), alg: 'ES256', use: '
 
 const provider = new Provider(config.issuer, {
   clients: config.clients,
-  // The one key above is ES256; oidc-provider's default for clients is RS256.
-  clientDefaults: { id_token_signed_response_alg: 'ES256' },
   // No authorization endpoint flows: only client_credentials and the token
-  // exchange are offered.
+  // exchange are offered, so a client needs no redirect_uris and has no
+  // grant it was not given.
   responseTypes: [],
+  clientDefaults: {
+    grant_types: [],
+    response_types: [],
+    // The one key above is ES256; oidc-provider's default is RS256.
+    id_token_signed_response_alg: 'ES256',
+  },
   clientAuthMethods: ['client_secret_basic', 'client_secret_post', 'private_key_jwt'],
   jwks: { keys: [signingKey] },
   cookies: { keys: [randomBytes(32).toString('base64url')] },
@@ -271,7 +276,7 @@ function subjectTokenRefusal(error) {
  * `invalid_scope` otherwise. No scope asked, no scope given.
  */
 function allowedScope(client, requested) {
-  const asked = (requested ?? '').split(' ').filter(Boolean);
+  const asked = [...new Set((requested ?? '').split(' ').filter(Boolean))];
   const registered = new Set((client.scope ?? '').split(' ').filter(Boolean));
   const refused = asked.filter((scope) => !registered.has(scope));
   if (refused.length > 0) {
