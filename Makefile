@@ -8,10 +8,10 @@ SHELL := /bin/bash
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/ferry/target
 CARGO ?= cargo
 
-.PHONY: help demo test fuzz bench crds lint fmt controlplane postgres node hydra sidecar images images-check chart-lint
+.PHONY: help demo test fuzz bench crds lint fmt controlplane postgres node hydra oidc-provider sidecar images images-check chart-lint
 
 help: ## List the targets.
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 controlplane: ## Build etcd, kube-apiserver, kube-controller-manager, kubectl and helm from Go modules (cached).
 	@e2e/controlplane/build.sh >/dev/null
@@ -22,13 +22,16 @@ postgres: ## Install PostgreSQL's server binaries (apt) if missing; tests start 
 hydra: ## Build ory/hydra, the OAuth2 server the oauth2 tests run against, from Go modules (cached).
 	@e2e/hydra/build.sh >/dev/null
 
+oidc-provider: ## Install node-oidc-provider, the OAuth2 server the token-exchange tests run against, from npm (cached).
+	@e2e/oidc-provider/install.sh >/dev/null
+
 node: ## Install containerd, runc, busybox-static, postgresql-client (apt) and the musl Rust target if missing; tests start a private node.
 	@e2e/node/install.sh
 
 demo: controlplane postgres ## Run the local demo on a real control plane (DEMO_ARGS=--keep leaves it running).
 	$(CARGO) run --quiet -p ferry-e2e -- demo $(DEMO_ARGS)
 
-test: controlplane postgres node hydra ## Run every test: unit tests and end-to-end tests against the real control plane.
+test: controlplane postgres node hydra oidc-provider ## Run every test: unit tests and end-to-end tests against the real control plane.
 	$(CARGO) test --workspace --no-fail-fast
 
 # Cases per property in `make fuzz`; `make test` runs proptest's 256.

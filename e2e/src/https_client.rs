@@ -193,7 +193,8 @@ pub async fn send(
 }
 
 /// Sends one request with `headers` on `sender`; JSON unless they name
-/// another `content-type`.
+/// another `content-type`, to `Host: 127.0.0.1` unless they name another
+/// `host` (a server that builds its own URLs from it needs the port).
 pub async fn send_with_headers(
     sender: &mut SendRequest<Full<Bytes>>,
     method: &str,
@@ -204,12 +205,16 @@ pub async fn send_with_headers(
     let mut request = hyper::Request::builder()
         .method(method)
         .uri(path)
-        .header("host", "127.0.0.1")
         .header("content-length", body.len());
-    if !headers
-        .iter()
-        .any(|(name, _)| name.eq_ignore_ascii_case("content-type"))
-    {
+    let given = |header: &str| {
+        headers
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case(header))
+    };
+    if !given("host") {
+        request = request.header("host", "127.0.0.1");
+    }
+    if !given("content-type") {
         request = request.header("content-type", "application/json");
     }
     for (name, value) in headers {

@@ -21,6 +21,7 @@ mod kubelet;
 pub mod load;
 mod log_capture;
 mod node;
+pub mod oidc_provider;
 mod operator;
 pub mod pki;
 mod pod_network;
