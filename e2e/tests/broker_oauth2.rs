@@ -3,6 +3,8 @@
 //! client's credentials and the pod gets an access token alone, narrowed
 //! by the server itself (its introspection says so), renewed before it
 //! expires and revoked upstream when its lease ends or its pod goes away.
+//! A token exchange (RFC 8693, against node-oidc-provider: hydra has none)
+//! gets a token naming the pod's own service account.
 //! Shared tokens coalesce concurrent pod starts into one upstream call;
 //! rotating refresh tokens survive two broker replicas racing; a server
 //! that is down or misconfigured is reported by name, with no secret in
@@ -19,6 +21,9 @@ use ferry_api::testing::{self, secret_access};
 use ferry_broker::auth::ReviewLimits;
 use ferry_broker::lease_id::LeaseKeys;
 use ferry_e2e::https_client::{HttpsClient, HttpsReply};
+use ferry_e2e::oidc_provider::{
+    OidcProvider, OidcProviderOptions, TOKEN_EXCHANGE_GRANT, TokenExchangeTrust,
+};
 use ferry_e2e::{
     ClientSpec, Cluster, Hydra, HydraOptions, LEASE_KEY, RunningBroker, Tenant, World,
     captured_logs, error_message, eventually, grant, issue_once_known, lease_file,
@@ -842,4 +847,157 @@ async fn a_server_that_is_down_or_refuses_is_named_and_the_token_already_out_kee
     }
     let logs = captured_logs();
     assert!(!logs.contains("crm-secret-planted-6") && !logs.contains(&access_token));
+}
+
+/// What the broker's identity tokens are for: the exchanging server alone.
+const EXCHANGE_AUDIENCE: &str = "https://crm.example/token-exchange";
+
+/// An oidc-provider trusting the broker's identity tokens (its issuer and
+/// JWKS as the broker serves them, for [`EXCHANGE_AUDIENCE`]), with the
+/// client `crm-exchange` that may exchange them for the CRM's scopes.
+async fn exchanging_server(broker: &HttpsClient, client_secret: &str) -> OidcProvider {
+    let jwks = broker
+        .request("GET", "/v1/jwks", None, b"")
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
+    OidcProvider::start(OidcProviderOptions {
+        clients: vec![json!({
+            "client_id": "crm-exchange",
+            "client_secret": client_secret,
+            "grant_types": [TOKEN_EXCHANGE_GRANT],
+            "scope": SCOPES.join(" "),
+            "token_endpoint_auth_method": "client_secret_basic",
+        })],
+        token_exchange: Some(TokenExchangeTrust {
+            subject_issuer: world().await.broker.url(),
+            subject_audience: EXCHANGE_AUDIENCE.into(),
+            subject_jwks: jwks,
+        }),
+        ..OidcProviderOptions::default()
+    })
+    .await
+    .expect("oidc-provider starts")
+}
+
+#[tokio::test]
+async fn a_token_exchange_gets_a_token_naming_the_pods_service_account_narrowed_and_revoked() {
+    world().await;
+    let broker = world().await.broker.client().unwrap();
+    let server = exchanging_server(&broker, "crm-exchange-planted-7").await;
+    let tenant = Tenant::create("oauth2-exchange").await.unwrap();
+    tenant
+        .secret(
+            "crm-client",
+            json!({
+                "client_id": "crm-exchange",
+                "client_secret": "crm-exchange-planted-7",
+                "ca.crt": server.ca_pem(),
+            }),
+        )
+        .await
+        .unwrap();
+    // The pod's own token, and the same for an audience the server does
+    // not accept.
+    for (name, audience) in [
+        ("crm", EXCHANGE_AUDIENCE),
+        ("crm-stranger", "https://someone-else.example"),
+    ] {
+        let mut secret = tenant
+            .brokered_secret(name)
+            .oauth2(&server.token_url(), "crm-client", &[AUDIENCE])
+            .scopes(&SCOPES)
+            .build();
+        let source = secret.spec.source.oauth2.as_mut().unwrap();
+        source.ca_key = Some("ca.crt".into());
+        source.revocation_url = Some(server.revocation_url());
+        source.grant = OAuth2Grant::TokenExchange;
+        source.token_exchange = Some(ferry_api::resources::TokenExchange {
+            subject_token_audience: audience.into(),
+        });
+        ferry_e2e::create_brokered_secret(&tenant.client, &secret)
+            .await
+            .unwrap();
+    }
+    let policy = testing::access_policy(&tenant.owner, "checkout")
+        .service_account(&tenant.app, "checkout")
+        .narrowed(secret_access("crm").scopes(&["contacts.read"]))
+        .narrowed(secret_access("crm-stranger"))
+        .build();
+    grant(&tenant.client, policy).await.unwrap();
+    let (_, token) = tenant.pod("api", "checkout").await.unwrap();
+
+    let lease =
+        lease_of(&issue_once_known(&broker, &token, &request(&tenant.owner, "crm", None)).await);
+    let access_token = lease_file(&lease, "access_token");
+    let introspected = server.introspect(&access_token).await.unwrap();
+    assert_eq!(introspected["active"], true, "{introspected}");
+    assert_eq!(
+        introspected["sub"],
+        format!("system:serviceaccount:{}:checkout", tenant.app),
+        "the token is the pod's own, not the client's"
+    );
+    assert_eq!(introspected["client_id"], "crm-exchange");
+    assert_eq!(
+        introspected["scope"], "contacts.read",
+        "the server issued the policy's narrowing"
+    );
+    assert_eq!(introspected["aud"], AUDIENCE);
+
+    // Renewal exchanges again: a fresh token for the same pod.
+    let id = lease["id"].as_str().unwrap();
+    let renewed = lease_of(
+        &broker
+            .request(
+                "POST",
+                &format!("/v1/leases/{id}/renew"),
+                Some(&token),
+                b"{}",
+            )
+            .await
+            .unwrap(),
+    );
+    let fresh = lease_file(&renewed, "access_token");
+    assert_ne!(fresh, access_token);
+    assert_eq!(
+        server.introspect(&fresh).await.unwrap()["sub"],
+        introspected["sub"]
+    );
+
+    // A server that does not take the broker's word for the pod.
+    let refused = issue_once_known(
+        &broker,
+        &token,
+        &request(&tenant.owner, "crm-stranger", None),
+    )
+    .await;
+    assert_eq!(refused.status, 400, "{:?}", refused.json());
+    assert_eq!(
+        error_message(&refused),
+        format!(
+            "token endpoint {} refused the request: 400 invalid_grant",
+            server.token_url()
+        )
+    );
+
+    // The pod goes away: its token is revoked upstream.
+    Api::<Pod>::namespaced(tenant.client.clone(), &tenant.app)
+        .delete("api", &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    eventually(
+        "the reaper to revoke the pod's exchanged token upstream",
+        WAIT,
+        || async {
+            let introspected = server.introspect(&fresh).await.unwrap();
+            (introspected["active"] == false).then_some(())
+        },
+    )
+    .await;
+
+    let logs = captured_logs() + &server.log();
+    for planted in ["crm-exchange-planted-7", &access_token, &fresh] {
+        assert!(!logs.contains(planted), "a secret reached the logs");
+    }
 }
