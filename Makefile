@@ -28,7 +28,7 @@ oidc-provider: ## Install node-oidc-provider, the OAuth2 server the token-exchan
 node: ## Install containerd, runc, busybox-static, postgresql-client (apt) and the musl Rust target if missing; tests start a private node.
 	@e2e/node/install.sh
 
-demo: controlplane postgres ## Run the local demo on a real control plane (DEMO_ARGS=--keep leaves it running).
+demo: controlplane postgres hydra ## Run the local demo on a real control plane (DEMO_ARGS=--keep leaves it running).
 	$(CARGO) run --quiet -p ferry-e2e -- demo $(DEMO_ARGS)
 
 test: controlplane postgres node hydra oidc-provider ## Run every test: unit tests and end-to-end tests against the real control plane.

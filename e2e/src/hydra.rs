@@ -456,6 +456,11 @@ impl Hydra {
         std::fs::read_to_string(self.processes.log_path(PROCESS)).unwrap_or_default()
     }
 
+    /// The process group hydra runs in.
+    pub fn process_group(&self) -> i32 {
+        self.processes.id()
+    }
+
     /// hydra's private directory (its certificate and log).
     pub fn dir(&self) -> &Path {
         self.dir.path()

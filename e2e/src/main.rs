@@ -7,10 +7,11 @@ use std::path::{Path, PathBuf};
 
 use ferry_api::resources::Grant;
 use ferry_contract::{DEFAULT_MOUNT_PATH, SECRETS_VOLUME_NAME};
+
 use ferry_e2e::images::{self, PSQL_IMAGE};
 use ferry_e2e::{
-    Cluster, NODE_NAME, NodeStandIn, PodStack, Postgres, REAL_NODE_NAME, RealNode, Stack,
-    postgres_bin_dir,
+    ClientSpec, Cluster, Hydra, HydraOptions, NODE_NAME, NodeStandIn, PodStack, Postgres,
+    REAL_NODE_NAME, RealNode, Stack, postgres_bin_dir,
 };
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, ListParams, LogParams, PostParams};
@@ -60,7 +61,7 @@ async fn demo(keep: bool) -> anyhow::Result<()> {
     eprintln!(
         "starting a local control plane, PostgreSQL and a node (the first run builds the control plane from Go modules: many minutes)..."
     );
-    let ((cluster, real_node), database) = tokio::try_join!(
+    let ((cluster, real_node), database, crm_auth) = tokio::try_join!(
         async {
             let cluster = Cluster::start()
                 .await
@@ -69,11 +70,20 @@ async fn demo(keep: bool) -> anyhow::Result<()> {
             anyhow::Ok((cluster, node))
         },
         async { Postgres::start().await.context("starting PostgreSQL") },
+        async {
+            Hydra::start(HydraOptions::default())
+                .await
+                .context("starting hydra, the CRM's OAuth2 server")
+        },
     )?;
     println!("apiserver: {}", cluster.server());
     println!("kubeconfig: {}", cluster.kubeconfig().display());
     println!("control-plane process group: {}", cluster.process_group());
     println!("PostgreSQL: 127.0.0.1:{}", database.port());
+    println!(
+        "OAuth2 server (ory/hydra, standing in for a CRM's): {}",
+        crm_auth.issuer()
+    );
     println!("logs: {}", cluster.dir().join("logs").display());
     println!();
 
@@ -132,15 +142,13 @@ async fn demo(keep: bool) -> anyhow::Result<()> {
     println!("(created Secret payments/orders-db-admin: the broker's admin connection string)");
     println!();
     show(&cluster, &["apply", "-f", "examples/access.yaml"])?;
+    crm_client(&cluster, &crm_auth).await?;
     let grants = Api::<Grant>::namespaced(client.clone(), "shop");
     wait_for("the Grants for shop/checkout", || async {
-        Ok(grants.list(&ListParams::default()).await?.items.len() == 2)
+        Ok(grants.list(&ListParams::default()).await?.items.len() == 3)
     })
     .await?;
-    let manifest = match &node {
-        DemoNode::Real { .. } => real_node_pod(&cluster)?,
-        DemoNode::StandIn { .. } => "examples/pod.yaml".into(),
-    };
+    let manifest = demo_pod(&cluster, matches!(node, DemoNode::Real { .. }))?;
     // The webhook's Grant index follows the operator's write within moments.
     wait_for("the webhook to admit the example pod", || async {
         let output = cluster
@@ -154,9 +162,12 @@ async fn demo(keep: bool) -> anyhow::Result<()> {
     })
     .await?;
     println!("$ kubectl apply -f {}", manifest.display());
+    println!(
+        "  # examples/pod.yaml, also asking for sales/crm in its ferry.dev/secrets annotation"
+    );
     if let DemoNode::Real { .. } = node {
         println!(
-            "  # examples/pod.yaml made to run here: image {PSQL_IMAGE} (imported; nothing is pulled), the host's network (the broker listens on its loopback), and as the app:"
+            "  # and made to run here: image {PSQL_IMAGE} (imported; nothing is pulled), the host's network (the broker listens on its loopback), and as the app:"
         );
         for line in app_script().lines() {
             println!("  #   {line}");
@@ -172,9 +183,11 @@ async fn demo(keep: bool) -> anyhow::Result<()> {
         .metadata
         .uid
         .context("the pod has no uid")?;
-    let username = match &node {
-        DemoNode::Real { node, .. } => app_on_real_node(&cluster, node, &uid).await?,
-        DemoNode::StandIn { stack, .. } => app_on_stand_in(&cluster, &stack.node, &uid).await?,
+    let (username, crm_token) = match &node {
+        DemoNode::Real { node, .. } => app_on_real_node(&cluster, node, &uid, &crm_auth).await?,
+        DemoNode::StandIn { stack, .. } => {
+            app_on_stand_in(&cluster, &stack.node, &uid, &crm_auth).await?
+        }
     };
     let remaining = database
         .admin()
@@ -184,6 +197,21 @@ async fn demo(keep: bool) -> anyhow::Result<()> {
         .len();
     println!("$ psql -c \"SELECT rolname FROM pg_roles WHERE rolname = '{username}'\"");
     println!("({remaining} rows)   # the sidecar revoked the lease; the broker dropped the role");
+    println!();
+    // The sidecar revoked the crm lease as the pod ended; the broker
+    // revokes the token at the server (RFC 7009).
+    wait_for("the CRM token to be revoked at hydra", || async {
+        Ok(crm_auth.introspect(&crm_token).await?["active"] == false)
+    })
+    .await?;
+    println!(
+        "$ curl {} -d token=...   # the pod's CRM token, asked again",
+        crm_auth.introspection_url()
+    );
+    println!(
+        "{}   # the broker revoked it at hydra when the pod ended",
+        crm_auth.introspect(&crm_token).await?
+    );
     println!();
 
     if keep {
@@ -209,11 +237,13 @@ async fn demo(keep: bool) -> anyhow::Result<()> {
     let groups = [
         cluster.process_group(),
         database.process_group(),
+        crm_auth.process_group(),
         node.process_group()?,
     ];
     let dirs = [
         cluster.dir().to_path_buf(),
         database.dir().to_path_buf(),
+        crm_auth.dir().to_path_buf(),
         node.dir(),
     ];
     let node_namespace = match &node {
@@ -245,6 +275,7 @@ async fn demo(keep: bool) -> anyhow::Result<()> {
     }
     eprintln!("stopping ferry, the node, PostgreSQL and the control plane...");
     drop(node);
+    drop(crm_auth);
     drop(database);
     drop(cluster);
     let mut left = Vec::new();
@@ -283,6 +314,105 @@ async fn demo(keep: bool) -> anyhow::Result<()> {
         }
     );
     Ok(())
+}
+
+/// The CRM team's side of examples/crm.yaml: an OAuth2 client at hydra
+/// that may ask for contacts.read and contacts.write, its credentials in
+/// the one Secret the broker reads, and the example applied with this
+/// hydra's endpoints.
+async fn crm_client(cluster: &Cluster, hydra: &Hydra) -> anyhow::Result<()> {
+    let client_secret = zeroize::Zeroizing::new(format!("{:032x}", rand_u128()));
+    hydra
+        .create_client(&ClientSpec {
+            client_id: "crm-reports".into(),
+            client_secret: Some(client_secret.to_string()),
+            grant_types: vec!["client_credentials".into()],
+            scope: "contacts.read contacts.write".into(),
+            audience: vec![CRM_AUDIENCE.into()],
+            ..ClientSpec::default()
+        })
+        .await?;
+    println!(
+        "$ hydra create oauth2-client --name crm-reports --grant-type client_credentials --scope contacts.read,contacts.write --audience {CRM_AUDIENCE}"
+    );
+    println!(
+        "(the CRM's side: a client for the sales team, its secret generated and kept from view)"
+    );
+    println!();
+    let example = Path::new(REPOSITORY).join("examples/crm.yaml");
+    let yaml = std::fs::read_to_string(&example)
+        .with_context(|| format!("reading {}", example.display()))?
+        .replace("https://auth.crm.example/oauth2/token", &hydra.token_url())
+        .replace(
+            "https://auth.crm.example/oauth2/revoke",
+            &hydra.revocation_url(),
+        );
+    let applied = cluster.dir().join("crm.yaml");
+    std::fs::write(&applied, yaml).with_context(|| format!("writing {}", applied.display()))?;
+    println!(
+        "$ kubectl apply -f examples/crm.yaml   # tokenUrl and revocationUrl: {}",
+        hydra.issuer()
+    );
+    let status = cluster
+        .kubectl()
+        .arg("apply")
+        .arg("-f")
+        .arg(&applied)
+        .status()?;
+    anyhow::ensure!(
+        status.success(),
+        "kubectl apply -f examples/crm.yaml failed: {status}"
+    );
+    println!();
+    // Through the API, like the admin DSN: never on a command line.
+    let secret: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "crm-client", "labels": {"ferry.dev/brokerable": "true"}},
+        "stringData": {
+            "client_id": "crm-reports",
+            "client_secret": client_secret.as_str(),
+            "ca.crt": hydra.ca_pem(),
+        },
+    }))?;
+    Api::<Secret>::namespaced(cluster.client()?, "sales")
+        .create(&PostParams::default(), &secret)
+        .await?;
+    println!(
+        "(created Secret sales/crm-client: client_id, client_secret and the server's CA, ca.crt)"
+    );
+    println!();
+    Ok(())
+}
+
+/// The audience of the CRM's API.
+const CRM_AUDIENCE: &str = "https://api.crm.example";
+
+/// Shows what the CRM's server says of the pod's access token: its
+/// introspection (RFC 7662), the token itself left out.
+async fn show_crm_token(
+    hydra: &Hydra,
+    secrets: &Path,
+) -> anyhow::Result<zeroize::Zeroizing<String>> {
+    let token = read_secret(&secrets.join("crm/access_token"))?;
+    println!(
+        "crm/access_token is an opaque token from hydra; its introspection ($ curl {} -d token=...):",
+        hydra.introspection_url()
+    );
+    let found = hydra.introspect(&token).await?;
+    println!(
+        "  {}",
+        serde_json::json!({
+            "active": found["active"],
+            "client_id": found["client_id"],
+            "scope": found["scope"],
+            "aud": found["aud"],
+            "exp": found["exp"],
+        })
+    );
+    println!(
+        "  # contacts.read only: the policy narrowed the secret's scopes, and hydra issued the narrower token"
+    );
+    println!();
+    Ok(token)
 }
 
 /// Where the example pod runs.
@@ -371,15 +501,27 @@ sleep 3600 & wait"#
 /// The line [`app_script`] logs once it has run its queries.
 const APP_DONE: &str = "queried";
 
-/// Writes examples/pod.yaml as the real node can run it: the psql image,
-/// which is imported and cannot be pulled; the host's network, where the
-/// broker listens on loopback; [`app_script`] as the app. Returns its path.
-fn real_node_pod(cluster: &Cluster) -> anyhow::Result<PathBuf> {
+/// Writes examples/pod.yaml as the demo runs it: asking for sales/crm too,
+/// and on the real node, with the psql image, which is imported and cannot
+/// be pulled; the host's network, where the broker listens on loopback;
+/// [`app_script`] as the app. Returns its path.
+fn demo_pod(cluster: &Cluster, real_node: bool) -> anyhow::Result<PathBuf> {
     let example = Path::new(REPOSITORY).join("examples/pod.yaml");
     let mut pod: serde_json::Value = serde_yaml::from_str(
         &std::fs::read_to_string(&example)
             .with_context(|| format!("reading {}", example.display()))?,
     )?;
+    let secrets = &mut pod["metadata"]["annotations"][ferry_contract::SECRETS_ANNOTATION];
+    let asked = secrets
+        .as_str()
+        .context("examples/pod.yaml names no secrets")?;
+    *secrets = format!("{asked},sales/crm").into();
+    let path = cluster.dir().join("checkout-pod.yaml");
+    if !real_node {
+        std::fs::write(&path, serde_yaml::to_string(&pod)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        return Ok(path);
+    }
     pod["spec"]["hostNetwork"] = true.into();
     let app = pod["spec"]["containers"]
         .get_mut(0)
@@ -387,7 +529,6 @@ fn real_node_pod(cluster: &Cluster) -> anyhow::Result<PathBuf> {
     app["image"] = PSQL_IMAGE.into();
     app["imagePullPolicy"] = "Never".into();
     app["command"] = serde_json::json!(["/bin/sh", "-c", app_script()]);
-    let path = cluster.dir().join("checkout-pod.yaml");
     std::fs::write(&path, serde_yaml::to_string(&pod)?)
         .with_context(|| format!("writing {}", path.display()))?;
     Ok(path)
@@ -396,7 +537,12 @@ fn real_node_pod(cluster: &Cluster) -> anyhow::Result<PathBuf> {
 /// Shows the example pod running on the real node: its containers, its
 /// secrets volume, and the app's own log of what it found and queried;
 /// then deletes it and shows the volume gone. Returns the app's role.
-async fn app_on_real_node(cluster: &Cluster, node: &RealNode, uid: &str) -> anyhow::Result<String> {
+async fn app_on_real_node(
+    cluster: &Cluster,
+    node: &RealNode,
+    uid: &str,
+    crm_auth: &Hydra,
+) -> anyhow::Result<(String, zeroize::Zeroizing<String>)> {
     let client = cluster.client()?;
     node.wait_pod(
         &client,
@@ -422,6 +568,7 @@ async fn app_on_real_node(cluster: &Cluster, node: &RealNode, uid: &str) -> anyh
     println!("orders-api-token/token is a JWT the broker signed; its claims:");
     println!("  {}", jwt_claims(&token)?);
     println!();
+    let crm_token = show_crm_token(crm_auth, &secrets).await?;
 
     // A role name is not secret; its password is.
     let username = read_secret(&secrets.join("orders-db/username"))?.to_string();
@@ -450,7 +597,7 @@ async fn app_on_real_node(cluster: &Cluster, node: &RealNode, uid: &str) -> anyh
     .await?;
     println!("$ ls {}   # on the node", volume.display());
     println!("ls: {}: No such file or directory", volume.display());
-    Ok(username)
+    Ok((username, crm_token))
 }
 
 /// Shows the example pod on the node stand-in: what the app would have
@@ -460,7 +607,8 @@ async fn app_on_stand_in(
     cluster: &Cluster,
     stand_in: &NodeStandIn,
     uid: &str,
-) -> anyhow::Result<String> {
+    crm_auth: &Hydra,
+) -> anyhow::Result<(String, zeroize::Zeroizing<String>)> {
     let mut run = None;
     wait_for("the sidecar's startup probe to pass", || {
         let found = stand_in.pod(uid).filter(|run| run.started);
@@ -492,6 +640,7 @@ async fn app_on_stand_in(
     println!("orders-api-token/token is a JWT the broker signed; its claims:");
     println!("  {}", jwt_claims(&token)?);
     println!();
+    let crm_token = show_crm_token(crm_auth, &secrets).await?;
 
     // A role name is not secret; its password is.
     let username = read_secret(&secrets.join("orders-db/username"))?.to_string();
@@ -515,7 +664,7 @@ async fn app_on_stand_in(
             "No such file or directory"
         }
     );
-    Ok(username)
+    Ok((username, crm_token))
 }
 
 /// How long the example pod may take to be ready on the real node.

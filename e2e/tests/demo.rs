@@ -23,6 +23,12 @@ fn the_demo_tells_the_whole_story_and_stops_cleanly() {
         "permission denied for table orders",
         "No such file or directory",
         "(0 rows)",
+        "brokeredsecret.ferry.dev/crm",
+        // The CRM token as hydra sees it: live and narrowed to the
+        // policy's scope while the pod runs, revoked once it is gone.
+        r#""active":true,"aud":["https://api.crm.example"],"client_id":"crm-reports""#,
+        r#""scope":"contacts.read"}"#,
+        r#"{"active":false}   # the broker revoked it at hydra"#,
     ] {
         assert!(
             stdout.contains(expected) || stderr.contains(expected),
@@ -42,6 +48,7 @@ fn the_demo_tells_the_whole_story_and_stops_cleanly() {
         "orders-db/dsn",
         "orders-db/username",
         "orders-db/password",
+        "crm/access_token",
     ] {
         assert!(
             stdout
@@ -94,9 +101,10 @@ fn the_demo_tells_the_whole_story_and_stops_cleanly() {
             .map(str::to_owned)
             .collect()
     };
-    // The control plane's, PostgreSQL's and the node's (real or stand-in).
+    // The control plane's, PostgreSQL's, hydra's and the node's (real or
+    // stand-in).
     let groups = listed("process groups: ");
-    assert_eq!(groups.len(), 3, "{groups:?}");
+    assert_eq!(groups.len(), 4, "{groups:?}");
     for group in groups {
         let group: i32 = group.parse().unwrap();
         assert!(
@@ -105,7 +113,7 @@ fn the_demo_tells_the_whole_story_and_stops_cleanly() {
         );
     }
     let dirs = listed("directories: ");
-    assert_eq!(dirs.len(), 3, "{dirs:?}");
+    assert_eq!(dirs.len(), 4, "{dirs:?}");
     for dir in dirs {
         assert!(
             !std::path::Path::new(&dir).exists(),
