@@ -47,6 +47,12 @@ impl Authority {
         self.issuer.pem()
     }
 
+    /// The CA's private key, PKCS#8 PEM: for tests that hand the CA to
+    /// ferry to sign with (an x509 BrokeredSecret's CA Secret).
+    pub fn key_pem(&self) -> String {
+        self.issuer.key().serialize_pem()
+    }
+
     /// Issues a serving certificate for the given DNS names and IP addresses.
     pub fn serving_cert(
         &self,

@@ -15,10 +15,14 @@ use base64::Engine as _;
 use ferry_api::resources::AccessPolicy;
 use ferry_contract::SIDECAR_CONTAINER_NAME;
 use ferry_e2e::images::{BUSYBOX_IMAGE, PSQL_IMAGE};
+use ferry_e2e::pki::Authority;
 use ferry_e2e::sidecar_process::expiry_in_log;
-use ferry_e2e::{Postgres, RealNode, audit_lines, captured_logs, eventually};
+use ferry_e2e::{
+    Postgres, RealNode, audit_lines, captured_logs, create_brokered_secret, create_object,
+    eventually, grant,
+};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::json;
 
@@ -594,4 +598,114 @@ async fn an_ungranted_pod_is_refused_and_a_revoked_one_loses_its_files_at_expiry
             && line["pod"] == format!("{app}/api")
     });
     assert!(!denied.is_empty(), "no refused renewal was audited");
+}
+
+#[tokio::test]
+async fn an_app_logs_into_postgresql_with_a_certificate_for_a_key_made_in_its_pod() {
+    import_psql_image().await;
+    let (client, owner, app) = scenario("x509-pod").await;
+    let node = env().await.node;
+    // The team's CA, which PostgreSQL trusts for client certificates
+    // (`hostssl ... cert`: the certificate alone logs in, as its CN).
+    let team_ca = Authority::generate("x509-pod team CA").unwrap();
+    create_object::<Secret>(
+        &client,
+        &owner,
+        json!({
+            "metadata": {"name": "team-ca", "labels": {"ferry.dev/brokerable": "true"}},
+            "type": "kubernetes.io/tls",
+            "stringData": {
+                "tls.crt": team_ca.cert_pem(),
+                "tls.key": team_ca.key_pem(),
+                "ca.crt": team_ca.cert_pem(),
+            },
+        }),
+    )
+    .await
+    .unwrap();
+    let mut cert = ferry_api::testing::brokered_secret(&owner, "db-cert")
+        .x509("team-ca")
+        .build();
+    cert.spec.source.x509.as_mut().unwrap().common_name = Some("{{ serviceAccount }}".into());
+    create_brokered_secret(&client, &cert).await.unwrap();
+    let policy = ferry_api::testing::access_policy(&owner, "checkout-cert")
+        .service_account(&app, "checkout")
+        .secret("db-cert");
+    grant(&client, policy.build()).await.unwrap();
+
+    let server_ca = Authority::generate("x509-pod server CA").unwrap();
+    let tls_dir = tempfile::tempdir().unwrap();
+    let server = server_ca
+        .serving_cert(&["127.0.0.1"], tls_dir.path(), "postgres")
+        .unwrap();
+    let database = Postgres::start_tls_with_client_certificates(&server, &team_ca.cert_pem())
+        .await
+        .unwrap();
+    database
+        .admin()
+        .await
+        .unwrap()
+        .batch_execute("CREATE ROLE checkout LOGIN; CREATE ROLE intruder LOGIN;")
+        .await
+        .unwrap();
+
+    // The app logs in as its own role with the files alone (no password
+    // exists), verifying the server; and tries another account's role.
+    let script = format!(
+        r#"login() {{
+  psql -X -tA "host=127.0.0.1 port={port} dbname=postgres user=$1 sslmode=verify-full sslrootcert=/reports/server-ca.crt sslcert={SECRETS}/db-cert/tls.crt sslkey={SECRETS}/db-cert/tls.key" -c 'SELECT current_user' 2>&1
+}}
+login checkout
+login intruder
+echo started
+trap 'exit 0' TERM
+sleep 3600 & wait"#,
+        port = database.port()
+    );
+    let mut spec = pod_spec("checkout", json!({"runAsUser": 1000}), &script);
+    spec["containers"][0]["image"] = json!(PSQL_IMAGE);
+    let reports = mount_reports(node, &app, &mut spec);
+    std::fs::write(reports.join("server-ca.crt"), server_ca.cert_pem()).unwrap();
+    create_pod(
+        &client,
+        &app,
+        &opted_in("api", &[format!("{owner}/db-cert")], spec),
+    )
+    .await;
+    let log = wait_log_line(&client, &app, "api", "started").await;
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(lines[0], "checkout", "the certificate logs in: {log}");
+    assert!(
+        lines[1].contains("certificate authentication failed for user \"intruder\""),
+        "another account's role is refused: {log}"
+    );
+
+    // The key was made in the pod: the broker audited a certificate for
+    // the pod's identity, and never saw the key.
+    let pod = wait_app_running(&client, &app, "api").await;
+    let uid = pod.metadata.uid.clone().unwrap();
+    let key = String::from_utf8(secret_file(node, &uid, "db-cert/tls.key").unwrap()).unwrap();
+    let certificate = secret_file(node, &uid, "db-cert/tls.crt").unwrap();
+    let (_, der) = x509_parser::pem::parse_x509_pem(&certificate).unwrap();
+    let (_, parsed) = x509_parser::parse_x509_certificate(&der.contents).unwrap();
+    let serial = parsed.raw_serial_as_string().replace(':', "");
+    assert!(
+        audit_lines(|fields| fields["action"] == "certify")
+            .iter()
+            .any(|fields| fields["serial"] == serial.as_str()
+                && fields["pod"] == format!("{app}/api").as_str()),
+        "no audit line for serial {serial}"
+    );
+    let sidecar = follow_log(&client, &app, "api", SIDECAR_CONTAINER_NAME);
+    delete_pod(&client, &app, "api", &uid).await;
+    let sidecar = sidecar_log_to_end(sidecar).await;
+    let key_body: String = key
+        .lines()
+        .filter(|line| !line.starts_with("-----"))
+        .collect();
+    assert_not_in_logs(
+        &[("the pod's private key", &key_body)],
+        &every_log(&sidecar),
+    );
+    assert!(!captured_logs().contains(&key_body));
 }
