@@ -61,6 +61,13 @@ fn unresolved_recheck(unresolved_for: Duration) -> Duration {
     (unresolved_for / 8).clamp(UNRESOLVED_RECHECK_FIRST, UNRESOLVED_RECHECK_MAX)
 }
 
+/// How long the controllers may take to stop once shutdown begins. A
+/// reconcile under way finishes within it; but kube-runtime's runner waits
+/// for its object cache to be filled before it stops, and a shutdown that
+/// comes before the cache is filled (a SIGTERM moments after becoming
+/// leader) would otherwise wait forever, holding the leader lease.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
 /// How soon a failed reconcile is retried.
 const RETRY: Duration = Duration::from_secs(10);
 
@@ -276,16 +283,29 @@ pub async fn run_with(
     )
     .for_each(|_| futures::future::ready(()));
 
+    let stopping = shutdown.clone();
     let orphans = sweep_orphans(context, policy_store, shutdown);
-    tokio::join!(
-        policies,
-        secrets,
-        orphans,
-        secret_watch,
-        namespace_watch,
-        grant_watch,
-        filled
-    );
+    let stopped = async {
+        tokio::join!(
+            policies,
+            secrets,
+            orphans,
+            secret_watch,
+            namespace_watch,
+            grant_watch,
+            filled
+        );
+    };
+    tokio::select! {
+        () = stopped => {}
+        () = async {
+            stopping.cancelled().await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => tracing::warn!(
+            grace = ?SHUTDOWN_GRACE,
+            "the controllers had not stopped this long after the shutdown began; leaving them"
+        ),
+    }
 }
 
 /// Drains a watch-cache stream until shutdown, sending the policies each
