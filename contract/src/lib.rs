@@ -9,6 +9,7 @@
 //! size is a feature) depends on it; `e2e/tests/dependencies.rs`
 //! checks what the sidecar links.
 
+pub mod reload;
 pub mod wire;
 
 /// The Kubernetes API group of ferry's custom resources.
@@ -175,6 +176,13 @@ pub mod env {
     /// Seconds `run`/`init` may take to write every secret before giving up
     /// (optional; the sidecar's default applies when unset).
     pub const STARTUP_TIMEOUT_SECONDS: &str = "FERRY_STARTUP_TIMEOUT_SECONDS";
+    /// The signal to send after each renewal's files are in place (see
+    /// [`crate::reload`]), with [`RELOAD_PROCESS`].
+    pub const RELOAD_SIGNAL: &str = "FERRY_RELOAD_SIGNAL";
+    /// The name of the process to signal.
+    pub const RELOAD_PROCESS: &str = "FERRY_RELOAD_PROCESS";
+    /// A loopback `http://` URL to POST to after each renewal.
+    pub const RELOAD_URL: &str = "FERRY_RELOAD_URL";
 }
 
 #[cfg(test)]
