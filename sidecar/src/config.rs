@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use crate::names::{NameError, check_object_name};
 use ferry_contract::env;
+use ferry_contract::reload::{self, LoopbackUrl};
 use ferry_contract::wire::SecretRef;
 
 /// Why the environment does not describe a sidecar that can run.
@@ -121,6 +122,24 @@ pub struct SidecarConfig {
     pub pod: PodIdentity,
     /// The pod's fsGroup: files become group-readable by it.
     pub fs_group: Option<u32>,
+    /// How the app is told that a renewal changed its files.
+    pub reload: ReloadConfig,
+}
+
+/// How the app asks to be told of new files (see [`ferry_contract::reload`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReloadConfig {
+    /// The signal (`SIGHUP`) and the name of the processes to send it to.
+    pub signal: Option<(String, String)>,
+    /// A loopback URL to POST to.
+    pub url: Option<LoopbackUrl>,
+}
+
+impl ReloadConfig {
+    /// Whether any reload is asked for.
+    pub fn is_set(&self) -> bool {
+        self.signal.is_some() || self.url.is_some()
+    }
 }
 
 impl SidecarConfig {
@@ -153,6 +172,22 @@ impl SidecarConfig {
                     })
             })
             .transpose()?;
+        let malformed =
+            |var: &'static str| move |reason: String| ConfigError::Malformed { var, reason };
+        let signal = match (get(env::RELOAD_SIGNAL), get(env::RELOAD_PROCESS)) {
+            (None, None) => None,
+            (Some(_), None) => return Err(ConfigError::Missing(env::RELOAD_PROCESS)),
+            (None, Some(_)) => return Err(ConfigError::Missing(env::RELOAD_SIGNAL)),
+            (Some(signal), Some(process)) => {
+                let signal =
+                    reload::parse_signal(&signal).map_err(malformed(env::RELOAD_SIGNAL))?;
+                reload::check_process_name(&process).map_err(malformed(env::RELOAD_PROCESS))?;
+                Some((signal, process))
+            }
+        };
+        let url = get(env::RELOAD_URL)
+            .map(|url| reload::parse_loopback_url(url.trim()).map_err(malformed(env::RELOAD_URL)))
+            .transpose()?;
         Ok(Self {
             broker_url,
             broker_ca_pem: get(env::BROKER_CA),
@@ -165,6 +200,7 @@ impl SidecarConfig {
                 uid: get(env::POD_UID),
             },
             fs_group,
+            reload: ReloadConfig { signal, url },
         })
     }
 }
@@ -226,6 +262,42 @@ mod tests {
 
     fn parse(vars: &BTreeMap<&'static str, String>) -> Result<SidecarConfig, ConfigError> {
         SidecarConfig::from_lookup(|name| vars.get(name).cloned())
+    }
+
+    #[test]
+    fn a_reload_is_a_signal_for_a_named_process_or_a_loopback_url() {
+        let mut vars = complete();
+        assert!(!parse(&vars).unwrap().reload.is_set());
+        vars.insert(env::RELOAD_SIGNAL, "hup".into());
+        vars.insert(env::RELOAD_PROCESS, "nginx".into());
+        vars.insert(env::RELOAD_URL, "http://127.0.0.1:9090/-/reload".into());
+        let reload = parse(&vars).unwrap().reload;
+        assert_eq!(reload.signal, Some(("SIGHUP".into(), "nginx".into())));
+        assert_eq!(reload.url.unwrap().port, 9090);
+
+        vars.remove(env::RELOAD_PROCESS);
+        assert!(matches!(
+            parse(&vars),
+            Err(ConfigError::Missing(env::RELOAD_PROCESS))
+        ));
+        vars.insert(env::RELOAD_PROCESS, "nginx".into());
+        vars.insert(env::RELOAD_SIGNAL, "KILL".into());
+        assert!(matches!(
+            parse(&vars),
+            Err(ConfigError::Malformed {
+                var: env::RELOAD_SIGNAL,
+                ..
+            })
+        ));
+        vars.insert(env::RELOAD_SIGNAL, "HUP".into());
+        vars.insert(env::RELOAD_URL, "http://10.0.0.1/reload".into());
+        assert!(matches!(
+            parse(&vars),
+            Err(ConfigError::Malformed {
+                var: env::RELOAD_URL,
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -16,5 +16,6 @@ pub mod keeper;
 pub mod log;
 pub mod names;
 pub mod random;
+pub mod reload;
 pub mod schedule;
 pub mod volume;

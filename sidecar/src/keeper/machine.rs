@@ -166,6 +166,13 @@ pub enum Action {
         /// The secret's name, its directory in the volume.
         secret: String,
     },
+    /// Tell the app, if its pod asked, that the secret's files changed:
+    /// after a swap while running, never before the new files are all in
+    /// place, never at start-up (the app starts after them).
+    Reload {
+        /// The secret, `namespace/name`.
+        secret: String,
+    },
     /// Exit the process with this code. Always the last action.
     Exit(ExitCode),
 }
@@ -174,7 +181,10 @@ impl Action {
     /// Whether the shell must hand this action's outcome back as the next
     /// event.
     pub fn is_answered(&self) -> bool {
-        !matches!(self, Action::Log { .. } | Action::Exit(_))
+        !matches!(
+            self,
+            Action::Log { .. } | Action::Reload { .. } | Action::Exit(_)
+        )
     }
 }
 
@@ -688,6 +698,11 @@ impl<J: FnMut() -> f64> Machine<J> {
                         "elapsed_ms": self.elapsed_ms(now),
                     }),
                 ));
+                if outcome == WriteOutcome::Swapped && matches!(self.phase, Phase::Running) {
+                    self.out.push(Action::Reload {
+                        secret: qualified(&state.secret),
+                    });
+                }
             }
             Err(error) => {
                 let message = format!(
@@ -1359,7 +1374,9 @@ mod tests {
                 }),
                 Action::ClearReady => Event::ReadyCleared(Ok(())),
                 Action::Wipe { secret } => Event::Wiped(fails(&self.fail_wipe, secret)),
-                Action::Log { .. } | Action::Exit(_) => unreachable!("not answered"),
+                Action::Log { .. } | Action::Reload { .. } | Action::Exit(_) => {
+                    unreachable!("not answered")
+                }
             }
         }
 
@@ -1452,6 +1469,7 @@ mod tests {
             Action::MarkReady { .. } => "mark_ready".into(),
             Action::ClearReady => "clear_ready".into(),
             Action::Wipe { secret } => format!("wipe {secret}"),
+            Action::Reload { secret } => format!("reload {secret}"),
             Action::Exit(code) if *code == ExitCode::SUCCESS => "exit 0".into(),
             Action::Exit(_) => "exit 1".into(),
         }
@@ -1758,7 +1776,8 @@ mod tests {
         assert_eq!(world.wake_in(), Some(S(451)), "b's expiry while it renews");
         assert_eq!(
             world.at(302).renewed(1, Ok(lease("L2", "b", 450, 300))),
-            ["write b", "log secret_written"]
+            ["write b", "log secret_written", "reload shop/b"],
+            "the app is told once the new files are in place"
         );
         assert_eq!(world.log("secret_written")["how"], "renewed");
         assert_eq!(world.log("secret_written")["renew_in_s"], 300);
@@ -1855,7 +1874,7 @@ mod tests {
         assert_eq!(world.log("lease_gone")["next"], "issue");
         assert_eq!(
             world.issued(&[1], Ok(vec![lease("L3", "b", 450, 300)])),
-            ["write b", "log secret_written"],
+            ["write b", "log secret_written", "reload shop/b"],
             "still ready: no marker change"
         );
     }
@@ -1952,7 +1971,13 @@ mod tests {
         assert_eq!(world.tick(), ["issue b"]);
         assert_eq!(
             world.issued(&[1], Ok(vec![lease("L3", "b", 450, 300)])),
-            ["write b", "log secret_written", "mark_ready", "log ready"]
+            [
+                "write b",
+                "log secret_written",
+                "reload shop/b",
+                "mark_ready",
+                "log ready"
+            ]
         );
         assert!(world.machine.is_ready());
     }

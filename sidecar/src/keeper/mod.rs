@@ -11,6 +11,7 @@
 pub mod machine;
 
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::thread;
 use std::time::{Instant, SystemTime};
@@ -22,6 +23,7 @@ use crate::broker_client::BrokerClient;
 use crate::config::SidecarConfig;
 use crate::log;
 use crate::random;
+use crate::reload::Reloader;
 use crate::volume::SecretVolume;
 pub use machine::Deadlines;
 use machine::{Action, Event, Machine, Mode, qualified};
@@ -30,11 +32,16 @@ use machine::{Action, Event, Machine, Mode, qualified};
 /// easily; only touched pages count towards memory.
 const CALL_STACK_BYTES: usize = 512 * 1024;
 
+/// Stack of a reload thread: a scan of `/proc` or one small request.
+const RELOAD_STACK_BYTES: usize = 128 * 1024;
+
 /// The machine, and the I/O it asks for.
 pub struct Keeper {
     config: SidecarConfig,
     client: BrokerClient,
     volume: SecretVolume,
+    /// Tells the app of new files, when its pod asked.
+    reloader: Option<Arc<Reloader>>,
     machine: Machine<fn() -> f64>,
     /// Kept so the channel never closes while the keeper waits on it.
     events: Sender<Event>,
@@ -53,6 +60,7 @@ impl Keeper {
         );
         Self {
             volume: SecretVolume::new(&config.secrets_dir, config.fs_group),
+            reloader: Reloader::new(&config.reload).map(Arc::new),
             config,
             client,
             machine,
@@ -65,6 +73,18 @@ impl Keeper {
     /// then revoke, wipe and exit 0. Non-zero when start-up fails (the
     /// kubelet restarts the container) or the wipe does.
     pub fn run(self) -> ExitCode {
+        // A process of another container that shares the pod's process
+        // namespace and runs as this user (a signal reload asks for both)
+        // must not read this one's memory, environment or root through
+        // /proc: it holds the pod's broker token. Not dumpable, those are
+        // root's; and no core dump can carry a secret to disk.
+        if let Err(error) = nix::sys::prctl::set_dumpable(false) {
+            log::error(
+                "start_failed",
+                json!({ "error": format!("cannot make the process undumpable: {error}") }),
+            );
+            return ExitCode::FAILURE;
+        }
         if let Err(message) = self.listen_for_signals() {
             log::error("start_failed", json!({ "error": message }));
             return ExitCode::FAILURE;
@@ -172,6 +192,22 @@ impl Keeper {
                 return None;
             }
             Action::Exit(_) => return None,
+            Action::Reload { secret } => {
+                if let Some(reloader) = &self.reloader {
+                    let reloader = Arc::clone(reloader);
+                    let spawned = thread::Builder::new()
+                        .name("reload".into())
+                        .stack_size(RELOAD_STACK_BYTES)
+                        .spawn(move || reloader.reload(&secret));
+                    if let Err(error) = spawned {
+                        log::error(
+                            "thread_failed",
+                            json!({ "call": "reload", "error": error.to_string() }),
+                        );
+                    }
+                }
+                return None;
+            }
             Action::Issue { slots, secrets } => {
                 let client = self.client.clone();
                 Event::CallStarted(self.spawn_call("issue", move || {
@@ -250,6 +286,8 @@ impl Keeper {
                 ),
                 "pod_uid": self.config.pod.uid,
                 "fs_group": self.config.fs_group,
+                "reload_signal": self.config.reload.signal,
+                "reload_url": self.config.reload.url.as_ref().map(|url| format!("{}:{}{}", url.host, url.port, url.path)),
             }),
         );
     }
