@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 
 use ferry_api::grants::GrantLookup;
 use ferry_api::resources::SecretReference;
+use ferry_contract::reload::{self, PROCESS_ANNOTATION, SIGNAL_ANNOTATION, URL_ANNOTATION};
 use ferry_contract::{
     self as contract, INJECT_LABEL, MOUNT_PATH_ANNOTATION, SECRETS_ANNOTATION, SECRETS_VOLUME_NAME,
     SIDECAR_COMMAND, SIDECAR_CONTAINER_NAME, SIDECAR_PROBE_ARG, SIDECAR_RUN_ARG, STATUS_ANNOTATION,
@@ -96,6 +97,9 @@ pub enum Refusal {
         "container {0} mounts volume {TOKEN_VOLUME_NAME}: only ferry's sidecar may hold the pod's broker token; remove that volumeMount"
     )]
     TokenMounted(String),
+    /// A reload annotation cannot be honoured.
+    #[error("{0}")]
+    Reload(String),
     /// The service account lacks a Grant for some requested secrets.
     #[error("{}", missing_grants_message(.namespace, .service_account, .missing))]
     MissingGrants {
@@ -117,6 +121,7 @@ impl Refusal {
             Self::MountPath(_) => "invalid_mount_path",
             Self::Clash(_) => "clash",
             Self::TokenMounted(_) => "token_mounted",
+            Self::Reload(_) => "invalid_reload",
             Self::MissingGrants { .. } => "missing_grant",
         }
     }
@@ -189,6 +194,7 @@ pub fn inject_sidecar(
         None => contract::DEFAULT_MOUNT_PATH,
     };
     check_clashes(pod, mount_path)?;
+    let reload = reload_settings(pod, annotation)?;
 
     let service_account = pod
         .spec
@@ -214,12 +220,87 @@ pub fn inject_sidecar(
         }
     }
 
-    let patch = build_patch(pod, config, &secrets, mount_path);
+    let patch = build_patch(pod, config, &secrets, mount_path, &reload);
     Ok(Injection::Injected {
         patch,
         secrets,
         warnings,
     })
+}
+
+/// What a pod asked for in its reload annotations, checked.
+#[derive(Debug, Default)]
+struct Reload {
+    /// The signal (`SIGHUP`) and the name of the processes to send it to.
+    signal: Option<(String, String)>,
+    /// The loopback URL to POST to.
+    url: Option<String>,
+}
+
+/// The longest reload URL accepted, in bytes.
+const MAX_RELOAD_URL_BYTES: usize = 2048;
+
+/// Reads and checks the reload annotations (see [`contract::reload`]). A
+/// signal needs the pod's containers to share a process namespace (set
+/// here unless the pod says `false`) and the sidecar to run as the app's
+/// user, which the pod must therefore name.
+fn reload_settings<'a>(
+    pod: &Pod,
+    annotation: impl Fn(&str) -> Option<&'a String>,
+) -> Result<Reload, Refusal> {
+    let refuse = |key: &str, value: &str, why: String| {
+        Refusal::Reload(format!("annotation {key}: {} {why}", Quoted::new(value)))
+    };
+    let signal = match (
+        annotation(SIGNAL_ANNOTATION),
+        annotation(PROCESS_ANNOTATION),
+    ) {
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(Refusal::Reload(format!(
+                "annotation {SIGNAL_ANNOTATION} needs annotation {PROCESS_ANNOTATION}: the name of the app's process to signal"
+            )));
+        }
+        (None, Some(_)) => {
+            return Err(Refusal::Reload(format!(
+                "annotation {PROCESS_ANNOTATION} needs annotation {SIGNAL_ANNOTATION}: the signal to send it, such as HUP"
+            )));
+        }
+        (Some(signal), Some(process)) => {
+            let canonical = reload::parse_signal(signal)
+                .map_err(|why| refuse(SIGNAL_ANNOTATION, signal, why))?;
+            reload::check_process_name(process)
+                .map_err(|why| refuse(PROCESS_ANNOTATION, process, why))?;
+            let spec = pod.spec.as_ref();
+            if spec.and_then(|spec| spec.share_process_namespace) == Some(false) {
+                return Err(Refusal::Reload(format!(
+                    "annotation {SIGNAL_ANNOTATION}: the sidecar can signal the app only if the pod's containers share a process namespace; remove shareProcessNamespace: false (ferry sets it to true)"
+                )));
+            }
+            if app_user(pod).is_none() {
+                return Err(Refusal::Reload(format!(
+                    "annotation {SIGNAL_ANNOTATION}: the sidecar may signal only processes of its own user, and runs as the app's only when the pod names it; set a non-root runAsUser on the pod (or the same one on every container)"
+                )));
+            }
+            Some((canonical, process.clone()))
+        }
+    };
+    let url = match annotation(URL_ANNOTATION) {
+        None => None,
+        Some(url) if url.len() > MAX_RELOAD_URL_BYTES => {
+            return Err(refuse(
+                URL_ANNOTATION,
+                url,
+                format!("is longer than {MAX_RELOAD_URL_BYTES} bytes"),
+            ));
+        }
+        Some(url) => {
+            reload::parse_loopback_url(url.trim())
+                .map_err(|why| refuse(URL_ANNOTATION, url, why))?;
+            Some(url.trim().to_owned())
+        }
+    };
+    Ok(Reload { signal, url })
 }
 
 /// Refuses a pod in which any container but ferry's sidecar mounts the
@@ -337,6 +418,7 @@ fn build_patch(
     config: &InjectionConfig,
     secrets: &[SecretReference],
     mount_path: &str,
+    reload: &Reload,
 ) -> Patch {
     let mut patch = PatchBuilder::default();
     let empty = PodSpec::default();
@@ -392,7 +474,10 @@ fn build_patch(
             vec![app_mount.clone()],
         );
     }
-    let sidecar = to_value(sidecar_container(pod, config, secrets, mount_path));
+    if reload.signal.is_some() && spec.share_process_namespace.is_none() {
+        patch.add(["spec", "shareProcessNamespace"], Value::Bool(true));
+    }
+    let sidecar = to_value(sidecar_container(pod, config, secrets, mount_path, reload));
     if spec.init_containers.is_some() {
         patch.add(["spec", "initContainers", "0"], sidecar);
     } else {
@@ -435,6 +520,7 @@ fn sidecar_container(
     config: &InjectionConfig,
     secrets: &[SecretReference],
     mount_path: &str,
+    reload: &Reload,
 ) -> Container {
     let pod_security = pod
         .spec
@@ -479,6 +565,13 @@ fn sidecar_container(
     }
     if let Some(group) = fs_group {
         env.push(plain(contract::env::FS_GROUP, group.to_string()));
+    }
+    if let Some((signal, process)) = &reload.signal {
+        env.push(plain(contract::env::RELOAD_SIGNAL, signal.clone()));
+        env.push(plain(contract::env::RELOAD_PROCESS, process.clone()));
+    }
+    if let Some(url) = &reload.url {
+        env.push(plain(contract::env::RELOAD_URL, url.clone()));
     }
 
     let mut limits = BTreeMap::from([("memory".to_owned(), config.memory_limit.clone())]);
@@ -550,12 +643,16 @@ fn sidecar_container(
 /// the same on every app container), and the configured default otherwise
 /// (then the pod's fsGroup makes the files group-readable).
 fn sidecar_user(pod: &Pod, config: &InjectionConfig) -> i64 {
-    let Some(spec) = pod.spec.as_ref() else {
-        return config.default_run_as_user;
-    };
+    app_user(pod).unwrap_or(config.default_run_as_user)
+}
+
+/// The app's non-root uid, when the pod sets one: pod-wide, or the same on
+/// every app container.
+fn app_user(pod: &Pod) -> Option<i64> {
+    let spec = pod.spec.as_ref()?;
     let non_root = |uid: Option<i64>| uid.filter(|uid| *uid > 0);
     if let Some(uid) = non_root(spec.security_context.as_ref().and_then(|c| c.run_as_user)) {
-        return uid;
+        return Some(uid);
     }
     let mut uids = spec.containers.iter().map(|container| {
         non_root(
@@ -566,7 +663,7 @@ fn sidecar_user(pod: &Pod, config: &InjectionConfig) -> i64 {
         )
     });
     match uids.next().flatten() {
-        Some(first) if uids.all(|uid| uid == Some(first)) => first,
-        _ => config.default_run_as_user,
+        Some(first) if uids.all(|uid| uid == Some(first)) => Some(first),
+        _ => None,
     }
 }

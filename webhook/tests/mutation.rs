@@ -605,3 +605,118 @@ fn pods_already_using_ferrys_names_or_mount_path_are_refused() {
         assert!(refusal.to_string().contains(expected), "{refusal}");
     }
 }
+
+/// An opted-in pod asking for `orders-db` with `annotations` added, its
+/// app running as uid 1000 unless `spec` replaces the spec.
+fn with_reload(annotations: Value, spec: Option<Value>) -> Value {
+    let mut pod = opted_in("orders-db");
+    for (key, value) in annotations.as_object().unwrap() {
+        pod["metadata"]["annotations"][key] = value.clone();
+    }
+    pod["spec"] = spec.unwrap_or_else(|| {
+        json!({"securityContext": {"runAsUser": 1000},
+               "containers": [{"name": "app", "image": "app:1"}]})
+    });
+    pod
+}
+
+#[test]
+fn a_signal_reload_shares_the_process_namespace_and_tells_the_sidecar_what_to_signal() {
+    let pod = injected(with_reload(
+        json!({"ferry.dev/reload-signal": "hup", "ferry.dev/reload-process": "nginx",
+               "ferry.dev/reload-url": "http://127.0.0.1:8080/-/reload"}),
+        None,
+    ));
+    assert_eq!(
+        pod.spec.as_ref().unwrap().share_process_namespace,
+        Some(true)
+    );
+    let container = sidecar(&pod);
+    assert_eq!(
+        env(container, contract::env::RELOAD_SIGNAL).as_deref(),
+        Some("SIGHUP")
+    );
+    assert_eq!(
+        env(container, contract::env::RELOAD_PROCESS).as_deref(),
+        Some("nginx")
+    );
+    assert_eq!(
+        env(container, contract::env::RELOAD_URL).as_deref(),
+        Some("http://127.0.0.1:8080/-/reload")
+    );
+    assert_eq!(
+        container.security_context.as_ref().unwrap().run_as_user,
+        Some(1000),
+        "the sidecar runs as the app, so it may signal it"
+    );
+
+    // A URL alone changes nothing about processes.
+    let pod = injected(with_reload(
+        json!({"ferry.dev/reload-url": "http://localhost:9090/"}),
+        None,
+    ));
+    assert_eq!(pod.spec.as_ref().unwrap().share_process_namespace, None);
+    assert_eq!(env(sidecar(&pod), contract::env::RELOAD_SIGNAL), None);
+}
+
+#[test]
+fn reload_annotations_that_cannot_be_honoured_are_refused_with_the_reason() {
+    let app_as_1000 = None;
+    let cases = [
+        (
+            json!({"ferry.dev/reload-signal": "KILL", "ferry.dev/reload-process": "nginx"}),
+            app_as_1000.clone(),
+            "annotation ferry.dev/reload-signal: \"KILL\" is not a signal a reload may send",
+        ),
+        (
+            json!({"ferry.dev/reload-signal": "HUP"}),
+            app_as_1000.clone(),
+            "annotation ferry.dev/reload-signal needs annotation ferry.dev/reload-process",
+        ),
+        (
+            json!({"ferry.dev/reload-process": "nginx"}),
+            app_as_1000.clone(),
+            "annotation ferry.dev/reload-process needs annotation ferry.dev/reload-signal",
+        ),
+        (
+            json!({"ferry.dev/reload-signal": "HUP", "ferry.dev/reload-process": "/usr/sbin/nginx"}),
+            app_as_1000.clone(),
+            "is not a process name",
+        ),
+        (
+            json!({"ferry.dev/reload-url": "http://10.0.0.7:8080/reload"}),
+            app_as_1000.clone(),
+            "is not on the pod's loopback interface",
+        ),
+        (
+            json!({"ferry.dev/reload-url": "https://127.0.0.1/reload"}),
+            app_as_1000.clone(),
+            "must be an http:// URL",
+        ),
+        (
+            json!({"ferry.dev/reload-signal": "HUP", "ferry.dev/reload-process": "nginx"}),
+            Some(json!({"containers": [{"name": "app", "image": "app:1"}]})),
+            "set a non-root runAsUser",
+        ),
+        (
+            json!({"ferry.dev/reload-signal": "HUP", "ferry.dev/reload-process": "nginx"}),
+            Some(
+                json!({"shareProcessNamespace": false, "securityContext": {"runAsUser": 1000},
+                        "containers": [{"name": "app", "image": "app:1"}]}),
+            ),
+            "remove shareProcessNamespace: false",
+        ),
+    ];
+    for (annotations, spec, expected) in cases {
+        let refusal = refusal(with_reload(annotations.clone(), spec));
+        assert_eq!(refusal.reason(), "invalid_reload", "{annotations}");
+        assert!(
+            refusal.to_string().contains(expected),
+            "{annotations}: {refusal}"
+        );
+    }
+    let long = format!("http://127.0.0.1/{}", "a".repeat(4096));
+    let message = refusal(with_reload(json!({"ferry.dev/reload-url": long}), None)).to_string();
+    assert!(message.contains("longer than 2048 bytes"), "{message}");
+    assert!(message.len() < 300, "the value is not echoed whole");
+}
