@@ -709,3 +709,87 @@ sleep 3600 & wait"#,
     );
     assert!(!captured_logs().contains(&key_body));
 }
+
+#[tokio::test]
+async fn the_app_is_signalled_and_called_once_each_renewal_has_swapped_its_files() {
+    let (client, owner, app) = scenario("reload").await;
+    let token = format!("{owner}/orders-token");
+    // Signalled: the app's shell traps HUP and says which token it then
+    // finds (a digest, not the token), so each signal can be matched to a
+    // complete new file.
+    let signalled = format!(
+        r#"trap 'echo "hup $(md5sum < {SECRETS}/orders-token/token | cut -c1-12)"' HUP
+echo "start $(md5sum < {SECRETS}/orders-token/token | cut -c1-12)"
+echo started
+while true; do sleep 1 & wait; done"#
+    );
+    let mut spec = pod_spec("checkout", json!({"runAsUser": 1000}), &signalled);
+    spec["terminationGracePeriodSeconds"] = json!(2);
+    let mut pod = opted_in("signalled", std::slice::from_ref(&token), spec);
+    let annotations = pod.metadata.annotations.get_or_insert_default();
+    annotations.insert("ferry.dev/reload-signal".into(), "HUP".into());
+    annotations.insert("ferry.dev/reload-process".into(), "sh".into());
+    create_pod(&client, &app, &pod).await;
+
+    // Called: a one-connection-at-a-time HTTP server on the pod's (here
+    // the host's) loopback that answers 204 and logs each call.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let called = format!(
+        r#"echo started
+while true; do printf 'HTTP/1.0 204 No Content\r\n\r\n' | nc -l -p {port} > /dev/null; echo posted; done"#
+    );
+    let mut pod = opted_in(
+        "called",
+        std::slice::from_ref(&token),
+        pod_spec("checkout", json!({"runAsUser": 1000}), &called),
+    );
+    pod.metadata.annotations.get_or_insert_default().insert(
+        "ferry.dev/reload-url".into(),
+        format!("http://127.0.0.1:{port}/-/reload"),
+    );
+    create_pod(&client, &app, &pod).await;
+
+    wait_log_line(&client, &app, "signalled", "started").await;
+    // The 10 s JWT renews about every 5 s: two renewals, two signals.
+    let log = eventually("two reload signals", WAIT, || async {
+        let log = app_log(&client, &app, "signalled").await;
+        (log.lines().filter(|line| line.starts_with("hup ")).count() >= 2).then_some(log)
+    })
+    .await;
+    let digests: Vec<&str> = log
+        .lines()
+        .filter_map(|line| {
+            line.strip_prefix("start ")
+                .or_else(|| line.strip_prefix("hup "))
+        })
+        .collect();
+    for pair in digests.windows(2) {
+        assert_ne!(
+            pair[0], pair[1],
+            "each signal came after a new token was in place: {log}"
+        );
+    }
+    let sidecar = container_log(&client, &app, "signalled", SIDECAR_CONTAINER_NAME).await;
+    assert!(
+        sidecar.contains("\"event\":\"reload_signalled\"")
+            && sidecar.contains("\"signal\":\"SIGHUP\""),
+        "{sidecar}"
+    );
+    assert!(!sidecar.contains("reload_failed"), "{sidecar}");
+
+    wait_log_line(&client, &app, "called", "started").await;
+    eventually("two reload calls", WAIT, || async {
+        let log = app_log(&client, &app, "called").await;
+        (log.lines().filter(|line| *line == "posted").count() >= 2).then_some(())
+    })
+    .await;
+    let sidecar = container_log(&client, &app, "called", SIDECAR_CONTAINER_NAME).await;
+    assert!(
+        sidecar.contains("\"event\":\"reload_requested\"") && sidecar.contains("\"status\":204"),
+        "{sidecar}"
+    );
+}
