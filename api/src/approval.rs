@@ -109,7 +109,11 @@ pub fn judge_request(
         }
         Some(RequestPhase::Approved) => {
             let Some(Time(until)) = current.valid_until else {
-                return settle(current, RequestPhase::Ended, "approved without an end".into());
+                return settle(
+                    current,
+                    RequestPhase::Ended,
+                    "approved without an end".into(),
+                );
             };
             if until <= now {
                 return settle(
@@ -284,9 +288,7 @@ pub fn approved_access(
     now: Timestamp,
 ) -> Option<ApprovedAccess> {
     let status = request.status.as_ref()?;
-    let Some(Time(until)) = status.valid_until else {
-        return None;
-    };
+    let until = status.valid_until.as_ref()?.0;
     (status.phase == Some(RequestPhase::Approved)
         && status.policy_uid.as_deref() == Some(policy_uid)
         && until > now
@@ -409,24 +411,37 @@ mod tests {
         assert_eq!(j.status.decided_at, Some(Time(at("2026-06-01T00:10:00Z"))));
         assert_eq!(j.status.valid_until, Some(Time(at("2026-06-01T00:40:00Z"))));
         assert_eq!(j.status.approver.as_deref(), Some("bob"));
-        assert!(j.message.contains("approved by bob: looks right"), "{}", j.message);
+        assert!(
+            j.message.contains("approved by bob: looks right"),
+            "{}",
+            j.message
+        );
 
         // Seen again later: nothing moves, not even the start.
         let (_, again) = judged(approved.clone(), "2026-06-01T00:20:00Z");
         assert_eq!(again.status, j.status);
         let access = approved_access(&approved, "orders-jit-uid", at("2026-06-01T00:20:00Z"));
         assert_eq!(access.unwrap().valid_until, at("2026-06-01T00:40:00Z"));
-        assert_eq!(approved_access(&approved, "other-uid", at("2026-06-01T00:20:00Z")), None);
+        assert_eq!(
+            approved_access(&approved, "other-uid", at("2026-06-01T00:20:00Z")),
+            None
+        );
 
         let (ended, j) = judged(approved, "2026-06-01T00:40:00Z");
         assert_eq!(j.phase(), Some(RequestPhase::Ended));
-        assert_eq!(approved_access(&ended, "orders-jit-uid", at("2026-06-01T00:39:00Z")), None);
+        assert_eq!(
+            approved_access(&ended, "orders-jit-uid", at("2026-06-01T00:39:00Z")),
+            None
+        );
     }
 
     #[test]
     fn a_denial_is_final_and_names_the_approver() {
         let (pending, _) = judged(request("30m"), "2026-06-01T00:00:05Z");
-        let (denied, j) = judged(decided(pending, Verdict::Denied, "bob"), "2026-06-01T00:01:00Z");
+        let (denied, j) = judged(
+            decided(pending, Verdict::Denied, "bob"),
+            "2026-06-01T00:01:00Z",
+        );
         assert_eq!(j.phase(), Some(RequestPhase::Denied));
         assert_eq!(j.message, "denied by bob: looks right");
         assert_eq!(j.recheck_in, None);
@@ -444,13 +459,20 @@ mod tests {
             "2026-06-01T01:00:31Z",
         );
         assert_eq!(late.phase(), Some(RequestPhase::Expired));
-        assert!(late.message.contains("after the request expired"), "{}", late.message);
+        assert!(
+            late.message.contains("after the request expired"),
+            "{}",
+            late.message
+        );
     }
 
     #[test]
     fn requests_that_do_not_fit_the_policy_are_invalid_with_a_reason() {
         let cases: Vec<(AccessRequest, &str)> = vec![
-            (request("9h"), "duration 9h exceeds the policy's maxDuration 8h"),
+            (
+                request("9h"),
+                "duration 9h exceeds the policy's maxDuration 8h",
+            ),
             (
                 AccessRequest {
                     spec: AccessRequestSpec {

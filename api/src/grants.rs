@@ -774,10 +774,11 @@ mod tests {
             .approval(&["bob"], &[], "8h", "1h")
             .valid_until("2026-06-01T02:00:00Z".parse().unwrap())
             .build();
-        let secrets: BTreeMap<String, BrokeredSecret> = [postgres("orders-db"), postgres("orders-cache")]
-            .into_iter()
-            .map(|s| (s.name_any(), s))
-            .collect();
+        let secrets: BTreeMap<String, BrokeredSecret> =
+            [postgres("orders-db"), postgres("orders-cache")]
+                .into_iter()
+                .map(|s| (s.name_any(), s))
+                .collect();
         let derive_with = |approved: &[ApprovedAccess]| {
             derive_grants(
                 &p,
@@ -818,8 +819,11 @@ mod tests {
         };
         let d = derive_with(&[checkout_db.clone(), everything.clone()]);
         assert_eq!(d.grants.len(), 4);
-        assert!(d.grants.iter().all(|g| g.spec.valid_until
-            == Some(Time("2026-06-01T02:00:00Z".parse().unwrap()))));
+        assert!(
+            d.grants
+                .iter()
+                .all(|g| g.spec.valid_until == Some(Time("2026-06-01T02:00:00Z".parse().unwrap())))
+        );
         assert_eq!(
             next_expiry(&p, &[checkout_db.clone(), everything], now()),
             Some(std::time::Duration::from_secs(1800))

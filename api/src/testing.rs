@@ -23,11 +23,11 @@ use std::collections::BTreeMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, Time};
 
 use crate::resources::{
-    AccessPolicy, AccessPolicySpec, Approval, Approvers, BrokeredSecret, BrokeredSecretSpec, CertificateUsage,
-    ClientAuthentication, Grant, GrantSpec, JwtAlgorithm, JwtSource, KeyAlgorithm,
-    KubernetesSecretSource, OAuth2Grant, OAuth2Source, PolicyReference, PostgresSource,
-    SecretAccess, SecretKeyRef, SecretReference, SecretSource, ServiceAccountRef, Subject,
-    TokenSharing, X509Source,
+    AccessPolicy, AccessPolicySpec, Approval, Approvers, BrokeredSecret, BrokeredSecretSpec,
+    CertificateUsage, ClientAuthentication, Grant, GrantSpec, JwtAlgorithm, JwtSource,
+    KeyAlgorithm, KubernetesSecretSource, OAuth2Grant, OAuth2Source, PolicyReference,
+    PostgresSource, SecretAccess, SecretKeyRef, SecretReference, SecretSource, ServiceAccountRef,
+    Subject, TokenSharing, X509Source,
 };
 
 fn strings(values: &[&str]) -> Vec<String> {

@@ -263,7 +263,10 @@ async fn an_approved_request_yields_grants_that_vanish_when_its_duration_ends() 
     .await;
     assert_eq!(grant.spec.service_account, "checkout");
     assert_eq!(grant.spec.secret.name, "orders-db");
-    assert_eq!(grant.spec.valid_until.as_ref().map(|t| t.0), Some(valid_until));
+    assert_eq!(
+        grant.spec.valid_until.as_ref().map(|t| t.0),
+        Some(valid_until)
+    );
     let listed = phase(&team, "debug", RequestPhase::Approved).await;
     assert_eq!(
         listed.status.unwrap().grants,
@@ -465,4 +468,86 @@ fn the_chart_renders_the_access_request_policy_rust_builds() {
             .unwrap_or_else(|| panic!("{kind} {name} not rendered"));
         assert_eq!(chart["spec"], rust["spec"], "{kind} {name}");
     }
+}
+
+/// `kubectl` as the admin; its stdout once it succeeds (discovery of a
+/// new CRD may trail its install by a moment).
+async fn kubectl(cluster: &Cluster, ns: &str, args: &[&str]) -> String {
+    let cache = cluster.dir().join(format!("kubectl-cache-{ns}"));
+    eventually(&format!("kubectl {}", args.join(" ")), WAIT, || async {
+        let output = tokio::process::Command::from(cluster.kubectl())
+            .arg("--cache-dir")
+            .arg(&cache)
+            .args(["-n", ns])
+            .args(args)
+            .output()
+            .await
+            .unwrap();
+        output
+            .status
+            .success()
+            .then(|| String::from_utf8(output.stdout).unwrap())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn kubectl_explains_and_lists_requests_and_the_schema_wants_an_approver() {
+    let team = team("jit-kubectl", "10m").await;
+    let cluster = Cluster::shared().await.unwrap();
+    request(&team, &team.alice, "debug", &team.user("alice"), "15m")
+        .await
+        .unwrap();
+    phase(&team, "debug", RequestPhase::Pending).await;
+
+    let explained = kubectl(
+        cluster,
+        &team.ns,
+        &["explain", "accessrequest.spec.decision"],
+    )
+    .await;
+    assert!(explained.contains("`Approved` or `Denied`"), "{explained}");
+    let explained = kubectl(
+        cluster,
+        &team.ns,
+        &["explain", "accesspolicy.spec.approval"],
+    )
+    .await;
+    assert!(
+        explained.contains("The longest access one approval may grant"),
+        "{explained}"
+    );
+    let table = kubectl(cluster, &team.ns, &["get", "ar"]).await;
+    let header = table.lines().next().unwrap();
+    for column in [
+        "POLICY",
+        "REQUESTER",
+        "DURATION",
+        "PHASE",
+        "APPROVER",
+        "VALIDUNTIL",
+    ] {
+        assert!(header.contains(column), "{table}");
+    }
+    assert!(table.contains("Pending"), "{table}");
+    let listed = kubectl(cluster, &team.ns, &["get", "ferry"]).await;
+    assert!(listed.contains("accessrequest.ferry.dev/debug"), "{listed}");
+
+    let nobody = create_object::<ferry_api::resources::AccessPolicy>(
+        &team.admin,
+        &team.ns,
+        json!({"metadata": {"name": "nobody-approves"},
+        "spec": {
+            "subjects": [{"serviceAccount": {"name": "checkout", "namespace": team.ns}}],
+            "secrets": [{"name": "orders-db"}],
+            "approval": {"approvers": {}, "maxDuration": "200h"},
+        }}),
+    )
+    .await;
+    let message = format!("{nobody:?}");
+    assert!(message.contains("name at least one approver"), "{message}");
+    assert!(
+        message.contains("maxDuration must be between 1m and 168h"),
+        "{message}"
+    );
 }

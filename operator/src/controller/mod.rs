@@ -273,7 +273,10 @@ pub async fn run_with(
         policy_store.clone(),
         triggers,
         |_, request| {
-            vec![ObjectRef::new(&request.spec.policy).within(&request.namespace().unwrap_or_default())]
+            vec![
+                ObjectRef::new(&request.spec.policy)
+                    .within(&request.namespace().unwrap_or_default()),
+            ]
         },
         shutdown.clone(),
     );

@@ -201,11 +201,7 @@ pub(super) fn world_of(
 
 /// The access the policy's approved, unexpired AccessRequests give, from
 /// the watch cache (none when the policy does not require approval).
-fn approved_for(
-    policy: &AccessPolicy,
-    ctx: &Context,
-    now: Timestamp,
-) -> Vec<ApprovedAccess> {
+fn approved_for(policy: &AccessPolicy, ctx: &Context, now: Timestamp) -> Vec<ApprovedAccess> {
     if policy.spec.approval.is_none() {
         return Vec::new();
     }

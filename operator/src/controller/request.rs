@@ -156,11 +156,7 @@ async fn announce(ctx: &Context, request: &AccessRequest, phase: RequestPhase, m
         action: "Judge".into(),
         secondary: None,
     };
-    if let Err(error) = ctx
-        .recorder
-        .publish(&event, &request.object_ref(&()))
-        .await
-    {
+    if let Err(error) = ctx.recorder.publish(&event, &request.object_ref(&())).await {
         tracing::warn!(%error, "could not publish an Event");
     }
 }
