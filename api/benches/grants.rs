@@ -78,6 +78,7 @@ fn bench(c: &mut Criterion) {
                     secrets: &few_secrets,
                     namespaces: &[],
                     now,
+                    approved: &[],
                 },
             )
         })
@@ -90,6 +91,7 @@ fn bench(c: &mut Criterion) {
                     secrets: &few_secrets,
                     namespaces: &[],
                     now,
+                    approved: &[],
                 },
             )
         })
@@ -104,6 +106,7 @@ fn bench(c: &mut Criterion) {
                         secrets: &few_secrets,
                         namespaces: &many_namespaces,
                         now,
+                        approved: &[],
                     },
                 )
             })

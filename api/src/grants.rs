@@ -25,6 +25,7 @@ use ferry_contract::{MANAGED_BY_LABEL, OPERATOR_MANAGER, POLICY_UID_LABEL};
 use crate::duration::{format_duration, parse_duration};
 use crate::resources::{
     AccessPolicy, BrokeredSecret, Grant, GrantSpec, PolicyReference, SecretAccess, SecretReference,
+    ServiceAccountRef,
 };
 
 /// What is wrong with one entry of a policy (the entry grants nothing).
@@ -91,6 +92,49 @@ pub struct PolicyWorld<'a> {
     pub namespaces: &'a [Namespace],
     /// The time to judge validUntil against.
     pub now: Timestamp,
+    /// The policy's approved AccessRequests (read only when the policy
+    /// requires approval).
+    pub approved: &'a [ApprovedAccess],
+}
+
+/// The access one approved AccessRequest gives, as the policy counts it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApprovedAccess {
+    /// The one service account granted; `None`: every subject.
+    pub service_account: Option<ServiceAccountRef>,
+    /// The secrets granted; empty: all the policy's.
+    pub secrets: Vec<String>,
+    /// When the approved access ends.
+    pub valid_until: Timestamp,
+}
+
+impl ApprovedAccess {
+    /// Whether this approval covers `secret` for the service account
+    /// `namespace/name` at `now`.
+    fn covers(&self, namespace: &str, name: &str, secret: &str, now: Timestamp) -> bool {
+        self.valid_until > now
+            && self
+                .service_account
+                .as_ref()
+                .is_none_or(|sa| sa.namespace == namespace && sa.name == name)
+            && (self.secrets.is_empty() || self.secrets.iter().any(|s| s == secret))
+    }
+}
+
+/// The latest end of the approvals covering `secret` for `namespace/name`
+/// at `now`, if any covers it.
+fn approved_until(
+    approved: &[ApprovedAccess],
+    namespace: &str,
+    name: &str,
+    secret: &str,
+    now: Timestamp,
+) -> Option<Timestamp> {
+    approved
+        .iter()
+        .filter(|a| a.covers(namespace, name, secret, now))
+        .map(|a| a.valid_until)
+        .max()
 }
 
 /// Computes the Grants `policy` should produce, and its problems.
@@ -132,6 +176,26 @@ pub fn derive_grants(policy: &AccessPolicy, world: PolicyWorld<'_>) -> Derivatio
             }),
             Ok(limits) => {
                 for (namespace, service_account) in &subjects {
+                    // Under approval, a subject holds a Grant only while an
+                    // approved request covers it, and no longer than the
+                    // policy's own validUntil.
+                    let valid_until = if policy.spec.approval.is_some() {
+                        let Some(until) = approved_until(
+                            world.approved,
+                            namespace,
+                            service_account,
+                            &access.name,
+                            world.now,
+                        ) else {
+                            continue;
+                        };
+                        Some(Time(match &valid_until {
+                            Some(Time(policy_until)) => until.min(*policy_until),
+                            None => until,
+                        }))
+                    } else {
+                        valid_until.clone()
+                    };
                     let spec = GrantSpec {
                         service_account: service_account.clone(),
                         secret: SecretReference {
@@ -142,13 +206,22 @@ pub fn derive_grants(policy: &AccessPolicy, world: PolicyWorld<'_>) -> Derivatio
                         audience: limits.audience.clone(),
                         scopes: limits.scopes.clone(),
                         dns_names: limits.dns_names.clone(),
-                        valid_until: valid_until.clone(),
+                        valid_until,
                         policy: policy_ref.clone(),
                     };
                     derivation.grants.push(grant(namespace, spec));
                 }
             }
         }
+    }
+    if policy.spec.approval.is_some() {
+        // Only the service accounts an approval reached hold anything.
+        derivation.subjects = derivation
+            .grants
+            .iter()
+            .map(|g| (g.namespace(), &g.spec.service_account))
+            .collect::<BTreeSet<_>>()
+            .len();
     }
     derivation
 }
@@ -346,14 +419,24 @@ pub fn grant_is_valid_at(grant: &Grant, now: Timestamp) -> bool {
         .is_none_or(|until| until.0 > now)
 }
 
-/// When a policy's grants change next by the clock alone: its validUntil,
-/// if still ahead.
-pub fn next_expiry(policy: &AccessPolicy, now: Timestamp) -> Option<std::time::Duration> {
-    let Time(until) = policy.spec.valid_until.as_ref()?;
-    let left = until.duration_since(now);
-    (!left.is_negative())
-        .then(|| std::time::Duration::try_from(left).ok())
-        .flatten()
+/// When a policy's grants change next by the clock alone: the earliest of
+/// its validUntil and its approvals' ends still ahead.
+pub fn next_expiry(
+    policy: &AccessPolicy,
+    approved: &[ApprovedAccess],
+    now: Timestamp,
+) -> Option<std::time::Duration> {
+    let policy_until = policy.spec.valid_until.as_ref().map(|Time(t)| *t);
+    let approvals = approved
+        .iter()
+        .map(|a| a.valid_until)
+        .filter(|_| policy.spec.approval.is_some());
+    policy_until
+        .into_iter()
+        .chain(approvals)
+        .filter(|until| *until >= now)
+        .min()
+        .and_then(|until| std::time::Duration::try_from(until.duration_since(now)).ok())
 }
 
 #[cfg(test)]
@@ -420,6 +503,7 @@ mod tests {
                 secrets: &secrets,
                 namespaces,
                 now: now(),
+                approved: &[],
             },
         )
     }
@@ -664,7 +748,7 @@ mod tests {
         let d = derive(&p, &[postgres("orders-db")], &[]);
         assert!(d.expired);
         assert!(d.grants.is_empty());
-        assert_eq!(next_expiry(&p, now()), None);
+        assert_eq!(next_expiry(&p, &[], now()), None);
     }
 
     #[test]
@@ -675,9 +759,82 @@ mod tests {
         let d = derive(&p, &[postgres("orders-db")], &[]);
         assert_eq!(d.grants[0].spec.valid_until, Some(until));
         assert_eq!(
-            next_expiry(&p, now()),
+            next_expiry(&p, &[], now()),
             Some(std::time::Duration::from_secs(3600))
         );
+    }
+
+    #[test]
+    fn under_approval_only_approved_subjects_and_secrets_hold_grants_until_the_approval_ends() {
+        let p = policy()
+            .service_account("shop", "checkout")
+            .service_account("shop", "batch")
+            .secret("orders-db")
+            .secret("orders-cache")
+            .approval(&["bob"], &[], "8h", "1h")
+            .valid_until("2026-06-01T02:00:00Z".parse().unwrap())
+            .build();
+        let secrets: BTreeMap<String, BrokeredSecret> =
+            [postgres("orders-db"), postgres("orders-cache")]
+                .into_iter()
+                .map(|s| (s.name_any(), s))
+                .collect();
+        let derive_with = |approved: &[ApprovedAccess]| {
+            derive_grants(
+                &p,
+                PolicyWorld {
+                    secrets: &secrets,
+                    namespaces: &[],
+                    now: now(),
+                    approved,
+                },
+            )
+        };
+        assert!(derive_with(&[]).grants.is_empty());
+        assert_eq!(derive_with(&[]).subjects, 0);
+
+        let checkout_db = ApprovedAccess {
+            service_account: Some(ServiceAccountRef {
+                namespace: "shop".into(),
+                name: "checkout".into(),
+            }),
+            secrets: vec!["orders-db".into()],
+            valid_until: "2026-06-01T00:30:00Z".parse().unwrap(),
+        };
+        let d = derive_with(std::slice::from_ref(&checkout_db));
+        assert_eq!(d.grants.len(), 1);
+        assert_eq!(d.subjects, 1);
+        assert_eq!(d.grants[0].spec.service_account, "checkout");
+        assert_eq!(d.grants[0].spec.secret.name, "orders-db");
+        assert_eq!(
+            d.grants[0].spec.valid_until,
+            Some(Time("2026-06-01T00:30:00Z".parse().unwrap()))
+        );
+
+        // An approval for everything, longer than the policy: capped by it.
+        let everything = ApprovedAccess {
+            service_account: None,
+            secrets: Vec::new(),
+            valid_until: "2026-06-01T05:00:00Z".parse().unwrap(),
+        };
+        let d = derive_with(&[checkout_db.clone(), everything.clone()]);
+        assert_eq!(d.grants.len(), 4);
+        assert!(
+            d.grants
+                .iter()
+                .all(|g| g.spec.valid_until == Some(Time("2026-06-01T02:00:00Z".parse().unwrap())))
+        );
+        assert_eq!(
+            next_expiry(&p, &[checkout_db.clone(), everything], now()),
+            Some(std::time::Duration::from_secs(1800))
+        );
+
+        // An approval that has ended grants nothing.
+        let ended = ApprovedAccess {
+            valid_until: now(),
+            ..checkout_db
+        };
+        assert!(derive_with(&[ended]).grants.is_empty());
     }
 
     #[test]

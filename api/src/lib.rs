@@ -11,6 +11,7 @@
 //! which only dev-dependencies and the e2e harness enable.
 
 #[cfg(feature = "templates")]
+pub mod approval;
 pub mod checks;
 pub mod confinement;
 pub mod duration;

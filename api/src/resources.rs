@@ -543,6 +543,55 @@ pub struct AccessPolicySpec {
     /// When set, access ends at this time and the grants are removed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub valid_until: Option<Time>,
+    /// When set, subjects hold no Grant of their own: each needs an
+    /// AccessRequest in this namespace approved by one of `approvers`, and
+    /// holds Grants only for the approved duration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<Approval>,
+}
+
+fn default_max_duration() -> String {
+    "8h".into()
+}
+
+fn default_request_ttl() -> String {
+    "1h".into()
+}
+
+/// Just-in-time access: who approves requests, and how much they may grant.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Approval {
+    /// Who may approve or deny requests (as the apiserver authenticates
+    /// them); never the requester themselves.
+    pub approvers: Approvers,
+    /// The longest access one approval may grant, like `8h` (between 1m
+    /// and 168h). A request asking for more is Invalid.
+    #[serde(default = "default_max_duration")]
+    #[schemars(regex(pattern = DURATION_PATTERN), length(max = 32))]
+    #[x_kube(validation = Rule::new(on_durations(&["self"], "duration(self) >= duration('1m') && duration(self) <= duration('168h')")).message("maxDuration must be between 1m and 168h"))]
+    pub max_duration: String,
+    /// How long a request may wait for a decision before it expires, like
+    /// `1h` (between 10s and 168h).
+    #[serde(default = "default_request_ttl")]
+    #[schemars(regex(pattern = DURATION_PATTERN), length(max = 32))]
+    #[x_kube(validation = Rule::new(on_durations(&["self"], "duration(self) >= duration('10s') && duration(self) <= duration('168h')")).message("requestTtl must be between 10s and 168h"))]
+    pub request_ttl: String,
+}
+
+/// Users and groups, as the apiserver authenticates them.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("(has(self.users) ? size(self.users) : 0) + (has(self.groups) ? size(self.groups) : 0) >= 1").message("name at least one approver: a user or a group"))]
+pub struct Approvers {
+    /// Usernames, such as `alice` or `system:serviceaccount:ops:approver`.
+    #[serde(default)]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 512)))]
+    pub users: Vec<String>,
+    /// Group names; any member may decide.
+    #[serde(default)]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 512)))]
+    pub groups: Vec<String>,
 }
 
 /// One subject: a service account by name, or a service account name in
@@ -694,18 +743,184 @@ pub struct PolicyReference {
     pub uid: String,
 }
 
-/// The three CRDs, in the order they should be applied.
+/// A request for just-in-time access under an AccessPolicy that requires
+/// approval. Created by the requester in the policy's namespace; decided
+/// once, by an approver other than the requester, through
+/// `spec.decision`. The operator judges it and writes its status; an
+/// approved request yields Grants until `status.validUntil`.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "ferry.dev",
+    version = "v1alpha1",
+    kind = "AccessRequest",
+    doc = "A request for time-boxed access under an AccessPolicy that requires approval.",
+    namespaced,
+    shortname = "ar",
+    category = "ferry",
+    status = "AccessRequestStatus",
+    printcolumn = r#"{"name":"Policy","type":"string","jsonPath":".spec.policy"}"#,
+    printcolumn = r#"{"name":"Requester","type":"string","jsonPath":".spec.requester"}"#,
+    printcolumn = r#"{"name":"Duration","type":"string","jsonPath":".spec.duration"}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Approver","type":"string","jsonPath":".status.approver"}"#,
+    printcolumn = r#"{"name":"ValidUntil","type":"date","jsonPath":".status.validUntil"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.policy == oldSelf.policy && self.duration == oldSelf.duration && self.reason == oldSelf.reason && self.requester == oldSelf.requester && has(self.secrets) == has(oldSelf.secrets) && (!has(self.secrets) || self.secrets == oldSelf.secrets) && has(self.serviceAccount) == has(oldSelf.serviceAccount) && (!has(self.serviceAccount) || self.serviceAccount == oldSelf.serviceAccount)").message("a request cannot be edited: only spec.decision may be set after it is created"))]
+#[x_kube(validation = Rule::new("!has(oldSelf.decision) || (has(self.decision) && self.decision == oldSelf.decision)").message("the request is already decided: a decision cannot be changed or removed"))]
+pub struct AccessRequestSpec {
+    /// The AccessPolicy (in this namespace) to request access under; it
+    /// must require approval.
+    #[schemars(regex(pattern = SUBDOMAIN_PATTERN), length(min = 1, max = 253))]
+    pub policy: String,
+    /// The policy's secrets wanted, by name; empty or unset: all of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(regex(pattern = SUBDOMAIN_PATTERN), length(min = 1, max = 253)))]
+    #[x_kube(validation = Rule::new("self.all(s, self.exists_one(t, t == s))").message("each secret may be listed only once"))]
+    pub secrets: Vec<String>,
+    /// The one service account (among the policy's subjects) to grant;
+    /// unset: every subject of the policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<ServiceAccountRef>,
+    /// How long access lasts once approved, like `30m` (at least 10s, and
+    /// at most the policy's `approval.maxDuration`).
+    #[schemars(regex(pattern = DURATION_PATTERN), length(max = 32))]
+    #[x_kube(validation = Rule::new(on_durations(&["self"], "duration(self) >= duration('10s') && duration(self) <= duration('168h')")).message("duration must be between 10s and 168h"))]
+    pub duration: String,
+    /// Why access is needed (for the approver and the audit trail).
+    #[schemars(length(min = 1, max = 1024))]
+    pub reason: String,
+    /// The requesting user: must be the username the apiserver
+    /// authenticated the creation as (an admission policy checks).
+    #[schemars(length(min = 1, max = 512))]
+    pub requester: String,
+    /// The approver's decision, set once by an approver who is not the
+    /// requester, while the request is Pending; `approver` must be the
+    /// username the apiserver authenticated (an admission policy checks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision: Option<Decision>,
+}
+
+/// An approver's decision on an AccessRequest.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Decision {
+    /// `Approved` or `Denied`.
+    pub verdict: Verdict,
+    /// The approver's username, as the apiserver authenticates them.
+    #[schemars(length(min = 1, max = 512))]
+    pub approver: String,
+    /// Why (kept in status and an Event).
+    #[schemars(length(min = 1, max = 1024))]
+    pub reason: String,
+}
+
+/// An approver's verdict.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Access is granted for the requested duration.
+    Approved,
+    /// Access is refused.
+    Denied,
+}
+
+/// Where an AccessRequest stands.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestPhase {
+    /// Valid, waiting for a decision until `expiresAt`.
+    Pending,
+    /// Approved: Grants exist until `validUntil`.
+    Approved,
+    /// Denied by an approver.
+    Denied,
+    /// Not decided in time (or decided only after `expiresAt`).
+    Expired,
+    /// Was approved; `validUntil` has passed (or the policy no longer
+    /// allows it), and its Grants are gone.
+    Ended,
+    /// The request does not fit its policy; the condition says why.
+    Invalid,
+}
+
+impl RequestPhase {
+    /// The phase as status and Events spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "Pending",
+            Self::Approved => "Approved",
+            Self::Denied => "Denied",
+            Self::Expired => "Expired",
+            Self::Ended => "Ended",
+            Self::Invalid => "Invalid",
+        }
+    }
+
+    /// Whether nothing can change this phase any more.
+    pub fn is_final(self) -> bool {
+        !matches!(self, Self::Pending | Self::Approved)
+    }
+}
+
+/// Observed state of an AccessRequest, written by the operator only.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct AccessRequestStatus {
+    /// Where the request stands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<RequestPhase>,
+    /// Who may decide: the policy's approvers, copied here for the
+    /// admission policy that checks the decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approvers: Option<Approvers>,
+    /// UID of the policy the request was judged against, so a policy
+    /// recreated under the same name does not inherit approvals.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_uid: Option<String>,
+    /// When a Pending request expires undecided.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Time>,
+    /// Who decided.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approver: Option<String>,
+    /// Why, in the approver's words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision_reason: Option<String>,
+    /// When the operator first saw the decision: access starts then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided_at: Option<Time>,
+    /// When approved access ends: `decidedAt` plus `spec.duration`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid_until: Option<Time>,
+    /// The Grants (`<namespace>/<name>`) this approval yields.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub grants: Vec<String>,
+    /// `Ready` is True while the request grants access; its reason is the
+    /// phase and its message says why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// The generation the status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// The four CRDs, in the order they should be applied.
 pub fn crds()
 -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
 {
     use kube::CustomResourceExt;
-    vec![BrokeredSecret::crd(), AccessPolicy::crd(), Grant::crd()]
+    vec![
+        BrokeredSecret::crd(),
+        AccessPolicy::crd(),
+        Grant::crd(),
+        AccessRequest::crd(),
+    ]
 }
 
 /// The first line of every generated CRD file and stream.
 const GENERATED_HEADER: &str = "# Generated by `ferry-operator crds` (make crds). Do not edit.\n";
 
-/// The three CRDs as one multi-document YAML stream, as printed by
+/// The CRDs as one multi-document YAML stream, as printed by
 /// `ferry-operator crds`.
 pub fn crds_yaml() -> Result<String, serde_yaml::Error> {
     let mut out = String::from(GENERATED_HEADER);

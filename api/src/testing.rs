@@ -23,11 +23,11 @@ use std::collections::BTreeMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, Time};
 
 use crate::resources::{
-    AccessPolicy, AccessPolicySpec, BrokeredSecret, BrokeredSecretSpec, CertificateUsage,
-    ClientAuthentication, Grant, GrantSpec, JwtAlgorithm, JwtSource, KeyAlgorithm,
-    KubernetesSecretSource, OAuth2Grant, OAuth2Source, PolicyReference, PostgresSource,
-    SecretAccess, SecretKeyRef, SecretReference, SecretSource, ServiceAccountRef, Subject,
-    TokenSharing, X509Source,
+    AccessPolicy, AccessPolicySpec, Approval, Approvers, BrokeredSecret, BrokeredSecretSpec,
+    CertificateUsage, ClientAuthentication, Grant, GrantSpec, JwtAlgorithm, JwtSource,
+    KeyAlgorithm, KubernetesSecretSource, OAuth2Grant, OAuth2Source, PolicyReference,
+    PostgresSource, SecretAccess, SecretKeyRef, SecretReference, SecretSource, ServiceAccountRef,
+    Subject, TokenSharing, X509Source,
 };
 
 fn strings(values: &[&str]) -> Vec<String> {
@@ -240,6 +240,7 @@ pub fn access_policy(namespace: &str, name: &str) -> AccessPolicyBuilder {
             subjects: Vec::new(),
             secrets: Vec::new(),
             valid_until: None,
+            approval: None,
         },
     }
 }
@@ -290,6 +291,26 @@ impl AccessPolicyBuilder {
     /// Grants a secret narrowed as `access` says.
     pub fn narrowed(mut self, access: SecretAccessBuilder) -> Self {
         self.spec.secrets.push(access.build());
+        self
+    }
+
+    /// Requires approval by `users` and `groups`, granting at most
+    /// `max_duration` per request, requests waiting at most `request_ttl`.
+    pub fn approval(
+        mut self,
+        users: &[&str],
+        groups: &[&str],
+        max_duration: &str,
+        request_ttl: &str,
+    ) -> Self {
+        self.spec.approval = Some(Approval {
+            approvers: Approvers {
+                users: strings(users),
+                groups: strings(groups),
+            },
+            max_duration: max_duration.into(),
+            request_ttl: request_ttl.into(),
+        });
         self
     }
 

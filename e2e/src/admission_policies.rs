@@ -8,7 +8,9 @@
 //! - the broker's service account in [`FERRY_NAMESPACE`] updates only a
 //!   brokerable Secret's refresh token, claim annotation and shared access
 //!   token (tests that run the broker with least privilege impersonate
-//!   that account).
+//!   that account);
+//! - an AccessRequest's requester and approver are the users the apiserver
+//!   authenticated, and never the same.
 
 use k8s_openapi::api::admissionregistration::v1::{
     ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
@@ -19,6 +21,7 @@ use kube::{Client, ResourceExt};
 use crate::HarnessError;
 use crate::cluster::ADMIN_USER;
 use crate::stack::FERRY_NAMESPACE;
+use ferry_operator::admission::access_requests::access_request_policy;
 use ferry_operator::admission::broker_secrets::broker_secret_policy;
 use ferry_operator::admission::grants::{grant_admission_policy, operator_username};
 
@@ -39,6 +42,13 @@ pub async fn install_grant_policy(client: &Client, writers: &[String]) -> Result
 /// [`FERRY_NAMESPACE`], and its binding (idempotent).
 pub async fn install_broker_secret_policy(client: &Client) -> Result<(), HarnessError> {
     let (policy, binding) = broker_secret_policy(FERRY_NAMESPACE);
+    apply(client, &policy, &binding).await
+}
+
+/// Applies the policy checking who creates and decides AccessRequests, and
+/// its binding (idempotent).
+pub async fn install_access_request_policy(client: &Client) -> Result<(), HarnessError> {
+    let (policy, binding) = access_request_policy();
     apply(client, &policy, &binding).await
 }
 

@@ -18,7 +18,7 @@ const ESTABLISH_DEADLINE: Duration = Duration::from_secs(60);
 /// Applies ferry's CRDs with server-side apply and waits until each is
 /// Established, then the admission policies the chart installs with them
 /// (only the operator writes Grants; the broker's Secret updates are
-/// narrowed). Idempotent, and safe to call from many tests at once: every
+/// narrowed; AccessRequests are decided by an authenticated approver). Idempotent, and safe to call from many tests at once: every
 /// call applies the same objects as the same field manager.
 pub async fn install_crds(client: &Client) -> Result<(), HarnessError> {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
@@ -45,8 +45,10 @@ pub async fn install_crds(client: &Client) -> Result<(), HarnessError> {
             }
         }
     }
-    // Grants come with the rule of who may write them, and the broker that
-    // reads them with the rule of which Secrets it may write.
+    // Grants come with the rule of who may write them, the broker that
+    // reads them with the rule of which Secrets it may write, and
+    // AccessRequests with the rule of who requests and who decides.
     crate::install_grant_policy(client, &crate::harness_grant_writers()).await?;
-    crate::install_broker_secret_policy(client).await
+    crate::install_broker_secret_policy(client).await?;
+    crate::install_access_request_policy(client).await
 }

@@ -34,7 +34,8 @@ mod webhook;
 mod world;
 
 pub use admission_policies::{
-    harness_grant_writers, install_broker_secret_policy, install_grant_policy,
+    harness_grant_writers, install_access_request_policy, install_broker_secret_policy,
+    install_grant_policy,
 };
 pub use broker::RunningBroker;
 pub use cluster::{Cluster, controlplane_bin_dir};

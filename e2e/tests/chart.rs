@@ -733,6 +733,7 @@ async fn helm_install_upgrade_and_uninstall_store_the_objects_keep_the_crds_and_
     type Check<'a> = (&'a str, &'a str, &'a [&'a str]);
     let operator_may: &[Check] = &[
         ("watch", "accesspolicies.ferry.dev", &all),
+        ("watch", "accessrequests.ferry.dev", &all),
         ("patch", "accesspolicies.ferry.dev", &all),
         ("watch", "brokeredsecrets.ferry.dev", &all),
         ("create", "grants.ferry.dev", &all),

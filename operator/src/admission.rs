@@ -6,7 +6,10 @@
 //! - [`broker_secrets`]: the broker's Secret updates change only a
 //!   brokerable Secret's refresh token, its claim annotation and the
 //!   access token the broker's replicas share.
+//! - [`access_requests`]: an AccessRequest's requester and approver are
+//!   the users the apiserver authenticated, and never the same.
 
+pub mod access_requests;
 pub mod broker_secrets;
 pub mod grants;
 

@@ -1,5 +1,7 @@
-//! The controllers: AccessPolicy → Grants ([`policy`]), and BrokeredSecret
-//! validation ([`secret`]), with the status both write ([`status`]).
+//! The controllers: AccessPolicy → Grants ([`policy`]), AccessRequest
+//! judgement ([`request`]: approved requests are what a policy requiring
+//! approval grants), and BrokeredSecret validation ([`secret`]), with the
+//! status they write ([`status`]).
 //!
 //! Each reconcile is a pipeline: read the world from watch caches, derive
 //! the desired state with a pure function (`ferry_api::grants`,
@@ -12,6 +14,7 @@
 
 mod limits;
 mod policy;
+mod request;
 mod secret;
 mod status;
 
@@ -34,8 +37,9 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 
 use crate::metrics::OperatorMetrics;
-use ferry_api::resources::{AccessPolicy, BrokeredSecret, Grant};
+use ferry_api::resources::{AccessPolicy, AccessRequest, BrokeredSecret, Grant};
 use policy::{reconcile_policy, sweep_orphans};
+use request::reconcile_request;
 use secret::reconcile_secret;
 
 /// Finalizer on AccessPolicies: their Grants live in other namespaces, where
@@ -118,6 +122,7 @@ pub struct Context {
     secrets: Store<BrokeredSecret>,
     namespaces: Store<Namespace>,
     grants: Store<Grant>,
+    requests: Store<AccessRequest>,
     recorder: Recorder,
     metrics: Arc<OperatorMetrics>,
     caches_filled: tokio::sync::watch::Receiver<bool>,
@@ -148,11 +153,13 @@ async fn announce_filled(
     secrets: Store<BrokeredSecret>,
     namespaces: Store<Namespace>,
     grants: Store<Grant>,
+    requests: Store<AccessRequest>,
     filled: tokio::sync::watch::Sender<bool>,
 ) {
     let ready = secrets.wait_until_ready().await.is_ok()
         && namespaces.wait_until_ready().await.is_ok()
-        && grants.wait_until_ready().await.is_ok();
+        && grants.wait_until_ready().await.is_ok()
+        && requests.wait_until_ready().await.is_ok();
     if ready {
         tracing::debug!("watch caches filled");
         let _ = filled.send(true);
@@ -191,6 +198,7 @@ pub async fn run_with(
     let (secrets, secrets_writer) = reflector::store();
     let (namespaces, namespaces_writer) = reflector::store();
     let (grants, grants_writer) = reflector::store();
+    let (requests, requests_writer) = reflector::store();
     let reporter = Reporter {
         controller: OPERATOR_MANAGER.into(),
         instance: reporter_instance,
@@ -200,6 +208,7 @@ pub async fn run_with(
         secrets.clone(),
         namespaces.clone(),
         grants.clone(),
+        requests.clone(),
         filled_tx,
     );
     let context = Arc::new(Context {
@@ -207,6 +216,7 @@ pub async fn run_with(
         secrets,
         namespaces,
         grants,
+        requests,
         recorder: Recorder::new(client.clone(), reporter),
         metrics,
         caches_filled,
@@ -254,9 +264,26 @@ pub async fn run_with(
             watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={OPERATOR_MANAGER}")),
         ),
         policy_store.clone(),
-        triggers,
+        triggers.clone(),
         |_, grant| {
             vec![ObjectRef::new(&grant.spec.policy.name).within(&grant.spec.policy.namespace)]
+        },
+        shutdown.clone(),
+    );
+    // A request's approval, end or deletion changes its policy's Grants.
+    let request_watch = drive(
+        reflect(
+            requests_writer,
+            Api::<AccessRequest>::all(client.clone()),
+            watcher::Config::default(),
+        ),
+        policy_store.clone(),
+        triggers,
+        |_, request| {
+            vec![
+                ObjectRef::new(&request.spec.policy)
+                    .within(&request.namespace().unwrap_or_default()),
+            ]
         },
         shutdown.clone(),
     );
@@ -267,6 +294,27 @@ pub async fn run_with(
         .run(
             |policy, ctx| observed::<AccessPolicy>(ctx.clone(), reconcile_policy(policy, ctx)),
             retry::<AccessPolicy>,
+            context.clone(),
+        )
+        .for_each(|_| futures::future::ready(()));
+
+    // Requests follow their policy: approvers copied while Pending, the
+    // end of access when the policy goes or stops allowing it.
+    let requests = Controller::new(
+        Api::<AccessRequest>::all(client.clone()),
+        watcher::Config::default(),
+    );
+    let request_store = requests.store();
+    let requests = requests
+        .watches(
+            Api::<AccessPolicy>::all(client.clone()),
+            watcher::Config::default(),
+            move |policy| requests_naming(&request_store, &policy),
+        )
+        .graceful_shutdown_on(shutdown.clone().cancelled_owned())
+        .run(
+            |request, ctx| observed::<AccessRequest>(ctx.clone(), reconcile_request(request, ctx)),
+            retry::<AccessRequest>,
             context.clone(),
         )
         .for_each(|_| futures::future::ready(()));
@@ -288,11 +336,13 @@ pub async fn run_with(
     let stopped = async {
         tokio::join!(
             policies,
+            requests,
             secrets,
             orphans,
             secret_watch,
             namespace_watch,
             grant_watch,
+            request_watch,
             filled
         );
     };
@@ -370,6 +420,20 @@ fn policies_naming(
         .iter()
         .filter(|p| p.namespace() == namespace && p.spec.secrets.iter().any(|s| s.name == name))
         .map(|p| ObjectRef::from_obj(p.as_ref()))
+        .collect()
+}
+
+/// Requests in a policy's namespace that name it.
+fn requests_naming(
+    requests: &Store<AccessRequest>,
+    policy: &AccessPolicy,
+) -> Vec<ObjectRef<AccessRequest>> {
+    let (namespace, name) = (policy.namespace(), policy.name_any());
+    requests
+        .state()
+        .iter()
+        .filter(|r| r.namespace() == namespace && r.spec.policy == name)
+        .map(|r| ObjectRef::from_obj(r.as_ref()))
         .collect()
 }
 

@@ -18,7 +18,8 @@ use serde_json::json;
 
 use super::status::{ready_condition, write_status};
 use super::{Context, POLICY_FINALIZER, RESYNC, ReconcileError, TOO_MANY_GRANTS};
-use ferry_api::grants::{PolicyWorld, derive_grants, next_expiry};
+use ferry_api::approval::approved_access;
+use ferry_api::grants::{ApprovedAccess, PolicyWorld, derive_grants, next_expiry};
 use ferry_api::resources::{AccessPolicy, AccessPolicyStatus, BrokeredSecret, Grant};
 
 #[tracing::instrument(skip_all, fields(policy = %ObjectRef::from_obj(policy.as_ref())))]
@@ -47,34 +48,16 @@ pub(super) async fn reconcile_policy(
 async fn apply_policy(policy: &AccessPolicy, ctx: &Context) -> Result<Action, ReconcileError> {
     let namespace = policy.namespace().unwrap_or_default();
     let uid = policy.uid().unwrap_or_default();
-    let secrets: BTreeMap<String, BrokeredSecret> = ctx
-        .secrets
-        .state()
-        .iter()
-        .filter(|s| s.namespace().as_deref() == Some(namespace.as_str()))
-        .map(|s| (s.name_any(), s.as_ref().clone()))
-        .collect();
-    let namespaces: Vec<Namespace> = if policy
-        .spec
-        .subjects
-        .iter()
-        .any(|s| s.namespace_selector.is_some())
-    {
-        ctx.namespaces
-            .state()
-            .iter()
-            .map(|n| n.as_ref().clone())
-            .collect()
-    } else {
-        Vec::new()
-    };
+    let (secrets, namespaces) = world_of(policy, ctx);
     let now = Timestamp::now();
+    let approved = approved_for(policy, ctx, now);
     let derivation = derive_grants(
         policy,
         PolicyWorld {
             secrets: &secrets,
             namespaces: &namespaces,
             now,
+            approved: &approved,
         },
     );
 
@@ -178,11 +161,58 @@ async fn apply_policy(policy: &AccessPolicy, ctx: &Context) -> Result<Action, Re
     };
     write_status(ctx, policy, &current, &desired, &current.conditions, &ready).await?;
 
-    Ok(match next_expiry(policy, now) {
+    Ok(match next_expiry(policy, &approved, now) {
         // One second past validUntil, so the clock has surely passed it.
         Some(left) if left < RESYNC => Action::requeue(left + Duration::from_secs(1)),
         _ => Action::requeue(RESYNC),
     })
+}
+
+/// The BrokeredSecrets of the policy's namespace, by name, and the
+/// namespaces its selectors judge (none when it has no selector).
+pub(super) fn world_of(
+    policy: &AccessPolicy,
+    ctx: &Context,
+) -> (BTreeMap<String, BrokeredSecret>, Vec<Namespace>) {
+    let namespace = policy.namespace().unwrap_or_default();
+    let secrets: BTreeMap<String, BrokeredSecret> = ctx
+        .secrets
+        .state()
+        .iter()
+        .filter(|s| s.namespace().as_deref() == Some(namespace.as_str()))
+        .map(|s| (s.name_any(), s.as_ref().clone()))
+        .collect();
+    let namespaces: Vec<Namespace> = if policy
+        .spec
+        .subjects
+        .iter()
+        .any(|s| s.namespace_selector.is_some())
+    {
+        ctx.namespaces
+            .state()
+            .iter()
+            .map(|n| n.as_ref().clone())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    (secrets, namespaces)
+}
+
+/// The access the policy's approved, unexpired AccessRequests give, from
+/// the watch cache (none when the policy does not require approval).
+fn approved_for(policy: &AccessPolicy, ctx: &Context, now: Timestamp) -> Vec<ApprovedAccess> {
+    if policy.spec.approval.is_none() {
+        return Vec::new();
+    }
+    let (namespace, name) = (policy.namespace(), policy.name_any());
+    let uid = policy.uid().unwrap_or_default();
+    ctx.requests
+        .state()
+        .iter()
+        .filter(|r| r.namespace() == namespace && r.spec.policy == name)
+        .filter_map(|r| approved_access(r, &uid, now))
+        .collect()
 }
 
 async fn delete_grant(ctx: &Context, grant: &Grant) -> Result<(), ReconcileError> {
