@@ -10,8 +10,8 @@
 //! the webhook does not enable. Builders for tests are behind `testing`,
 //! which only dev-dependencies and the e2e harness enable.
 
-#[cfg(feature = "templates")]
 pub mod approval;
+#[cfg(feature = "templates")]
 pub mod checks;
 pub mod confinement;
 pub mod duration;
