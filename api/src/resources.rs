@@ -358,6 +358,7 @@ impl KeyAlgorithm {
 #[x_kube(validation = Rule::new("!has(self.grant) || self.grant != 'RefreshToken' || (has(self.tokenSharing) && self.tokenSharing == 'Shared')").message("grant RefreshToken makes one access token at a time (a refresh revokes the previous one on servers such as Hydra): set tokenSharing: Shared"))]
 #[x_kube(validation = Rule::new("!has(self.grant) || self.grant != 'TokenExchange' || !has(self.tokenSharing) || self.tokenSharing == 'PerLease'").message("grant TokenExchange gets a token naming one pod: it cannot be shared (set tokenSharing: PerLease)"))]
 #[x_kube(validation = Rule::new("(has(self.grant) && self.grant == 'TokenExchange') == has(self.tokenExchange)").message("tokenExchange is set exactly when grant is TokenExchange"))]
+#[x_kube(validation = Rule::new("!has(self.audienceParameter) || self.audienceParameter != 'Resource' || !has(self.audience) || self.audience.all(a, a.matches('^[a-zA-Z][a-zA-Z0-9+.-]*://[^#]+$'))").message("with audienceParameter Resource every audience must be an absolute URI without a fragment (RFC 8707)"))]
 pub struct OAuth2Source {
     /// The token endpoint, an `https://` URL.
     #[schemars(regex(pattern = HTTPS_URL_PATTERN), length(max = 2048))]
@@ -403,11 +404,16 @@ pub struct OAuth2Source {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32), inner(regex(pattern = r"^[!#-\[\]-~]{1,128}$")))]
     pub scopes: Vec<String>,
-    /// The audiences a token may be for (sent as `audience` parameters);
-    /// a policy may narrow them.
+    /// The audiences a token may be for; a policy may narrow them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16), inner(length(min = 1, max = 253)))]
     pub audience: Vec<String>,
+    /// How the audiences go to the server: `Audience` (default) as
+    /// `audience` parameters (Hydra, Auth0, RFC 8693); `Resource` as RFC
+    /// 8707 `resource` indicators, for servers that ignore `audience`
+    /// (node-oidc-provider, Keycloak); then each must be an absolute URI.
+    #[serde(default)]
+    pub audience_parameter: AudienceParameter,
     /// `PerLease` (default): every lease gets a token of its own, revoked
     /// with the lease. `Shared`: pods with the same scopes and audiences
     /// share one cached token, fetched once for all who ask at the same
@@ -485,6 +491,26 @@ pub struct TokenExchange {
     /// (often its issuer URL), so no other party accepts the token.
     #[schemars(length(min = 1, max = 253))]
     pub subject_token_audience: String,
+}
+
+/// The form parameter that carries a token request's audiences.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum AudienceParameter {
+    /// `audience` (Hydra, Auth0, RFC 8693).
+    #[default]
+    Audience,
+    /// `resource` (RFC 8707 resource indicators).
+    Resource,
+}
+
+impl AudienceParameter {
+    /// The form parameter's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Audience => "audience",
+            Self::Resource => "resource",
+        }
+    }
 }
 
 /// Whether pods share access tokens.

@@ -23,9 +23,9 @@ use std::collections::BTreeMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, Time};
 
 use crate::resources::{
-    AccessPolicy, AccessPolicySpec, Approval, Approvers, BrokeredSecret, BrokeredSecretSpec,
-    CertificateUsage, ClientAuthentication, Grant, GrantSpec, JwtAlgorithm, JwtSource,
-    KeyAlgorithm, KubernetesSecretSource, OAuth2Grant, OAuth2Source, PolicyReference,
+    AccessPolicy, AccessPolicySpec, Approval, Approvers, AudienceParameter, BrokeredSecret,
+    BrokeredSecretSpec, CertificateUsage, ClientAuthentication, Grant, GrantSpec, JwtAlgorithm,
+    JwtSource, KeyAlgorithm, KubernetesSecretSource, OAuth2Grant, OAuth2Source, PolicyReference,
     PostgresSource, SecretAccess, SecretKeyRef, SecretReference, SecretSource, ServiceAccountRef,
     Subject, TokenSharing, X509Source,
 };
@@ -179,6 +179,7 @@ impl BrokeredSecretBuilder {
                 token_exchange: None,
                 scopes: Vec::new(),
                 audience: strings(audience),
+                audience_parameter: AudienceParameter::default(),
                 token_sharing: TokenSharing::default(),
                 min_remaining_lifetime: "2m".into(),
                 requests_per_minute: 600,

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD as BASE64, URL_SAFE_NO_PAD as BASE64URL};
-use ferry_api::resources::{ClientAuthentication, OAuth2Grant, TokenSharing};
+use ferry_api::resources::{AudienceParameter, ClientAuthentication, OAuth2Grant, TokenSharing};
 use ferry_api::testing::{self, secret_access};
 use ferry_broker::auth::ReviewLimits;
 use ferry_broker::lease_id::LeaseKeys;
@@ -1000,4 +1000,66 @@ async fn a_token_exchange_gets_a_token_naming_the_pods_service_account_narrowed_
     for planted in ["crm-exchange-planted-7", &access_token, &fresh] {
         assert!(!logs.contains(planted), "a secret reached the logs");
     }
+}
+
+#[tokio::test]
+async fn audiences_go_out_as_resource_indicators_to_a_server_that_ignores_audience() {
+    world().await;
+    // node-oidc-provider drops `audience` on client_credentials and takes
+    // RFC 8707's `resource` instead.
+    let server = OidcProvider::start(OidcProviderOptions {
+        clients: vec![json!({
+            "client_id": "crm-resource",
+            "client_secret": "crm-resource-planted-8",
+            "grant_types": ["client_credentials"],
+            "scope": SCOPES.join(" "),
+            "token_endpoint_auth_method": "client_secret_basic",
+        })],
+        ..OidcProviderOptions::default()
+    })
+    .await
+    .expect("oidc-provider starts");
+    let tenant = Tenant::create("oauth2-resource").await.unwrap();
+    tenant
+        .secret(
+            "crm-client",
+            json!({
+                "client_id": "crm-resource",
+                "client_secret": "crm-resource-planted-8",
+                "ca.crt": server.ca_pem(),
+            }),
+        )
+        .await
+        .unwrap();
+    let mut secret = tenant
+        .brokered_secret("crm")
+        .oauth2(&server.token_url(), "crm-client", &[AUDIENCE])
+        .scopes(&SCOPES)
+        .build();
+    let source = secret.spec.source.oauth2.as_mut().unwrap();
+    source.ca_key = Some("ca.crt".into());
+    source.audience_parameter = AudienceParameter::Resource;
+    ferry_e2e::create_brokered_secret(&tenant.client, &secret)
+        .await
+        .unwrap();
+    let policy = testing::access_policy(&tenant.owner, "checkout")
+        .service_account(&tenant.app, "checkout")
+        .narrowed(secret_access("crm").scopes(&["contacts.read"]))
+        .build();
+    grant(&tenant.client, policy).await.unwrap();
+    let broker = world().await.broker.client().unwrap();
+    let (_, token) = tenant.pod("api", "checkout").await.unwrap();
+
+    let lease =
+        lease_of(&issue_once_known(&broker, &token, &request(&tenant.owner, "crm", None)).await);
+    let introspected = server
+        .introspect(&lease_file(&lease, "access_token"))
+        .await
+        .unwrap();
+    assert_eq!(introspected["active"], true, "{introspected}");
+    assert_eq!(
+        introspected["aud"], AUDIENCE,
+        "the resource became the audience"
+    );
+    assert_eq!(introspected["scope"], "contacts.read");
 }

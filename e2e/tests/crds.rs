@@ -416,6 +416,14 @@ async fn invalid_objects_are_refused_with_a_message_naming_the_problem() {
             "tokenExchange is set exactly when grant is TokenExchange",
         ),
         (
+            secret(
+                "oauth2-resource-not-a-uri",
+                json!({"source": {"oauth2": {"tokenUrl": "https://idp.example/token", "credentialsSecretName": "crm", "audience": ["crm-api"], "audienceParameter": "Resource"}}}),
+            ),
+            "spec.source.oauth2",
+            "with audienceParameter Resource every audience must be an absolute URI",
+        ),
+        (
             policy(
                 "no-subjects",
                 json!({"subjects": [], "secrets": [{"name": "orders-db"}]}),

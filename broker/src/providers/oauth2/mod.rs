@@ -709,8 +709,9 @@ impl TokenAsk<'_> {
         if !self.scopes.is_empty() {
             form.add("scope", self.scopes.join(" ").as_bytes());
         }
+        let audience_parameter = self.source.audience_parameter.name();
         for audience in self.audience {
-            form.add("audience", audience.as_bytes());
+            form.add(audience_parameter, audience.as_bytes());
         }
         let now = Timestamp::now().as_second();
         let authorization = token::authenticate(&client, self.endpoint, &mut form, now)
