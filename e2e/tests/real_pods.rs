@@ -780,6 +780,24 @@ while true; do printf 'HTTP/1.0 204 No Content\r\n\r\n' | nc -l -p {port} > /dev
         "{sidecar}"
     );
     assert!(!sidecar.contains("reload_failed"), "{sidecar}");
+    // The app shares the sidecar's process namespace and user: the
+    // sidecar made itself non-dumpable, so its /proc files are root's and
+    // the app cannot read its memory, environment or broker token there.
+    let pod = wait_app_running(&client, &app, "signalled").await;
+    let pid = sidecar_pid(env().await.node, &pod);
+    assert_eq!(
+        proc_status_field(pid, "Uid").split_whitespace().next(),
+        Some("1000")
+    );
+    for file in ["environ", "mem", "root"] {
+        let owner = std::os::unix::fs::MetadataExt::uid(
+            &std::fs::symlink_metadata(format!("/proc/{pid}/{file}")).unwrap(),
+        );
+        assert_eq!(
+            owner, 0,
+            "/proc/{pid}/{file} of the sidecar is owned by {owner}"
+        );
+    }
 
     wait_log_line(&client, &app, "called", "started").await;
     eventually("two reload calls", WAIT, || async {
