@@ -404,38 +404,24 @@ impl OAuth2Provider {
             namespace,
         };
         let result = match source.grant {
-            OAuth2Grant::ClientCredentials => {
+            OAuth2Grant::ClientCredentials | OAuth2Grant::TokenExchange => {
                 self.admit(namespace, name, source.requests_per_minute)
                     .await?;
+                let subject_token = match source.grant {
+                    OAuth2Grant::TokenExchange => Some(self.subject_token(secret, source, lease)?),
+                    _ => None,
+                };
                 self.requests.inc();
+                let grant = match &subject_token {
+                    Some(subject_token) => GrantParameters::TokenExchange(subject_token),
+                    None => GrantParameters::ClientCredentials,
+                };
                 match self
                     .reader
                     .data(namespace, &source.credentials_secret_name)
                     .await
                 {
-                    Ok(data) => {
-                        asked
-                            .request(&data, GrantParameters::ClientCredentials)
-                            .await
-                    }
-                    Err(error) => Err(Refused::Request(error)),
-                }
-            }
-            OAuth2Grant::TokenExchange => {
-                self.admit(namespace, name, source.requests_per_minute)
-                    .await?;
-                let subject_token = self.subject_token(secret, source, lease)?;
-                self.requests.inc();
-                match self
-                    .reader
-                    .data(namespace, &source.credentials_secret_name)
-                    .await
-                {
-                    Ok(data) => {
-                        asked
-                            .request(&data, GrantParameters::TokenExchange(&subject_token))
-                            .await
-                    }
+                    Ok(data) => asked.request(&data, grant).await,
                     Err(error) => Err(Refused::Request(error)),
                 }
             }
