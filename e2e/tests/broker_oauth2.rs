@@ -79,18 +79,18 @@ async fn crm_tenant(prefix: &str, id: &str, secret: &str) -> (Hydra, Tenant) {
     credentials(
         &tenant,
         "crm-client",
-        &hydra,
+        &hydra.ca_pem(),
         json!({"client_id": id, "client_secret": secret}),
     )
     .await;
     (hydra, tenant)
 }
 
-/// The tenant's credentials Secret `name`: the client, and the CA that
-/// signed hydra's certificate.
-async fn credentials(tenant: &Tenant, name: &str, hydra: &Hydra, data: Value) {
+/// The tenant's credentials Secret `name`: the client, and `ca_pem`, the
+/// CA that signed the server's certificate.
+async fn credentials(tenant: &Tenant, name: &str, ca_pem: &str, data: Value) {
     let mut data = data;
-    data["ca.crt"] = json!(hydra.ca_pem());
+    data["ca.crt"] = json!(ca_pem);
     tenant.secret(name, data).await.unwrap();
 }
 
@@ -103,14 +103,29 @@ async fn crm_secret(
     credentials: &str,
     tune: impl FnOnce(&mut ferry_api::resources::OAuth2Source),
 ) {
+    let urls = (hydra.token_url(), hydra.revocation_url());
+    oauth2_secret(tenant, name, urls, credentials, tune).await;
+}
+
+/// An oauth2 BrokeredSecret `name` of the tenant at the server of `urls`
+/// (token and revocation endpoints), reading `credentials` (the server's
+/// CA in `ca.crt`), for the CRM's scopes and audience; `tune` sets the
+/// rest.
+async fn oauth2_secret(
+    tenant: &Tenant,
+    name: &str,
+    (token_url, revocation_url): (String, String),
+    credentials: &str,
+    tune: impl FnOnce(&mut ferry_api::resources::OAuth2Source),
+) {
     let mut secret = tenant
         .brokered_secret(name)
-        .oauth2(&hydra.token_url(), credentials, &[AUDIENCE])
+        .oauth2(&token_url, credentials, &[AUDIENCE])
         .scopes(&SCOPES)
         .build();
     let source = secret.spec.source.oauth2.as_mut().unwrap();
     source.ca_key = Some("ca.crt".into());
-    source.revocation_url = Some(hydra.revocation_url());
+    source.revocation_url = Some(revocation_url);
     tune(source);
     ferry_e2e::create_brokered_secret(&tenant.client, &secret)
         .await
@@ -278,7 +293,7 @@ async fn client_secret_post_and_a_private_key_jwt_authenticate_the_client_too() 
     credentials(
         &tenant,
         "post-client",
-        &hydra,
+        &hydra.ca_pem(),
         json!({"client_id": "crm-post", "client_secret": "crm-secret-planted-2"}),
     )
     .await;
@@ -289,7 +304,7 @@ async fn client_secret_post_and_a_private_key_jwt_authenticate_the_client_too() 
     credentials(
         &tenant,
         "jwt-client",
-        &hydra,
+        &hydra.ca_pem(),
         json!({"client_id": "crm-jwt", "private_key": key_pem, "key_id": "broker-1"}),
     )
     .await;
@@ -514,7 +529,7 @@ async fn a_person_consents_once_and_the_broker_holds_the_refresh_token() {
     credentials(
         &tenant,
         "crm-person",
-        &hydra,
+        &hydra.ca_pem(),
         json!({"client_id": "crm-person", "client_secret": "crm-secret-planted-7"}),
     )
     .await;
@@ -592,7 +607,7 @@ async fn a_rotating_refresh_token_is_spent_once_at_a_time_by_two_racing_broker_r
     credentials(
         &tenant,
         "crm-user",
-        &hydra,
+        &hydra.ca_pem(),
         json!({"client_id": "crm-user", "client_secret": "crm-secret-planted-4"}),
     )
     .await;
@@ -734,7 +749,7 @@ async fn a_server_that_is_down_or_refuses_is_named_and_the_token_already_out_kee
     credentials(
         &tenant,
         "wrong-client",
-        &hydra,
+        &hydra.ca_pem(),
         json!({"client_id": "crm-down", "client_secret": "not-the-secret-planted"}),
     )
     .await;
@@ -887,38 +902,27 @@ async fn a_token_exchange_gets_a_token_naming_the_pods_service_account_narrowed_
     let broker = world().await.broker.client().unwrap();
     let server = exchanging_server(&broker, "crm-exchange-planted-7").await;
     let tenant = Tenant::create("oauth2-exchange").await.unwrap();
-    tenant
-        .secret(
-            "crm-client",
-            json!({
-                "client_id": "crm-exchange",
-                "client_secret": "crm-exchange-planted-7",
-                "ca.crt": server.ca_pem(),
-            }),
-        )
-        .await
-        .unwrap();
+    credentials(
+        &tenant,
+        "crm-client",
+        &server.ca_pem(),
+        json!({"client_id": "crm-exchange", "client_secret": "crm-exchange-planted-7"}),
+    )
+    .await;
     // The pod's own token, and the same for an audience the server does
     // not accept.
     for (name, audience) in [
         ("crm", EXCHANGE_AUDIENCE),
         ("crm-stranger", "https://someone-else.example"),
     ] {
-        let mut secret = tenant
-            .brokered_secret(name)
-            .oauth2(&server.token_url(), "crm-client", &[AUDIENCE])
-            .scopes(&SCOPES)
-            .build();
-        let source = secret.spec.source.oauth2.as_mut().unwrap();
-        source.ca_key = Some("ca.crt".into());
-        source.revocation_url = Some(server.revocation_url());
-        source.grant = OAuth2Grant::TokenExchange;
-        source.token_exchange = Some(ferry_api::resources::TokenExchange {
-            subject_token_audience: audience.into(),
-        });
-        ferry_e2e::create_brokered_secret(&tenant.client, &secret)
-            .await
-            .unwrap();
+        let urls = (server.token_url(), server.revocation_url());
+        oauth2_secret(&tenant, name, urls, "crm-client", |source| {
+            source.grant = OAuth2Grant::TokenExchange;
+            source.token_exchange = Some(ferry_api::resources::TokenExchange {
+                subject_token_audience: audience.into(),
+            });
+        })
+        .await;
     }
     let policy = testing::access_policy(&tenant.owner, "checkout")
         .service_account(&tenant.app, "checkout")
@@ -1020,28 +1024,18 @@ async fn audiences_go_out_as_resource_indicators_to_a_server_that_ignores_audien
     .await
     .expect("oidc-provider starts");
     let tenant = Tenant::create("oauth2-resource").await.unwrap();
-    tenant
-        .secret(
-            "crm-client",
-            json!({
-                "client_id": "crm-resource",
-                "client_secret": "crm-resource-planted-8",
-                "ca.crt": server.ca_pem(),
-            }),
-        )
-        .await
-        .unwrap();
-    let mut secret = tenant
-        .brokered_secret("crm")
-        .oauth2(&server.token_url(), "crm-client", &[AUDIENCE])
-        .scopes(&SCOPES)
-        .build();
-    let source = secret.spec.source.oauth2.as_mut().unwrap();
-    source.ca_key = Some("ca.crt".into());
-    source.audience_parameter = AudienceParameter::Resource;
-    ferry_e2e::create_brokered_secret(&tenant.client, &secret)
-        .await
-        .unwrap();
+    credentials(
+        &tenant,
+        "crm-client",
+        &server.ca_pem(),
+        json!({"client_id": "crm-resource", "client_secret": "crm-resource-planted-8"}),
+    )
+    .await;
+    let urls = (server.token_url(), server.revocation_url());
+    oauth2_secret(&tenant, "crm", urls, "crm-client", |source| {
+        source.audience_parameter = AudienceParameter::Resource;
+    })
+    .await;
     let policy = testing::access_policy(&tenant.owner, "checkout")
         .service_account(&tenant.app, "checkout")
         .narrowed(secret_access("crm").scopes(&["contacts.read"]))
