@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 
 use ferry_contract::{PART_OF, PART_OF_LABEL};
 use k8s_openapi::api::admissionregistration::v1::{
-    ValidatingAdmissionPolicyBinding, ValidatingAdmissionPolicyBindingSpec,
+    ValidatingAdmissionPolicyBinding, ValidatingAdmissionPolicyBindingSpec, Validation,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
@@ -30,6 +30,17 @@ fn cel_string(text: &str) -> String {
 fn cel_list<'a>(items: impl IntoIterator<Item = &'a str>) -> String {
     let quoted: Vec<String> = items.into_iter().map(cel_string).collect();
     format!("[{}]", quoted.join(", "))
+}
+
+/// A validation that refuses (`Forbidden`) what fails `expression`, with
+/// the message the CEL string expression `message` makes.
+fn forbidden(expression: impl Into<String>, message: impl Into<String>) -> Validation {
+    Validation {
+        expression: expression.into(),
+        message_expression: Some(message.into()),
+        reason: Some("Forbidden".into()),
+        ..Validation::default()
+    }
 }
 
 /// The metadata of a policy and of its binding, both named `name`.

@@ -19,10 +19,10 @@
 use ferry_contract::API_GROUP;
 use k8s_openapi::api::admissionregistration::v1::{
     MatchResources, NamedRuleWithOperations, ValidatingAdmissionPolicy,
-    ValidatingAdmissionPolicyBinding, ValidatingAdmissionPolicySpec, Validation, Variable,
+    ValidatingAdmissionPolicyBinding, ValidatingAdmissionPolicySpec, Variable,
 };
 
-use super::{deny_binding, metadata};
+use super::{deny_binding, forbidden, metadata};
 
 /// Name of the policy and of its binding.
 pub const ACCESS_REQUEST_POLICY_NAME: &str = "ferry-access-requests";
@@ -107,12 +107,7 @@ pub fn access_request_policy() -> (ValidatingAdmissionPolicy, ValidatingAdmissio
             validations: Some(
                 RULES
                     .iter()
-                    .map(|(expression, message)| Validation {
-                        expression: (*expression).into(),
-                        message_expression: Some((*message).into()),
-                        reason: Some("Forbidden".into()),
-                        ..Validation::default()
-                    })
+                    .map(|(expression, message)| forbidden(*expression, *message))
                     .collect(),
             ),
             ..ValidatingAdmissionPolicySpec::default()

@@ -25,7 +25,7 @@ use k8s_openapi::api::admissionregistration::v1::{
     ValidatingAdmissionPolicyBinding, ValidatingAdmissionPolicySpec, Validation, Variable,
 };
 
-use super::{cel_list, cel_string, deny_binding, metadata};
+use super::{cel_list, cel_string, deny_binding, forbidden, metadata};
 
 /// Name of the policy and of its binding.
 pub const BROKER_SECRET_POLICY_NAME: &str = "ferry-broker-secret-writes";
@@ -58,12 +58,7 @@ fn variable(name: &str, expression: impl Into<String>) -> Variable {
 /// Secret (`variables.denied`) and goes on with `why`, a CEL string
 /// expression naming what was refused (never a value).
 fn refusal(expression: impl Into<String>, why: &str) -> Validation {
-    Validation {
-        expression: expression.into(),
-        message_expression: Some(format!("variables.denied + {why}")),
-        reason: Some("Forbidden".into()),
-        ..Validation::default()
-    }
+    forbidden(expression, format!("variables.denied + {why}"))
 }
 
 /// The policy narrowing the updates of Secrets by the broker of ferry's

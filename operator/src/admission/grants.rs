@@ -11,10 +11,10 @@
 use ferry_contract::API_GROUP;
 use k8s_openapi::api::admissionregistration::v1::{
     MatchResources, NamedRuleWithOperations, ValidatingAdmissionPolicy,
-    ValidatingAdmissionPolicyBinding, ValidatingAdmissionPolicySpec, Validation, Variable,
+    ValidatingAdmissionPolicyBinding, ValidatingAdmissionPolicySpec, Variable,
 };
 
-use super::{cel_list, deny_binding, metadata};
+use super::{cel_list, deny_binding, forbidden, metadata};
 
 /// Name of the policy and of its binding.
 pub const GRANT_POLICY_NAME: &str = "ferry-grant-writers";
@@ -64,20 +64,14 @@ pub fn grant_admission_policy(
                     expression: cel_list(GRANT_CLEANERS),
                 },
             ]),
-            validations: Some(vec![Validation {
-                expression: "request.userInfo.username in variables.writers || \
-                             (request.operation == 'DELETE' && \
-                             request.userInfo.username in variables.cleaners)"
-                    .into(),
-                message_expression: Some(
-                    "\"Grants are written by the ferry operator only, not by \" + \
-                     request.userInfo.username + \
-                     \": write an AccessPolicy in the namespace of the secret instead\""
-                        .into(),
-                ),
-                reason: Some("Forbidden".into()),
-                ..Validation::default()
-            }]),
+            validations: Some(vec![forbidden(
+                "request.userInfo.username in variables.writers || \
+                 (request.operation == 'DELETE' && \
+                 request.userInfo.username in variables.cleaners)",
+                "\"Grants are written by the ferry operator only, not by \" + \
+                 request.userInfo.username + \
+                 \": write an AccessPolicy in the namespace of the secret instead\"",
+            )]),
             ..ValidatingAdmissionPolicySpec::default()
         }),
         ..ValidatingAdmissionPolicy::default()
