@@ -543,16 +543,21 @@ mod tests {
             .build()
     }
 
-    /// Mints a token with `provider` for a pod of `shop/checkout`.
-    fn mint(provider: &JwtProvider, algorithm: JwtAlgorithm) -> Result<String, ProviderError> {
-        let secret = secret(algorithm);
-        let pod = PodIdentity {
+    /// Pod `shop/api` of service account `checkout`.
+    fn checkout_pod() -> PodIdentity {
+        PodIdentity {
             namespace: "shop".into(),
             service_account: "checkout".into(),
             pod_name: "api".into(),
             pod_uid: "uid-1".into(),
             terminating: false,
-        };
+        }
+    }
+
+    /// Mints a token with `provider` for a pod of `shop/checkout`.
+    fn mint(provider: &JwtProvider, algorithm: JwtAlgorithm) -> Result<String, ProviderError> {
+        let secret = secret(algorithm);
+        let pod = checkout_pod();
         let now = Timestamp::now();
         let terms = LeaseTerms {
             ttl: Duration::from_secs(600),
@@ -604,13 +609,7 @@ mod tests {
     #[test]
     fn an_identity_token_names_the_pod_for_one_audience_and_a_minute() {
         let provider = JwtProvider::with_keys("https://broker", keys_for_both(0));
-        let pod = PodIdentity {
-            namespace: "shop".into(),
-            service_account: "checkout".into(),
-            pod_name: "api".into(),
-            pod_uid: "uid-1".into(),
-            terminating: false,
-        };
+        let pod = checkout_pod();
         let now = Timestamp::now().as_second();
         let token = provider
             .identity_tokens()
