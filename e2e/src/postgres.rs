@@ -106,6 +106,38 @@ impl Postgres {
         Self::start_with(Some(tls), Some(client_ca_pem)).await
     }
 
+    /// A server for certificate logins
+    /// ([`Self::start_tls_with_client_certificates`] trusting
+    /// `client_ca_pem`), serving 127.0.0.1 with a certificate from a fresh
+    /// CA, with a LOGIN role named for each of `roles` (and no password).
+    /// Returns it and that CA's certificate (PEM), which clients verify the
+    /// server with.
+    pub async fn start_certificate_logins(
+        client_ca_pem: &str,
+        roles: &[&str],
+    ) -> Result<(Self, String), HarnessError> {
+        let server_ca = crate::pki::Authority::generate("ferry-e2e postgres server CA")?;
+        // The server copies its certificate and key: the files may go.
+        let dir = tempfile::tempdir().map_err(io("creating a temporary directory"))?;
+        let tls = server_ca.serving_cert(&["127.0.0.1"], dir.path(), "postgres")?;
+        let server = Self::start_tls_with_client_certificates(&tls, client_ca_pem).await?;
+        let create: String = roles
+            .iter()
+            .map(|role| format!("CREATE ROLE \"{role}\" LOGIN;"))
+            .collect();
+        let sql = |error: tokio_postgres::Error| {
+            HarnessError::Process(format!("creating roles {roles:?}: {error}"))
+        };
+        server
+            .admin()
+            .await
+            .map_err(sql)?
+            .batch_execute(&create)
+            .await
+            .map_err(sql)?;
+        Ok((server, server_ca.cert_pem()))
+    }
+
     async fn start_with(
         tls: Option<&crate::pki::CertFiles>,
         client_ca_pem: Option<&str>,

@@ -16,7 +16,6 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use ferry_api::testing::{self, secret_access};
 use ferry_contract::BROKERABLE_LABEL;
 use ferry_contract::READY_MARKER;
-use ferry_e2e::pki::Authority;
 use ferry_e2e::sidecar_process::{SidecarProcess, SidecarSpec};
 use ferry_e2e::{
     Postgres, Tenant, World, audit_lines, create_object, error_message, eventually, grant,
@@ -264,23 +263,13 @@ async fn a_pods_own_key_gets_a_certificate_that_logs_into_postgresql_as_its_role
     );
 
     // PostgreSQL trusts the tenant's CA for client certificates.
-    let server_ca = Authority::generate("postgres-server-ca").unwrap();
+    let (postgres, server_ca) =
+        Postgres::start_certificate_logins(&ca.0, &["checkout", "intruder"])
+            .await
+            .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let server = server_ca
-        .serving_cert(&["127.0.0.1"], dir.path(), "postgres")
-        .unwrap();
     let server_ca_file = dir.path().join("server-ca.crt");
-    std::fs::write(&server_ca_file, server_ca.cert_pem()).unwrap();
-    let postgres = Postgres::start_tls_with_client_certificates(&server, &ca.0)
-        .await
-        .unwrap();
-    postgres
-        .admin()
-        .await
-        .unwrap()
-        .batch_execute("CREATE ROLE checkout LOGIN; CREATE ROLE intruder LOGIN;")
-        .await
-        .unwrap();
+    std::fs::write(&server_ca_file, server_ca).unwrap();
     let files = tempfile::tempdir().unwrap();
     write_files(files.path(), &lease, &key);
     assert_eq!(

@@ -633,21 +633,10 @@ async fn an_app_logs_into_postgresql_with_a_certificate_for_a_key_made_in_its_po
         .secret("db-cert");
     grant(&client, policy.build()).await.unwrap();
 
-    let server_ca = Authority::generate("x509-pod server CA").unwrap();
-    let tls_dir = tempfile::tempdir().unwrap();
-    let server = server_ca
-        .serving_cert(&["127.0.0.1"], tls_dir.path(), "postgres")
-        .unwrap();
-    let database = Postgres::start_tls_with_client_certificates(&server, &team_ca.cert_pem())
-        .await
-        .unwrap();
-    database
-        .admin()
-        .await
-        .unwrap()
-        .batch_execute("CREATE ROLE checkout LOGIN; CREATE ROLE intruder LOGIN;")
-        .await
-        .unwrap();
+    let (database, server_ca) =
+        Postgres::start_certificate_logins(&team_ca.cert_pem(), &["checkout", "intruder"])
+            .await
+            .unwrap();
 
     // The app logs in as its own role with the files alone (no password
     // exists), verifying the server; and tries another account's role.
@@ -665,7 +654,7 @@ sleep 3600 & wait"#,
     let mut spec = pod_spec("checkout", json!({"runAsUser": 1000}), &script);
     spec["containers"][0]["image"] = json!(PSQL_IMAGE);
     let reports = mount_reports(node, &app, &mut spec);
-    std::fs::write(reports.join("server-ca.crt"), server_ca.cert_pem()).unwrap();
+    std::fs::write(reports.join("server-ca.crt"), server_ca).unwrap();
     create_pod(
         &client,
         &app,
