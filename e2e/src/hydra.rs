@@ -231,32 +231,18 @@ impl Hydra {
 
     async fn wait_ready(mut self) -> Result<Self, HarnessError> {
         let (public, admin) = (self.public_client()?, self.admin_client()?);
-        let deadline = std::time::Instant::now() + READY_DEADLINE;
-        loop {
-            if let Some((component, status)) = self.processes.exited() {
-                return Err(HarnessError::Exited {
-                    component,
-                    status,
-                    log_tail: self.processes.log_tail(PROCESS, 20),
-                });
-            }
-            let ready = |client: HttpsClient| async move {
-                client
-                    .request("GET", "/health/ready", None, b"")
-                    .await
-                    .is_ok_and(|reply| reply.status == 200)
-            };
-            if ready(public.clone()).await && ready(admin.clone()).await {
-                return Ok(self);
-            }
-            if std::time::Instant::now() > deadline {
-                return Err(HarnessError::Process(format!(
-                    "hydra was not ready after {READY_DEADLINE:?}; its log ends with:\n{}",
-                    self.processes.log_tail(PROCESS, 20)
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let ready = |client: HttpsClient| async move {
+            client
+                .request("GET", "/health/ready", None, b"")
+                .await
+                .is_ok_and(|reply| reply.status == 200)
+        };
+        self.processes
+            .wait_ready(PROCESS, READY_DEADLINE, || async {
+                ready(public.clone()).await && ready(admin.clone()).await
+            })
+            .await?;
+        Ok(self)
     }
 
     /// The issuer of hydra's tokens, also the origin of its public port:

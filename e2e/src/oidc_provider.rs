@@ -219,30 +219,15 @@ impl OidcProvider {
 
     async fn wait_ready(mut self) -> Result<Self, HarnessError> {
         let client = self.client()?;
-        let deadline = std::time::Instant::now() + READY_DEADLINE;
-        loop {
-            if let Some((component, status)) = self.processes.exited() {
-                return Err(HarnessError::Exited {
-                    component,
-                    status,
-                    log_tail: self.processes.log_tail(PROCESS, 20),
-                });
-            }
-            let ready = client
-                .request("GET", "/.well-known/openid-configuration", None, b"")
-                .await
-                .is_ok_and(|reply| reply.status == 200);
-            if ready {
-                return Ok(self);
-            }
-            if std::time::Instant::now() > deadline {
-                return Err(HarnessError::Process(format!(
-                    "oidc-provider was not ready after {READY_DEADLINE:?}; its log ends with:\n{}",
-                    self.processes.log_tail(PROCESS, 20)
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        self.processes
+            .wait_ready(PROCESS, READY_DEADLINE, || async {
+                client
+                    .request("GET", "/.well-known/openid-configuration", None, b"")
+                    .await
+                    .is_ok_and(|reply| reply.status == 200)
+            })
+            .await?;
+        Ok(self)
     }
 
     /// The issuer, also the server's origin: `https://127.0.0.1:<port>`,

@@ -152,6 +152,41 @@ impl ProcessGroup {
         all[all.len().saturating_sub(lines)..].join("\n")
     }
 
+    /// Polls `ready` every 100 ms until it holds, for at most `deadline`;
+    /// fails at once, with the tail of its log, when a child exits, and
+    /// names `name`'s log tail when the deadline passes.
+    pub async fn wait_ready<F, Fut>(
+        &mut self,
+        name: &str,
+        deadline: Duration,
+        mut ready: F,
+    ) -> Result<(), HarnessError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let until = Instant::now() + deadline;
+        loop {
+            if let Some((component, status)) = self.exited() {
+                return Err(HarnessError::Exited {
+                    log_tail: self.log_tail(&component, 20),
+                    component,
+                    status,
+                });
+            }
+            if ready().await {
+                return Ok(());
+            }
+            if Instant::now() > until {
+                return Err(HarnessError::Process(format!(
+                    "{name} was not ready after {deadline:?}; its log ends with:\n{}",
+                    self.log_tail(name, 20)
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Stops every child: SIGTERM to the group, a grace period, then SIGKILL.
     fn stop(&mut self) {
         // The watchdog ignores SIGTERM, so this reaches only the children.
