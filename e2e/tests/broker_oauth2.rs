@@ -132,6 +132,26 @@ async fn oauth2_secret(
         .unwrap();
 }
 
+/// Deletes the tenant's pod `api` at once (its sidecar never revokes),
+/// then waits until the reaper has revoked its token upstream:
+/// `introspect`, the server's introspection of it, says inactive.
+async fn vanish_and_await_revocation<F, Fut>(tenant: &Tenant, introspect: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<Value, ferry_e2e::HarnessError>>,
+{
+    Api::<Pod>::namespaced(tenant.client.clone(), &tenant.app)
+        .delete("api", &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    eventually(
+        "the reaper to revoke the pod's token upstream",
+        WAIT,
+        || async { (introspect().await.unwrap()["active"] == false).then_some(()) },
+    )
+    .await;
+}
+
 fn request(namespace: &str, name: &str, scopes: Option<&[&str]>) -> Vec<u8> {
     let mut asked = json!({"namespace": namespace, "name": name});
     if let Some(scopes) = scopes {
@@ -727,19 +747,7 @@ async fn a_pods_token_is_revoked_upstream_when_the_pod_goes_away_without_revokin
         true
     );
 
-    Api::<Pod>::namespaced(tenant.client.clone(), &tenant.app)
-        .delete("api", &DeleteParams::default().grace_period(0))
-        .await
-        .unwrap();
-    eventually(
-        "the reaper to revoke the pod's token upstream",
-        WAIT,
-        || async {
-            let introspected = hydra.introspect(&access_token).await.unwrap();
-            (introspected["active"] == false).then_some(())
-        },
-    )
-    .await;
+    vanish_and_await_revocation(&tenant, || hydra.introspect(&access_token)).await;
 }
 
 #[tokio::test]
@@ -986,19 +994,7 @@ async fn a_token_exchange_gets_a_token_naming_the_pods_service_account_narrowed_
     );
 
     // The pod goes away: its token is revoked upstream.
-    Api::<Pod>::namespaced(tenant.client.clone(), &tenant.app)
-        .delete("api", &DeleteParams::default().grace_period(0))
-        .await
-        .unwrap();
-    eventually(
-        "the reaper to revoke the pod's exchanged token upstream",
-        WAIT,
-        || async {
-            let introspected = server.introspect(&fresh).await.unwrap();
-            (introspected["active"] == false).then_some(())
-        },
-    )
-    .await;
+    vanish_and_await_revocation(&tenant, || server.introspect(&fresh)).await;
 
     let logs = captured_logs() + &server.log();
     for planted in ["crm-exchange-planted-7", &access_token, &fresh] {
