@@ -4,7 +4,7 @@
 //!
 //! The decision core is [`service`], the sources of credentials are
 //! [`providers`], the HTTPS API is [`routes`], the keys the replicas share
-//! are kept by [`keys`], revoked leases are remembered by [`revocations`],
+//! are kept by [`keys`], revoked leases are remembered by [`revoked_leases`],
 //! expired credentials are dropped by [`reaper`],
 //! and [`server::run`] wires it all into the `ferry-operator broker`
 //! process. It depends on `ferry-contract` (the wire types), `ferry-api`
@@ -24,7 +24,7 @@ pub mod metrics;
 pub mod pods;
 pub mod providers;
 pub mod reaper;
-pub mod revocations;
+pub mod revoked_leases;
 pub mod routes;
 pub mod seal;
 pub mod server;

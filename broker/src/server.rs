@@ -28,7 +28,7 @@ use crate::providers::oauth2::custody::Custody;
 use crate::providers::postgres::PostgresProvider;
 use crate::providers::secret_reader::SecretReader;
 use crate::providers::x509::X509Provider;
-use crate::revocations::Revocations;
+use crate::revoked_leases::RevokedLeases;
 use crate::routes::{BrokerState, broker_routes};
 use crate::service::Broker;
 use crate::{jwt_keys, keys, reaper};
@@ -312,10 +312,10 @@ pub async fn serve(
             }
         });
     }
-    let revocations = Revocations::new(client.clone(), &options.installation.namespace);
+    let revoked_leases = RevokedLeases::new(client.clone(), &options.installation.namespace);
     {
-        let (revocations, shutdown) = (revocations.clone(), shutdown.clone());
-        tasks.spawn(async move { revocations.maintain(shutdown).await });
+        let (revoked_leases, shutdown) = (revoked_leases.clone(), shutdown.clone());
+        tasks.spawn(async move { revoked_leases.maintain(shutdown).await });
     }
     let grants_synced = grants.clone();
     let secret_reader = Arc::new(SecretReader::new(client.clone()));
@@ -343,7 +343,7 @@ pub async fn serve(
             metrics,
             installation: options.installation,
             live_leases: LiveLeases::default(),
-            revocations,
+            revoked_leases,
         },
         authenticator: Authenticator::new(
             client,
@@ -388,7 +388,7 @@ pub async fn serve(
                 _ = async {
                     grants.wait_synced().await;
                     pods.wait_synced().await;
-                    state.broker.revocations.wait_synced().await;
+                    state.broker.revoked_leases.wait_synced().await;
                     state.broker.secrets.wait_until_ready().await
                 } => readiness.set_ready(),
             }

@@ -25,7 +25,7 @@ use super::providers::oauth2::{self, OAuth2Provider};
 use super::providers::postgres::PostgresProvider;
 use super::providers::x509::{self, X509Provider};
 use super::providers::{IssueRequest, Issued, Provider, ProviderError, ReapContext, Reaped};
-use super::revocations::{RevocationError, Revocations};
+use super::revoked_leases::{RevocationError, RevokedLeases};
 use super::templates::{Variables, render_files};
 use super::terms::{TermsError, lease_terms};
 use ferry_api::confinement::Installation;
@@ -183,7 +183,7 @@ pub struct Broker {
     /// Live leases per (pod, secret), capped.
     pub live_leases: LiveLeases,
     /// The leases revoked by any replica, which never renew.
-    pub revocations: Revocations,
+    pub revoked_leases: RevokedLeases,
 }
 
 /// The audit record of one decision.
@@ -569,7 +569,7 @@ impl Broker {
                 audit.secret
             )));
         }
-        if self.revocations.is_revoked(&claims).await? {
+        if self.revoked_leases.is_revoked(&claims).await? {
             return Err(BrokerError::Conflict(format!(
                 "lease for {} was revoked; request a new one",
                 audit.secret
@@ -659,7 +659,7 @@ impl Broker {
                 // served a renewal again), which is how every sidecar gives
                 // its leases back at pod end.
                 let recorded = if claims.max_expires_at > now.as_second() && !pod.terminating {
-                    self.revocations.record(&claims, now.as_second()).await
+                    self.revoked_leases.record(&claims, now.as_second()).await
                 } else {
                     Ok(())
                 };
@@ -747,7 +747,7 @@ impl Broker {
         let tokens = self.oauth2.reap(context).await;
         self.metrics.observe_reaped(self.oauth2.kind(), &tokens);
         let records = self
-            .revocations
+            .revoked_leases
             .reap(
                 &|uid| pods.presence(uid),
                 now.as_second(),

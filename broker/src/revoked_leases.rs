@@ -65,15 +65,15 @@ pub struct Record {
 /// The revoked leases: a watched, in-memory copy of the records, and the
 /// API to write them. Cheap to clone; clones share the copy.
 #[derive(Clone)]
-pub struct Revocations {
+pub struct RevokedLeases {
     api: Api<ConfigMap>,
     records: Arc<RwLock<HashMap<String, Record>>>,
     synced: watch::Sender<bool>,
 }
 
-impl std::fmt::Debug for Revocations {
+impl std::fmt::Debug for RevokedLeases {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Revocations")
+        f.debug_struct("RevokedLeases")
             .field("records", &self.len())
             .finish_non_exhaustive()
     }
@@ -110,8 +110,8 @@ fn parse(object: &ConfigMap) -> Option<(String, Record)> {
     ))
 }
 
-impl Revocations {
-    /// Revocations recorded in `namespace` (ferry's) through `client`.
+impl RevokedLeases {
+    /// RevokedLeases recorded in `namespace` (ferry's) through `client`.
     pub fn new(client: kube::Client, namespace: &str) -> Self {
         Self {
             api: Api::namespaced(client, namespace),
@@ -282,7 +282,7 @@ impl Revocations {
     }
 }
 
-impl WatchedIndex<ConfigMap> for Revocations {
+impl WatchedIndex<ConfigMap> for RevokedLeases {
     type Entry = (String, Record);
     const KIND: &'static str = "revoked-lease ConfigMap";
 
