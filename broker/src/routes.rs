@@ -46,6 +46,9 @@ pub struct BrokerState {
     pub authenticator: Authenticator,
     /// How often each service account may ask.
     pub limiter: ServiceAccountLimiter,
+    /// Cancelled when the broker begins to shut down: held watches answer
+    /// at once, so draining does not wait for them.
+    pub stopping: tokio_util::sync::CancellationToken,
 }
 
 /// The broker's routes, answering every failure with a JSON error body.
@@ -293,6 +296,7 @@ async fn watch(state: &BrokerState, caller: Caller, body: &[u8]) -> Response {
                 &pod,
                 &request.leases,
                 std::time::Duration::from_secs(wait),
+                &state.stopping,
                 Timestamp::now(),
             )
             .await

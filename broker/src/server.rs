@@ -364,6 +364,7 @@ pub async fn serve(
         )
         .with_review_limits(options.review_limits),
         limiter: governor::RateLimiter::keyed(options.rate_limit),
+        stopping: shutdown.clone(),
     });
     {
         // Forget service accounts and addresses that have been quiet long enough to be

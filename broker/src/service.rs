@@ -525,12 +525,15 @@ impl Broker {
     /// Waits, at most `wait`, until `pod` may no longer have one of the
     /// secrets its leases `ids` are for; those secrets, or none when the
     /// wait ends first. The leases go into the book, so a replica learns
-    /// of live leases again from the sidecars after a restart.
+    /// of live leases again from the sidecars after a restart. A broker
+    /// shutting down (`stopping`) answers at once: the sidecar asks again,
+    /// of another replica.
     pub async fn watch(
         &self,
         pod: &PodIdentity,
         ids: &[String],
         wait: Duration,
+        stopping: &tokio_util::sync::CancellationToken,
         now: Timestamp,
     ) -> Result<Vec<SecretRef>, BrokerError> {
         if ids.len() > MAX_SECRETS_PER_REQUEST {
@@ -582,6 +585,7 @@ impl Broker {
             tokio::select! {
                 changed = changes.changed() => if changed.is_err() { return Ok(Vec::new()) },
                 () = tokio::time::sleep_until(deadline) => return Ok(Vec::new()),
+                () = stopping.cancelled() => return Ok(Vec::new()),
             }
         }
     }
