@@ -24,6 +24,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use governor::clock::{Clock as _, DefaultClock};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota};
 
+use ferry_api::resources::SecretReference;
+use ferry_api::revocation::Holder;
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use kube::Api;
 use kube::api::PostParams;
@@ -57,6 +59,16 @@ pub struct PodIdentity {
 }
 
 impl PodIdentity {
+    /// The pod as the holder of `secret`, as Revocations and Grants judge it.
+    pub fn holder<'a>(&'a self, secret: &'a SecretReference) -> Holder<'a> {
+        Holder {
+            namespace: &self.namespace,
+            pod: &self.pod_name,
+            service_account: &self.service_account,
+            secret,
+        }
+    }
+
     /// `system:serviceaccount:<namespace>:<name>`, the token's subject.
     pub fn subject(&self) -> String {
         format!(

@@ -12,6 +12,9 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 
+use ferry_api::resources::SecretReference;
+use ferry_api::revocation::Holder;
+
 use crate::auth::PodIdentity;
 use crate::lease_id::LeaseClaims;
 
@@ -33,6 +36,26 @@ pub struct LiveLease {
     pub pod_name: String,
     /// The pod's service account.
     pub service_account: String,
+}
+
+impl LiveLease {
+    /// The BrokeredSecret the lease is for.
+    pub fn secret(&self) -> SecretReference {
+        SecretReference {
+            namespace: self.claims.secret_namespace.clone(),
+            name: self.claims.secret_name.clone(),
+        }
+    }
+
+    /// The lease's holder, as Revocations and Grants judge it.
+    pub fn holder<'a>(&'a self, secret: &'a SecretReference) -> Holder<'a> {
+        Holder {
+            namespace: &self.pod_namespace,
+            pod: &self.pod_name,
+            service_account: &self.service_account,
+            secret,
+        }
+    }
 }
 
 /// The live leases by serial. Shared by reference.
@@ -76,19 +99,22 @@ impl LeaseBook {
         leases.values().cloned().collect()
     }
 
-    /// Takes out of the book, and returns, the live leases `refused` says
-    /// may no longer be held.
-    pub fn take_refused(&self, now: i64, refused: impl Fn(&LiveLease) -> bool) -> Vec<LiveLease> {
+    /// Takes out of the book, and returns with the reason, the live
+    /// leases `judge` says may no longer be held.
+    pub fn take_withdrawn<W>(
+        &self,
+        now: i64,
+        judge: impl Fn(&LiveLease) -> Option<W>,
+    ) -> Vec<(LiveLease, W)> {
         let mut leases = self.leases.lock().unwrap_or_else(PoisonError::into_inner);
         leases.retain(|_, lease| lease.claims.expires_at > now);
-        let serials: Vec<String> = leases
+        let withdrawn: Vec<(String, W)> = leases
             .iter()
-            .filter(|(_, lease)| refused(lease))
-            .map(|(serial, _)| serial.clone())
+            .filter_map(|(serial, lease)| Some((serial.clone(), judge(lease)?)))
             .collect();
-        serials
-            .iter()
-            .filter_map(|serial| leases.remove(serial))
+        withdrawn
+            .into_iter()
+            .filter_map(|(serial, why)| Some((leases.remove(&serial)?, why)))
             .collect()
     }
 
@@ -155,9 +181,10 @@ mod tests {
         let book = LeaseBook::default();
         book.record(&claims("a", 100), "postgres", &pod("web-1"), 0);
         book.record(&claims("b", 100), "postgres", &pod("web-2"), 0);
-        let taken = book.take_refused(10, |lease| lease.pod_name == "web-1");
+        let taken = book.take_withdrawn(10, |lease| (lease.pod_name == "web-1").then_some("why"));
         assert_eq!(taken.len(), 1);
-        assert_eq!(taken[0].claims.serial, "a".repeat(32));
+        assert_eq!(taken[0].0.claims.serial, "a".repeat(32));
+        assert_eq!(taken[0].1, "why");
         assert_eq!(book.len(), 1);
         book.forget(&"b".repeat(32));
         assert!(book.is_empty());

@@ -452,13 +452,7 @@ impl Broker {
             namespace: namespace.to_owned(),
             name: name.to_owned(),
         };
-        let holder = Holder {
-            namespace: &pod.namespace,
-            pod: &pod.pod_name,
-            service_account: &pod.service_account,
-            secret: &reference,
-        };
-        let grant = self.allowing_grant(&holder, now).map_err(|withdrawal| {
+        let grant = self.allowing_grant(&pod.holder(&reference), now).map_err(|withdrawal| {
             BrokerError::Forbidden(match withdrawal {
                 // The responder's reason is not the pod's to read.
                 Withdrawal::Revoked(block) => format!(
@@ -566,13 +560,8 @@ impl Broker {
             let withdrawn: Vec<SecretRef> = secrets
                 .iter()
                 .filter(|secret| {
-                    let holder = Holder {
-                        namespace: &pod.namespace,
-                        pod: &pod.pod_name,
-                        service_account: &pod.service_account,
-                        secret,
-                    };
-                    self.withdrawal(&holder, Timestamp::now()).is_some()
+                    self.withdrawal(&pod.holder(secret), Timestamp::now())
+                        .is_some()
                 })
                 .map(|secret| SecretRef {
                     namespace: secret.namespace.clone(),
@@ -600,42 +589,9 @@ impl Broker {
         /// Revocations under way at once: a policy's hundred pods are
         /// revoked in parallel, the backend's connections permitting.
         const CONCURRENT: usize = 32;
-        let withdrawn: Vec<(LiveLease, Withdrawal)> = {
-            let decided = std::sync::Mutex::new(Vec::new());
-            let taken = self.lease_book.take_refused(now.as_second(), |lease| {
-                let secret = SecretReference {
-                    namespace: lease.claims.secret_namespace.clone(),
-                    name: lease.claims.secret_name.clone(),
-                };
-                let holder = Holder {
-                    namespace: &lease.pod_namespace,
-                    pod: &lease.pod_name,
-                    service_account: &lease.service_account,
-                    secret: &secret,
-                };
-                match self.withdrawal(&holder, now) {
-                    Some(withdrawal) => {
-                        decided
-                            .lock()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner)
-                            .push((lease.claims.serial(), withdrawal));
-                        true
-                    }
-                    None => false,
-                }
-            });
-            let mut decided = decided
-                .into_inner()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            taken
-                .into_iter()
-                .filter_map(|lease| {
-                    let serial = lease.claims.serial();
-                    let at = decided.iter().position(|(s, _)| *s == serial)?;
-                    Some((lease, decided.swap_remove(at).1))
-                })
-                .collect()
-        };
+        let withdrawn = self.lease_book.take_withdrawn(now.as_second(), |lease| {
+            self.withdrawal(&lease.holder(&lease.secret()), now)
+        });
         let count = withdrawn.len();
         futures::stream::iter(withdrawn)
             .for_each_concurrent(CONCURRENT, |(lease, withdrawal)| async move {
