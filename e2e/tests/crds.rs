@@ -595,7 +595,7 @@ async fn kubectl_lists_ferry_objects_with_short_names_category_and_printer_colum
             &status,
             &Patch::Apply(json!({
                 "apiVersion": AccessPolicy::api_version(&()), "kind": "AccessPolicy",
-                "status": {"conditions": [ready], "subjects": 1, "grants": 1},
+                "status": {"conditions": [ready], "subjects": 1, "grants": 1, "secretNames": "orders-db"},
             })),
         )
         .await
@@ -605,13 +605,13 @@ async fn kubectl_lists_ferry_objects_with_short_names_category_and_printer_colum
     let expectations = [
         (
             "brokeredsecret.ferry.dev/orders-db",
-            vec!["NAME", "READY", "SOURCE", "TTL", "AGE"],
-            vec!["True", "postgres", "15m"],
+            vec!["NAME", "READY", "REASON", "SOURCE", "TTL", "AGE"],
+            vec!["True", "Resolved", "postgres", "15m"],
         ),
         (
             "accesspolicy.ferry.dev/checkout-reads-orders",
-            vec!["NAME", "SUBJECTS", "SECRETS", "READY", "AGE"],
-            vec!["1", "orders-db", "True"],
+            vec!["NAME", "SUBJECTS", "SECRETS", "READY", "REASON", "AGE"],
+            vec!["1", "orders-db", "True", "Resolved"],
         ),
         (
             "grant.ferry.dev/payments.orders-db.checkout",
