@@ -9,6 +9,7 @@
 //! size is a feature) depends on it; `e2e/tests/dependencies.rs`
 //! checks what the sidecar links.
 
+pub mod lease_api;
 pub mod reload;
 pub mod wire;
 

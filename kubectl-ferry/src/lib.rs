@@ -10,7 +10,12 @@
 
 #![forbid(unsafe_code)]
 
+pub mod access;
+pub mod cluster;
+pub mod explain;
+pub mod leases;
 pub mod lint;
 pub mod output;
+pub mod requests;
 pub mod schema;
 pub mod target;

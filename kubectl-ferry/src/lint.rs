@@ -107,7 +107,12 @@ pub fn documents(file: &str, text: &str) -> Result<Vec<Document>, String> {
         match value {
             Value::Null => {}
             Value::Object(ref map) if map.get("kind") == Some(&Value::from("List")) => {
-                for item in map.get("items").and_then(Value::as_array).into_iter().flatten() {
+                for item in map
+                    .get("items")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
                     out.push(Document {
                         file: file.to_owned(),
                         object: item.clone(),
@@ -135,17 +140,17 @@ pub fn references(documents: &[Document], default_namespace: &str) -> Vec<(Strin
     let mut wanted = Vec::new();
     for document in documents {
         let object = &document.object;
-        if object["apiVersion"] != Value::from(GROUP_VERSION) {
+        if object["apiVersion"] != GROUP_VERSION {
             continue;
         }
         let namespace = object["metadata"]["namespace"]
             .as_str()
             .unwrap_or(default_namespace)
             .to_owned();
-        if let Ok(secret) = serde_json::from_value::<BrokeredSecret>(object.clone()) {
-            if let Some(reference) = checks::reference(&secret) {
-                wanted.push((namespace.clone(), reference.name.to_owned()));
-            }
+        if let Ok(secret) = serde_json::from_value::<BrokeredSecret>(object.clone())
+            && let Some(reference) = checks::reference(&secret)
+        {
+            wanted.push((namespace.clone(), reference.name.to_owned()));
         }
         if let Ok(policy) = serde_json::from_value::<AccessPolicy>(object.clone()) {
             for access in &policy.spec.secrets {
@@ -229,7 +234,7 @@ pub fn lint(
 
     for document in documents {
         let mut object = document.object.clone();
-        if object["apiVersion"] != Value::from(GROUP_VERSION) {
+        if object["apiVersion"] != GROUP_VERSION {
             continue;
         }
         let kind = object["kind"].as_str().unwrap_or_default().to_owned();
@@ -237,7 +242,10 @@ pub fn lint(
             .as_str()
             .unwrap_or(&settings.default_namespace)
             .to_owned();
-        let name = object["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+        let name = object["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
         let label = format!("{kind} {namespace}/{name}");
         let mut finding = |level: Level, stage: &'static str, reason: String, message: String| {
             findings.push(Finding {
@@ -459,7 +467,12 @@ mod tests {
     }
 
     fn run(yaml: &str) -> Vec<Finding> {
-        lint(&documents("f.yaml", yaml).unwrap(), &settings(), &Seen::default()).unwrap()
+        lint(
+            &documents("f.yaml", yaml).unwrap(),
+            &settings(),
+            &Seen::default(),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -467,7 +480,13 @@ mod tests {
         for crd in ferry_api::crds() {
             for version in &crd.spec.versions {
                 let schema = serde_json::to_value(
-                    version.schema.as_ref().unwrap().open_api_v3_schema.as_ref().unwrap(),
+                    version
+                        .schema
+                        .as_ref()
+                        .unwrap()
+                        .open_api_v3_schema
+                        .as_ref()
+                        .unwrap(),
                 )
                 .unwrap();
                 schema::check_schema(&schema).unwrap();
@@ -515,10 +534,30 @@ spec:
             .iter()
             .map(|f| (f.reason.as_str(), f.message.as_str()))
             .collect();
-        assert!(fields.iter().any(|(field, m)| *field == "spec" && m.contains("ttl must not exceed maxTtl")), "{fields:?}");
-        assert!(fields.iter().any(|(field, m)| *field == "spec.source" && m.contains("exactly one of postgres")), "{fields:?}");
-        assert!(fields.iter().any(|(field, m)| *field == "spec.files" && m.contains("file names must be plain names")), "{fields:?}");
-        assert!(findings.iter().all(|f| f.stage == "schema" && f.level == Level::Error));
+        assert!(
+            fields
+                .iter()
+                .any(|(field, m)| *field == "spec" && m.contains("ttl must not exceed maxTtl")),
+            "{fields:?}"
+        );
+        assert!(
+            fields
+                .iter()
+                .any(|(field, m)| *field == "spec.source" && m.contains("exactly one of postgres")),
+            "{fields:?}"
+        );
+        assert!(
+            fields
+                .iter()
+                .any(|(field, m)| *field == "spec.files"
+                    && m.contains("file names must be plain names")),
+            "{fields:?}"
+        );
+        assert!(
+            findings
+                .iter()
+                .all(|f| f.stage == "schema" && f.level == Level::Error)
+        );
     }
 
     #[test]
@@ -576,14 +615,38 @@ spec:
         assert_eq!(
             reasons,
             [
-                ("BrokeredSecret payments/token", Level::Error, "InvalidTemplate"),
-                ("BrokeredSecret payments/orders-db", Level::Warning, "SecretNotFound"),
-                ("AccessPolicy payments/too-wide", Level::Error, "InvalidNarrowing"),
-                ("AccessPolicy payments/too-wide", Level::Error, "InvalidNarrowing"),
-                ("AccessPolicy payments/too-wide", Level::Warning, "SecretNotFound"),
+                (
+                    "BrokeredSecret payments/token",
+                    Level::Error,
+                    "InvalidTemplate"
+                ),
+                (
+                    "BrokeredSecret payments/orders-db",
+                    Level::Warning,
+                    "SecretNotFound"
+                ),
+                (
+                    "AccessPolicy payments/too-wide",
+                    Level::Error,
+                    "InvalidNarrowing"
+                ),
+                (
+                    "AccessPolicy payments/too-wide",
+                    Level::Error,
+                    "InvalidNarrowing"
+                ),
+                (
+                    "AccessPolicy payments/too-wide",
+                    Level::Warning,
+                    "SecretNotFound"
+                ),
             ]
         );
-        assert!(findings[0].message.contains("undefined variable {{ tokne }}"));
+        assert!(
+            findings[0]
+                .message
+                .contains("undefined variable {{ tokne }}")
+        );
     }
 
     #[test]

@@ -44,7 +44,11 @@ impl Output {
     }
 
     /// Prints `report`: its table, or the report itself as JSON or YAML.
-    pub fn print<R: Serialize>(&self, report: &R, table: impl FnOnce() -> String) -> anyhow::Result<()> {
+    pub fn print<R: Serialize>(
+        &self,
+        report: &R,
+        table: impl FnOnce() -> String,
+    ) -> anyhow::Result<()> {
         let text = self.render(report, table)?;
         print!("{text}");
         Ok(())

@@ -215,7 +215,10 @@ impl Walker<'_> {
         } else if int_or_string && !(value.is_string() || type_name(value) == "integer") {
             self.refuse(
                 path,
-                format!("Invalid value: {}: must be an integer or a string", shown(value)),
+                format!(
+                    "Invalid value: {}: must be an integer or a string",
+                    shown(value)
+                ),
             );
             return Ok(());
         }
@@ -226,8 +229,10 @@ impl Walker<'_> {
             Value::Number(number) => self.number(number, schema, path),
             _ => {}
         }
-        if let Some(values) = schema["enum"].as_array() {
-            if !values.contains(value) {
+        if let Some(values) = schema["enum"].as_array()
+            && !values.contains(value)
+        {
+            {
                 let supported: Vec<String> = values.iter().map(ToString::to_string).collect();
                 self.refuse(
                     path,
@@ -286,14 +291,16 @@ impl Walker<'_> {
             self.refuse(&field, format!("unknown field \"{field}\""));
         }
         for required in schema["required"].as_array().into_iter().flatten() {
-            if let Some(name) = required.as_str() {
-                if !map.contains_key(name) {
-                    self.refuse(&join(path, name), "Required value".to_owned());
-                }
+            if let Some(name) = required.as_str()
+                && !map.contains_key(name)
+            {
+                self.refuse(&join(path, name), "Required value".to_owned());
             }
         }
-        if let Some(max) = schema["maxProperties"].as_u64() {
-            if map.len() as u64 > max {
+        if let Some(max) = schema["maxProperties"].as_u64()
+            && map.len() as u64 > max
+        {
+            {
                 self.refuse(
                     path,
                     format!("Too many: {}: must have at most {max} items", map.len()),
@@ -303,7 +310,12 @@ impl Walker<'_> {
         Ok(())
     }
 
-    fn array(&mut self, items: &mut [Value], schema: &Value, path: &str) -> Result<(), SchemaError> {
+    fn array(
+        &mut self,
+        items: &mut [Value],
+        schema: &Value,
+        path: &str,
+    ) -> Result<(), SchemaError> {
         let count = items.len() as u64;
         if let Some(min) = schema["minItems"].as_u64().filter(|min| count < *min) {
             self.refuse(
@@ -337,14 +349,13 @@ impl Walker<'_> {
         if let Some(min) = schema["minLength"].as_u64().filter(|min| length < *min) {
             self.refuse(
                 path,
-                format!("Invalid value: {text:?}: {path} in body should be at least {min} chars long"),
+                format!(
+                    "Invalid value: {text:?}: {path} in body should be at least {min} chars long"
+                ),
             );
         }
         if let Some(max) = schema["maxLength"].as_u64().filter(|max| length > *max) {
-            self.refuse(
-                path,
-                format!("Too long: may not be more than {max} bytes"),
-            );
+            self.refuse(path, format!("Too long: may not be more than {max} bytes"));
         }
         if let Some(pattern) = schema["pattern"].as_str() {
             let matches = Regex::new(pattern).is_ok_and(|re| re.is_match(text));
@@ -379,7 +390,9 @@ impl Walker<'_> {
         if let Some(max) = schema["maximum"].as_f64().filter(|max| value > *max) {
             self.refuse(
                 path,
-                format!("Invalid value: {number}: {path} in body should be less than or equal to {max}"),
+                format!(
+                    "Invalid value: {number}: {path} in body should be less than or equal to {max}"
+                ),
             );
         }
     }

@@ -22,7 +22,8 @@ impl fmt::Display for Target {
 /// checks them: lower-case letters, digits, `-` (and `.` in names).
 fn valid_name(text: &str, dots: bool, max: usize) -> bool {
     let bytes = text.as_bytes();
-    let inner = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-' || (dots && *b == b'.');
+    let inner =
+        |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-' || (dots && *b == b'.');
     let edge = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit();
     !text.is_empty()
         && text.len() <= max
@@ -62,9 +63,9 @@ pub fn parse_service_account_user(user: &str) -> Result<Target, String> {
              write --as system:serviceaccount:NAMESPACE:NAME"
         )
     })?;
-    let (namespace, name) = rest.split_once(':').ok_or_else(|| {
-        format!("--as {user:?}: write system:serviceaccount:NAMESPACE:NAME")
-    })?;
+    let (namespace, name) = rest
+        .split_once(':')
+        .ok_or_else(|| format!("--as {user:?}: write system:serviceaccount:NAMESPACE:NAME"))?;
     parse_target(&format!("{namespace}/{name}"), "", "--as")
 }
 
