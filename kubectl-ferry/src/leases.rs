@@ -91,12 +91,12 @@ pub fn table(leases: &[LeaseView], output: &Output) -> String {
     let mut table = Table::new(&[
         "secret",
         "pod",
-        "service account",
+        "serviceAccount",
         "kind",
         "serial",
         "issued",
         "expires",
-        "renewable until",
+        "renewableUntil",
     ]);
     for lease in leases {
         table.row(vec![

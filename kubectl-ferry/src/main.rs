@@ -329,12 +329,12 @@ async fn who_can(cluster: &Cluster, secret: &str, output: &Output) -> anyhow::Re
             ));
         } else {
             let mut table = Table::new(&[
-                "service account",
+                "serviceAccount",
                 "policy",
-                "maxttl",
+                "maxTtl",
                 "audience",
                 "scopes",
-                "valid until",
+                "validUntil",
                 "approval",
                 "state",
             ]);
