@@ -403,7 +403,12 @@ pub const SECRET_NAMES_WIDTH: usize = 60;
 /// [`SECRET_NAMES_WIDTH`] characters; otherwise as many names as fit and
 /// `+N more`.
 pub fn secret_names(policy: &AccessPolicy) -> String {
-    let names: Vec<&str> = policy.spec.secrets.iter().map(|s| s.name.as_str()).collect();
+    let names: Vec<&str> = policy
+        .spec
+        .secrets
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect();
     let all = names.join(",");
     if all.len() <= SECRET_NAMES_WIDTH {
         return all;
@@ -584,9 +589,15 @@ mod tests {
             .collect();
         let summary = secret_names(&checkout(&many));
         assert!(summary.len() <= SECRET_NAMES_WIDTH, "{summary}");
-        assert!(summary.starts_with("secret-number-0,secret-number-1,"), "{summary}");
+        assert!(
+            summary.starts_with("secret-number-0,secret-number-1,"),
+            "{summary}"
+        );
         let shown = summary.matches("secret-number-").count();
-        assert!(summary.ends_with(&format!(",+{} more", 12 - shown)), "{summary}");
+        assert!(
+            summary.ends_with(&format!(",+{} more", 12 - shown)),
+            "{summary}"
+        );
     }
 
     #[test]

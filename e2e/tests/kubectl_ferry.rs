@@ -278,7 +278,16 @@ async fn who_can_lists_every_grant_of_a_secret_in_a_table_and_in_json() {
     let header = table.stdout.lines().next().unwrap();
     assert_eq!(
         header.split_whitespace().collect::<Vec<_>>(),
-        ["SERVICEACCOUNT", "POLICY", "MAXTTL", "AUDIENCE", "SCOPES", "VALIDUNTIL", "APPROVAL", "STATE"],
+        [
+            "SERVICEACCOUNT",
+            "POLICY",
+            "MAXTTL",
+            "AUDIENCE",
+            "SCOPES",
+            "VALIDUNTIL",
+            "APPROVAL",
+            "STATE"
+        ],
         "{table:?}"
     );
     let row = table.stdout.lines().nth(1).unwrap();
