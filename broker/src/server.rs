@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Authenticator, CacheLimits, ReviewLimits};
+use crate::lease_book::LeaseBook;
 use crate::lease_id::LeaseKeys;
 use crate::live_leases::LiveLeases;
 use crate::metrics::BrokerMetrics;
@@ -28,10 +29,11 @@ use crate::providers::oauth2::custody::Custody;
 use crate::providers::postgres::PostgresProvider;
 use crate::providers::secret_reader::SecretReader;
 use crate::providers::x509::X509Provider;
-use crate::revocations::Revocations;
+use crate::revocation_index::RevocationIndex;
+use crate::revoked_leases::RevokedLeases;
 use crate::routes::{BrokerState, broker_routes};
 use crate::service::Broker;
-use crate::{jwt_keys, keys, reaper};
+use crate::{jwt_keys, keys, reaper, sweeper};
 use ferry_api::confinement::Installation;
 use ferry_api::resources::{AccessPolicy, BrokeredSecret, Grant};
 use ferry_runtime::admin::{self, AdminError, AdminState, Readiness};
@@ -312,10 +314,16 @@ pub async fn serve(
             }
         });
     }
-    let revocations = Revocations::new(client.clone(), &options.installation.namespace);
+    let revoked_leases = RevokedLeases::new(client.clone(), &options.installation.namespace);
     {
-        let (revocations, shutdown) = (revocations.clone(), shutdown.clone());
-        tasks.spawn(async move { revocations.maintain(shutdown).await });
+        let (revoked_leases, shutdown) = (revoked_leases.clone(), shutdown.clone());
+        tasks.spawn(async move { revoked_leases.maintain(shutdown).await });
+    }
+    let revocation_orders = RevocationIndex::default();
+    {
+        let (orders, client, shutdown) =
+            (revocation_orders.clone(), client.clone(), shutdown.clone());
+        tasks.spawn(async move { orders.maintain(client, shutdown).await });
     }
     let grants_synced = grants.clone();
     let secret_reader = Arc::new(SecretReader::new(client.clone()));
@@ -343,7 +351,10 @@ pub async fn serve(
             metrics,
             installation: options.installation,
             live_leases: LiveLeases::default(),
-            revocations,
+            revoked_leases,
+            revocation_orders,
+            lease_book: LeaseBook::default(),
+            access_changed: tokio::sync::watch::Sender::new(0),
         },
         authenticator: Authenticator::new(
             client,
@@ -353,6 +364,7 @@ pub async fn serve(
         )
         .with_review_limits(options.review_limits),
         limiter: governor::RateLimiter::keyed(options.rate_limit),
+        stopping: shutdown.clone(),
     });
     {
         // Forget service accounts and addresses that have been quiet long enough to be
@@ -388,9 +400,15 @@ pub async fn serve(
                 _ = async {
                     grants.wait_synced().await;
                     pods.wait_synced().await;
-                    state.broker.revocations.wait_synced().await;
+                    state.broker.revoked_leases.wait_synced().await;
+                    state.broker.revocation_orders.wait_synced().await;
                     state.broker.secrets.wait_until_ready().await
                 } => readiness.set_ready(),
+            }
+            {
+                // Only once every index is filled may access be judged lost.
+                let (state, shutdown) = (Arc::clone(&state), shutdown.clone());
+                tokio::spawn(async move { sweeper::sweep_until(&state.broker, &shutdown).await });
             }
             reaper::reap_until(&state, &pods, interval, unknown_pod_grace, &shutdown).await;
         });

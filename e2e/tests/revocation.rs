@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use ferry_broker::lease_id::LeaseKeys;
-use ferry_broker::revocations::REVOKED_LEASE_LABEL;
+use ferry_broker::revoked_leases::REVOKED_LEASE_LABEL;
 use ferry_e2e::https_client::{HttpsClient, HttpsReply};
 use ferry_e2e::{
     Cluster, FERRY_NAMESPACE, LEASE_KEY, Postgres, RunningBroker, Tenant, World, eventually,
