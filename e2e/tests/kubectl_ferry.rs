@@ -175,7 +175,7 @@ async fn reader_kubeconfig(cluster: &Cluster, client: &Client, user: &str) -> Pa
         client,
         json!({"metadata": {"name": role},
                "rules": [
-                   {"apiGroups": ["ferry.dev"], "resources": ["grants", "accesspolicies", "brokeredsecrets", "accessrequests"], "verbs": ["get", "list"]},
+                   {"apiGroups": ["ferry.dev"], "resources": ["grants", "accesspolicies", "brokeredsecrets", "accessrequests", "revocations"], "verbs": ["get", "list"]},
                    {"apiGroups": [""], "resources": ["pods", "events"], "verbs": ["get", "list"]},
                ]}),
     )
@@ -628,6 +628,78 @@ async fn request_approve_and_deny_act_as_the_authenticated_user() {
     .await;
     assert_eq!(denied.code, 0, "{denied:?}");
     phase("alice-again", RequestPhase::Denied).await;
+}
+
+#[tokio::test]
+async fn revoke_takes_a_service_accounts_access_away_until_lifted() {
+    let (cluster, client) = setup().await;
+    let ex = example(cluster, &client, "kf-revoke").await;
+    let reader = reader_kubeconfig(cluster, &client, "platform-revoke").await;
+    let admin = cluster.kubeconfig().to_path_buf();
+    let secret = format!("{}/orders-db", ex.payments);
+    let checkout = format!("system:serviceaccount:{}:checkout", ex.shop);
+
+    let created = ferry(
+        &admin,
+        &[
+            "revoke",
+            "sa",
+            &format!("{}/checkout", ex.shop),
+            "--reason",
+            "INC-4712: leaked",
+            "--name",
+            "inc-4712",
+            "-o",
+            "json",
+        ],
+    )
+    .await;
+    assert_eq!(created.code, 0, "{created:?}");
+    assert_eq!(
+        created.json()["target"],
+        format!("serviceaccount {}/checkout", ex.shop)
+    );
+
+    let no = ferry(&reader, &["can-i", "--as", &checkout, "get", &secret]).await;
+    assert_eq!(no.code, 1, "{no:?}");
+    assert!(
+        no.stdout
+            .contains(&format!("Revocation {}/inc-4712", ex.shop)),
+        "{no:?}"
+    );
+    assert!(no.stdout.contains("INC-4712: leaked"), "{no:?}");
+    let who = ferry(&reader, &["who-can", &secret, "-o", "json"])
+        .await
+        .json();
+    assert_eq!(who["grants"][0]["state"], "Revoked", "{who}");
+    assert_eq!(
+        who["grants"][0]["revokedBy"],
+        format!("{}/inc-4712", ex.shop)
+    );
+
+    let listed = ferry(&reader, &["revoke", "list", "-n", &ex.shop]).await;
+    assert!(
+        listed
+            .stdout
+            .lines()
+            .any(|l| l.starts_with(&format!("{}/inc-4712", ex.shop))),
+        "{listed:?}"
+    );
+
+    let lifted = ferry(
+        &admin,
+        &["revoke", "lift", &format!("{}/inc-4712", ex.shop)],
+    )
+    .await;
+    assert_eq!(lifted.code, 0, "{lifted:?}");
+    eventually("checkout may get orders-db again", WAIT, || async {
+        (ferry(&reader, &["can-i", "--as", &checkout, "get", &secret, "-q"])
+            .await
+            .code
+            == 0)
+            .then_some(())
+    })
+    .await;
 }
 
 /// Writes `objects` (with `namespace`) as one YAML file in `dir`.

@@ -4,12 +4,17 @@
 //! (what the broker and the webhook consult) honours it — the operator
 //! wrote it and its AccessPolicy still names that subject and secret — and
 //! `grant_is_valid_at` says it has not ended; the BrokeredSecret must exist
-//! and not be refused by the installation (the operator's `Ready` reason).
+//! and not be refused by the installation (the operator's `Ready` reason);
+//! and no Revocation in force may block the service account or the secret,
+//! or void the Grant's policy (`ferry_api::revocation`, as the broker
+//! applies it).
 
 use ferry_api::grants::grant_is_valid_at;
 use ferry_api::resources::{
-    AccessPolicy, AccessRequest, BrokeredSecret, Grant, RequestPhase, SecretReference,
+    AccessPolicy, AccessRequest, BrokeredSecret, Grant, PolicyReference, RequestPhase, Revocation,
+    SecretReference,
 };
+use ferry_api::revocation::{Holder, blocks_holder, in_force, voids_policy};
 use ferry_runtime::grant_index::GrantIndex;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
@@ -36,6 +41,10 @@ pub struct AccessWorld {
     pub requests: Vec<AccessRequest>,
     /// The BrokeredSecret, if it exists.
     pub secret: Option<BrokeredSecret>,
+    /// The Revocations of the service account's and the secret's
+    /// namespaces; `None` when the caller may not read them (then a yes
+    /// says so).
+    pub revocations: Option<Vec<Revocation>>,
 }
 
 /// One Grant of a secret, as who-can and can-i show it.
@@ -60,10 +69,41 @@ pub struct GrantView {
     /// The approved AccessRequest behind it, if its policy needs approval.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub approval: Option<String>,
-    /// `Active`, `Ended` (validUntil passed) or `NotHonoured` (the broker
-    /// ignores it: its policy no longer names this subject and secret, or
-    /// the operator did not write it).
+    /// `Active`, `Ended` (validUntil passed), `Revoked` (a Revocation
+    /// blocks its service account or secret, or voids its policy) or
+    /// `NotHonoured` (the broker ignores it: its policy no longer names
+    /// this subject and secret, or the operator did not write it).
     pub state: &'static str,
+    /// The Revocation that takes it away, `namespace/name`, when Revoked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revoked_by: Option<String>,
+}
+
+/// The Revocation in force, of `revocations`, that takes `grant`'s access
+/// away: one blocking its service account or its secret, or voiding its
+/// policy.
+fn revocation_of<'a>(grant: &Grant, revocations: &'a [Revocation]) -> Option<&'a Revocation> {
+    let namespace = grant.metadata.namespace.as_deref().unwrap_or_default();
+    let holder = Holder {
+        namespace,
+        // A service account's question names no pod.
+        pod: "",
+        service_account: &grant.spec.service_account,
+        secret: &grant.spec.secret,
+    };
+    let policy: &PolicyReference = &grant.spec.policy;
+    revocations
+        .iter()
+        .filter(|r| in_force(r))
+        .find(|revocation| blocks_holder(revocation, &holder) || voids_policy(revocation, policy))
+}
+
+fn qualified(revocation: &Revocation) -> String {
+    format!(
+        "{}/{}",
+        revocation.namespace().unwrap_or_default(),
+        revocation.name_any()
+    )
 }
 
 fn reference(secret: &Target) -> SecretReference {
@@ -108,12 +148,18 @@ pub fn grants_of(secret: &Target, world: &AccessWorld, now: Timestamp) -> Vec<Gr
                 .grants_for(&namespace, &grant.spec.service_account, &wanted)
                 .iter()
                 .any(|g| g.name_any() == grant.name_any());
+            let revoked = world
+                .revocations
+                .as_deref()
+                .and_then(|revocations| revocation_of(grant, revocations));
             let state = if !honoured {
                 "NotHonoured"
-            } else if grant_is_valid_at(grant, now) {
-                "Active"
-            } else {
+            } else if !grant_is_valid_at(grant, now) {
                 "Ended"
+            } else if revoked.is_some() {
+                "Revoked"
+            } else {
+                "Active"
             };
             GrantView {
                 service_account: format!("{namespace}/{}", grant.spec.service_account),
@@ -125,6 +171,7 @@ pub fn grants_of(secret: &Target, world: &AccessWorld, now: Timestamp) -> Vec<Gr
                 valid_until: grant.spec.valid_until.as_ref().map(|t| t.0.to_string()),
                 approval: approval_of(grant, &world.requests),
                 state,
+                revoked_by: revoked.map(qualified),
             }
         })
         .collect();
@@ -163,7 +210,43 @@ pub fn decide(
         reason,
         grant: None,
     };
+    // A Revocation of the service account or the secret refuses whatever
+    // the Grants say, as the broker's first check does.
+    let holder_revoked = world.revocations.as_deref().and_then(|revocations| {
+        let reference = reference(secret);
+        let holder = Holder {
+            namespace: &service_account.namespace,
+            pod: "",
+            service_account: &service_account.name,
+            secret: &reference,
+        };
+        revocations
+            .iter()
+            .find(|r| in_force(r) && blocks_holder(r, &holder))
+    });
+    if let Some(revocation) = holder_revoked {
+        return no(format!(
+            "Revocation {} ({}) takes access of service account {service_account} to {secret} away: {}",
+            qualified(revocation),
+            ferry_api::revocation::describe(revocation),
+            revocation.spec.reason
+        ));
+    }
     let Some(active) = own.iter().find(|v| v.state == "Active") else {
+        if let Some(revoked) = own.iter().find(|v| v.state == "Revoked") {
+            let by = revoked.revoked_by.as_deref().unwrap_or("a Revocation");
+            let why = world
+                .revocations
+                .iter()
+                .flatten()
+                .find(|r| qualified(r) == by)
+                .map(|r| format!(": {}", r.spec.reason))
+                .unwrap_or_default();
+            return no(format!(
+                "Grant {} from AccessPolicy {} is revoked by Revocation {by}{why}",
+                revoked.grant, revoked.policy
+            ));
+        }
         if let Some(ended) = own.iter().find(|v| v.state == "Ended") {
             return no(format!(
                 "Grant {} from AccessPolicy {} ended at {}",
@@ -221,6 +304,9 @@ pub fn decide(
             "; but BrokeredSecret {secret} is not Ready ({}: {}), so issuing will fail",
             ready.reason, ready.message
         ));
+    }
+    if world.revocations.is_none() {
+        reason.push_str(" (Revocations could not be read: one may still block it)");
     }
     Decision {
         allowed: true,
@@ -312,6 +398,7 @@ mod tests {
             policies: vec![policy],
             requests: vec![],
             secret: Some(secret),
+            revocations: Some(vec![]),
         }
     }
 
@@ -402,6 +489,74 @@ mod tests {
         assert_eq!(
             grants_of(&target("payments", "orders-db"), &world, now())[0].state,
             "NotHonoured"
+        );
+    }
+
+    fn revocation(namespace: &str, spec: serde_json::Value) -> Revocation {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "ferry.dev/v1alpha1", "kind": "Revocation",
+            "metadata": {"name": "incident", "namespace": namespace},
+            "spec": spec,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_revocation_of_the_account_the_secret_or_the_policy_is_a_no() {
+        for (namespace, spec) in [
+            (
+                "shop",
+                serde_json::json!({"serviceAccount": "checkout", "reason": "INC-1"}),
+            ),
+            (
+                "payments",
+                serde_json::json!({"secret": "orders-db", "reason": "INC-1"}),
+            ),
+            (
+                "payments",
+                serde_json::json!({"policy": "checkout-reads", "reason": "INC-1"}),
+            ),
+        ] {
+            let mut world = world(
+                policy()
+                    .narrowed(testing::secret_access("orders-db"))
+                    .build(),
+            );
+            world.revocations = Some(vec![revocation(namespace, spec.clone())]);
+            let decision = decide(
+                &target("shop", "checkout"),
+                &target("payments", "orders-db"),
+                &world,
+                now(),
+            );
+            assert!(!decision.allowed, "{spec}: {decision:?}");
+            assert!(
+                decision
+                    .reason
+                    .contains(&format!("Revocation {namespace}/incident")),
+                "{}",
+                decision.reason
+            );
+            assert!(decision.reason.contains("INC-1"), "{}", decision.reason);
+        }
+        // A pod's Revocation does not answer for its service account.
+        let mut world = world(
+            policy()
+                .narrowed(testing::secret_access("orders-db"))
+                .build(),
+        );
+        world.revocations = Some(vec![revocation(
+            "shop",
+            serde_json::json!({"pod": "checkout-1", "reason": "INC-1"}),
+        )]);
+        assert!(
+            decide(
+                &target("shop", "checkout"),
+                &target("payments", "orders-db"),
+                &world,
+                now()
+            )
+            .allowed
         );
     }
 

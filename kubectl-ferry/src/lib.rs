@@ -17,5 +17,6 @@ pub mod leases;
 pub mod lint;
 pub mod output;
 pub mod requests;
+pub mod revoke;
 pub mod schema;
 pub mod target;

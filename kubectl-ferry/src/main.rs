@@ -11,7 +11,9 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ferry_api::confinement::Installation;
-use ferry_api::resources::{AccessPolicy, AccessRequest, BrokeredSecret, Grant, Verdict};
+use ferry_api::resources::{
+    AccessPolicy, AccessRequest, BrokeredSecret, Grant, Revocation, Verdict,
+};
 use ferry_contract::DEFAULT_NAMESPACE;
 use k8s_openapi::api::core::v1::{Event, Namespace, Pod, Secret};
 use k8s_openapi::jiff::Timestamp;
@@ -26,6 +28,7 @@ use kubectl_ferry::leases::{self, LeaseFilter, LeaseView};
 use kubectl_ferry::lint::{self, Document, Seen, Settings};
 use kubectl_ferry::output::{Format, Output, Table};
 use kubectl_ferry::requests::{self, Ask, RequestView};
+use kubectl_ferry::revoke::{self, RevocationView};
 use kubectl_ferry::target::{Target, parse_service_account_user, parse_target};
 
 /// See and steer who can get which secret, from the command line.
@@ -122,9 +125,52 @@ enum Command {
     Approve(DecideArgs),
     /// Deny a pending AccessRequest (NAMESPACE/NAME) as yourself.
     Deny(DecideArgs),
+    /// Take live leases away now and refuse new ones while the Revocation
+    /// exists; list and lift Revocations.
+    Revoke {
+        #[command(subcommand)]
+        what: RevokeCommand,
+    },
     /// Check BrokeredSecrets and AccessPolicies before applying them, as
     /// the apiserver and the operator would.
     Lint(LintArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum RevokeCommand {
+    /// A pod's leases (and those of the next pod of that name): NAMESPACE/POD.
+    Pod(RevokeArgs),
+    /// The leases of every pod of a service account: NAMESPACE/NAME.
+    #[command(alias = "serviceaccount")]
+    Sa(RevokeArgs),
+    /// Every lease of a BrokeredSecret, in every namespace: NAMESPACE/NAME.
+    Secret(RevokeArgs),
+    /// Every lease an AccessPolicy's Grants allowed: NAMESPACE/NAME.
+    Policy(RevokeArgs),
+    /// The Revocations of a namespace (-n) or of all (-A).
+    List {
+        /// Of every namespace.
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+    },
+    /// Delete a Revocation (NAMESPACE/NAME), lifting its block.
+    Lift {
+        /// The Revocation.
+        revocation: String,
+    },
+}
+
+#[derive(Debug, Args)]
+struct RevokeArgs {
+    /// What to revoke, NAMESPACE/NAME.
+    target: String,
+    /// Why (kept in Events and the broker's audit log; never shown to the
+    /// revoked pods).
+    #[arg(long)]
+    reason: String,
+    /// The Revocation's name (default: the kind, the target's name and a suffix).
+    #[arg(long)]
+    name: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -244,6 +290,7 @@ async fn run(
         }
         Command::Approve(args) => decide(&cluster, &args, Verdict::Approved, output).await,
         Command::Deny(args) => decide(&cluster, &args, Verdict::Denied, output).await,
+        Command::Revoke { what } => revoke_command(&cluster, what, output).await,
         Command::Lint(_) => unreachable_lint(),
     }
 }
@@ -273,11 +320,30 @@ async fn access_world(
     let found =
         cluster::get::<BrokeredSecret>(client, &secret.namespace, &secret.name, "BrokeredSecret")
             .await?;
+    // Revocations of the subjects' namespace (all, for who-can) and of the
+    // secret's; unreadable ones leave a caveat on every yes.
+    let mut revocations = Some(Vec::new());
+    let namespaces: Vec<Option<&str>> = match grant_namespace {
+        None => vec![None],
+        Some(ns) if ns == secret.namespace => vec![Some(ns)],
+        Some(ns) => vec![Some(ns), Some(secret.namespace.as_str())],
+    };
+    for namespace in namespaces {
+        match cluster::list::<Revocation>(client, namespace, "Revocations").await {
+            Ok(found) => {
+                if let Some(all) = revocations.as_mut() {
+                    all.extend(found);
+                }
+            }
+            Err(_) => revocations = None,
+        }
+    }
     Ok(AccessWorld {
         grants,
         policies,
         requests,
         secret: found,
+        revocations,
     })
 }
 
@@ -618,6 +684,63 @@ async fn decide(
     };
     let view = RequestView::from(&patched);
     output.print(&view, || view.line(action))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn revoke_command(
+    cluster: &Cluster,
+    what: RevokeCommand,
+    output: &Output,
+) -> anyhow::Result<ExitCode> {
+    let (kind, args) = match what {
+        RevokeCommand::Pod(args) => (revoke::Kind::Pod, args),
+        RevokeCommand::Sa(args) => (revoke::Kind::ServiceAccount, args),
+        RevokeCommand::Secret(args) => (revoke::Kind::Secret, args),
+        RevokeCommand::Policy(args) => (revoke::Kind::Policy, args),
+        RevokeCommand::List { all_namespaces } => {
+            let namespace = (!all_namespaces).then_some(cluster.namespace.as_str());
+            let found =
+                cluster::list::<Revocation>(&cluster.client, namespace, "Revocations").await?;
+            let views: Vec<RevocationView> = found.iter().map(RevocationView::from).collect();
+            output.print(&views, || revoke::table(&views, output))?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        RevokeCommand::Lift { revocation } => {
+            let target = parse_target(&revocation, &cluster.namespace, "revocation")
+                .map_err(anyhow::Error::msg)?;
+            Api::<Revocation>::namespaced(cluster.client.clone(), &target.namespace)
+                .delete(&target.name, &kube::api::DeleteParams::default())
+                .await
+                .map_err(|error| {
+                    cluster::failed(&format!("deleting Revocation {target}"), error)
+                })?;
+            let lifted = serde_json::json!({"revocation": target.to_string(), "lifted": true});
+            output.print(&lifted, || {
+                format!("revocation {target} deleted: its block is lifted\n")
+            })?;
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
+    let target =
+        parse_target(&args.target, &cluster.namespace, "target").map_err(anyhow::Error::msg)?;
+    let object = revoke::revocation(kind, &target, &args.reason, args.name.as_deref());
+    let created = Api::<Revocation>::namespaced(cluster.client.clone(), &target.namespace)
+        .create(&PostParams::default(), &object)
+        .await
+        .map_err(|error| {
+            cluster::failed(
+                &format!("creating a Revocation in namespace {}", target.namespace),
+                error,
+            )
+        })?;
+    let view = RevocationView::from(&created);
+    output.print(&view, || {
+        format!(
+            "revocation {} created: the live leases of {} are revoked now, and none is issued \
+             while it exists (kubectl ferry revoke lift {} lifts it)\n",
+            view.revocation, view.target, view.revocation
+        )
+    })?;
     Ok(ExitCode::SUCCESS)
 }
 
