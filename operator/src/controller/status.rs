@@ -125,3 +125,24 @@ fn namespace_terminating(status: &kube::core::Status) -> bool {
             .as_ref()
             .is_some_and(|d| d.causes.iter().any(|c| c.reason == "NamespaceTerminating"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(code: u16, cause: &str) -> kube::core::Status {
+        serde_json::from_value(json!({
+            "status": "Failure", "code": code, "reason": "Forbidden",
+            "message": "events is forbidden: unable to create new content in namespace shop because it is being terminated",
+            "details": {"kind": "events", "causes": [{"reason": cause, "message": "namespace shop is being terminated", "field": "metadata.namespace"}]},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_refusal_in_a_namespace_being_deleted_is_recognised_and_nothing_else_is() {
+        assert!(namespace_terminating(&status(403, "NamespaceTerminating")));
+        assert!(!namespace_terminating(&status(403, "FieldValueInvalid")));
+        assert!(!namespace_terminating(&status(422, "NamespaceTerminating")));
+    }
+}
