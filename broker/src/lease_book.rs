@@ -120,7 +120,8 @@ mod tests {
         }
     }
 
-    fn claims(serial: &str, expires_at: i64) -> LeaseClaims {
+    /// Claims with the serial `letter` repeated (a well-formed serial).
+    fn claims(letter: &str, expires_at: i64) -> LeaseClaims {
         LeaseClaims {
             version: 1,
             secret_namespace: "payments".into(),
@@ -132,7 +133,7 @@ mod tests {
             max_expires_at: expires_at,
             audience: vec![],
             scopes: None,
-            serial: serial.into(),
+            serial: letter.repeat(32),
         }
     }
 
@@ -156,9 +157,9 @@ mod tests {
         book.record(&claims("b", 100), "postgres", &pod("web-2"), 0);
         let taken = book.take_refused(10, |lease| lease.pod_name == "web-1");
         assert_eq!(taken.len(), 1);
-        assert_eq!(taken[0].claims.serial, "a");
+        assert_eq!(taken[0].claims.serial, "a".repeat(32));
         assert_eq!(book.len(), 1);
-        book.forget("b");
+        book.forget(&"b".repeat(32));
         assert!(book.is_empty());
     }
 }
