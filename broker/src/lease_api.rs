@@ -552,6 +552,48 @@ mod tests {
         assert_eq!(front_proxy().caller(&HeaderMap::new()), None);
     }
 
+    fn lease(secret_namespace: &str, serial: &str, expires_at: i64) -> LiveLease {
+        LiveLease {
+            claims: crate::lease_id::LeaseClaims {
+                version: 1,
+                secret_namespace: secret_namespace.into(),
+                secret_name: "orders-db".into(),
+                pod_uid: "uid-1".into(),
+                handle: "ferry_role_handle".into(),
+                issued_at: 100,
+                expires_at,
+                max_expires_at: 3700,
+                audience: vec![],
+                scopes: None,
+                // Serials are 32 hex digits.
+                serial: serial.repeat(32),
+            },
+            kind: "postgres",
+            pod_namespace: "shop".into(),
+            pod_name: "checkout-1".into(),
+            service_account: "checkout".into(),
+        }
+    }
+
+    #[test]
+    fn only_leases_of_namespaces_the_caller_may_see_are_shown_and_never_a_handle() {
+        let leases = [
+            lease("payments", "b", 900),
+            lease("ledger", "c", 600),
+            lease("payments", "a", 300),
+        ];
+        let shown = visible(&leases, None, |ns| ns == "payments");
+        let serials: Vec<&str> = shown.iter().map(|i| &i.serial[..1]).collect();
+        assert_eq!(serials, ["a", "b"], "soonest expiry first");
+        assert!(
+            !serde_json::to_string(&shown)
+                .unwrap()
+                .contains("ferry_role_handle")
+        );
+        assert!(visible(&leases, Some("ledger"), |ns| ns == "payments").is_empty());
+        assert_eq!(visible(&leases, Some("ledger"), |_| true).len(), 1);
+    }
+
     #[test]
     fn settings_without_a_ca_say_the_apiserver_cannot_aggregate() {
         let error = FrontProxy::from_data(&BTreeMap::new()).unwrap_err();
