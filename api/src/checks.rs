@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::confinement::{Installation, SecretUse, brokerable_for};
 use crate::resources::{BrokeredSecret, ClientAuthentication, OAuth2Grant, SourceKind};
 use crate::templates::{
     JWT_VARIABLES, OAUTH2_VARIABLES, POSTGRES_VARIABLES, check_templates, check_variables,
@@ -170,6 +171,58 @@ pub fn verdict(secret: &BrokeredSecret, found: Option<&[String]>) -> Verdict {
             source,
         },
     }
+}
+
+/// What is known of the Secret a BrokeredSecret's source names: never a
+/// value, only what the checks read.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct FoundSecret {
+    /// Its key names.
+    pub keys: Vec<String>,
+    /// Its `type`.
+    pub secret_type: Option<String>,
+    /// The value of its [`ferry_contract::BROKERABLE_LABEL`], if labelled.
+    pub brokerable: Option<String>,
+}
+
+/// The whole verdict on `secret` as the operator writes it into the
+/// `Ready` condition: [`verdict`], outranked by the installation's limits
+/// and by the named Secret's opt-in (`found`: `None` when it does not
+/// exist). `kubectl ferry lint` calls this same function.
+pub fn judge(
+    secret: &BrokeredSecret,
+    found: Option<&FoundSecret>,
+    installation: &Installation,
+) -> Verdict {
+    let keys = found.map(|found| found.keys.as_slice());
+    let mut verdict = verdict(secret, keys);
+    let namespace = secret.metadata.namespace.as_deref().unwrap_or_default();
+    let opted_in = match (reference(secret), found) {
+        (Some(Reference { name, .. }), Some(found)) => {
+            let used = if secret.spec.source.x509.is_some() {
+                SecretUse::Sign
+            } else {
+                SecretUse::Read
+            };
+            brokerable_for(
+                used,
+                namespace,
+                name,
+                found.secret_type.as_deref(),
+                found.brokerable.as_deref(),
+            )
+            .err()
+        }
+        _ => None,
+    };
+    // The installation's limits outrank the rest: the broker refuses these
+    // whatever else is right.
+    if let Some(refusal) = installation.refusal(secret).or(opted_in) {
+        verdict.ready = false;
+        verdict.reason = refusal.reason;
+        verdict.message = refusal.message;
+    }
+    verdict
 }
 
 /// What is wrong with a BrokeredSecret's file templates, if anything: a

@@ -395,6 +395,46 @@ fn ends_like_hashed(name: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
 }
 
+/// The longest [`secret_names`] summary before it is shortened.
+pub const SECRET_NAMES_WIDTH: usize = 60;
+
+/// The secrets `policy` lists, as its status shows them in `kubectl get`'s
+/// SECRETS column: every name, comma-separated, when that fits in
+/// [`SECRET_NAMES_WIDTH`] characters; otherwise as many names as fit and
+/// `+N more`.
+pub fn secret_names(policy: &AccessPolicy) -> String {
+    let names: Vec<&str> = policy
+        .spec
+        .secrets
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect();
+    let all = names.join(",");
+    if all.len() <= SECRET_NAMES_WIDTH {
+        return all;
+    }
+    let mut shown = String::new();
+    for (index, name) in names.iter().enumerate() {
+        let more = format!(",+{} more", names.len() - index);
+        let next = if shown.is_empty() {
+            (*name).to_owned()
+        } else {
+            format!("{shown},{name}")
+        };
+        // Leave room for the count of the names after this one.
+        let tail = format!(",+{} more", names.len() - index - 1);
+        if next.len() + tail.len() > SECRET_NAMES_WIDTH {
+            return if shown.is_empty() {
+                format!("+{} more", names.len())
+            } else {
+                format!("{shown}{more}")
+            };
+        }
+        shown = next;
+    }
+    shown
+}
+
 /// Answers whether a service account holds a Grant for a secret. The
 /// webhook's pure mutation takes this trait, so its tests can use a plain
 /// set while production uses the runtime's Grant index.
@@ -538,6 +578,26 @@ mod tests {
         assert_eq!(grant.spec.policy.uid, "0000-policy-uid");
         assert_eq!(grant.labels()[POLICY_UID_LABEL], "0000-policy-uid");
         assert_eq!(grant.labels()[MANAGED_BY_LABEL], OPERATOR_MANAGER);
+    }
+
+    #[test]
+    fn secret_names_lists_every_secret_or_says_how_many_more() {
+        let two = checkout(&[access("orders-db"), access("orders-token")]);
+        assert_eq!(secret_names(&two), "orders-db,orders-token");
+        let many: Vec<SecretAccessBuilder> = (0..12)
+            .map(|i| access(&format!("secret-number-{i}")))
+            .collect();
+        let summary = secret_names(&checkout(&many));
+        assert!(summary.len() <= SECRET_NAMES_WIDTH, "{summary}");
+        assert!(
+            summary.starts_with("secret-number-0,secret-number-1,"),
+            "{summary}"
+        );
+        let shown = summary.matches("secret-number-").count();
+        assert!(
+            summary.ends_with(&format!(",+{} more", 12 - shown)),
+            "{summary}"
+        );
     }
 
     #[test]

@@ -60,6 +60,7 @@ fn default_max_ttl() -> String {
     category = "ferry",
     status = "BrokeredSecretStatus",
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
     printcolumn = r#"{"name":"Source","type":"string","jsonPath":".status.source"}"#,
     printcolumn = r#"{"name":"TTL","type":"string","jsonPath":".spec.ttl"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
@@ -552,8 +553,9 @@ pub struct BrokeredSecretStatus {
     category = "ferry",
     status = "AccessPolicyStatus",
     printcolumn = r#"{"name":"Subjects","type":"integer","jsonPath":".status.subjects"}"#,
-    printcolumn = r#"{"name":"Secrets","type":"string","jsonPath":".spec.secrets[*].name"}"#,
+    printcolumn = r#"{"name":"Secrets","type":"string","jsonPath":".status.secretNames"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -697,6 +699,11 @@ pub struct AccessPolicyStatus {
     /// How many Grants this policy currently produces.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grants: Option<i64>,
+    /// Every secret the policy lists, for `kubectl get`'s SECRETS column
+    /// (a JSONPath column shows only the first of a list): the names
+    /// joined by commas, or the first ones and how many more.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_names: Option<String>,
 }
 
 /// Derived permission: one service account may have one secret, this

@@ -18,6 +18,7 @@ pub mod auth;
 pub mod consent;
 pub mod jwt_keys;
 pub mod keys;
+pub mod lease_api;
 pub mod lease_book;
 pub mod lease_id;
 pub mod live_leases;

@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Authenticator, CacheLimits, ReviewLimits};
+use crate::lease_api::{FrontProxy, LeaseApi, LeaseApiError, lease_api_routes};
 use crate::lease_book::LeaseBook;
 use crate::lease_id::LeaseKeys;
 use crate::live_leases::LiveLeases;
@@ -41,7 +42,7 @@ use ferry_runtime::args::ServingArgs;
 use ferry_runtime::grant_index::GrantIndex;
 use ferry_runtime::https::{self, ReloadingCertificate, ServedPorts, TlsError};
 use ferry_runtime::lifecycle::{cancel_on_signal, init_tracing};
-use ferry_runtime::serving::ServingLimits;
+use ferry_runtime::serving::{ServingLimits, ServingMetrics};
 
 /// Options of `ferry-operator broker`.
 #[derive(Debug, clap::Args)]
@@ -129,6 +130,12 @@ pub struct BrokerArgs {
     /// namespace). Give the operator the same list, so that status agrees.
     #[arg(long, env = "FERRY_ALLOWED_ISSUERS", default_value = "")]
     pub allowed_issuers: String,
+    /// Address of the live-lease API the apiserver aggregates (APIService
+    /// v1alpha1.leases.ferry.dev), such as `0.0.0.0:8444`; empty: not
+    /// served. Needs the apiserver's front-proxy settings (ConfigMap
+    /// kube-system/extension-apiserver-authentication).
+    #[arg(long, env = "FERRY_LEASE_API_ADDR", default_value = "")]
+    pub lease_api_addr: String,
 }
 
 /// Serves the broker as `args` say until SIGTERM or SIGINT, then drains
@@ -152,6 +159,14 @@ pub async fn run(args: BrokerArgs) -> Result<(), BrokerStartError> {
     )
     .await?;
     let listener = https::bind(&args.serving.listen_addr).await?;
+    let lease_api = if args.lease_api_addr.is_empty() {
+        None
+    } else {
+        Some(LeaseApiPort {
+            listener: https::bind(&args.lease_api_addr).await?,
+            front_proxy: FrontProxy::from_cluster(&client).await?,
+        })
+    };
     let admin_listener = admin::bind_admin(&args.serving.admin.admin_addr).await?;
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
@@ -188,6 +203,7 @@ pub async fn run(args: BrokerArgs) -> Result<(), BrokerStartError> {
             reap_interval: Duration::from_secs(args.reap_interval_seconds.max(1)),
             unknown_pod_grace: Duration::from_secs(120),
             installation,
+            lease_api,
         },
         Registry::new(),
         shutdown,
@@ -212,6 +228,9 @@ pub enum BrokerStartError {
     /// The apiserver could not be reached.
     #[error("connecting to Kubernetes (in-cluster config or KUBECONFIG): {0}")]
     Connect(#[source] kube::Error),
+    /// The lease API could not be set up.
+    #[error(transparent)]
+    LeaseApi(#[from] LeaseApiError),
     /// A flag's value is malformed.
     #[error("{0}")]
     Config(String),
@@ -256,6 +275,17 @@ pub struct BrokerOptions {
     /// ferry's namespace and the allowed JWT issuers: what BrokeredSecrets
     /// may reach.
     pub installation: Installation,
+    /// The port of the live-lease API the apiserver aggregates, if served.
+    pub lease_api: Option<LeaseApiPort>,
+}
+
+/// Where the live-lease API is served, and how the apiserver's front
+/// proxy identifies itself there.
+pub struct LeaseApiPort {
+    /// The TLS listener (the APIService's Service points at it).
+    pub listener: TcpListener,
+    /// The front-proxy CA and headers.
+    pub front_proxy: FrontProxy,
 }
 
 /// Runs the broker until `shutdown` is cancelled.
@@ -328,6 +358,7 @@ pub async fn serve(
     let grants_synced = grants.clone();
     let secret_reader = Arc::new(SecretReader::new(client.clone()));
     let seal = options.keys.value_seal();
+    let lease_api_client = client.clone();
     let state = Arc::new(BrokerState {
         broker: Broker {
             grants,
@@ -412,6 +443,24 @@ pub async fn serve(
             }
             reaper::reap_until(&state, &pods, interval, unknown_pod_grace, &shutdown).await;
         });
+    }
+    if let Some(port) = options.lease_api {
+        let config = port
+            .front_proxy
+            .server_config(Arc::clone(&options.certificate))?;
+        let api = Arc::new(LeaseApi::new(
+            Arc::clone(&state),
+            lease_api_client,
+            port.front_proxy,
+        ));
+        tasks.spawn(https::serve(
+            port.listener,
+            Arc::new(config),
+            lease_api_routes(api),
+            options.limits,
+            ServingMetrics::new(&registry, "broker_lease_api")?,
+            shutdown.clone().cancelled_owned(),
+        ));
     }
     https::serve_until_shutdown(
         tasks,

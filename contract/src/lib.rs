@@ -9,6 +9,7 @@
 //! size is a feature) depends on it; `e2e/tests/dependencies.rs`
 //! checks what the sidecar links.
 
+pub mod lease_api;
 pub mod reload;
 pub mod wire;
 
@@ -115,6 +116,20 @@ pub const MOUNT_PATH_ANNOTATION: &str = "ferry.dev/mount-path";
 
 /// Pod annotation recording what the webhook injected.
 pub const STATUS_ANNOTATION: &str = "ferry.dev/status";
+
+/// What the webhook records in [`STATUS_ANNOTATION`] of a pod it injected,
+/// as JSON: read by the webhook on reinvocation and by `kubectl ferry
+/// explain pod`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InjectionStatus {
+    /// The webhook's version.
+    pub version: String,
+    /// The secrets injected, `namespace/name`.
+    pub secrets: Vec<String>,
+    /// Where the secrets volume is mounted in app containers.
+    pub mount_path: String,
+}
 
 /// Where secrets are mounted in app containers unless overridden.
 pub const DEFAULT_MOUNT_PATH: &str = "/var/run/secrets/ferry";

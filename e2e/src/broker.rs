@@ -11,7 +11,7 @@ use ferry_broker::auth::ReviewLimits;
 use ferry_broker::lease_id::LeaseKeys;
 use ferry_broker::providers::jwt::{JwtProvider, SigningKeys, generate_key};
 use ferry_broker::routes::default_rate_limit;
-use ferry_broker::server::{BrokerOptions, serve};
+use ferry_broker::server::{BrokerOptions, LeaseApiPort, serve};
 use ferry_contract::DEFAULT_BROKER_AUDIENCE;
 use ferry_runtime::admin::Readiness;
 use ferry_runtime::https::ReloadingCertificate;
@@ -32,6 +32,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct RunningBroker {
     background: Background,
     addr: SocketAddr,
+    lease_api_addr: Option<SocketAddr>,
     ca_pem: String,
     registry: prometheus::Registry,
 }
@@ -64,7 +65,32 @@ impl RunningBroker {
             rate_limit,
             Installation::default(),
             (ServingLimits::default(), ReviewLimits::default()),
+            None,
         )
+    }
+
+    /// Like [`Self::start`], also serving the live-lease API on a free
+    /// loopback port to clients of `front_proxy` (as the apiserver's
+    /// aggregation layer calls it; [`Self::lease_api_addr`]).
+    pub fn start_with_lease_api(
+        cluster: &Cluster,
+        keys: LeaseKeys,
+        front_proxy: ferry_broker::lease_api::FrontProxy,
+    ) -> Result<Self, HarnessError> {
+        Self::start_with(
+            cluster,
+            cluster.config().clone(),
+            keys,
+            default_rate_limit(),
+            Installation::default(),
+            (ServingLimits::default(), ReviewLimits::default()),
+            Some(front_proxy),
+        )
+    }
+
+    /// Where the live-lease API listens, when it is served.
+    pub fn lease_api_addr(&self) -> Option<SocketAddr> {
+        self.lease_api_addr
     }
 
     /// Like [`Self::start_as`], with `installation`'s limits (ferry's
@@ -83,6 +109,7 @@ impl RunningBroker {
             rate_limit,
             installation,
             (ServingLimits::default(), ReviewLimits::default()),
+            None,
         )
     }
 
@@ -102,6 +129,7 @@ impl RunningBroker {
             rate_limit,
             Installation::default(),
             limits,
+            None,
         )
     }
 
@@ -113,8 +141,14 @@ impl RunningBroker {
         rate_limit: governor::Quota,
         installation: Installation,
         limits: (ServingLimits, ReviewLimits),
+        front_proxy: Option<ferry_broker::lease_api::FrontProxy>,
     ) -> Result<Self, HarnessError> {
         let (limits, review_limits) = limits;
+        let lease_api_listener = front_proxy
+            .is_some()
+            .then(|| bind_loopback("the broker's lease API"))
+            .transpose()?;
+        let lease_api_addr = lease_api_listener.as_ref().map(|(_, addr)| *addr);
         static STARTED: AtomicU32 = AtomicU32::new(0);
         let stem = format!("broker-{}", STARTED.fetch_add(1, Ordering::Relaxed));
         let files = cluster
@@ -153,6 +187,18 @@ impl RunningBroker {
             ) else {
                 return tracing::error!("broker listeners");
             };
+            let lease_api = match (lease_api_listener, front_proxy) {
+                (Some((listener, _)), Some(front_proxy)) => {
+                    let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+                        return tracing::error!("lease API listener");
+                    };
+                    Some(LeaseApiPort {
+                        listener,
+                        front_proxy,
+                    })
+                }
+                _ => None,
+            };
             let options = BrokerOptions {
                 listener,
                 admin_listener,
@@ -171,6 +217,7 @@ impl RunningBroker {
                 reap_interval: Duration::from_secs(2),
                 unknown_pod_grace: Duration::from_secs(5),
                 installation,
+                lease_api,
             };
             if let Err(error) = serve(client, options, thread_registry, shutdown).await {
                 tracing::error!(%error, "broker stopped");
@@ -179,6 +226,7 @@ impl RunningBroker {
         let broker = Self {
             background,
             addr,
+            lease_api_addr,
             ca_pem: cluster.authority().cert_pem(),
             registry,
         };

@@ -286,6 +286,24 @@ impl Cluster {
         Ok(Client::try_from(config)?)
     }
 
+    /// A kubeconfig file for a new client certificate of `user` (and
+    /// `group`), for command-line tools run as that identity (`kubectl
+    /// ferry --kubeconfig ...`).
+    pub fn user_kubeconfig(
+        &self,
+        user: &str,
+        group: Option<&str>,
+    ) -> Result<PathBuf, HarnessError> {
+        let n = self.issued.fetch_add(1, Ordering::Relaxed);
+        let pki_dir = self.dir.path().join("pki");
+        let files = self
+            .authority
+            .client_cert(user, group, &pki_dir, &format!("user-{n}"))?;
+        let path = self.dir.path().join(format!("kubeconfig-user-{n}"));
+        write_kubeconfig(&path, &self.server, &pki_dir.join("ca.crt"), &files)?;
+        Ok(path)
+    }
+
     /// An admin client that impersonates `user` in `groups`, so requests are
     /// authorized exactly as that identity's (for example
     /// `system:serviceaccount:ns:name` with `system:serviceaccounts`).

@@ -17,6 +17,7 @@ mod fixtures;
 pub mod https_client;
 mod hydra;
 pub mod images;
+pub mod invalid;
 mod kubelet;
 pub mod load;
 mod log_capture;

@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use ferry_api::resources::{AccessPolicy, BrokeredSecret, Grant, JwtAlgorithm, TokenSharing};
+use ferry_e2e::invalid::{Refused, checkout, policy, postgres, secret};
 use ferry_e2e::{Cluster, eventually, install_crds};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
@@ -43,28 +44,6 @@ async fn create(client: &Client, ns: &str, object: &Value) -> Result<DynamicObje
     api_for(client, ns, object)
         .create(&PostParams::default(), &dynamic)
         .await
-}
-
-fn secret(name: &str, spec: Value) -> Value {
-    json!({
-        "apiVersion": "ferry.dev/v1alpha1", "kind": "BrokeredSecret",
-        "metadata": {"name": name}, "spec": spec,
-    })
-}
-
-fn policy(name: &str, spec: Value) -> Value {
-    json!({
-        "apiVersion": "ferry.dev/v1alpha1", "kind": "AccessPolicy",
-        "metadata": {"name": name}, "spec": spec,
-    })
-}
-
-fn postgres() -> Value {
-    json!({"postgres": {"connectionSecretRef": {"name": "orders-db-admin"}}})
-}
-
-fn checkout() -> Value {
-    json!([{"serviceAccount": {"name": "checkout", "namespace": "shop"}}])
 }
 
 /// Runs kubectl with `args` until it succeeds (the apiserver publishes a
@@ -264,238 +243,14 @@ async fn valid_objects_of_each_kind_are_accepted_with_defaults_applied() {
 #[tokio::test]
 async fn invalid_objects_are_refused_with_a_message_naming_the_problem() {
     let (_cluster, client, ns) = setup("crds-invalid").await;
-    let pg_ref = json!({"name": "orders-db-admin"});
-    let exactly_one_source =
-        "exactly one of postgres, kubernetesSecret, jwt, x509 or oauth2 must be set";
-    let plain_file_names = "file names must be plain names: letters, digits, '.', '_' or '-', no '/', no '..', no leading dot";
-    let duration_pattern = r"should match '^([0-9]{1,6}(s|m|h))+$'";
-    let subdomain_pattern = r"should match '^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$'";
-    // (object, field path, message): the apiserver must answer 422 naming both.
-    let cases = [
-        (
-            secret(
-                "two-sources",
-                json!({"source": {"postgres": {"connectionSecretRef": pg_ref}, "kubernetesSecret": {"name": "legacy"}}}),
-            ),
-            "spec.source",
-            exactly_one_source,
-        ),
-        (
-            secret("no-source", json!({"source": {}})),
-            "spec.source",
-            exactly_one_source,
-        ),
-        (
-            secret("null-source", json!({"source": {"postgres": null}})),
-            "spec.source",
-            exactly_one_source,
-        ),
-        (
-            secret(
-                "ttl-words",
-                json!({"ttl": "15 minutes", "source": postgres()}),
-            ),
-            "spec.ttl",
-            duration_pattern,
-        ),
-        (
-            secret("ttl-too-short", json!({"ttl": "5s", "source": postgres()})),
-            "spec.ttl",
-            "ttl must be between 10s and 24h",
-        ),
-        (
-            secret(
-                "ttl-above-max",
-                json!({"ttl": "2h", "maxTtl": "1h", "source": postgres()}),
-            ),
-            "spec",
-            "ttl must not exceed maxTtl",
-        ),
-        (
-            secret(
-                "max-ttl-too-long",
-                json!({"maxTtl": "200h", "source": postgres()}),
-            ),
-            "spec.maxTtl",
-            "maxTtl must be between 10s and 168h",
-        ),
-        (
-            secret(
-                "file-traversal",
-                json!({"source": postgres(), "files": {"../etc/passwd": "x"}}),
-            ),
-            "spec.files",
-            plain_file_names,
-        ),
-        (
-            secret(
-                "file-subdir",
-                json!({"source": postgres(), "files": {"a/b": "x"}}),
-            ),
-            "spec.files",
-            plain_file_names,
-        ),
-        (
-            secret(
-                "file-hidden",
-                json!({"source": postgres(), "files": {".hidden": "x"}}),
-            ),
-            "spec.files",
-            plain_file_names,
-        ),
-        (
-            secret(
-                "member-injection",
-                json!({"source": {"postgres": {"connectionSecretRef": pg_ref, "memberOf": ["bad-role;drop"]}}}),
-            ),
-            "spec.source.postgres.memberOf[0]",
-            "should match '^[a-z_][a-z0-9_]{0,62}$'",
-        ),
-        (
-            secret(
-                "jwt-sub",
-                json!({"source": {"jwt": {"audience": ["orders-api"], "claims": {"sub": "admin"}}}}),
-            ),
-            "spec.source.jwt.claims",
-            "claims may not set iss, sub, aud, exp, nbf, iat, jti, scope, pod_uid or ferry.dev/secret",
-        ),
-        (
-            secret(
-                "jwt-no-audience",
-                json!({"source": {"jwt": {"audience": []}}}),
-            ),
-            "spec.source.jwt.audience",
-            "should have at least 1 items",
-        ),
-        (
-            secret(
-                "jwt-hs256",
-                json!({"source": {"jwt": {"audience": ["orders-api"], "algorithm": "HS256"}}}),
-            ),
-            "spec.source.jwt.algorithm",
-            r#"Unsupported value: "HS256""#,
-        ),
-        (
-            secret(
-                "oauth2-http",
-                json!({"source": {"oauth2": {"tokenUrl": "http://idp.example/token", "credentialsSecretName": "crm"}}}),
-            ),
-            "spec.source.oauth2.tokenUrl",
-            "should match '^https://",
-        ),
-        (
-            secret(
-                "oauth2-refresh-per-lease",
-                json!({"source": {"oauth2": {"tokenUrl": "https://idp.example/token", "credentialsSecretName": "crm", "grant": "RefreshToken"}}}),
-            ),
-            "spec.source.oauth2",
-            "grant RefreshToken makes one access token at a time",
-        ),
-        (
-            secret(
-                "oauth2-exchange-shared",
-                json!({"source": {"oauth2": {"tokenUrl": "https://idp.example/token", "credentialsSecretName": "crm", "grant": "TokenExchange", "tokenExchange": {"subjectTokenAudience": "https://idp.example"}, "tokenSharing": "Shared"}}}),
-            ),
-            "spec.source.oauth2",
-            "grant TokenExchange gets a token naming one pod: it cannot be shared",
-        ),
-        (
-            secret(
-                "oauth2-exchange-without-audience",
-                json!({"source": {"oauth2": {"tokenUrl": "https://idp.example/token", "credentialsSecretName": "crm", "grant": "TokenExchange"}}}),
-            ),
-            "spec.source.oauth2",
-            "tokenExchange is set exactly when grant is TokenExchange",
-        ),
-        (
-            secret(
-                "oauth2-exchange-stray",
-                json!({"source": {"oauth2": {"tokenUrl": "https://idp.example/token", "credentialsSecretName": "crm", "tokenExchange": {"subjectTokenAudience": "https://idp.example"}}}}),
-            ),
-            "spec.source.oauth2",
-            "tokenExchange is set exactly when grant is TokenExchange",
-        ),
-        (
-            secret(
-                "oauth2-resource-not-a-uri",
-                json!({"source": {"oauth2": {"tokenUrl": "https://idp.example/token", "credentialsSecretName": "crm", "audience": ["crm-api"], "audienceParameter": "Resource"}}}),
-            ),
-            "spec.source.oauth2",
-            "with audienceParameter Resource every audience must be an absolute URI",
-        ),
-        (
-            policy(
-                "no-subjects",
-                json!({"subjects": [], "secrets": [{"name": "orders-db"}]}),
-            ),
-            "spec.subjects",
-            "should have at least 1 items",
-        ),
-        (
-            policy(
-                "account-and-selector",
-                json!({
-                    "subjects": [{
-                        "serviceAccount": {"name": "checkout", "namespace": "shop"},
-                        "namespaceSelector": {"matchLabels": {"team": "payments"}},
-                        "serviceAccountName": "batch",
-                    }],
-                    "secrets": [{"name": "orders-db"}],
-                }),
-            ),
-            "spec.subjects[0]",
-            "set exactly one of serviceAccount or namespaceSelector",
-        ),
-        (
-            policy(
-                "selector-without-name",
-                json!({
-                    "subjects": [{"namespaceSelector": {"matchLabels": {"team": "payments"}}}],
-                    "secrets": [{"name": "orders-db"}],
-                }),
-            ),
-            "spec.subjects[0]",
-            "namespaceSelector needs serviceAccountName",
-        ),
-        (
-            policy(
-                "name-without-selector",
-                json!({
-                    "subjects": [{"serviceAccount": {"name": "checkout", "namespace": "shop"}, "serviceAccountName": "batch"}],
-                    "secrets": [{"name": "orders-db"}],
-                }),
-            ),
-            "spec.subjects[0]",
-            "namespaceSelector needs serviceAccountName",
-        ),
-        (
-            policy(
-                "duplicate-secrets",
-                json!({"subjects": checkout(), "secrets": [{"name": "orders-db"}, {"name": "orders-db", "maxTtl": "5m"}]}),
-            ),
-            "spec.secrets",
-            "each secret may be listed only once",
-        ),
-        (
-            policy(
-                "uppercase-secret",
-                json!({"subjects": checkout(), "secrets": [{"name": "Orders-DB"}]}),
-            ),
-            "spec.secrets[0].name",
-            subdomain_pattern,
-        ),
-        (
-            policy(
-                "max-ttl-days",
-                json!({"subjects": checkout(), "secrets": [{"name": "orders-db", "maxTtl": "1d"}]}),
-            ),
-            "spec.secrets[0].maxTtl",
-            duration_pattern,
-        ),
-    ];
-
+    let cases = ferry_e2e::invalid::refused_by_schema();
     let mut failures = Vec::new();
-    for (object, field, message) in &cases {
+    for Refused {
+        object,
+        field,
+        message,
+    } in &cases
+    {
         let name = object["metadata"]["name"].as_str().unwrap();
         match create(&client, &ns, object).await {
             Ok(_) => failures.push(format!("{name}: accepted")),
@@ -595,7 +350,7 @@ async fn kubectl_lists_ferry_objects_with_short_names_category_and_printer_colum
             &status,
             &Patch::Apply(json!({
                 "apiVersion": AccessPolicy::api_version(&()), "kind": "AccessPolicy",
-                "status": {"conditions": [ready], "subjects": 1, "grants": 1},
+                "status": {"conditions": [ready], "subjects": 1, "grants": 1, "secretNames": "orders-db"},
             })),
         )
         .await
@@ -605,13 +360,13 @@ async fn kubectl_lists_ferry_objects_with_short_names_category_and_printer_colum
     let expectations = [
         (
             "brokeredsecret.ferry.dev/orders-db",
-            vec!["NAME", "READY", "SOURCE", "TTL", "AGE"],
-            vec!["True", "postgres", "15m"],
+            vec!["NAME", "READY", "REASON", "SOURCE", "TTL", "AGE"],
+            vec!["True", "Resolved", "postgres", "15m"],
         ),
         (
             "accesspolicy.ferry.dev/checkout-reads-orders",
-            vec!["NAME", "SUBJECTS", "SECRETS", "READY", "AGE"],
-            vec!["1", "orders-db", "True"],
+            vec!["NAME", "SUBJECTS", "SECRETS", "READY", "REASON", "AGE"],
+            vec!["1", "orders-db", "True", "Resolved"],
         ),
         (
             "grant.ferry.dev/payments.orders-db.checkout",

@@ -147,15 +147,6 @@ fn missing_grants_message(
     )
 }
 
-/// The JSON recorded in `ferry.dev/status`.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct InjectionStatus<'a> {
-    version: &'static str,
-    secrets: Vec<String>,
-    mount_path: &'a str,
-}
-
 /// Decides what to do with `pod`, created in `namespace`: leave it, inject
 /// it, or refuse it. Pure: the Grants are looked up in `grants` as of `now`.
 pub fn inject_sidecar(
@@ -424,10 +415,10 @@ fn build_patch(
     let empty = PodSpec::default();
     let spec = pod.spec.as_ref().unwrap_or(&empty);
 
-    let status = InjectionStatus {
-        version: env!("CARGO_PKG_VERSION"),
+    let status = contract::InjectionStatus {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
         secrets: secrets.iter().map(qualified).collect(),
-        mount_path,
+        mount_path: mount_path.to_owned(),
     };
     let status = serde_json::to_string(&status).unwrap_or_default();
     if pod.metadata.annotations.is_some() {

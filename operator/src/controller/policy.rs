@@ -19,7 +19,7 @@ use serde_json::json;
 use super::status::{ready_condition, write_status};
 use super::{Context, POLICY_FINALIZER, RESYNC, ReconcileError, TOO_MANY_GRANTS};
 use ferry_api::approval::approved_access;
-use ferry_api::grants::{ApprovedAccess, PolicyWorld, derive_grants, next_expiry};
+use ferry_api::grants::{ApprovedAccess, PolicyWorld, derive_grants, next_expiry, secret_names};
 use ferry_api::resources::{AccessPolicy, AccessPolicyStatus, BrokeredSecret, Grant};
 
 #[tracing::instrument(skip_all, fields(policy = %ObjectRef::from_obj(policy.as_ref())))]
@@ -158,6 +158,7 @@ async fn apply_policy(policy: &AccessPolicy, ctx: &Context) -> Result<Action, Re
         observed_generation: policy.metadata.generation,
         subjects: Some(derivation.subjects as i64),
         grants: Some(desired_grants.len() as i64),
+        secret_names: Some(secret_names(policy)),
     };
     write_status(ctx, policy, &current, &desired, &current.conditions, &ready).await?;
 

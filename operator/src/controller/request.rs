@@ -157,6 +157,6 @@ async fn announce(ctx: &Context, request: &AccessRequest, phase: RequestPhase, m
         secondary: None,
     };
     if let Err(error) = ctx.recorder.publish(&event, &request.object_ref(&())).await {
-        tracing::warn!(%error, "could not publish an Event");
+        super::status::event_not_published(&error);
     }
 }

@@ -14,8 +14,7 @@ use kube::runtime::reflector::ObjectRef;
 
 use super::status::{ready_condition, write_status};
 use super::{Context, RESYNC, ReconcileError, unresolved_recheck};
-use ferry_api::checks::{self, Reference};
-use ferry_api::confinement::{Refusal, SecretUse, brokerable_for};
+use ferry_api::checks::{self, FoundSecret, Reference};
 use ferry_api::resources::{BrokeredSecret, BrokeredSecretStatus};
 use ferry_contract::BROKERABLE_LABEL;
 
@@ -30,7 +29,7 @@ pub(super) async fn reconcile_secret(
     let namespace = secret.namespace().unwrap_or_default();
     // Only key names, the type and the opt-in label are kept; values never
     // leave this scope.
-    let found: Option<(Vec<String>, Result<(), Refusal>)> = match checks::reference(secret) {
+    let found: Option<FoundSecret> = match checks::reference(secret) {
         None => None,
         Some(Reference { name, .. }) => Api::<Secret>::namespaced(ctx.client.clone(), &namespace)
             .get_opt(name)
@@ -38,45 +37,22 @@ pub(super) async fn reconcile_secret(
             .map_err(ReconcileError::kube(format!(
                 "reading Secret {namespace}/{name}"
             )))?
-            .map(|found| {
-                let used = if secret.spec.source.x509.is_some() {
-                    SecretUse::Sign
-                } else {
-                    SecretUse::Read
-                };
-                let opted_in = brokerable_for(
-                    used,
-                    &namespace,
-                    name,
-                    found.type_.as_deref(),
-                    found
-                        .metadata
-                        .labels
-                        .as_ref()
-                        .and_then(|labels| labels.get(BROKERABLE_LABEL))
-                        .map(String::as_str),
-                );
-                let keys = found
+            .map(|found| FoundSecret {
+                brokerable: found
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|labels| labels.get(BROKERABLE_LABEL))
+                    .cloned(),
+                secret_type: found.type_,
+                keys: found
                     .data
                     .into_iter()
                     .flat_map(|data| data.into_keys())
-                    .collect();
-                (keys, opted_in)
+                    .collect(),
             }),
     };
-    let mut verdict = checks::verdict(secret, found.as_ref().map(|(keys, _)| keys.as_slice()));
-    // The installation's limits outrank the rest: the broker refuses these
-    // whatever else is right.
-    let refusal = ctx.installation.refusal(secret).or_else(|| {
-        found
-            .as_ref()
-            .and_then(|(_, opted_in)| opted_in.clone().err())
-    });
-    if let Some(refusal) = refusal {
-        verdict.ready = false;
-        verdict.reason = refusal.reason;
-        verdict.message = refusal.message;
-    }
+    let verdict = checks::judge(secret, found.as_ref(), &ctx.installation);
     let status = if verdict.ready { "True" } else { "False" };
     let current = secret.status.clone().unwrap_or_default();
     let ready = ready_condition(

@@ -96,6 +96,53 @@ async fn announce_transition(
         secondary: None,
     };
     if let Err(error) = ctx.recorder.publish(&event, &reference).await {
-        tracing::warn!(%error, "could not publish an Event");
+        event_not_published(&error);
+    }
+}
+
+/// Logs an Event the apiserver would not take. Into a namespace being
+/// deleted that is expected (its objects go with it), so only at debug;
+/// anything else is a warning naming the code and message, never the
+/// whole Status.
+pub(super) fn event_not_published(error: &kube::Error) {
+    match error {
+        kube::Error::Api(status) if namespace_terminating(status) => {
+            tracing::debug!(message = %status.message, "no Event: its namespace is being deleted");
+        }
+        kube::Error::Api(status) => {
+            tracing::warn!(code = status.code, reason = %status.reason, message = %status.message, "could not publish an Event");
+        }
+        other => tracing::warn!(error = %other, "could not publish an Event"),
+    }
+}
+
+/// Whether the apiserver refused a write because the namespace is being
+/// deleted (403 with the cause `NamespaceTerminating`).
+fn namespace_terminating(status: &kube::core::Status) -> bool {
+    status.code == 403
+        && status
+            .details
+            .as_ref()
+            .is_some_and(|d| d.causes.iter().any(|c| c.reason == "NamespaceTerminating"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(code: u16, cause: &str) -> kube::core::Status {
+        serde_json::from_value(json!({
+            "status": "Failure", "code": code, "reason": "Forbidden",
+            "message": "events is forbidden: unable to create new content in namespace shop because it is being terminated",
+            "details": {"kind": "events", "causes": [{"reason": cause, "message": "namespace shop is being terminated", "field": "metadata.namespace"}]},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_refusal_in_a_namespace_being_deleted_is_recognised_and_nothing_else_is() {
+        assert!(namespace_terminating(&status(403, "NamespaceTerminating")));
+        assert!(!namespace_terminating(&status(403, "FieldValueInvalid")));
+        assert!(!namespace_terminating(&status(422, "NamespaceTerminating")));
     }
 }
