@@ -17,8 +17,10 @@
 pub mod auth;
 pub mod consent;
 pub mod jwt_keys;
+pub mod key_slots;
 pub mod keys;
 pub mod lease_id;
+pub mod lease_keys;
 pub mod live_leases;
 pub mod metrics;
 pub mod pods;

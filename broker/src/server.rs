@@ -31,7 +31,7 @@ use crate::providers::x509::X509Provider;
 use crate::revocations::Revocations;
 use crate::routes::{BrokerState, broker_routes};
 use crate::service::Broker;
-use crate::{jwt_keys, keys, reaper};
+use crate::{jwt_keys, keys, lease_keys, reaper};
 use ferry_api::confinement::Installation;
 use ferry_api::resources::{AccessPolicy, BrokeredSecret, Grant};
 use ferry_runtime::admin::{self, AdminError, AdminState, Readiness};
@@ -70,6 +70,16 @@ pub struct BrokerArgs {
         default_value = "ferry-broker-lease-key"
     )]
     pub lease_key_secret: String,
+    /// How often the lease key rotates, like `30d` or `720h` (at least
+    /// `168h`, the longest maxTtl). A key opens lease ids one period
+    /// before it seals them and one after, so no lease id is voided.
+    #[arg(
+        long,
+        env = "FERRY_LEASE_KEY_ROTATION_PERIOD",
+        default_value = lease_keys::DEFAULT_ROTATION_PERIOD,
+        value_parser = lease_keys::parse_lease_key_rotation_period
+    )]
+    pub lease_key_rotation_period: Duration,
     /// The default `iss` of minted JWTs, and where the JWKS is published
     /// (`<issuer>/v1/jwks`): the broker's URL as clients reach it.
     #[arg(
@@ -129,6 +139,10 @@ pub struct BrokerArgs {
     pub allowed_issuers: String,
 }
 
+/// How often every replica re-reads the key Secrets: a rotation by one
+/// reaches the others within this, far inside the overlap a key has.
+const KEY_REFRESH_INTERVAL: Duration = Duration::from_secs(60);
+
 /// Serves the broker as `args` say until SIGTERM or SIGINT, then drains
 /// and returns.
 pub async fn run(args: BrokerArgs) -> Result<(), BrokerStartError> {
@@ -139,8 +153,13 @@ pub async fn run(args: BrokerArgs) -> Result<(), BrokerStartError> {
     let client = kube::Client::try_default()
         .await
         .map_err(BrokerStartError::Connect)?;
-    let lease_keys =
-        keys::load_or_create_lease_keys(&client, &args.namespace, &args.lease_key_secret).await?;
+    let (lease_keys, _) = keys::load_or_create_lease_keys(
+        &client,
+        &args.namespace,
+        &args.lease_key_secret,
+        args.lease_key_rotation_period,
+    )
+    .await?;
     let jwt = keys::load_or_create_jwt_provider(
         &client,
         &args.namespace,
@@ -154,13 +173,23 @@ pub async fn run(args: BrokerArgs) -> Result<(), BrokerStartError> {
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     // Other replicas' rotations reach this one within a minute.
+    tokio::spawn(keys::refresh_lease_keys_periodically(
+        client.clone(),
+        args.namespace.clone(),
+        args.lease_key_secret.clone(),
+        args.lease_key_rotation_period,
+        lease_keys.clone(),
+        KEY_REFRESH_INTERVAL,
+        shutdown.clone(),
+        |_| {},
+    ));
     tokio::spawn(keys::refresh_jwt_keys_periodically(
         client.clone(),
         args.namespace.clone(),
         args.jwt_key_secret.clone(),
         args.jwt_rotation_period,
         jwt.key_handle(),
-        Duration::from_secs(60),
+        KEY_REFRESH_INTERVAL,
         shutdown.clone(),
     ));
     serve(
