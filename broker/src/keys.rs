@@ -209,13 +209,13 @@ pub async fn load_or_create_jwt_provider(
     name: &str,
     issuer: &str,
     rotation_period: Duration,
-) -> Result<JwtProvider, KeyError> {
+) -> Result<(JwtProvider, StoredJwtKeys), KeyError> {
     let stored = refresh_jwt_keys(client, namespace, name, rotation_period).await?;
     let keys = stored
         .signing_keys()
         .map_err(|error| KeyError(format!("{namespace}/{name}: {error}")))?;
     tracing::info!(secret = %format!("{namespace}/{name}"), kids = ?keys.kids(), "loaded the JWT signing keys");
-    Ok(JwtProvider::with_keys(issuer, keys))
+    Ok((JwtProvider::with_keys(issuer, keys), stored))
 }
 
 /// Reads the JWT key Secret `namespace/name` and, when keys are missing or
@@ -244,6 +244,8 @@ pub async fn refresh_jwt_keys(
 /// when due and swapping changed keys into `handle`, so every replica
 /// signs with the current key within `every` of a rotation. A failed
 /// refresh keeps the keys in use and is retried at the next tick.
+/// `observe` sees the keys after each successful refresh.
+#[allow(clippy::too_many_arguments)]
 pub async fn refresh_jwt_keys_periodically(
     client: kube::Client,
     namespace: String,
@@ -252,27 +254,29 @@ pub async fn refresh_jwt_keys_periodically(
     handle: JwtKeyHandle,
     every: Duration,
     shutdown: CancellationToken,
+    observe: impl Fn(&StoredJwtKeys) + Send,
 ) {
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(every) => {}
         }
-        let keys = refresh_jwt_keys(&client, &namespace, &name, rotation_period)
-            .await
-            .and_then(|stored| {
-                stored
-                    .signing_keys()
-                    .map_err(|error| KeyError(format!("{namespace}/{name}: {error}")))
-            });
-        match keys {
+        let stored = match refresh_jwt_keys(&client, &namespace, &name, rotation_period).await {
+            Ok(stored) => stored,
+            Err(error) => {
+                tracing::warn!(%error, "could not refresh the JWT signing keys; keeping the current ones");
+                continue;
+            }
+        };
+        observe(&stored);
+        match stored.signing_keys() {
             Ok(keys) if keys.kids() != handle.load().kids() => {
                 tracing::info!(kids = ?keys.kids(), "now signing and publishing new JWT keys");
                 handle.replace(keys);
             }
             Ok(_) => {}
             Err(error) => {
-                tracing::warn!(%error, "could not refresh the JWT signing keys; keeping the current ones")
+                tracing::warn!(secret = %format!("{namespace}/{name}"), %error, "could not use the refreshed JWT signing keys; keeping the current ones")
             }
         }
     }

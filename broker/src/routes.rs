@@ -45,6 +45,8 @@ pub struct BrokerState {
     pub authenticator: Authenticator,
     /// How often each service account may ask.
     pub limiter: ServiceAccountLimiter,
+    /// What this replica knows of the credentials it holds.
+    pub custody: Arc<crate::custody::CustodyLog>,
 }
 
 /// The broker's routes, answering every failure with a JSON error body.

@@ -31,7 +31,10 @@ use crate::providers::x509::X509Provider;
 use crate::revocations::Revocations;
 use crate::routes::{BrokerState, broker_routes};
 use crate::service::Broker;
-use crate::{jwt_keys, keys, lease_keys, reaper};
+use crate::custody::{self, CustodyLog};
+use crate::providers::jwt::jose_name;
+use crate::providers::postgres::rotation::CRASH_AFTER_STEP_ENV;
+use crate::{admin_rotation, jwt_keys, keys, lease_keys, reaper};
 use ferry_api::confinement::Installation;
 use ferry_api::resources::{AccessPolicy, BrokeredSecret, Grant};
 use ferry_runtime::admin::{self, AdminError, AdminState, Readiness};
@@ -153,14 +156,14 @@ pub async fn run(args: BrokerArgs) -> Result<(), BrokerStartError> {
     let client = kube::Client::try_default()
         .await
         .map_err(BrokerStartError::Connect)?;
-    let (lease_keys, _) = keys::load_or_create_lease_keys(
+    let (lease_keys, stored_lease_keys) = keys::load_or_create_lease_keys(
         &client,
         &args.namespace,
         &args.lease_key_secret,
         args.lease_key_rotation_period,
     )
     .await?;
-    let jwt = keys::load_or_create_jwt_provider(
+    let (jwt, stored_jwt_keys) = keys::load_or_create_jwt_provider(
         &client,
         &args.namespace,
         &args.jwt_key_secret,
@@ -168,6 +171,47 @@ pub async fn run(args: BrokerArgs) -> Result<(), BrokerStartError> {
         args.jwt_rotation_period,
     )
     .await?;
+    let custody = Arc::new(CustodyLog::default());
+    if let Some(key) = &stored_lease_keys.fingerprint {
+        custody.set_fingerprint_key(key);
+    }
+    let observe_lease_keys = {
+        let (custody, secret, period) = (
+            Arc::clone(&custody),
+            format!("{}/{}", args.namespace, args.lease_key_secret),
+            args.lease_key_rotation_period,
+        );
+        move |stored: &lease_keys::StoredLeaseKeys| {
+            let fingerprinter = custody.fingerprinter();
+            custody.installation_credential(
+                "lease-key",
+                custody::lease_key_inventory(secret.clone(), stored, period, fingerprinter.as_deref()),
+            );
+        }
+    };
+    let observe_jwt_keys = {
+        let (custody, secret, period) = (
+            Arc::clone(&custody),
+            format!("{}/{}", args.namespace, args.jwt_key_secret),
+            args.jwt_rotation_period,
+        );
+        move |stored: &jwt_keys::StoredJwtKeys| {
+            for algorithm in jwt_keys::ALGORITHMS {
+                custody.installation_credential(
+                    &format!("jwt-{}", jose_name(algorithm).to_ascii_lowercase()),
+                    custody::jwt_inventory(secret.clone(), stored.slots(algorithm), algorithm, period),
+                );
+            }
+        }
+    };
+    observe_lease_keys(&stored_lease_keys);
+    observe_jwt_keys(&stored_jwt_keys);
+    let crash_after_rotation_step = std::env::var(CRASH_AFTER_STEP_ENV)
+        .ok()
+        .and_then(|step| step.parse().ok());
+    if let Some(step) = crash_after_rotation_step {
+        tracing::warn!(step, "{CRASH_AFTER_STEP_ENV} is set: this broker aborts after that step of an admin credential rotation (for tests only)");
+    }
     let listener = https::bind(&args.serving.listen_addr).await?;
     let admin_listener = admin::bind_admin(&args.serving.admin.admin_addr).await?;
     let shutdown = CancellationToken::new();
@@ -181,7 +225,7 @@ pub async fn run(args: BrokerArgs) -> Result<(), BrokerStartError> {
         lease_keys.clone(),
         KEY_REFRESH_INTERVAL,
         shutdown.clone(),
-        |_| {},
+        observe_lease_keys,
     ));
     tokio::spawn(keys::refresh_jwt_keys_periodically(
         client.clone(),
@@ -191,6 +235,7 @@ pub async fn run(args: BrokerArgs) -> Result<(), BrokerStartError> {
         jwt.key_handle(),
         KEY_REFRESH_INTERVAL,
         shutdown.clone(),
+        observe_jwt_keys,
     ));
     serve(
         client,
@@ -215,6 +260,8 @@ pub async fn run(args: BrokerArgs) -> Result<(), BrokerStartError> {
             reap_interval: Duration::from_secs(args.reap_interval_seconds.max(1)),
             unknown_pod_grace: Duration::from_secs(120),
             installation,
+            custody,
+            crash_after_rotation_step,
         },
         Registry::new(),
         shutdown,
@@ -283,6 +330,12 @@ pub struct BrokerOptions {
     /// ferry's namespace and the allowed JWT issuers: what BrokeredSecrets
     /// may reach.
     pub installation: Installation,
+    /// What this replica knows of the credentials it holds (with the
+    /// fingerprint key set, and the installation's keys listed).
+    pub custody: Arc<CustodyLog>,
+    /// Tests only: abort after this step of an admin credential rotation
+    /// (`FERRY_TEST_CRASH_AFTER_ROTATION_STEP`).
+    pub crash_after_rotation_step: Option<u8>,
 }
 
 /// Runs the broker until `shutdown` is cancelled.
@@ -347,7 +400,11 @@ pub async fn serve(
         tasks.spawn(async move { revocations.maintain(shutdown).await });
     }
     let grants_synced = grants.clone();
-    let secret_reader = Arc::new(SecretReader::new(client.clone()));
+    let secret_reader = Arc::new(
+        SecretReader::new(client.clone()).with_custody(Arc::clone(&options.custody)),
+    );
+    let custody_client = client.clone();
+    let ferry_namespace = options.installation.namespace.clone();
     let seal = options.keys.value_seal();
     let state = Arc::new(BrokerState {
         broker: Broker {
@@ -382,6 +439,7 @@ pub async fn serve(
         )
         .with_review_limits(options.review_limits),
         limiter: governor::RateLimiter::keyed(options.rate_limit),
+        custody: options.custody,
     });
     {
         // Forget service accounts and addresses that have been quiet long enough to be
@@ -411,6 +469,7 @@ pub async fn serve(
             shutdown.clone(),
         );
         let (interval, unknown_pod_grace) = (options.reap_interval, options.unknown_pod_grace);
+        let crash_after_rotation_step = options.crash_after_rotation_step;
         tasks.spawn(async move {
             tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -421,6 +480,21 @@ pub async fn serve(
                     state.broker.secrets.wait_until_ready().await
                 } => readiness.set_ready(),
             }
+            // Both read the BrokeredSecret store, filled by now.
+            tokio::spawn(admin_rotation::rotate_admin_credentials_until(
+                custody_client.clone(),
+                Arc::clone(&state),
+                crash_after_rotation_step,
+                shutdown.clone(),
+            ));
+            tokio::spawn(custody::write_custody_until(
+                custody_client,
+                state.broker.secrets.clone(),
+                Arc::clone(&state.custody),
+                state.broker.metrics.clone(),
+                ferry_namespace,
+                shutdown.clone(),
+            ));
             reaper::reap_until(&state, &pods, interval, unknown_pod_grace, &shutdown).await;
         });
     }
