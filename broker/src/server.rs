@@ -70,7 +70,7 @@ pub struct BrokerArgs {
     #[arg(
         long,
         env = "FERRY_LEASE_KEY_SECRET",
-        default_value = "ferry-broker-lease-key"
+        default_value = ferry_contract::BROKER_LEASE_KEY_SECRET
     )]
     pub lease_key_secret: String,
     /// How often the lease key rotates, like `30d` or `720h` (at least
