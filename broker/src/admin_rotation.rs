@@ -67,7 +67,13 @@ pub fn requested(secret: &BrokeredSecret, handled: Option<&str>) -> Option<Resul
 /// The schedule of `secret`, if it has one that parses (the schema
 /// checks it; an older object may not).
 fn period(secret: &BrokeredSecret) -> Option<Duration> {
-    let text = secret.spec.source.postgres.as_ref()?.admin_rotation_period.as_deref()?;
+    let text = secret
+        .spec
+        .source
+        .postgres
+        .as_ref()?
+        .admin_rotation_period
+        .as_deref()?;
     parse_duration(text).ok()
 }
 
@@ -118,7 +124,9 @@ pub async fn rotate_admin_credentials_until(
             let start = match (&request, period(&secret)) {
                 (Some(_), _) => Start::Now,
                 (None, Some(period))
-                    if failed.get(&key).is_none_or(|at| at.elapsed() >= RETRY_AFTER) =>
+                    if failed
+                        .get(&key)
+                        .is_none_or(|at| at.elapsed() >= RETRY_AFTER) =>
                 {
                     Start::DueAfter(period)
                 }
@@ -137,6 +145,7 @@ pub async fn rotate_admin_credentials_until(
             let (result, error) = match outcome {
                 Ok(Rotated::Nothing) => continue,
                 Ok(Rotated::Completed) => {
+                    postgres.reread_admin_secret(&database).await;
                     done.insert(database.clone());
                     failed.remove(&key);
                     tracing::info!(target: "ferry::audit", action = "rotate-admin-credential", secret = %format!("{ns}/{name}"), database = %database, result = "completed", "rotated the admin credential");
@@ -157,8 +166,16 @@ pub async fn rotate_admin_credentials_until(
             }
             state.broker.metrics.admin_rotation(result);
             // A completed rotation satisfies the request standing now.
-            let satisfied = (error.is_none()).then(|| request.unwrap_or_else(|| annotation(&secret)));
-            note(&client, &state, &secret, satisfied.filter(|r| !r.is_empty()), error).await;
+            let satisfied =
+                (error.is_none()).then(|| request.unwrap_or_else(|| annotation(&secret)));
+            note(
+                &client,
+                &state,
+                &secret,
+                satisfied.filter(|r| !r.is_empty()),
+                error,
+            )
+            .await;
         }
         first = false;
     }
@@ -184,12 +201,22 @@ async fn note(
     request: Option<String>,
     error: Option<String>,
 ) {
-    let (Some(ns), Some(name)) = (secret.metadata.namespace.as_deref(), secret.metadata.name.as_deref()) else {
+    let (Some(ns), Some(name)) = (
+        secret.metadata.namespace.as_deref(),
+        secret.metadata.name.as_deref(),
+    ) else {
         return;
     };
     let custody = &state.custody;
     custody.rotation(ns, name, RotationNote { request, error });
-    write_custody(client, secret, custody, &state.broker.metrics, Timestamp::now()).await;
+    write_custody(
+        client,
+        secret,
+        custody,
+        &state.broker.metrics,
+        Timestamp::now(),
+    )
+    .await;
 }
 
 #[cfg(test)]
@@ -203,7 +230,11 @@ mod tests {
             .postgres("orders-db-admin", "dsn")
             .build();
         secret.metadata.annotations = Some(
-            [(ROTATE_ADMIN_CREDENTIAL_ANNOTATION.to_owned(), value.to_owned())].into(),
+            [(
+                ROTATE_ADMIN_CREDENTIAL_ANNOTATION.to_owned(),
+                value.to_owned(),
+            )]
+            .into(),
         );
         secret.status = Some(BrokeredSecretStatus {
             custody: Some(CustodyStatus {
@@ -219,9 +250,14 @@ mod tests {
     fn a_new_request_value_asks_once() {
         assert_eq!(requested(&asking("r1", None), None), Some(Ok("r1".into())));
         assert_eq!(requested(&asking("r1", Some("r1")), None), None);
-        assert_eq!(requested(&asking("r2", Some("r1")), None), Some(Ok("r2".into())));
+        assert_eq!(
+            requested(&asking("r2", Some("r1")), None),
+            Some(Ok("r2".into()))
+        );
         assert_eq!(requested(&asking("r2", Some("r1")), Some("r2")), None);
-        let plain = testing::brokered_secret("a", "b").postgres("s", "dsn").build();
+        let plain = testing::brokered_secret("a", "b")
+            .postgres("s", "dsn")
+            .build();
         assert_eq!(requested(&plain, None), None);
     }
 
@@ -229,7 +265,10 @@ mod tests {
     fn a_malformed_request_is_refused_with_why() {
         for bad in ["", "a b", "x;y", &"a".repeat(64)] {
             let refused = requested(&asking(bad, None), None).unwrap().unwrap_err();
-            assert!(refused.contains(ROTATE_ADMIN_CREDENTIAL_ANNOTATION), "{refused}");
+            assert!(
+                refused.contains(ROTATE_ADMIN_CREDENTIAL_ANNOTATION),
+                "{refused}"
+            );
         }
     }
 }

@@ -290,7 +290,11 @@ pub fn held_by(secret: &BrokeredSecret) -> Option<(&'static str, &str, Option<Ve
     } else if let Some(copied) = &source.kubernetes_secret {
         Some(("kubernetes_secret", copied.name.as_str(), None))
     } else if let Some(x509) = &source.x509 {
-        Some(("x509_ca", x509.ca_secret_name.as_str(), Some(vec!["tls.key"])))
+        Some((
+            "x509_ca",
+            x509.ca_secret_name.as_str(),
+            Some(vec!["tls.key"]),
+        ))
     } else {
         source.oauth2.as_ref().map(|oauth2| {
             (
@@ -324,7 +328,10 @@ pub fn desired_custody(
             let keys: Vec<HeldKey> = held
                 .fingerprints
                 .iter()
-                .filter(|(key, _)| keys.as_ref().is_none_or(|keys| keys.contains(&key.as_str())))
+                .filter(|(key, _)| {
+                    keys.as_ref()
+                        .is_none_or(|keys| keys.contains(&key.as_str()))
+                })
                 .map(|(key, fingerprint)| HeldKey {
                     name: key.clone(),
                     fingerprint: fingerprint.clone(),
@@ -333,7 +340,12 @@ pub fn desired_custody(
             let changed = previous.is_some_and(|previous| previous.keys != keys);
             let last_rotated = held
                 .rotated_at
-                .filter(|at| !changed || previous.and_then(|p| p.last_rotated.as_ref()).is_none_or(|p| p.0 < *at))
+                .filter(|at| {
+                    !changed
+                        || previous
+                            .and_then(|p| p.last_rotated.as_ref())
+                            .is_none_or(|p| p.0 < *at)
+                })
                 .or_else(|| changed.then_some(now))
                 .or_else(|| previous.and_then(|p| p.last_rotated.as_ref()).map(|t| t.0))
                 .or(held.created);
@@ -423,15 +435,26 @@ pub async fn write_custody_until(
         let now = Timestamp::now();
         let mut ages = Vec::new();
         for secret in secrets.state() {
-            if let Some(credential_ages) = write_custody(&client, &secret, &log, &metrics, now).await {
+            if let Some(credential_ages) =
+                write_custody(&client, &secret, &log, &metrics, now).await
+            {
                 ages.extend(credential_ages);
             }
         }
         let inventory = log.installation();
         for (name, credential) in &inventory {
             if let Some(rotated) = credential.last_rotated {
-                let secret = credential.secret.rsplit('/').next().unwrap_or_default().to_owned();
-                let kind = if name.starts_with("jwt") { "jwt_signing_key" } else { "lease_key" };
+                let secret = credential
+                    .secret
+                    .rsplit('/')
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+                let kind = if name.starts_with("jwt") {
+                    "jwt_signing_key"
+                } else {
+                    "lease_key"
+                };
                 ages.push((kind, namespace.clone(), secret, age(rotated, now)));
             }
         }
@@ -471,7 +494,12 @@ pub async fn write_custody(
         .iter()
         .filter_map(|credential| {
             let rotated = credential.last_rotated.as_ref()?;
-            Some((kind, ns.to_owned(), credential.secret.clone(), age(rotated.0, now)))
+            Some((
+                kind,
+                ns.to_owned(),
+                credential.secret.clone(),
+                age(rotated.0, now),
+            ))
         })
         .collect();
     if (held.is_some() || note.is_some()) && worth_writing(current, &desired) {
@@ -507,7 +535,10 @@ async fn write_inventory(
     let data: BTreeMap<String, String> = inventory
         .iter()
         .map(|(name, credential)| {
-            (name.clone(), serde_yaml::to_string(credential).unwrap_or_default())
+            (
+                name.clone(),
+                serde_yaml::to_string(credential).unwrap_or_default(),
+            )
         })
         .collect();
     let config_map = json!({
@@ -592,7 +623,10 @@ mod tests {
                 fingerprint: "hmac-sha256:a".into()
             }]
         );
-        assert_eq!(credential.last_rotated, Some(Time(at("2026-01-01T00:00:00Z"))));
+        assert_eq!(
+            credential.last_rotated,
+            Some(Time(at("2026-01-01T00:00:00Z")))
+        );
         assert_eq!(credential.last_used, Some(Time(now)));
     }
 
@@ -642,8 +676,14 @@ mod tests {
         };
         let written = status("2026-02-01T00:00:00Z");
         assert!(worth_writing(None, &written));
-        assert!(!worth_writing(Some(&written), &status("2026-02-01T00:00:59Z")));
-        assert!(worth_writing(Some(&written), &status("2026-02-01T00:01:00Z")));
+        assert!(!worth_writing(
+            Some(&written),
+            &status("2026-02-01T00:00:59Z")
+        ));
+        assert!(worth_writing(
+            Some(&written),
+            &status("2026-02-01T00:01:00Z")
+        ));
         let mut refused = status("2026-02-01T00:00:01Z");
         refused.rotation_error = Some("the database refused".into());
         assert!(worth_writing(Some(&written), &refused));
@@ -659,9 +699,14 @@ mod tests {
             rotation_error: Some("old".into()),
             ..CustodyStatus::default()
         };
-        let status =
-            desired_custody(&postgres(), None, Some(&note), Some(&current), at("2026-02-01T00:00:00Z"))
-                .unwrap();
+        let status = desired_custody(
+            &postgres(),
+            None,
+            Some(&note),
+            Some(&current),
+            at("2026-02-01T00:00:00Z"),
+        )
+        .unwrap();
         assert_eq!(status.rotation_request.as_deref(), Some("r1"));
         assert_eq!(status.rotation_error, None);
     }
@@ -697,7 +742,9 @@ mod tests {
 
     #[test]
     fn each_source_names_the_keys_it_holds() {
-        let copied = testing::brokered_secret("a", "b").kubernetes_secret("api").build();
+        let copied = testing::brokered_secret("a", "b")
+            .kubernetes_secret("api")
+            .build();
         assert_eq!(held_by(&copied), Some(("kubernetes_secret", "api", None)));
         let jwt = testing::brokered_secret("a", "b").jwt(&["aud"]).build();
         assert_eq!(held_by(&jwt), None);

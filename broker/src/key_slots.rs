@@ -119,7 +119,9 @@ impl StoredSlots {
     /// When the next rotation is due with `period`.
     pub fn rotation_due_at(&self, period: Duration) -> Option<Timestamp> {
         let created = self.next.as_ref()?.created?;
-        created.checked_add(SignedDuration::try_from(period).ok()?).ok()
+        created
+            .checked_add(SignedDuration::try_from(period).ok()?)
+            .ok()
     }
 }
 

@@ -353,10 +353,7 @@ mod tests {
         keys.replace(&[2; 32], &[&[3; 32], &[1; 32]]);
         assert_eq!(clone.open(&old).unwrap(), claims());
         let new = clone.seal(&claims());
-        assert_eq!(
-            LeaseKeys::new(&[2; 32], &[]).open(&new).unwrap(),
-            claims()
-        );
+        assert_eq!(LeaseKeys::new(&[2; 32], &[]).open(&new).unwrap(), claims());
         // The next key opens before it seals: a replica that has not
         // re-read the Secret yet opens what a rotated one seals.
         let lagging = LeaseKeys::new(&[1; 32], &[&[2; 32]]);

@@ -171,9 +171,8 @@ pub fn maintain(
     {
         keys.slots.current = None;
     }
-    if let Some(change) = maintain_slots(&mut keys.slots, now, period, || {
-        generate(LEASE_KEY_BYTES)
-    }) {
+    if let Some(change) = maintain_slots(&mut keys.slots, now, period, || generate(LEASE_KEY_BYTES))
+    {
         changes.push(LeaseKeyChange::Slots(change));
     }
     if keys.fingerprint.is_none()
@@ -206,7 +205,9 @@ mod tests {
     }
 
     fn ids(keys: &StoredLeaseKeys) -> [Option<u8>; 3] {
-        keys.slots.named().map(|(_, k)| k.as_ref().map(|k| k.key[0]))
+        keys.slots
+            .named()
+            .map(|(_, k)| k.as_ref().map(|k| k.key[0]))
     }
 
     fn claims() -> LeaseClaims {
@@ -254,11 +255,10 @@ mod tests {
         let before = keys.lease_keys().unwrap();
         let old_id = before.seal(&claims());
         let mut generate = counter();
-        let (rotated, changes) =
-            maintain(&keys, at("2026-01-31T00:00:00Z"), 30 * DAY, |len| {
-                generate(len).map(|k| Zeroizing::new(vec![k[0] + 100; len]))
-            })
-            .unwrap();
+        let (rotated, changes) = maintain(&keys, at("2026-01-31T00:00:00Z"), 30 * DAY, |len| {
+            generate(len).map(|k| Zeroizing::new(vec![k[0] + 100; len]))
+        })
+        .unwrap();
         assert_eq!(changes, [LeaseKeyChange::Slots(SlotChange::Rotated)]);
         assert_eq!(ids(&rotated), [Some(101), Some(2), Some(1)]);
         // The fingerprint key never rotates.
@@ -333,7 +333,10 @@ mod tests {
             data.keys().map(String::as_str).collect::<Vec<_>>(),
             ["current", "fingerprint", "next", "next-created", "previous"]
         );
-        assert_eq!(format!("{:?}", StoredLeaseKeys::from_data(&data)).find("[7"), None);
+        assert_eq!(
+            format!("{:?}", StoredLeaseKeys::from_data(&data)).find("[7"),
+            None
+        );
     }
 
     #[test]
@@ -341,8 +344,7 @@ mod tests {
         let data = BTreeMap::from([("current".to_string(), vec![7; 4])]);
         let stored = StoredLeaseKeys::from_data(&data);
         assert!(stored.lease_keys().is_none());
-        let (keys, _) =
-            maintain(&stored, at("2026-01-01T00:00:00Z"), 30 * DAY, counter()).unwrap();
+        let (keys, _) = maintain(&stored, at("2026-01-01T00:00:00Z"), 30 * DAY, counter()).unwrap();
         assert!(keys.lease_keys().is_some());
     }
 

@@ -17,23 +17,23 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Authenticator, CacheLimits, ReviewLimits};
+use crate::custody::{self, CustodyLog};
 use crate::lease_id::LeaseKeys;
 use crate::live_leases::LiveLeases;
 use crate::metrics::BrokerMetrics;
 use crate::pods::PodIndex;
 use crate::providers::jwt::JwtProvider;
+use crate::providers::jwt::jose_name;
 use crate::providers::kubernetes_secret::KubernetesSecretProvider;
 use crate::providers::oauth2::OAuth2Provider;
 use crate::providers::oauth2::custody::Custody;
 use crate::providers::postgres::PostgresProvider;
+use crate::providers::postgres::rotation::CRASH_AFTER_STEP_ENV;
 use crate::providers::secret_reader::SecretReader;
 use crate::providers::x509::X509Provider;
 use crate::revocations::Revocations;
 use crate::routes::{BrokerState, broker_routes};
 use crate::service::Broker;
-use crate::custody::{self, CustodyLog};
-use crate::providers::jwt::jose_name;
-use crate::providers::postgres::rotation::CRASH_AFTER_STEP_ENV;
 use crate::{admin_rotation, jwt_keys, keys, lease_keys, reaper};
 use ferry_api::confinement::Installation;
 use ferry_api::resources::{AccessPolicy, BrokeredSecret, Grant};
@@ -185,7 +185,12 @@ pub async fn run(args: BrokerArgs) -> Result<(), BrokerStartError> {
             let fingerprinter = custody.fingerprinter();
             custody.installation_credential(
                 "lease-key",
-                custody::lease_key_inventory(secret.clone(), stored, period, fingerprinter.as_deref()),
+                custody::lease_key_inventory(
+                    secret.clone(),
+                    stored,
+                    period,
+                    fingerprinter.as_deref(),
+                ),
             );
         }
     };
@@ -199,7 +204,12 @@ pub async fn run(args: BrokerArgs) -> Result<(), BrokerStartError> {
             for algorithm in jwt_keys::ALGORITHMS {
                 custody.installation_credential(
                     &format!("jwt-{}", jose_name(algorithm).to_ascii_lowercase()),
-                    custody::jwt_inventory(secret.clone(), stored.slots(algorithm), algorithm, period),
+                    custody::jwt_inventory(
+                        secret.clone(),
+                        stored.slots(algorithm),
+                        algorithm,
+                        period,
+                    ),
                 );
             }
         }
@@ -210,7 +220,10 @@ pub async fn run(args: BrokerArgs) -> Result<(), BrokerStartError> {
         .ok()
         .and_then(|step| step.parse().ok());
     if let Some(step) = crash_after_rotation_step {
-        tracing::warn!(step, "{CRASH_AFTER_STEP_ENV} is set: this broker aborts after that step of an admin credential rotation (for tests only)");
+        tracing::warn!(
+            step,
+            "{CRASH_AFTER_STEP_ENV} is set: this broker aborts after that step of an admin credential rotation (for tests only)"
+        );
     }
     let listener = https::bind(&args.serving.listen_addr).await?;
     let admin_listener = admin::bind_admin(&args.serving.admin.admin_addr).await?;
@@ -400,9 +413,8 @@ pub async fn serve(
         tasks.spawn(async move { revocations.maintain(shutdown).await });
     }
     let grants_synced = grants.clone();
-    let secret_reader = Arc::new(
-        SecretReader::new(client.clone()).with_custody(Arc::clone(&options.custody)),
-    );
+    let secret_reader =
+        Arc::new(SecretReader::new(client.clone()).with_custody(Arc::clone(&options.custody)));
     let custody_client = client.clone();
     let ferry_namespace = options.installation.namespace.clone();
     let seal = options.keys.value_seal();

@@ -138,9 +138,10 @@ impl RunningBroker {
         let readiness = Readiness::not_ready("starting");
         // Fingerprints keyed as a real broker keys them: by a key of its own.
         let custody = Arc::new(CustodyLog::default());
-        custody.set_fingerprint_key(&generate_lease_key().map_err(|_| {
-            HarnessError::Process("generating a fingerprint key".into())
-        })?);
+        custody.set_fingerprint_key(
+            &generate_lease_key()
+                .map_err(|_| HarnessError::Process("generating a fingerprint key".into()))?,
+        );
         let registry = prometheus::Registry::new();
         let (thread_readiness, thread_registry) = (readiness.clone(), registry.clone());
         let admin_config = cluster.config().clone();

@@ -16,9 +16,9 @@ use ferry_api::resources::JwtAlgorithm;
 use ferry_api::testing::{self, secret_access};
 use ferry_broker::jwt_keys::parse_rotation_period;
 use ferry_broker::keys::{refresh_jwt_keys, refresh_lease_keys};
+use ferry_broker::lease_id::LeaseKeys;
 use ferry_broker::lease_id::{CLAIMS_VERSION, LeaseClaims};
 use ferry_broker::lease_keys::parse_lease_key_rotation_period;
-use ferry_broker::lease_id::LeaseKeys;
 use ferry_broker::providers::ProviderError;
 use ferry_broker::providers::oauth2::custody::Custody;
 use ferry_broker::providers::oauth2::token::{Refused, Token};
@@ -426,7 +426,9 @@ async fn replicas_racing_to_rotate_the_lease_key_rotate_once_and_open_each_other
     let client = cluster.client().unwrap();
     let ns = cluster.create_namespace("lease-rotation").await.unwrap();
     let period = parse_lease_key_rotation_period("30d").unwrap();
-    let first = refresh_lease_keys(&client, &ns, "keys", period).await.unwrap();
+    let first = refresh_lease_keys(&client, &ns, "keys", period)
+        .await
+        .unwrap();
     let fingerprint_key = first.fingerprint.clone().unwrap();
     // Two replicas on the keys as created: each opens what the other seals.
     let (one, two) = (first.lease_keys().unwrap(), first.lease_keys().unwrap());
@@ -441,10 +443,14 @@ async fn replicas_racing_to_rotate_the_lease_key_rotate_once_and_open_each_other
         .iter()
         .map(|keys| keys.as_ref().unwrap().created())
         .collect();
-    assert!(created.iter().all(|c| *c == created[0]), "rotated more than once: {created:?}");
+    assert!(
+        created.iter().all(|c| *c == created[0]),
+        "rotated more than once: {created:?}"
+    );
     let rotated = replicas[0].as_ref().unwrap();
     // Rotated once: the old next seals, the old current opens as previous.
-    let key = |slot: &Option<ferry_broker::key_slots::StoredKey>| slot.as_ref().unwrap().key.clone();
+    let key =
+        |slot: &Option<ferry_broker::key_slots::StoredKey>| slot.as_ref().unwrap().key.clone();
     assert_eq!(key(&rotated.slots.current), key(&first.slots.next));
     assert_eq!(key(&rotated.slots.previous), key(&first.slots.current));
     assert_ne!(key(&rotated.slots.next), key(&first.slots.next));
@@ -453,9 +459,20 @@ async fn replicas_racing_to_rotate_the_lease_key_rotate_once_and_open_each_other
     // Replica one adopts the rotation; two has not re-read the Secret yet.
     assert!(rotated.install(&one));
     let sealed_after = one.seal(&sample_claims());
-    assert_eq!(two.open(&sealed_after).unwrap(), sample_claims(), "next opens before it seals");
-    assert_eq!(one.open(&sealed_before).unwrap(), sample_claims(), "previous still opens");
-    let stored = Api::<Secret>::namespaced(client.clone(), &ns).get("keys").await.unwrap();
+    assert_eq!(
+        two.open(&sealed_after).unwrap(),
+        sample_claims(),
+        "next opens before it seals"
+    );
+    assert_eq!(
+        one.open(&sealed_before).unwrap(),
+        sample_claims(),
+        "previous still opens"
+    );
+    let stored = Api::<Secret>::namespaced(client.clone(), &ns)
+        .get("keys")
+        .await
+        .unwrap();
     let mut names: Vec<_> = stored.data.unwrap().into_keys().collect();
     names.sort();
     assert_eq!(

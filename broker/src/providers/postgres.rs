@@ -162,6 +162,19 @@ impl PostgresProvider {
         Self::database_of(secret).ok()
     }
 
+    /// Reads the admin Secret of `database` afresh, so what custody knows
+    /// of it (fingerprint, rotation time) is current after a rotation.
+    pub async fn reread_admin_secret(&self, database: &Database) {
+        self.secrets.forget(&database.namespace, &database.secret);
+        if let Err(error) = self
+            .secrets
+            .data(&database.namespace, &database.secret)
+            .await
+        {
+            tracing::warn!(database = %database, %error, "could not re-read the admin Secret after a rotation");
+        }
+    }
+
     /// The databases found with a staged rotation since the last call.
     pub fn take_staged(&self) -> HashSet<Database> {
         std::mem::take(&mut *self.staged.lock().unwrap_or_else(PoisonError::into_inner))

@@ -48,8 +48,7 @@ pub const BROKER_KEYS: [&str; 1] = [CURRENT_ACCESS_TOKEN_KEY];
 
 /// The annotations the broker may add, change or remove: its claim on the
 /// refresh token, and when it last rotated an admin credential.
-pub const WRITABLE_ANNOTATIONS: [&str; 2] =
-    [REFRESH_TOKEN_CLAIM_ANNOTATION, ROTATED_AT_ANNOTATION];
+pub const WRITABLE_ANNOTATIONS: [&str; 2] = [REFRESH_TOKEN_CLAIM_ANNOTATION, ROTATED_AT_ANNOTATION];
 
 /// The username of the broker's service account in `namespace`.
 pub fn broker_username(namespace: &str) -> String {
@@ -101,7 +100,10 @@ pub fn broker_secret_policy(
              variables.newLabels[k] != variables.oldLabels[k]) + \
              variables.newLabels.filter(k, !(k in variables.oldLabels))",
         ),
-        variable("oldAnnotations", "oldObject.metadata.?annotations.orValue({})"),
+        variable(
+            "oldAnnotations",
+            "oldObject.metadata.?annotations.orValue({})",
+        ),
         // The key the owner lets the broker rotate (an admin connection
         // string), as the Secret said before this update.
         variable(

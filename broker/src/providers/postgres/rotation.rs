@@ -75,7 +75,13 @@ pub(super) async fn connect_stored(
 ) -> Result<(tokio_postgres::Client, BTreeMap<String, String>), ProviderError> {
     match (connect(database, dsn, ca).await, next) {
         (Ok(connected), _) => Ok(connected),
-        (Err(ConnectError { login_refused: true, .. }), Some(next)) => {
+        (
+            Err(ConnectError {
+                login_refused: true,
+                ..
+            }),
+            Some(next),
+        ) => {
             let connected = connect(database, next, ca).await.map_err(|e| e.error)?;
             tracing::info!(database = %database, "the stored admin credential is refused and the staged one logs in: a rotation is being completed");
             Ok(connected)
@@ -93,8 +99,10 @@ pub fn with_password(dsn: &str, password: &str) -> Result<String, String> {
     let rewritten = if let Some(rest) = dsn
         .strip_prefix("postgres://")
         .map(|rest| ("postgres://", rest))
-        .or_else(|| dsn.strip_prefix("postgresql://").map(|rest| ("postgresql://", rest)))
-    {
+        .or_else(|| {
+            dsn.strip_prefix("postgresql://")
+                .map(|rest| ("postgresql://", rest))
+        }) {
         let (scheme, rest) = rest;
         let end = rest.find(['/', '?']).unwrap_or(rest.len());
         let (authority, tail) = rest.split_at(end);
@@ -106,9 +114,11 @@ pub fn with_password(dsn: &str, password: &str) -> Result<String, String> {
             return Err("the connection string names no user".into());
         }
         if tail.contains("password=") {
-            return Err("the connection string has a password parameter; put the password \
+            return Err(
+                "the connection string has a password parameter; put the password \
                         in user:password@ instead"
-                .into());
+                    .into(),
+            );
         }
         format!("{scheme}{user}:{password}@{hosts}{tail}")
     } else {
@@ -116,9 +126,11 @@ pub fn with_password(dsn: &str, password: &str) -> Result<String, String> {
         let mut replaced = false;
         for word in dsn.split_ascii_whitespace() {
             if word.contains(['\'', '\\']) || !word.contains('=') || word.starts_with('=') {
-                return Err("only a postgres:// URL or plain key=value words (no quotes, no \
+                return Err(
+                    "only a postgres:// URL or plain key=value words (no quotes, no \
                             spaces around =) can be rewritten"
-                    .into());
+                        .into(),
+                );
             }
             if word.starts_with("password=") {
                 words.push(format!("password={password}"));
@@ -144,7 +156,9 @@ pub fn with_password(dsn: &str, password: &str) -> Result<String, String> {
         && before.get_dbname() == after.get_dbname()
         && after.get_password() == Some(password.as_bytes());
     if !same {
-        return Err("the rewritten connection string would not name the same role and server".into());
+        return Err(
+            "the rewritten connection string would not name the same role and server".into(),
+        );
     }
     Ok(rewritten)
 }
@@ -220,7 +234,10 @@ pub enum Step {
 /// process dies as a killed one would, with nothing cleaned up.
 fn crash_point(crash_after: Option<u8>, step: Step) {
     if crash_after == Some(step as u8) {
-        tracing::error!(step = step as u8, "aborting after this rotation step, as {CRASH_AFTER_STEP_ENV} asks");
+        tracing::error!(
+            step = step as u8,
+            "aborting after this rotation step, as {CRASH_AFTER_STEP_ENV} asks"
+        );
         std::process::abort();
     }
 }
@@ -254,17 +271,16 @@ impl PostgresProvider {
                     &base64::engine::general_purpose::URL_SAFE_NO_PAD,
                     self.random_bytes::<PASSWORD_BYTES>()?,
                 ));
-                let current = std::str::from_utf8(current).map_err(|_| {
-                    ProviderError::Invalid(format!("{database} is not text"))
-                })?;
+                let current = std::str::from_utf8(current)
+                    .map_err(|_| ProviderError::Invalid(format!("{database} is not text")))?;
                 let next = Zeroizing::new(with_password(current, &password).map_err(|why| {
                     ProviderError::Invalid(format!("{database} cannot be rotated: {why}"))
                 })?);
                 let mut staged = secret.clone();
-                staged
-                    .data
-                    .get_or_insert_default()
-                    .insert(staged_key.clone(), k8s_openapi::ByteString(next.as_bytes().to_vec()));
+                staged.data.get_or_insert_default().insert(
+                    staged_key.clone(),
+                    k8s_openapi::ByteString(next.as_bytes().to_vec()),
+                );
                 match replace(&api, database, &staged, "staging a rotated credential").await? {
                     Some(written) => {
                         tracing::info!(database = %database, step = 1, "staged a new admin credential");
@@ -319,7 +335,10 @@ impl PostgresProvider {
                     ProviderError::Invalid(format!("{database}: {staged_key} has no password"))
                 })?;
                 let verifier = scram_verifier(&password, &self.random_bytes::<16>()?);
-                let sql = format!("ALTER ROLE CURRENT_USER PASSWORD {}", quote_literal(&verifier));
+                let sql = format!(
+                    "ALTER ROLE CURRENT_USER PASSWORD {}",
+                    quote_literal(&verifier)
+                );
                 match tokio::time::timeout(QUERY_TIMEOUT, admin.batch_execute(&sql)).await {
                     Ok(Ok(())) => {
                         tracing::info!(database = %database, step = 2, "changed the admin role's password");
@@ -388,7 +407,10 @@ impl PostgresProvider {
                 .metadata
                 .annotations
                 .get_or_insert_default()
-                .insert(ROTATED_AT_ANNOTATION.to_owned(), Timestamp::now().to_string());
+                .insert(
+                    ROTATED_AT_ANNOTATION.to_owned(),
+                    Timestamp::now().to_string(),
+                );
             if replace(api, database, &promoted, "promoting the rotated credential")
                 .await?
                 .is_some()
@@ -448,7 +470,10 @@ impl PostgresProvider {
 
 /// The admin Secret of `database`, as stored now, if its owner opted it in
 /// and lets the broker rotate its key.
-async fn read_admin_secret(api: &Api<Secret>, database: &Database) -> Result<Secret, ProviderError> {
+async fn read_admin_secret(
+    api: &Api<Secret>,
+    database: &Database,
+) -> Result<Secret, ProviderError> {
     let (namespace, name) = (&database.namespace, &database.secret);
     let secret = tokio::time::timeout(CONNECT_TIMEOUT, api.get_opt(name))
         .await
@@ -484,8 +509,11 @@ async fn replace(
     what: &str,
 ) -> Result<Option<Secret>, ProviderError> {
     let name = &database.secret;
-    match tokio::time::timeout(CONNECT_TIMEOUT, api.replace(name, &PostParams::default(), secret))
-        .await
+    match tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        api.replace(name, &PostParams::default(), secret),
+    )
+    .await
     {
         Ok(Ok(written)) => Ok(Some(written)),
         Ok(Err(kube::Error::Api(status))) if status.code == 409 => Ok(None),
@@ -507,8 +535,11 @@ mod tests {
     #[test]
     fn a_url_gets_the_new_password_and_keeps_everything_else() {
         assert_eq!(
-            with_password("postgres://admin:old@db.payments:5432/orders?sslmode=verify-full", "n3w")
-                .unwrap(),
+            with_password(
+                "postgres://admin:old@db.payments:5432/orders?sslmode=verify-full",
+                "n3w"
+            )
+            .unwrap(),
             "postgres://admin:n3w@db.payments:5432/orders?sslmode=verify-full"
         );
         assert_eq!(
@@ -558,7 +589,11 @@ mod tests {
         assert!(!Start::DueAfter(hour).starts(&secret, at("2026-01-01T00:59:59Z")));
         assert!(Start::DueAfter(hour).starts(&secret, at("2026-01-01T01:00:00Z")));
         secret.metadata.annotations = Some(
-            [(ROTATED_AT_ANNOTATION.to_owned(), "2026-01-01T05:00:00Z".to_owned())].into(),
+            [(
+                ROTATED_AT_ANNOTATION.to_owned(),
+                "2026-01-01T05:00:00Z".to_owned(),
+            )]
+            .into(),
         );
         assert!(!Start::DueAfter(hour).starts(&secret, at("2026-01-01T05:30:00Z")));
         assert!(Start::Now.starts(&secret, at("2026-01-01T05:30:00Z")));
