@@ -352,8 +352,8 @@ pub fn desired_custody(
             vec![HeldCredential {
                 secret: name.to_owned(),
                 keys,
-                last_used: Some(Time(held.last_used)),
-                last_rotated: last_rotated.map(Time),
+                last_used: Some(Time(whole_second(held.last_used))),
+                last_rotated: last_rotated.map(|at| Time(whole_second(at))),
             }]
         }
     };
@@ -374,6 +374,12 @@ pub fn desired_custody(
         rotation_request,
         rotation_error,
     })
+}
+
+/// `at` to the second, as status keeps times (metav1.Time): a time with
+/// a fraction would differ from its stored self at every comparison.
+fn whole_second(at: Timestamp) -> Timestamp {
+    Timestamp::from_second(at.as_second()).unwrap_or(at)
 }
 
 /// Whether `desired` is worth a status write over `current`: anything but
@@ -660,6 +666,21 @@ mod tests {
             by_broker.credentials[0].last_rotated,
             Some(Time(at("2026-02-15T00:00:00Z")))
         );
+    }
+
+    #[test]
+    fn times_are_kept_to_the_second_so_a_stored_status_is_not_rewritten() {
+        let rotated = Held {
+            rotated_at: Some(at("2026-02-15T00:00:00.250Z")),
+            ..held("hmac-sha256:a", "2026-03-01T00:00:00.750Z")
+        };
+        let now = at("2026-03-01T00:00:00.900Z");
+        let written = desired_custody(&postgres(), Some(&rotated), None, None, now).unwrap();
+        // What the apiserver gives back: the same times, to the second.
+        let stored: CustodyStatus =
+            serde_json::from_value(serde_json::to_value(&written).unwrap()).unwrap();
+        let again = desired_custody(&postgres(), Some(&rotated), None, Some(&stored), now).unwrap();
+        assert!(!worth_writing(Some(&stored), &again), "{stored:?} {again:?}");
     }
 
     #[test]

@@ -459,6 +459,37 @@ async fn a_broker_killed_after_any_rotation_step_leaves_a_working_credential_the
     )
     .await;
     assert!(lease_file(&lease, "username").starts_with("ferry_"));
+    // Status is not written per issuance: lastUsed alone moves once a
+    // minute at most, so a burst and a writer pass make at most one write.
+    let writes = || async {
+        let text = http_get(broker.admin, "/metrics").await.unwrap().body;
+        text.lines()
+            .find_map(|line| line.strip_prefix("ferry_broker_custody_status_writes_total "))
+            .map_or(0, |count| count.trim().parse::<u64>().unwrap())
+    };
+    let before = writes().await;
+    for _ in 0..5 {
+        let reply = https
+            .request("POST", "/v1/leases", Some(&token), &body)
+            .await
+            .unwrap();
+        assert_eq!(reply.status, 200);
+        let id = reply.json().unwrap()["leases"][0]["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        https
+            .request("DELETE", &format!("/v1/leases/{id}"), Some(&token), b"")
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(ferry_broker::custody::WRITE_INTERVAL * 2).await;
+    let after = writes().await;
+    assert!(
+        after - before <= 1,
+        "{} status writes for 5 issuances",
+        after - before
+    );
 
     let (dsn, _) = stored(&secrets).await;
     let rotated_at = secrets

@@ -321,6 +321,14 @@ async fn invalid_objects_are_refused_with_a_message_naming_the_problem() {
         ),
         (
             secret(
+                "admin-rotation-too-often",
+                json!({"source": {"postgres": {"connectionSecretRef": pg_ref, "adminRotationPeriod": "30m"}}}),
+            ),
+            "spec.source.postgres.adminRotationPeriod",
+            "adminRotationPeriod must be at least 1h",
+        ),
+        (
+            secret(
                 "file-traversal",
                 json!({"source": postgres(), "files": {"../etc/passwd": "x"}}),
             ),

@@ -263,10 +263,12 @@ impl PostgresProvider {
                 ProviderError::NotFound(format!("{database} not found (no such key)"))
             })?;
             let secret = if data.contains_key(&staged_key) {
+                rotatable(&secret, database)?;
                 secret
             } else if !start.starts(&secret, Timestamp::now()) {
                 return Ok(Rotated::Nothing);
             } else {
+                rotatable(&secret, database)?;
                 let password = Zeroizing::new(base64::Engine::encode(
                     &base64::engine::general_purpose::URL_SAFE_NO_PAD,
                     self.random_bytes::<PASSWORD_BYTES>()?,
@@ -468,8 +470,7 @@ impl PostgresProvider {
     }
 }
 
-/// The admin Secret of `database`, as stored now, if its owner opted it in
-/// and lets the broker rotate its key.
+/// The admin Secret of `database`, as stored now, if its owner opted it in.
 async fn read_admin_secret(
     api: &Api<Secret>,
     database: &Database,
@@ -485,6 +486,13 @@ async fn read_admin_secret(
         })?
         .ok_or_else(|| ProviderError::NotFound(format!("Secret {namespace}/{name} not found")))?;
     opted_in(SecretUse::Read, namespace, name, &secret)?;
+    Ok(secret)
+}
+
+/// Refused unless the owner of `secret` lets the broker rotate the key of
+/// `database`.
+fn rotatable(secret: &Secret, database: &Database) -> Result<(), ProviderError> {
+    let (namespace, name) = (&database.namespace, &database.secret);
     let allowed = secret
         .metadata
         .annotations
@@ -497,7 +505,7 @@ async fn read_admin_secret(
             key = database.key
         )));
     }
-    Ok(secret)
+    Ok(())
 }
 
 /// Replaces the Secret under the resourceVersion it carries: the Secret
