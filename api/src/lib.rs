@@ -18,6 +18,7 @@ pub mod duration;
 pub mod files;
 pub mod grants;
 pub mod resources;
+pub mod revocation;
 #[cfg(feature = "templates")]
 pub mod templates;
 #[cfg(feature = "testing")]

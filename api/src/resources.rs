@@ -994,7 +994,97 @@ pub struct AccessRequestStatus {
     pub observed_generation: Option<i64>,
 }
 
-/// The four CRDs, in the order they should be applied.
+/// An incident responder's order to take access away now: every live
+/// lease of a pod, of a service account's pods, of a BrokeredSecret, or
+/// that an AccessPolicy's Grants allowed is revoked at once (PostgreSQL
+/// roles dropped, tokens revoked upstream, JWT ids published as revoked,
+/// the pods' files wiped), and no lease is issued to the target while the
+/// Revocation exists. Deleting it lifts the block; it is never edited.
+/// Every name is in the Revocation's own namespace: a team revokes its own
+/// pods and service accounts, or its own secrets and policies.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "ferry.dev",
+    version = "v1alpha1",
+    kind = "Revocation",
+    doc = "An order to revoke live leases now and refuse new ones while it exists.",
+    namespaced,
+    shortname = "rv",
+    category = "ferry",
+    status = "RevocationStatus",
+    printcolumn = r#"{"name":"Target","type":"string","jsonPath":".status.target"}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".spec.reason","priority":1}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("[has(self.pod), has(self.serviceAccount), has(self.secret), has(self.policy)].filter(x, x).size() == 1").message("name exactly one target: pod, serviceAccount, secret or policy"))]
+#[x_kube(validation = Rule::new("self == oldSelf").message("a revocation cannot be edited: delete it to lift it, and create another"))]
+pub struct RevocationSpec {
+    /// A pod in this namespace: its leases, and the next pod of that name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = SUBDOMAIN_PATTERN), length(min = 1, max = 253))]
+    pub pod: Option<String>,
+    /// A service account in this namespace: the leases of all its pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = SUBDOMAIN_PATTERN), length(min = 1, max = 253))]
+    pub service_account: Option<String>,
+    /// A BrokeredSecret in this namespace: every lease of it, in every
+    /// namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = SUBDOMAIN_PATTERN), length(min = 1, max = 253))]
+    pub secret: Option<String>,
+    /// An AccessPolicy in this namespace: its Grants stop counting, and
+    /// every lease no other Grant allows is revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = SUBDOMAIN_PATTERN), length(min = 1, max = 253))]
+    pub policy: Option<String>,
+    /// Why (kept in Events and the broker's audit log; never shown to the
+    /// revoked pods).
+    #[schemars(length(min = 1, max = 1024))]
+    pub reason: String,
+}
+
+/// Where a Revocation stands.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RevocationPhase {
+    /// Its target exists: its leases are revoked and refused.
+    Active,
+    /// Its target does not exist: nothing was revoked, nothing is
+    /// refused; the condition says what was not found.
+    Invalid,
+}
+
+impl RevocationPhase {
+    /// The phase as status and Events spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "Active",
+            Self::Invalid => "Invalid",
+        }
+    }
+}
+
+/// Observed state of a Revocation, written by the operator only.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RevocationStatus {
+    /// Whether the Revocation is in force.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<RevocationPhase>,
+    /// What it revokes, as `kind namespace/name` (such as `pod shop/web-1`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// `Ready` is True while the Revocation is in force; its reason is
+    /// `Active` or what was not found.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// The generation the status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// The five CRDs, in the order they should be applied.
 pub fn crds()
 -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
 {
@@ -1004,6 +1094,7 @@ pub fn crds()
         AccessPolicy::crd(),
         Grant::crd(),
         AccessRequest::crd(),
+        Revocation::crd(),
     ]
 }
 

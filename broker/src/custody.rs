@@ -680,7 +680,10 @@ mod tests {
         let stored: CustodyStatus =
             serde_json::from_value(serde_json::to_value(&written).unwrap()).unwrap();
         let again = desired_custody(&postgres(), Some(&rotated), None, Some(&stored), now).unwrap();
-        assert!(!worth_writing(Some(&stored), &again), "{stored:?} {again:?}");
+        assert!(
+            !worth_writing(Some(&stored), &again),
+            "{stored:?} {again:?}"
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //!
 //! The decision core is [`service`], the sources of credentials are
 //! [`providers`], the HTTPS API is [`routes`], the keys the replicas share
-//! are kept by [`keys`], revoked leases are remembered by [`revocations`],
+//! are kept by [`keys`], revoked leases are remembered by [`revoked_leases`],
 //! expired credentials are dropped by [`reaper`],
 //! and [`server::run`] wires it all into the `ferry-operator broker`
 //! process. It depends on `ferry-contract` (the wire types), `ferry-api`
@@ -21,6 +21,7 @@ pub mod custody;
 pub mod jwt_keys;
 pub mod key_slots;
 pub mod keys;
+pub mod lease_book;
 pub mod lease_id;
 pub mod lease_keys;
 pub mod live_leases;
@@ -28,10 +29,12 @@ pub mod metrics;
 pub mod pods;
 pub mod providers;
 pub mod reaper;
-pub mod revocations;
+pub mod revocation_index;
+pub mod revoked_leases;
 pub mod routes;
 pub mod seal;
 pub mod server;
 pub mod service;
+pub mod sweeper;
 pub mod templates;
 pub mod terms;

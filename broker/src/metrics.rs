@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use prometheus::{
-    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
 use super::auth::CacheUse;
@@ -23,6 +23,8 @@ pub struct BrokerMetrics {
     custody_age: IntGaugeVec,
     custody_writes: IntCounter,
     admin_rotations: IntCounterVec,
+    withdrawals: IntCounterVec,
+    watches: IntGauge,
 }
 
 impl BrokerMetrics {
@@ -63,7 +65,7 @@ impl BrokerMetrics {
             reaped: IntCounterVec::new(
                 Opts::new(
                     "ferry_broker_reaped_total",
-                    "Credentials the reaper dropped, by provider and reason (expired, pod_gone).",
+                    "Credentials the reaper dropped, by provider and reason (expired, pod_gone, withdrawn).",
                 ),
                 &["provider", "reason"],
             )?,
@@ -77,6 +79,17 @@ impl BrokerMetrics {
             oauth2_token_requests: IntCounter::new(
                 "ferry_broker_oauth2_token_requests_total",
                 "Token requests sent to authorization servers (oauth2 sources): with shared tokens, far fewer than leases.",
+            )?,
+            withdrawals: IntCounterVec::new(
+                Opts::new(
+                    "ferry_broker_withdrawals_total",
+                    "Live leases revoked because a Revocation took them away (revoked) or no valid Grant allows them any more (grant_lost), by result (allowed: revoked; denied: the backend failed, retried by the reaper).",
+                ),
+                &["reason", "result"],
+            )?,
+            watches: IntGauge::new(
+                "ferry_broker_revocation_watches",
+                "Sidecars waiting on this replica to hear of a revocation (one held request each).",
             )?,
             revocable: IntGaugeVec::new(
                 Opts::new(
@@ -115,6 +128,8 @@ impl BrokerMetrics {
         registry.register(Box::new(metrics.reviews.clone()))?;
         registry.register(Box::new(metrics.provider_errors.clone()))?;
         registry.register(Box::new(metrics.oauth2_token_requests.clone()))?;
+        registry.register(Box::new(metrics.withdrawals.clone()))?;
+        registry.register(Box::new(metrics.watches.clone()))?;
         Ok(metrics)
     }
 
@@ -144,6 +159,16 @@ impl BrokerMetrics {
         self.decisions.with_label_values(&[action, result]).inc();
     }
 
+    /// Counts one live lease revoked by a sweep.
+    pub fn observe_withdrawal(&self, reason: &str, result: &str) {
+        self.withdrawals.with_label_values(&[reason, result]).inc();
+    }
+
+    /// The gauge of sidecars watching for revocations here.
+    pub fn watches(&self) -> IntGauge {
+        self.watches.clone()
+    }
+
     /// Records how long a request took.
     pub fn observe_duration(&self, action: &str, took: Duration) {
         self.duration
@@ -168,8 +193,12 @@ impl BrokerMetrics {
 
     /// Records one reaper pass of `provider`.
     pub fn observe_reaped(&self, provider: &str, reaped: &Reaped) {
-        let dropped = reaped.expired + reaped.pod_gone;
-        for (reason, count) in [("expired", reaped.expired), ("pod_gone", reaped.pod_gone)] {
+        let dropped = reaped.expired + reaped.pod_gone + reaped.withdrawn;
+        for (reason, count) in [
+            ("expired", reaped.expired),
+            ("pod_gone", reaped.pod_gone),
+            ("withdrawn", reaped.withdrawn),
+        ] {
             self.reaped
                 .with_label_values(&[provider, reason])
                 .inc_by(u64::try_from(count).unwrap_or(u64::MAX));

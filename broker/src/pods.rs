@@ -20,6 +20,8 @@ pub struct PodState {
     pub namespace: String,
     /// The pod's name.
     pub name: String,
+    /// The pod's service account.
+    pub service_account: String,
     /// Whether deletion has begun.
     pub terminating: bool,
 }
@@ -66,6 +68,11 @@ fn state(pod: &Pod) -> Option<(String, PodState)> {
         PodState {
             namespace: metadata.namespace.clone()?,
             name: metadata.name.clone()?,
+            service_account: pod
+                .spec
+                .as_ref()
+                .and_then(|spec| spec.service_account_name.clone())
+                .unwrap_or_else(|| "default".into()),
             terminating: metadata.deletion_timestamp.is_some(),
         },
     ))

@@ -1,5 +1,7 @@
 //! The reaper: drops revocable credentials (PostgreSQL roles) that
-//! expired or whose pod is gone, on a schedule and soon after pods leave.
+//! expired, whose pod is gone, or whose access was withdrawn (those no
+//! replica has in its book, such as after a restart), on a schedule and
+//! soon after pods leave or access changes.
 
 use std::time::Duration;
 
@@ -22,16 +24,19 @@ pub async fn reap_until(
     const SETTLE: Duration = Duration::from_secs(1);
     let mut departures = pods.departures();
     departures.mark_unchanged();
+    let mut access = state.broker.access_changed.subscribe();
+    access.mark_unchanged();
     loop {
         let reaped = state
             .broker
             .reap(pods, unknown_pod_grace, Timestamp::now())
             .await;
-        if reaped.expired + reaped.pod_gone + reaped.failed > 0 {
+        if reaped.expired + reaped.pod_gone + reaped.withdrawn + reaped.failed > 0 {
             tracing::info!(
                 found = reaped.found,
                 expired = reaped.expired,
                 pod_gone = reaped.pod_gone,
+                withdrawn = reaped.withdrawn,
                 failed = reaped.failed,
                 "reaper pass"
             );
@@ -45,6 +50,13 @@ pub async fn reap_until(
                     () = tokio::time::sleep(SETTLE) => {}
                 }
                 departures.mark_unchanged();
+            }
+            Ok(()) = access.changed() => {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(SETTLE) => {}
+                }
+                access.mark_unchanged();
             }
         }
     }

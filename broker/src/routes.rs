@@ -10,7 +10,8 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use ferry_contract::wire::{
-    ErrorDetail, ErrorResponse, LeaseRequest, LeasesResponse, RenewRequest,
+    DEFAULT_WATCH_SECONDS, ErrorDetail, ErrorResponse, LeaseRequest, LeasesResponse,
+    MAX_WATCH_SECONDS, RenewRequest, RevokedToken, RevokedTokens, WatchRequest, WatchResponse,
 };
 use governor::Quota;
 use governor::clock::{Clock as _, DefaultClock};
@@ -47,6 +48,9 @@ pub struct BrokerState {
     pub limiter: ServiceAccountLimiter,
     /// What this replica knows of the credentials it holds.
     pub custody: Arc<crate::custody::CustodyLog>,
+    /// Cancelled when the broker begins to shut down: held watches answer
+    /// at once, so draining does not wait for them.
+    pub stopping: tokio_util::sync::CancellationToken,
 }
 
 /// The broker's routes, answering every failure with a JSON error body.
@@ -83,6 +87,17 @@ pub fn broker_routes(state: Arc<BrokerState>) -> BoxedFilter<(Response,)> {
                 renew(&state, caller, &id, &body).await
             },
         );
+    let watch = warp::path!("v1" / "leases" / "watch")
+        .and(warp::post())
+        .and(warp::body::content_length_limit(MAX_BODY_BYTES))
+        .and(warp::body::bytes())
+        .and(bearer)
+        .and(with_state.clone())
+        .then(
+            |body: Bytes, caller: Caller, state: Arc<BrokerState>| async move {
+                watch(&state, caller, &body).await
+            },
+        );
     let revoke = warp::path!("v1" / "leases" / String)
         .and(warp::delete())
         .and(bearer)
@@ -98,6 +113,22 @@ pub fn broker_routes(state: Arc<BrokerState>) -> BoxedFilter<(Response,)> {
             .and(warp::get())
             .map(move || warp::reply::json(&state.broker.jwt.jwks()).into_response())
     };
+    let revoked_tokens = {
+        let state = Arc::clone(&state);
+        warp::path!("v1" / "jwks" / "revoked")
+            .and(warp::get())
+            .map(move || {
+                let now = Timestamp::now().as_second();
+                let revoked = state
+                    .broker
+                    .revoked_leases
+                    .revoked_tokens(now)
+                    .into_iter()
+                    .map(|(jti, exp)| RevokedToken { jti, exp })
+                    .collect();
+                warp::reply::json(&RevokedTokens { revoked }).into_response()
+            })
+    };
     let discovery = {
         let state = Arc::clone(&state);
         warp::path!(".well-known" / "openid-configuration")
@@ -109,18 +140,22 @@ pub fn broker_routes(state: Arc<BrokerState>) -> BoxedFilter<(Response,)> {
             })
     };
     issue
+        .or(watch)
+        .unify()
         .or(renew)
         .unify()
         .or(revoke)
         .unify()
         .or(jwks)
         .unify()
+        .or(revoked_tokens)
+        .unify()
         .or(discovery)
         .unify()
         .recover(|rejection: warp::Rejection| async move {
             Ok::<_, Infallible>(rejection_reply(
                 &rejection,
-                "POST /v1/leases, POST /v1/leases/{id}/renew, DELETE /v1/leases/{id}, GET /v1/jwks",
+                "POST /v1/leases, POST /v1/leases/{id}/renew, DELETE /v1/leases/{id}, POST /v1/leases/watch, GET /v1/jwks, GET /v1/jwks/revoked",
                 MAX_BODY_BYTES,
             ))
         })
@@ -243,6 +278,52 @@ async fn revoke(state: &BrokerState, caller: Caller, id: &str) -> Response {
     match result {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(error) => error_reply(&error),
+    }
+}
+
+async fn watch(state: &BrokerState, caller: Caller, body: &[u8]) -> Response {
+    let result = async {
+        let pod = authenticate(state, "watch", caller).await?;
+        let request: WatchRequest = serde_json::from_slice(body).map_err(|error| {
+            BrokerError::BadRequest(format!("request body is not a watch request: {error}"))
+        })?;
+        let wait = request
+            .wait_seconds
+            .unwrap_or(DEFAULT_WATCH_SECONDS)
+            .clamp(1, MAX_WATCH_SECONDS);
+        let _watching = WatchGauge::inc(state.broker.metrics.watches());
+        state
+            .broker
+            .watch(
+                &pod,
+                &request.leases,
+                std::time::Duration::from_secs(wait),
+                &state.stopping,
+                Timestamp::now(),
+            )
+            .await
+    }
+    .await;
+    match result {
+        Ok(revoked) => warp::reply::json(&WatchResponse { revoked }).into_response(),
+        Err(error) => error_reply(&error),
+    }
+}
+
+/// Counts one held watch for as long as it lives (also when the client
+/// goes away and the request is dropped).
+struct WatchGauge(prometheus::IntGauge);
+
+impl WatchGauge {
+    fn inc(gauge: prometheus::IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for WatchGauge {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Authenticator, CacheLimits, ReviewLimits};
 use crate::custody::{self, CustodyLog};
+use crate::lease_book::LeaseBook;
 use crate::lease_id::LeaseKeys;
 use crate::live_leases::LiveLeases;
 use crate::metrics::BrokerMetrics;
@@ -31,10 +32,11 @@ use crate::providers::postgres::PostgresProvider;
 use crate::providers::postgres::rotation::CRASH_AFTER_STEP_ENV;
 use crate::providers::secret_reader::SecretReader;
 use crate::providers::x509::X509Provider;
-use crate::revocations::Revocations;
+use crate::revocation_index::RevocationIndex;
+use crate::revoked_leases::RevokedLeases;
 use crate::routes::{BrokerState, broker_routes};
 use crate::service::Broker;
-use crate::{admin_rotation, jwt_keys, keys, lease_keys, reaper};
+use crate::{admin_rotation, jwt_keys, keys, lease_keys, reaper, sweeper};
 use ferry_api::confinement::Installation;
 use ferry_api::resources::{AccessPolicy, BrokeredSecret, Grant};
 use ferry_runtime::admin::{self, AdminError, AdminState, Readiness};
@@ -407,10 +409,16 @@ pub async fn serve(
             }
         });
     }
-    let revocations = Revocations::new(client.clone(), &options.installation.namespace);
+    let revoked_leases = RevokedLeases::new(client.clone(), &options.installation.namespace);
     {
-        let (revocations, shutdown) = (revocations.clone(), shutdown.clone());
-        tasks.spawn(async move { revocations.maintain(shutdown).await });
+        let (revoked_leases, shutdown) = (revoked_leases.clone(), shutdown.clone());
+        tasks.spawn(async move { revoked_leases.maintain(shutdown).await });
+    }
+    let revocation_orders = RevocationIndex::default();
+    {
+        let (orders, client, shutdown) =
+            (revocation_orders.clone(), client.clone(), shutdown.clone());
+        tasks.spawn(async move { orders.maintain(client, shutdown).await });
     }
     let grants_synced = grants.clone();
     let secret_reader =
@@ -441,7 +449,10 @@ pub async fn serve(
             metrics,
             installation: options.installation,
             live_leases: LiveLeases::default(),
-            revocations,
+            revoked_leases,
+            revocation_orders,
+            lease_book: LeaseBook::default(),
+            access_changed: tokio::sync::watch::Sender::new(0),
         },
         authenticator: Authenticator::new(
             client,
@@ -452,6 +463,7 @@ pub async fn serve(
         .with_review_limits(options.review_limits),
         limiter: governor::RateLimiter::keyed(options.rate_limit),
         custody: options.custody,
+        stopping: shutdown.clone(),
     });
     {
         // Forget service accounts and addresses that have been quiet long enough to be
@@ -488,7 +500,8 @@ pub async fn serve(
                 _ = async {
                     grants.wait_synced().await;
                     pods.wait_synced().await;
-                    state.broker.revocations.wait_synced().await;
+                    state.broker.revoked_leases.wait_synced().await;
+                    state.broker.revocation_orders.wait_synced().await;
                     state.broker.secrets.wait_until_ready().await
                 } => readiness.set_ready(),
             }
@@ -507,6 +520,11 @@ pub async fn serve(
                 ferry_namespace,
                 shutdown.clone(),
             ));
+            {
+                // Only once every index is filled may access be judged lost.
+                let (state, shutdown) = (Arc::clone(&state), shutdown.clone());
+                tokio::spawn(async move { sweeper::sweep_until(&state.broker, &shutdown).await });
+            }
             reaper::reap_until(&state, &pods, interval, unknown_pod_grace, &shutdown).await;
         });
     }

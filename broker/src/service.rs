@@ -15,22 +15,25 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use zeroize::Zeroizing;
 
 use super::auth::PodIdentity;
+use super::lease_book::{LeaseBook, LiveLease};
 use super::lease_id::{CLAIMS_VERSION, LeaseClaims, LeaseIdError, LeaseKeys, generate_serial};
 use super::live_leases::LiveLeases;
 use super::metrics::BrokerMetrics;
 use super::pods::PodIndex;
-use super::providers::jwt::JwtProvider;
+use super::providers::jwt::{self, JwtProvider};
 use super::providers::kubernetes_secret::KubernetesSecretProvider;
 use super::providers::oauth2::{self, OAuth2Provider};
 use super::providers::postgres::PostgresProvider;
 use super::providers::x509::{self, X509Provider};
 use super::providers::{IssueRequest, Issued, Provider, ProviderError, ReapContext, Reaped};
-use super::revocations::{RevocationError, Revocations};
+use super::revocation_index::{Block, RevocationIndex};
+use super::revoked_leases::{RevocationError, RevokedLeases};
 use super::templates::{Variables, render_files};
 use super::terms::{TermsError, lease_terms};
 use ferry_api::confinement::Installation;
 use ferry_api::grants::grant_is_valid_at;
 use ferry_api::resources::{BrokeredSecret, Grant, SecretReference, SourceKind};
+use ferry_api::revocation::Holder;
 use ferry_api::templates::{OAUTH2_VARIABLES, POSTGRES_VARIABLES, TemplateError, check_variables};
 use ferry_runtime::grant_index::GrantIndex;
 
@@ -183,7 +186,35 @@ pub struct Broker {
     /// Live leases per (pod, secret), capped.
     pub live_leases: LiveLeases,
     /// The leases revoked by any replica, which never renew.
-    pub revocations: Revocations,
+    pub revoked_leases: RevokedLeases,
+    /// The Revocations in force: what incident responders took away.
+    pub revocation_orders: RevocationIndex,
+    /// The live leases this replica knows of, for revocation and listing.
+    pub lease_book: LeaseBook,
+    /// Counts the changes that may take access away (a Revocation, a
+    /// Grant, a policy), for the sidecars watching and the reaper.
+    pub access_changed: tokio::sync::watch::Sender<u64>,
+}
+
+/// Why a holder may no longer have a secret, for the sweep and the
+/// sidecars' watch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Withdrawal {
+    /// A Revocation in force takes it away.
+    Revoked(Block),
+    /// No valid Grant allows it any more (policy deleted or edited,
+    /// validUntil passed, approval ended).
+    GrantLost,
+}
+
+impl Withdrawal {
+    /// The audit log's reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Revoked(_) => "revoked",
+            Self::GrantLost => "grant_lost",
+        }
+    }
 }
 
 /// The audit record of one decision.
@@ -404,6 +435,8 @@ impl Broker {
             serial,
         };
         let lease = self.lease(&claims, Some(issued), now);
+        self.lease_book
+            .record(&claims, kind_name(&secret), pod, now.as_second());
         Ok((lease, claims))
     }
 
@@ -419,17 +452,25 @@ impl Broker {
             namespace: namespace.to_owned(),
             name: name.to_owned(),
         };
-        let grant = self
-            .grants
-            .grants_for(&pod.namespace, &pod.service_account, &reference)
-            .into_iter()
-            .find(|grant| grant_is_valid_at(grant, now))
-            .ok_or_else(|| {
-                BrokerError::Forbidden(format!(
+        let holder = Holder {
+            namespace: &pod.namespace,
+            pod: &pod.pod_name,
+            service_account: &pod.service_account,
+            secret: &reference,
+        };
+        let grant = self.allowing_grant(&holder, now).map_err(|withdrawal| {
+            BrokerError::Forbidden(match withdrawal {
+                // The responder's reason is not the pod's to read.
+                Withdrawal::Revoked(block) => format!(
+                    "access of pod {}/{} to BrokeredSecret {namespace}/{name} is revoked by Revocation {}",
+                    pod.namespace, pod.pod_name, block.revocation
+                ),
+                Withdrawal::GrantLost => format!(
                     "service account {}/{} has no Grant for BrokeredSecret {namespace}/{name}",
                     pod.namespace, pod.service_account
-                ))
-            })?;
+                ),
+            })
+        })?;
         let secret = self
             .secrets
             .get(&ObjectRef::new(name).within(namespace))
@@ -440,6 +481,219 @@ impl Broker {
             return Err(BrokerError::Forbidden(refusal.message));
         }
         Ok((secret, grant))
+    }
+
+    /// The valid Grant that lets `holder` have its secret now, or why none
+    /// does: a Revocation blocking the pod, its service account or the
+    /// secret, or no valid Grant whose policy is not revoked.
+    fn allowing_grant(
+        &self,
+        holder: &Holder<'_>,
+        now: Timestamp,
+    ) -> Result<std::sync::Arc<Grant>, Withdrawal> {
+        if let Some(block) = self.revocation_orders.blocking(holder) {
+            return Err(Withdrawal::Revoked(block));
+        }
+        let mut voided = None;
+        for grant in self
+            .grants
+            .grants_for(holder.namespace, holder.service_account, holder.secret)
+        {
+            if !grant_is_valid_at(&grant, now) {
+                continue;
+            }
+            match self.revocation_orders.voiding(&grant.spec.policy) {
+                None => return Ok(grant),
+                Some(block) => voided = Some(block),
+            }
+        }
+        Err(voided.map_or(Withdrawal::GrantLost, Withdrawal::Revoked))
+    }
+
+    /// Why `holder` may no longer have its secret at `now`, if so.
+    pub fn withdrawal(&self, holder: &Holder<'_>, now: Timestamp) -> Option<Withdrawal> {
+        self.allowing_grant(holder, now).err()
+    }
+
+    /// Wakes everyone waiting for access to change: the watching sidecars
+    /// and the reaper.
+    pub fn announce_access_change(&self) {
+        self.access_changed
+            .send_modify(|count| *count = count.wrapping_add(1));
+    }
+
+    /// Waits, at most `wait`, until `pod` may no longer have one of the
+    /// secrets its leases `ids` are for; those secrets, or none when the
+    /// wait ends first. The leases go into the book, so a replica learns
+    /// of live leases again from the sidecars after a restart. A broker
+    /// shutting down (`stopping`) answers at once: the sidecar asks again,
+    /// of another replica.
+    pub async fn watch(
+        &self,
+        pod: &PodIdentity,
+        ids: &[String],
+        wait: Duration,
+        stopping: &tokio_util::sync::CancellationToken,
+        now: Timestamp,
+    ) -> Result<Vec<SecretRef>, BrokerError> {
+        if ids.len() > MAX_SECRETS_PER_REQUEST {
+            return Err(BrokerError::BadRequest(format!(
+                "{} leases to watch; at most {MAX_SECRETS_PER_REQUEST} per request",
+                ids.len()
+            )));
+        }
+        let mut secrets = std::collections::BTreeSet::new();
+        for id in ids {
+            let claims = self.open_own(pod, id)?;
+            if claims.expires_at <= now.as_second() {
+                continue;
+            }
+            let secret = self
+                .secrets
+                .get(&ObjectRef::new(&claims.secret_name).within(&claims.secret_namespace));
+            let kind = secret.as_deref().map_or("unknown", kind_name);
+            self.lease_book.record(&claims, kind, pod, now.as_second());
+            secrets.insert(SecretReference {
+                namespace: claims.secret_namespace,
+                name: claims.secret_name,
+            });
+        }
+        let mut changes = self.access_changed.subscribe();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // Seen before looking, so a change while looking wakes again.
+            changes.mark_unchanged();
+            let withdrawn: Vec<SecretRef> = secrets
+                .iter()
+                .filter(|secret| {
+                    let holder = Holder {
+                        namespace: &pod.namespace,
+                        pod: &pod.pod_name,
+                        service_account: &pod.service_account,
+                        secret,
+                    };
+                    self.withdrawal(&holder, Timestamp::now()).is_some()
+                })
+                .map(|secret| SecretRef {
+                    namespace: secret.namespace.clone(),
+                    name: secret.name.clone(),
+                })
+                .collect();
+            if !withdrawn.is_empty() {
+                return Ok(withdrawn);
+            }
+            tokio::select! {
+                changed = changes.changed() => if changed.is_err() { return Ok(Vec::new()) },
+                () = tokio::time::sleep_until(deadline) => return Ok(Vec::new()),
+                () = stopping.cancelled() => return Ok(Vec::new()),
+            }
+        }
+    }
+
+    /// Revokes every live lease in the book that may no longer be held (a
+    /// Revocation took it away, or its Grant is gone), at once: upstream
+    /// (a PostgreSQL role dropped, a token revoked), and for JWTs by
+    /// recording the revocation so every replica publishes the token's id.
+    /// Returns how many leases were revoked.
+    pub async fn sweep(&self, now: Timestamp) -> usize {
+        use futures::StreamExt as _;
+        /// Revocations under way at once: a policy's hundred pods are
+        /// revoked in parallel, the backend's connections permitting.
+        const CONCURRENT: usize = 32;
+        let withdrawn: Vec<(LiveLease, Withdrawal)> = {
+            let decided = std::sync::Mutex::new(Vec::new());
+            let taken = self.lease_book.take_refused(now.as_second(), |lease| {
+                let secret = SecretReference {
+                    namespace: lease.claims.secret_namespace.clone(),
+                    name: lease.claims.secret_name.clone(),
+                };
+                let holder = Holder {
+                    namespace: &lease.pod_namespace,
+                    pod: &lease.pod_name,
+                    service_account: &lease.service_account,
+                    secret: &secret,
+                };
+                match self.withdrawal(&holder, now) {
+                    Some(withdrawal) => {
+                        decided
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .push((lease.claims.serial(), withdrawal));
+                        true
+                    }
+                    None => false,
+                }
+            });
+            let mut decided = decided
+                .into_inner()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            taken
+                .into_iter()
+                .filter_map(|lease| {
+                    let serial = lease.claims.serial();
+                    let at = decided.iter().position(|(s, _)| *s == serial)?;
+                    Some((lease, decided.swap_remove(at).1))
+                })
+                .collect()
+        };
+        let count = withdrawn.len();
+        futures::stream::iter(withdrawn)
+            .for_each_concurrent(CONCURRENT, |(lease, withdrawal)| async move {
+                self.withdraw(&lease, &withdrawal, now).await;
+            })
+            .await;
+        count
+    }
+
+    /// Revokes one live lease the sweep took out of the book, and audits it.
+    async fn withdraw(&self, lease: &LiveLease, withdrawal: &Withdrawal, now: Timestamp) {
+        let claims = &lease.claims;
+        let pod = PodIdentity {
+            namespace: lease.pod_namespace.clone(),
+            service_account: lease.service_account.clone(),
+            pod_name: lease.pod_name.clone(),
+            pod_uid: claims.pod_uid.clone(),
+            terminating: false,
+        };
+        let (revocation, reason) = match withdrawal {
+            Withdrawal::Revoked(block) => (block.revocation.as_str(), block.reason.as_str()),
+            Withdrawal::GrantLost => ("", "no valid Grant allows it any more"),
+        };
+        // A JWT cannot be called back: its id is published as revoked for
+        // relying parties that check, by every replica.
+        let recorded = if claims.handle.starts_with(jwt::HANDLE_PREFIX) {
+            self.revoked_leases
+                .record(claims, now.as_second())
+                .await
+                .map_err(BrokerError::from)
+        } else {
+            Ok(())
+        };
+        let result = match recorded {
+            Ok(()) => self.revoke_claims(claims).await,
+            Err(error) => Err(error),
+        };
+        let (outcome, message) = match &result {
+            Ok(()) => ("allowed", String::new()),
+            Err(error) => ("denied", error.to_string()),
+        };
+        self.metrics
+            .observe_withdrawal(withdrawal.reason(), outcome);
+        tracing::info!(
+            target: "ferry::audit",
+            action = "withdraw",
+            actor = %pod.subject(),
+            pod = %format!("{}/{}", pod.namespace, pod.pod_name),
+            pod_uid = %pod.pod_uid,
+            secret = %qualified(&claims.secret_namespace, &claims.secret_name),
+            serial = %claims.serial(),
+            kind = lease.kind,
+            result = outcome,
+            reason = withdrawal.reason(),
+            revocation,
+            why = reason,
+            message = %message,
+        );
     }
 
     /// Asks the secret's provider to issue, or with `renewing`, to renew.
@@ -569,7 +823,7 @@ impl Broker {
                 audit.secret
             )));
         }
-        if self.revocations.is_revoked(&claims).await? {
+        if self.revoked_leases.is_revoked(&claims).await? {
             return Err(BrokerError::Conflict(format!(
                 "lease for {} was revoked; request a new one",
                 audit.secret
@@ -629,6 +883,8 @@ impl Broker {
             None => renewed,
         };
         let lease = self.lease(&renewed, issued, now);
+        self.lease_book
+            .record(&renewed, kind_name(&secret), pod, now.as_second());
         audit.ttl = lease.ttl;
         Ok(lease)
     }
@@ -659,7 +915,7 @@ impl Broker {
                 // served a renewal again), which is how every sidecar gives
                 // its leases back at pod end.
                 let recorded = if claims.max_expires_at > now.as_second() && !pod.terminating {
-                    self.revocations.record(&claims, now.as_second()).await
+                    self.revoked_leases.record(&claims, now.as_second()).await
                 } else {
                     Ok(())
                 };
@@ -678,6 +934,7 @@ impl Broker {
     }
 
     async fn revoke_claims(&self, claims: &LeaseClaims) -> Result<(), BrokerError> {
+        self.lease_book.forget(&claims.serial());
         self.live_leases.forget(
             &claims.pod_uid,
             &claims.secret_namespace,
@@ -711,6 +968,9 @@ impl Broker {
             _ if claims.handle.starts_with(oauth2::HANDLE_PREFIX) => {
                 call(self, &self.oauth2, secret.as_deref(), claims).await
             }
+            _ if claims.handle.starts_with(jwt::HANDLE_PREFIX) => {
+                call(self, &self.jwt, secret.as_deref(), claims).await
+            }
             _ if !claims.handle.is_empty() => {
                 call(self, &self.postgres, secret.as_deref(), claims).await
             }
@@ -735,9 +995,27 @@ impl Broker {
         now: Timestamp,
     ) -> Reaped {
         let secrets = self.secrets.state();
+        let withdrawn = |uid: &str, secret: &str| {
+            let (Some(pod), Some((namespace, name))) = (pods.get(uid), secret.split_once('/'))
+            else {
+                return false;
+            };
+            let secret = SecretReference {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+            };
+            let holder = Holder {
+                namespace: &pod.namespace,
+                pod: &pod.name,
+                service_account: &pod.service_account,
+                secret: &secret,
+            };
+            self.withdrawal(&holder, now).is_some()
+        };
         let context = ReapContext {
             secrets: &secrets,
             presence: &|uid| pods.presence(uid),
+            withdrawn: &withdrawn,
             now: now.as_second(),
             unknown_pod_grace: seconds(unknown_pod_grace),
         };
@@ -747,7 +1025,7 @@ impl Broker {
         let tokens = self.oauth2.reap(context).await;
         self.metrics.observe_reaped(self.oauth2.kind(), &tokens);
         let records = self
-            .revocations
+            .revoked_leases
             .reap(
                 &|uid| pods.presence(uid),
                 now.as_second(),
@@ -759,6 +1037,7 @@ impl Broker {
             found: reaped.found + tokens.found,
             expired: reaped.expired + tokens.expired,
             pod_gone: reaped.pod_gone + tokens.pod_gone,
+            withdrawn: reaped.withdrawn + tokens.withdrawn,
             failed: reaped.failed + tokens.failed,
         }
     }
@@ -810,6 +1089,15 @@ fn terms_error(error: TermsError) -> BrokerError {
         TermsError::Invalid(_) => BrokerError::Unavailable(error.to_string()),
         _ => BrokerError::Forbidden(error.to_string()),
     }
+}
+
+/// The source kind of `secret`, as the lease book lists it.
+fn kind_name(secret: &BrokeredSecret) -> &'static str {
+    secret
+        .spec
+        .source
+        .kind()
+        .map_or("unknown", SourceKind::as_str)
 }
 
 fn seconds(duration: Duration) -> i64 {

@@ -5,6 +5,9 @@
 //! POST   /v1/leases              LeaseRequest  -> LeasesResponse
 //! POST   /v1/leases/{id}/renew   RenewRequest  -> LeasesResponse (one lease)
 //! DELETE /v1/leases/{id}                       -> 204
+//! POST   /v1/leases/watch        WatchRequest  -> WatchResponse (held until
+//!                                                 a revocation or the wait)
+//! GET    /v1/jwks/revoked                      -> RevokedTokens
 //! errors                                       -> ErrorResponse
 //! ```
 
@@ -14,6 +17,15 @@ use serde::{Deserialize, Serialize};
 
 /// Path of the issue endpoint.
 pub const LEASES_PATH: &str = "/v1/leases";
+
+/// Path of the revocation watch.
+pub const WATCH_PATH: &str = "/v1/leases/watch";
+
+/// How long the broker holds a watch when the sidecar does not say.
+pub const DEFAULT_WATCH_SECONDS: u64 = 60;
+
+/// The longest a watch is held, whatever the sidecar asks.
+pub const MAX_WATCH_SECONDS: u64 = 300;
 
 /// An ECDSA P-256 key, in [`KeyRequired::algorithm`].
 pub const KEY_ECDSA_P256: &str = "ecdsa-p256";
@@ -109,6 +121,45 @@ impl std::fmt::Debug for Lease {
 pub struct LeasesResponse {
     /// One lease per requested secret, in request order.
     pub leases: Vec<Lease>,
+}
+
+/// `POST /v1/leases/watch`: the pod's live leases, to hear at once when
+/// one of them is revoked.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WatchRequest {
+    /// The ids of the leases the pod holds.
+    pub leases: Vec<String>,
+    /// How long to hold the request when nothing is revoked (default
+    /// [`DEFAULT_WATCH_SECONDS`], at most [`MAX_WATCH_SECONDS`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_seconds: Option<u64>,
+}
+
+/// The answer to a watch: the secrets the pod may no longer have (its
+/// leases of them are revoked; wipe their files), or none when the wait
+/// ended first.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+pub struct WatchResponse {
+    /// The secrets whose leases are revoked.
+    pub revoked: Vec<SecretRef>,
+}
+
+/// `GET /v1/jwks/revoked`: the ids of revoked tokens the broker minted that
+/// have not yet expired, for relying parties that check.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+pub struct RevokedTokens {
+    /// One entry per revoked token.
+    pub revoked: Vec<RevokedToken>,
+}
+
+/// One revoked token.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct RevokedToken {
+    /// Its `jti` claim.
+    pub jti: String,
+    /// Its `exp` claim: after it, the token is refused anyway.
+    pub exp: i64,
 }
 
 /// Every error the broker answers with.

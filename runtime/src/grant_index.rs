@@ -131,6 +131,12 @@ pub struct GrantIndex {
     policies: PolicyIndex,
     /// Whether the Grants have been listed once.
     grants_listed: watch::Sender<bool>,
+    /// Counts every change to the Grants or the AccessPolicies.
+    changed: watch::Sender<u64>,
+}
+
+fn bump(changed: &watch::Sender<u64>) {
+    changed.send_modify(|count| *count = count.wrapping_add(1));
 }
 
 impl Default for GrantIndex {
@@ -151,10 +157,15 @@ impl std::fmt::Debug for GrantIndex {
 impl GrantIndex {
     /// An empty index that has not yet seen a complete list.
     pub fn new() -> Self {
+        let changed = watch::Sender::new(0);
         Self {
             entries: Arc::default(),
-            policies: PolicyIndex::default(),
+            policies: PolicyIndex {
+                changed: changed.clone(),
+                ..PolicyIndex::default()
+            },
             grants_listed: watch::Sender::new(false),
+            changed,
         }
     }
 
@@ -174,6 +185,12 @@ impl GrantIndex {
     /// [`PolicyIndex::maintain`] next to [`GrantIndex::maintain`].
     pub fn policies(&self) -> &PolicyIndex {
         &self.policies
+    }
+
+    /// Changes whenever a Grant or an AccessPolicy does, so whoever acts
+    /// on what the Grants allow (the broker's revocations) looks again.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
     }
 
     /// The Grants for `secret` held by `service_account` in `namespace`.
@@ -246,6 +263,7 @@ impl GrantIndex {
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(grant);
+        bump(&self.changed);
     }
 
     /// Removes one Grant.
@@ -255,6 +273,7 @@ impl GrantIndex {
                 .write()
                 .unwrap_or_else(PoisonError::into_inner)
                 .remove(&(namespace.clone(), name.clone()));
+            bump(&self.changed);
         }
     }
 
@@ -266,6 +285,7 @@ impl GrantIndex {
         }
         *self.entries.write().unwrap_or_else(PoisonError::into_inner) = fresh;
         self.grants_listed.send_replace(true);
+        bump(&self.changed);
     }
 
     /// Keeps the index in step with the Grants `api` can see until
@@ -397,6 +417,8 @@ fn within_narrowing(grant: &Grant, access: &SecretAccess) -> bool {
 pub struct PolicyIndex {
     facts: Arc<RwLock<HashMap<String, PolicyFacts>>>,
     listed: watch::Sender<bool>,
+    /// Shared with the GrantIndex: see [`GrantIndex::changes`].
+    changed: watch::Sender<u64>,
 }
 
 impl Default for PolicyIndex {
@@ -404,6 +426,7 @@ impl Default for PolicyIndex {
         Self {
             facts: Arc::default(),
             listed: watch::Sender::new(false),
+            changed: watch::Sender::new(0),
         }
     }
 }
@@ -429,6 +452,7 @@ impl PolicyIndex {
             .collect();
         *self.facts.write().unwrap_or_else(PoisonError::into_inner) = fresh;
         self.listed.send_replace(true);
+        bump(&self.changed);
     }
 
     /// Keeps the index in step with the AccessPolicies `api` can see until
@@ -459,6 +483,7 @@ impl WatchedIndex<AccessPolicy> for PolicyIndex {
                 }
             }
         }
+        bump(&self.changed);
     }
 
     fn delete(&self, policy: AccessPolicy) {
@@ -467,6 +492,7 @@ impl WatchedIndex<AccessPolicy> for PolicyIndex {
                 .write()
                 .unwrap_or_else(PoisonError::into_inner)
                 .remove(uid);
+            bump(&self.changed);
         }
     }
 

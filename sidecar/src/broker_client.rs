@@ -25,7 +25,7 @@ use crate::schedule;
 use crate::volume::SecretFile;
 use ferry_contract::wire::{
     ErrorResponse, KeyRequired, LEASES_PATH, Lease, LeaseRequest, LeasesResponse, RenewRequest,
-    SecretRef, SecretRequest,
+    SecretRef, SecretRequest, WATCH_PATH, WatchRequest, WatchResponse,
 };
 
 /// A lease's `expiresAt` is kept (for logs) up to this many characters.
@@ -404,6 +404,33 @@ impl BrokerClient {
             self.forget_certificate(lease_id);
         }
         Ok(issued)
+    }
+
+    /// `POST /v1/leases/watch`: the broker holds the request until one of
+    /// the leases `lease_ids` is revoked or `wait` passes; the secrets
+    /// revoked (none when the wait ended).
+    pub fn watch(
+        &self,
+        lease_ids: &[String],
+        wait: Duration,
+    ) -> Result<Vec<SecretRef>, BrokerError> {
+        let action = "watch for revocations".to_owned();
+        let path = format!("{}{WATCH_PATH}", self.url.path_prefix);
+        let request = WatchRequest {
+            leases: lease_ids.to_vec(),
+            wait_seconds: Some(wait.as_secs()),
+        };
+        let body = serde_json::to_vec(&request).map_err(|e| BrokerError::Transport {
+            action: action.clone(),
+            message: e.to_string(),
+        })?;
+        let response = self.call(&action, "POST", &path, Some(&body), wait + self.timeout)?;
+        let answer: WatchResponse =
+            serde_json::from_slice(&response.body).map_err(|e| BrokerError::InvalidLease {
+                action,
+                message: format!("not a watch answer: {e}"),
+            })?;
+        Ok(answer.revoked)
     }
 
     fn forget_certificate(&self, lease_id: &str) {

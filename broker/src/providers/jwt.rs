@@ -383,12 +383,16 @@ impl JwtProvider {
         let token = sign(&self.keys.load(), source.algorithm, &self.rng, &claims)?;
         Ok(Issued {
             files: BTreeMap::from([(TOKEN_FILE.to_owned(), Zeroizing::new(token.into_bytes()))]),
-            handle: String::new(),
+            // The token's id: what a revocation publishes.
+            handle: format!("{HANDLE_PREFIX}{jti}"),
             variables: Default::default(),
             expires_at: None,
         })
     }
 }
+
+/// Marks a jwt lease's handle, followed by its current token's `jti`.
+pub const HANDLE_PREFIX: &str = "jwt:";
 
 /// A fresh `jti`: 128 random bits, base64url.
 fn random_jti(rng: &SystemRandom) -> Result<String, ProviderError> {

@@ -138,6 +138,10 @@ pub struct ReapContext<'a> {
     /// Whether the pod with this uid exists. Only complete pod indexes may
     /// be asked: a pod missing from a partial one would lose its lease.
     pub presence: &'a (dyn Fn(&str) -> PodPresence + Sync),
+    /// Whether the pod with this uid (present in the index) may no longer
+    /// have the BrokeredSecret `namespace/name`: a Revocation took it
+    /// away, or no valid Grant allows it any more.
+    pub withdrawn: &'a (dyn Fn(&str, &str) -> bool + Sync),
     /// The time of the pass, in Unix seconds.
     pub now: i64,
     /// How long a credential of a pod this replica has never seen is left
@@ -154,6 +158,8 @@ pub struct Reaped {
     pub expired: usize,
     /// Dropped because their pod is gone.
     pub pod_gone: usize,
+    /// Dropped because their access was withdrawn.
+    pub withdrawn: usize,
     /// Backends that could not be reached or cleaned (each logged).
     pub failed: usize,
 }

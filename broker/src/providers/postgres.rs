@@ -437,6 +437,7 @@ impl Provider for PostgresProvider {
                 total.found += one.found;
                 total.expired += one.expired;
                 total.pod_gone += one.pod_gone;
+                total.withdrawn += one.withdrawn;
                 total.failed += one.failed;
                 total
             },
@@ -498,6 +499,7 @@ impl PostgresProvider {
             match reason {
                 ReapReason::Expired => reaped.expired += 1,
                 ReapReason::PodGone => reaped.pod_gone += 1,
+                ReapReason::Withdrawn => reaped.withdrawn += 1,
             }
             tracing::info!(
                 target: "ferry::audit",
@@ -955,6 +957,8 @@ pub enum ReapReason {
     Expired,
     /// Its pod no longer exists.
     PodGone,
+    /// A Revocation took it away, or no valid Grant allows it any more.
+    Withdrawn,
 }
 
 impl ReapReason {
@@ -962,6 +966,7 @@ impl ReapReason {
         match self {
             Self::Expired => "expired",
             Self::PodGone => "pod_gone",
+            Self::Withdrawn => "withdrawn",
         }
     }
 }
@@ -998,7 +1003,9 @@ impl RoleComment {
             return Some(ReapReason::Expired);
         }
         match (context.presence)(&self.pod_uid) {
-            PodPresence::Present => None,
+            PodPresence::Present => {
+                (context.withdrawn)(&self.pod_uid, &self.secret).then_some(ReapReason::Withdrawn)
+            }
             PodPresence::Departed => Some(ReapReason::PodGone),
             PodPresence::Unknown => (context.now - self.issued_at >= context.unknown_pod_grace)
                 .then_some(ReapReason::PodGone),
@@ -1102,6 +1109,7 @@ mod tests {
             comment.reap_reason(ReapContext {
                 secrets: &[],
                 presence: &move |_| presence,
+                withdrawn: &|_, _| false,
                 now,
                 unknown_pod_grace: 60,
             })

@@ -15,6 +15,7 @@
 mod limits;
 mod policy;
 mod request;
+mod revocation;
 mod secret;
 mod status;
 
@@ -37,9 +38,10 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 
 use crate::metrics::OperatorMetrics;
-use ferry_api::resources::{AccessPolicy, AccessRequest, BrokeredSecret, Grant};
+use ferry_api::resources::{AccessPolicy, AccessRequest, BrokeredSecret, Grant, Revocation};
 use policy::{reconcile_policy, sweep_orphans};
 use request::reconcile_request;
+use revocation::reconcile_revocation;
 use secret::reconcile_secret;
 
 /// Finalizer on AccessPolicies: their Grants live in other namespaces, where
@@ -319,6 +321,20 @@ pub async fn run_with(
         )
         .for_each(|_| futures::future::ready(()));
 
+    let revocations = Controller::new(
+        Api::<Revocation>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .graceful_shutdown_on(shutdown.clone().cancelled_owned())
+    .run(
+        |revocation, ctx| {
+            observed::<Revocation>(ctx.clone(), reconcile_revocation(revocation, ctx))
+        },
+        retry::<Revocation>,
+        context.clone(),
+    )
+    .for_each(|_| futures::future::ready(()));
+
     let secrets = Controller::new(
         Api::<BrokeredSecret>::all(client),
         watcher::Config::default(),
@@ -337,6 +353,7 @@ pub async fn run_with(
         tokio::join!(
             policies,
             requests,
+            revocations,
             secrets,
             orphans,
             secret_watch,

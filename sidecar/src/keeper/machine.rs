@@ -94,10 +94,16 @@ pub enum Event {
         /// Whether the broker revoked it.
         result: Result<(), BrokerError>,
     },
+    /// A revocation watch answered: the secrets the broker took away
+    /// (their files must go now), none when its wait ended, or why not.
+    Watched {
+        /// The revoked secrets, or why the watch failed.
+        result: Result<Vec<SecretRef>, BrokerError>,
+    },
     /// Nothing arrived before [`Machine::wake_at`].
     Tick,
-    /// Answers [`Action::Issue`], [`Action::Renew`] and [`Action::Revoke`]:
-    /// whether the call's thread started.
+    /// Answers [`Action::Issue`], [`Action::Renew`], [`Action::Revoke`]
+    /// and [`Action::Watch`]: whether the call's thread started.
     CallStarted(bool),
     /// Answers [`Action::Write`].
     Written(Result<WriteOutcome, String>),
@@ -136,6 +142,12 @@ pub enum Action {
         slot: usize,
         /// The lease to renew.
         lease_id: String,
+    },
+    /// Start a revocation watch of these leases on a thread and report
+    /// [`Event::Watched`]. Answered.
+    Watch {
+        /// The held leases.
+        lease_ids: Vec<String>,
     },
     /// Start a revocation on a thread, bounded by `timeout`, and report
     /// [`Event::Revoked`]. Answered.
@@ -272,6 +284,10 @@ enum Step {
     Due { slot: usize, now: Instant },
     /// Start the slot's call if it is due by `now` and idle.
     Call { slot: usize, now: Instant },
+    /// Start a revocation watch if none is under way and one is due.
+    Watch { now: Instant },
+    /// The broker revoked the slot's lease: wipe it (if still held).
+    LoseRevoked { slot: usize },
     /// At shutdown: start a revocation.
     Revoke {
         lease_id: String,
@@ -296,6 +312,7 @@ enum Awaiting {
     RenewStarted {
         slot: usize,
     },
+    WatchStarted,
     RevokeStarted {
         lease_id: String,
     },
@@ -339,6 +356,19 @@ pub struct Machine<J> {
     todo: VecDeque<Step>,
     awaiting: Option<Awaiting>,
     out: Vec<Action>,
+    watch: Watching,
+}
+
+/// The revocation watch: one request held by the broker at a time, while
+/// running, asked again as soon as it answers.
+#[derive(Debug)]
+struct Watching {
+    /// A watch is under way.
+    busy: bool,
+    /// When to start the next one.
+    due: Instant,
+    /// Consecutive failures, for backoff.
+    failures: u32,
 }
 
 impl<J: FnMut() -> f64> Machine<J> {
@@ -367,6 +397,11 @@ impl<J: FnMut() -> f64> Machine<J> {
             todo: VecDeque::new(),
             awaiting: None,
             out: Vec::new(),
+            watch: Watching {
+                busy: false,
+                due: now,
+                failures: 0,
+            },
         }
     }
 
@@ -439,6 +474,7 @@ impl<J: FnMut() -> f64> Machine<J> {
                         asked_at,
                         result,
                     } => self.on_renewed(slot, asked_at, result, now),
+                    Event::Watched { result } => self.on_watched(result, now),
                     _ => {}
                 }
                 self.todo.push_back(Step::ActOnDue { now });
@@ -597,6 +633,12 @@ impl<J: FnMut() -> f64> Machine<J> {
             }
             (Awaiting::RenewStarted { slot }, Event::CallStarted(false)) => {
                 self.failed(slot, false, None, now);
+            }
+            (Awaiting::WatchStarted, Event::CallStarted(started)) => {
+                self.watch.busy = started;
+                if !started {
+                    self.watch_failed(None, now);
+                }
             }
             (Awaiting::RevokeStarted { lease_id }, Event::CallStarted(true)) => {
                 if let Phase::Stopping { pending, .. } = &mut self.phase
@@ -885,6 +927,9 @@ impl<J: FnMut() -> f64> Machine<J> {
             Step::UpdateReady => self.update_ready(),
             Step::Started => {
                 self.phase = Phase::Running;
+                if self.mode == Mode::Run {
+                    self.todo.push_back(Step::Watch { now });
+                }
                 if self.mode == Mode::Init {
                     self.out.push(log(
                         Level::Info,
@@ -895,10 +940,12 @@ impl<J: FnMut() -> f64> Machine<J> {
                 }
             }
             Step::ActOnDue { now: at } => {
+                self.todo.push_front(Step::Watch { now: at });
                 for slot in (0..self.slots.len()).rev() {
                     self.todo.push_front(Step::Due { slot, now: at });
                 }
             }
+            Step::Watch { now: at } => self.watch_if_due(at),
             Step::Due { slot, now: at } => {
                 let expired = self.slots[slot]
                     .held
@@ -913,6 +960,16 @@ impl<J: FnMut() -> f64> Machine<J> {
                 }
             }
             Step::Call { slot, now: at } => self.call_if_due(slot, at),
+            Step::LoseRevoked { slot } => {
+                if self.slots.get(slot).is_some_and(|s| s.held.is_some()) {
+                    self.lose(
+                        slot,
+                        Level::Warn,
+                        "secret_revoked",
+                        "the broker revoked this lease; files removed, asking for a new lease",
+                    );
+                }
+            }
             Step::Revoke {
                 lease_id,
                 secret,
@@ -973,18 +1030,29 @@ impl<J: FnMut() -> f64> Machine<J> {
     /// A lease ran out unrenewed: its files go, and the pod is not ready.
     /// (The readiness update follows the wipe's answer.)
     fn expire(&mut self, index: usize) {
+        self.lose(
+            index,
+            Level::Error,
+            "secret_expired",
+            "not renewed in time; files removed, asking for a new lease",
+        );
+    }
+
+    /// A held lease is lost (`event` says how): its files go, and the pod
+    /// is not ready until a new one is written.
+    fn lose(&mut self, index: usize, level: Level, event: &'static str, note: &str) {
         let slot = &mut self.slots[index];
         let lease = slot.held.take().map(|held| held.id);
         slot.renewable = false;
         let secret = qualified(&slot.secret);
         let name = slot.secret.name.clone();
         self.out.push(log(
-            Level::Error,
-            "secret_expired",
+            level,
+            event,
             json!({
                 "secret": secret,
                 "lease": lease,
-                "note": "not renewed in time; files removed, asking for a new lease",
+                "note": note,
             }),
         ));
         self.todo.push_front(Step::UpdateReady);
@@ -992,6 +1060,83 @@ impl<J: FnMut() -> f64> Machine<J> {
             Action::Wipe { secret: name },
             Awaiting::ExpiredWiped { slot: index },
         );
+    }
+
+    /// Starts a revocation watch of the held leases if running, none is
+    /// under way and one is due.
+    fn watch_if_due(&mut self, now: Instant) {
+        if self.mode != Mode::Run
+            || !matches!(self.phase, Phase::Running)
+            || self.watch.busy
+            || self.watch.due > now
+        {
+            return;
+        }
+        let lease_ids: Vec<String> = self
+            .slots
+            .iter()
+            .filter_map(|slot| slot.held.as_ref().map(|held| held.id.clone()))
+            .collect();
+        if lease_ids.is_empty() {
+            // Nothing to watch; the next lease written starts one.
+            return;
+        }
+        self.watch.busy = true;
+        self.ask(Action::Watch { lease_ids }, Awaiting::WatchStarted);
+    }
+
+    /// A watch answered: wipe every secret the broker took away (a new
+    /// lease is asked for at once, refused while a Revocation stands),
+    /// then watch again.
+    fn on_watched(&mut self, result: Result<Vec<SecretRef>, BrokerError>, now: Instant) {
+        self.watch.busy = false;
+        match result {
+            Ok(revoked) => {
+                self.watch.failures = 0;
+                self.watch.due = now;
+                let lost: Vec<usize> = (0..self.slots.len())
+                    .filter(|&i| {
+                        self.slots[i].held.is_some() && revoked.contains(&self.slots[i].secret)
+                    })
+                    .collect();
+                for index in lost.into_iter().rev() {
+                    self.slots[index].due = now;
+                    self.todo.push_front(Step::Call { slot: index, now });
+                    // Each wipe is answered before the next loss is handled.
+                    self.todo.push_front(Step::LoseRevoked { slot: index });
+                }
+            }
+            Err(error) => self.watch_failed(Some(&error), now),
+        }
+    }
+
+    /// Backs the watch off after a failure (the renewals go on as before).
+    fn watch_failed(&mut self, error: Option<&BrokerError>, now: Instant) {
+        // A broker without the watch (an older version) is asked rarely.
+        let cap = if error.and_then(BrokerError::status) == Some(404) {
+            REFUSED_RETRY_CAP
+        } else {
+            RETRY_CAP
+        };
+        let jitter = (self.jitter)();
+        let delay = schedule::retry_delay(
+            self.watch.failures,
+            cap,
+            jitter,
+            error.and_then(BrokerError::retry_after),
+        );
+        self.watch.failures = self.watch.failures.saturating_add(1);
+        self.watch.due = schedule::later(now, delay);
+        self.out.push(log(
+            Level::Warn,
+            "watch_failed",
+            json!({
+                "status": error.and_then(BrokerError::status),
+                "error": error.map_or_else(|| "cannot start a thread for the watch".to_owned(), ToString::to_string),
+                "retry_in_ms": delay.as_millis() as u64,
+                "note": "revocations reach this pod at its next renewal until a watch succeeds",
+            }),
+        ));
     }
 
     /// Starts a slot's renewal or issue if it is due and idle.
@@ -1157,8 +1302,13 @@ impl<J: FnMut() -> f64> Machine<J> {
         self.out.push(Action::Exit(code));
     }
 
-    /// The next moment something is due: a renewal, a retry or an expiry.
+    /// The next moment something is due: a renewal, a retry, an expiry or
+    /// a watch to start again.
     fn next_due(&self) -> Option<Instant> {
+        let watch = (self.mode == Mode::Run
+            && !self.watch.busy
+            && self.slots.iter().any(|slot| slot.held.is_some()))
+        .then_some(self.watch.due);
         self.slots
             .iter()
             .flat_map(|slot| {
@@ -1166,6 +1316,7 @@ impl<J: FnMut() -> f64> Machine<J> {
                 let expiry = slot.held.as_ref().map(|held| held.expires);
                 due.into_iter().chain(expiry)
             })
+            .chain(watch)
             .min()
     }
 
@@ -1361,9 +1512,10 @@ mod tests {
                 }
             };
             match action {
-                Action::Issue { .. } | Action::Renew { .. } | Action::Revoke { .. } => {
-                    Event::CallStarted(!self.fail_spawn)
-                }
+                Action::Issue { .. }
+                | Action::Renew { .. }
+                | Action::Revoke { .. }
+                | Action::Watch { .. } => Event::CallStarted(!self.fail_spawn),
                 Action::Write { secret, .. } => {
                     Event::Written(fails(&self.fail_write, secret).map(|()| WriteOutcome::Swapped))
                 }
@@ -1465,6 +1617,7 @@ mod tests {
             ),
             Action::Renew { lease_id, .. } => format!("renew {lease_id}"),
             Action::Revoke { lease_id, .. } => format!("revoke {lease_id}"),
+            Action::Watch { lease_ids } => format!("watch {}", lease_ids.join(",")),
             Action::Write { secret, .. } => format!("write {secret}"),
             Action::MarkReady { .. } => "mark_ready".into(),
             Action::ClearReady => "clear_ready".into(),
@@ -1501,8 +1654,10 @@ mod tests {
                 "write b",
                 "log secret_written",
                 "mark_ready",
-                "log ready"
-            ]
+                "log ready",
+                "watch L1,L2"
+            ],
+            "once running, the leases are watched for revocation"
         );
         assert!(world.machine.is_ready());
         let written = world.log("secret_written");
@@ -1761,7 +1916,10 @@ mod tests {
         world.fail_mark = true;
         world.start();
         let actions = world.issued(&[0], Ok(vec![lease("L1", "a", 900, 600)]));
-        assert_eq!(actions[2..], ["mark_ready", "log ready_marker_failed"]);
+        assert_eq!(
+            actions[2..],
+            ["mark_ready", "log ready_marker_failed", "watch L1"]
+        );
         assert!(!world.machine.is_ready());
     }
 
@@ -1980,6 +2138,62 @@ mod tests {
             ]
         );
         assert!(world.machine.is_ready());
+    }
+
+    // Revocation watch.
+
+    #[test]
+    fn a_revoked_secret_is_wiped_at_once_the_pod_unready_and_a_new_lease_asked_for() {
+        let mut world = World::running();
+        assert_eq!(
+            world.at(10).feed(Event::Watched {
+                result: Ok(vec![secret("b"), secret("not-held")]),
+            }),
+            [
+                "log secret_revoked",
+                "wipe b",
+                "clear_ready",
+                "log not_ready",
+                "issue b",
+                "watch L1"
+            ],
+            "long before b's renewal (300 s) or expiry (450 s)"
+        );
+        assert_eq!(world.log("secret_revoked")["lease"], "L2");
+        assert!(!world.machine.is_ready());
+        // Refused while the Revocation stands: backs off, files stay gone.
+        assert_eq!(
+            world.at(11).issued(&[1], Err(refused(403))),
+            ["log issue_failed"]
+        );
+        assert!(!world.machine.is_ready());
+    }
+
+    #[test]
+    fn a_watch_that_ends_without_revocation_is_made_again_at_once() {
+        let mut world = World::running();
+        assert_eq!(
+            world.at(120).feed(Event::Watched { result: Ok(vec![]) }),
+            ["watch L1,L2"]
+        );
+        assert!(world.machine.is_ready());
+    }
+
+    #[test]
+    fn a_failed_watch_backs_off_and_renewals_go_on() {
+        let mut world = World::running();
+        assert_eq!(
+            world.at(5).feed(Event::Watched {
+                result: Err(unavailable(503, None)),
+            }),
+            ["log watch_failed"]
+        );
+        assert!(
+            world.machine.is_ready(),
+            "a failed watch takes nothing away"
+        );
+        world.now += retry(0);
+        assert_eq!(world.tick(), ["watch L1,L2"]);
     }
 
     #[test]

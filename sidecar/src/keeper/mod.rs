@@ -14,7 +14,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::thread;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use nix::sys::signal::{SigSet, Signal};
 use serde_json::json;
@@ -31,6 +31,10 @@ use machine::{Action, Event, Machine, Mode, qualified};
 /// Stack of a broker-call thread: a TLS handshake and JSON parsing fit
 /// easily; only touched pages count towards memory.
 const CALL_STACK_BYTES: usize = 512 * 1024;
+
+/// How long the broker holds each revocation watch: one connection per
+/// pod stays open, and is made again this often.
+const WATCH_WAIT: Duration = Duration::from_secs(120);
 
 /// Stack of a reload thread: a scan of `/proc` or one small request.
 const RELOAD_STACK_BYTES: usize = 128 * 1024;
@@ -230,6 +234,12 @@ impl Keeper {
                         asked_at,
                         result,
                     }
+                }))
+            }
+            Action::Watch { lease_ids } => {
+                let client = self.client.clone();
+                Event::CallStarted(self.spawn_call("watch", move || Event::Watched {
+                    result: client.watch(&lease_ids, WATCH_WAIT),
                 }))
             }
             Action::Revoke {

@@ -60,20 +60,23 @@ pub struct Record {
     until: i64,
     /// When the record was made, in Unix seconds.
     since: i64,
+    /// For a jwt lease: its current token's `jti` and expiry, published
+    /// as revoked until then.
+    token: Option<(String, i64)>,
 }
 
 /// The revoked leases: a watched, in-memory copy of the records, and the
 /// API to write them. Cheap to clone; clones share the copy.
 #[derive(Clone)]
-pub struct Revocations {
+pub struct RevokedLeases {
     api: Api<ConfigMap>,
     records: Arc<RwLock<HashMap<String, Record>>>,
     synced: watch::Sender<bool>,
 }
 
-impl std::fmt::Debug for Revocations {
+impl std::fmt::Debug for RevokedLeases {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Revocations")
+        f.debug_struct("RevokedLeases")
             .field("records", &self.len())
             .finish_non_exhaustive()
     }
@@ -106,12 +109,18 @@ fn parse(object: &ConfigMap) -> Option<(String, Record)> {
                 .creation_timestamp
                 .as_ref()
                 .map_or(0, |at| at.0.as_second()),
+            token: field("jti").map(|jti| {
+                let expires = field("jti-expires")
+                    .and_then(|at| at.parse().ok())
+                    .unwrap_or(i64::MAX);
+                (jti, expires)
+            }),
         },
     ))
 }
 
-impl Revocations {
-    /// Revocations recorded in `namespace` (ferry's) through `client`.
+impl RevokedLeases {
+    /// RevokedLeases recorded in `namespace` (ferry's) through `client`.
     pub fn new(client: kube::Client, namespace: &str) -> Self {
         Self {
             api: Api::namespaced(client, namespace),
@@ -144,7 +153,11 @@ impl Revocations {
     /// Recording it again succeeds.
     pub async fn record(&self, claims: &LeaseClaims, now: i64) -> Result<(), RevocationError> {
         let serial = claims.serial();
-        let object: ConfigMap = serde_json::from_value(json!({
+        let token = claims
+            .handle
+            .strip_prefix(crate::providers::jwt::HANDLE_PREFIX)
+            .map(|jti| (jti.to_owned(), claims.expires_at));
+        let mut object: ConfigMap = serde_json::from_value(json!({
             "metadata": {
                 "name": record_name(&serial),
                 "labels": {
@@ -159,6 +172,10 @@ impl Revocations {
             },
         }))
         .unwrap_or_default();
+        if let (Some((jti, expires)), Some(data)) = (&token, object.data.as_mut()) {
+            data.insert("jti".into(), jti.clone());
+            data.insert("jti-expires".into(), expires.to_string());
+        }
         match self.api.create(&PostParams::default(), &object).await {
             Ok(_) => {}
             Err(kube::Error::Api(status)) if status.code == 409 => {}
@@ -175,6 +192,7 @@ impl Revocations {
                 pod_uid: claims.pod_uid.clone(),
                 until: claims.max_expires_at,
                 since: now,
+                token,
             },
         );
         Ok(())
@@ -229,6 +247,15 @@ impl Revocations {
             ..Reaped::default()
         };
         for (serial, record) in candidates {
+            // A revoked token stays published until it expires, even
+            // after its pod is gone: a relying party may still be shown it.
+            if record
+                .token
+                .as_ref()
+                .is_some_and(|(_, expires)| *expires > now)
+            {
+                continue;
+            }
             let expired = record.until <= now;
             let pod_gone = match presence(&record.pod_uid) {
                 PodPresence::Present => false,
@@ -264,6 +291,21 @@ impl Revocations {
         reaped
     }
 
+    /// The ids (`jti`) of revoked tokens not yet expired at `now`, with
+    /// their expiry, as every replica publishes them.
+    pub fn revoked_tokens(&self, now: i64) -> Vec<(String, i64)> {
+        let mut tokens: Vec<(String, i64)> = self
+            .records
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .filter_map(|record| record.token.clone())
+            .filter(|(_, expires)| *expires > now)
+            .collect();
+        tokens.sort();
+        tokens
+    }
+
     /// Whether the copy has been filled from a complete list.
     pub fn is_synced(&self) -> bool {
         *self.synced.borrow()
@@ -282,7 +324,7 @@ impl Revocations {
     }
 }
 
-impl WatchedIndex<ConfigMap> for Revocations {
+impl WatchedIndex<ConfigMap> for RevokedLeases {
     type Entry = (String, Record);
     const KIND: &'static str = "revoked-lease ConfigMap";
 
