@@ -198,6 +198,16 @@ pub struct PostgresSource {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16), inner(regex(pattern = r"^[a-z_][a-z0-9_]{0,62}$")))]
     pub member_of: Vec<String>,
+    /// How often the broker rotates the admin role's password, like
+    /// `720h` (at least 1h); unset: only when asked with the annotation
+    /// `ferry.dev/rotate-admin-credential`. The Secret's owner must allow
+    /// it with the annotation `ferry.dev/rotatable-key: <key>` on the
+    /// Secret. The new connection string is stored under `<key>.next`
+    /// before the database changes, then promoted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN), length(max = 32))]
+    #[x_kube(validation = Rule::new(on_durations(&["self"], "duration(self) >= duration('1h')")).message("adminRotationPeriod must be at least 1h"))]
+    pub admin_rotation_period: Option<String>,
 }
 
 /// A key of a Secret in the resource's own namespace.
@@ -537,6 +547,60 @@ pub struct BrokeredSecretStatus {
     /// The kind of source (`postgres`, `kubernetesSecret`, `jwt`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
+    /// The credentials the broker holds for this secret, written by the
+    /// broker (field manager `ferry-broker`): never a value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custody: Option<CustodyStatus>,
+}
+
+/// What the broker holds for a BrokeredSecret, as last seen by a broker
+/// replica that used it.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct CustodyStatus {
+    /// The Secrets (in this namespace) whose keys the broker uses.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub credentials: Vec<HeldCredential>,
+    /// The last `ferry.dev/rotate-admin-credential` request a completed
+    /// rotation of the admin credential satisfied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation_request: Option<String>,
+    /// Why the last rotation of the admin credential failed or was
+    /// refused; unset after one succeeds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation_error: Option<String>,
+}
+
+/// One Secret whose keys the broker uses.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct HeldCredential {
+    /// The Secret's name.
+    pub secret: String,
+    /// The keys the broker uses, each with a fingerprint of its value.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<HeldKey>,
+    /// When the broker last used it (at most a minute behind).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_used: Option<Time>,
+    /// When it was last rotated: by the broker (the Secret's
+    /// `ferry.dev/rotated-at`), else when a broker first saw a new value,
+    /// else when the Secret was created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rotated: Option<Time>,
+}
+
+/// One key of a held Secret.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct HeldKey {
+    /// The key's name.
+    pub name: String,
+    /// `hmac-sha256:<32 hex digits>`: an HMAC of the value under a key only
+    /// the broker holds, so equal values have equal fingerprints in one
+    /// installation while a fingerprint cannot be used to test guesses of
+    /// the value offline.
+    pub fingerprint: String,
 }
 
 /// Who may have which secrets of this namespace, how narrowly, and for how

@@ -86,9 +86,19 @@ impl BrokeredSecretBuilder {
                     key: key.into(),
                 },
                 member_of: Vec::new(),
+                admin_rotation_period: None,
             }),
             ..SecretSource::default()
         };
+        self
+    }
+
+    /// How often the admin credential rotates (after [`Self::postgres`];
+    /// ignored for other sources).
+    pub fn admin_rotation_period(mut self, period: &str) -> Self {
+        if let Some(postgres) = self.spec.source.postgres.as_mut() {
+            postgres.admin_rotation_period = Some(period.into());
+        }
         self
     }
 

@@ -1,6 +1,6 @@
 //! The JWT signing keys as the broker keeps them in its Secret, and their
-//! rotation, as pure functions over the Secret's data (the I/O is in
-//! [`crate::server`]).
+//! rotation ([`crate::key_slots`]), as pure functions over the Secret's
+//! data (the I/O is in [`crate::keys`]).
 //!
 //! For each algorithm the Secret holds three PKCS#8 keys, each with its
 //! creation time (RFC 3339) under `<slot>-created`:
@@ -23,12 +23,12 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use k8s_openapi::jiff::Timestamp;
 use zeroize::Zeroizing;
 
+use super::key_slots::{SlotChange, StoredSlots, maintain_slots, parse_period};
 use super::providers::ProviderError;
 use super::providers::jwt::{SigningKeys, jose_name};
-use ferry_api::duration::{DurationError, parse_duration};
 use ferry_api::resources::JwtAlgorithm;
 
 /// The default rotation period.
@@ -42,47 +42,16 @@ pub const MIN_ROTATION_PERIOD: Duration = Duration::from_secs(24 * 3600);
 /// The algorithms the broker keeps keys for.
 pub const ALGORITHMS: [JwtAlgorithm; 2] = [JwtAlgorithm::ES256, JwtAlgorithm::EdDSA];
 
-/// The suffix of a slot's creation time key.
-const CREATED_SUFFIX: &str = "-created";
-
 /// Parses a rotation period: `30d`, or a duration as resources spell it
 /// (`720h`), at least [`MIN_ROTATION_PERIOD`].
 pub fn parse_rotation_period(text: &str) -> Result<Duration, String> {
-    let period = match text.strip_suffix('d') {
-        Some(days) if !days.is_empty() && days.len() <= 4 => days
-            .parse::<u64>()
-            .map(|days| Duration::from_secs(days * 24 * 3600))
-            .map_err(|_| format!("invalid rotation period {text:?}: expected like 30d or 720h")),
-        _ => parse_duration(text).map_err(|error: DurationError| {
-            format!("invalid rotation period: {error}, or days like 30d")
-        }),
-    }?;
+    let period = parse_period(text)?;
     if period < MIN_ROTATION_PERIOD {
         return Err(format!(
             "rotation period {text} is shorter than 24h, the longest ttl a token may have"
         ));
     }
     Ok(period)
-}
-
-/// One stored key.
-#[derive(Clone)]
-pub struct StoredKey {
-    /// The key, PKCS#8 DER.
-    pub pkcs8: Zeroizing<Vec<u8>>,
-    /// When it was created, if recorded.
-    pub created: Option<Timestamp>,
-}
-
-/// One algorithm's stored keys.
-#[derive(Clone, Default)]
-pub struct StoredSlots {
-    /// Published, signs after the next rotation.
-    pub next: Option<StoredKey>,
-    /// Signs.
-    pub current: Option<StoredKey>,
-    /// Published, signed until the last rotation.
-    pub previous: Option<StoredKey>,
 }
 
 /// Every algorithm's stored keys, as read from or written to the Secret.
@@ -109,16 +78,6 @@ impl std::fmt::Debug for StoredJwtKeys {
     }
 }
 
-impl StoredSlots {
-    fn named(&self) -> [(&'static str, &Option<StoredKey>); 3] {
-        [
-            ("next", &self.next),
-            ("current", &self.current),
-            ("previous", &self.previous),
-        ]
-    }
-}
-
 /// The data key prefix of an algorithm's slots.
 fn prefix(algorithm: JwtAlgorithm) -> &'static str {
     match algorithm {
@@ -128,13 +87,6 @@ fn prefix(algorithm: JwtAlgorithm) -> &'static str {
 }
 
 impl StoredJwtKeys {
-    fn slots(&self, algorithm: JwtAlgorithm) -> &StoredSlots {
-        match algorithm {
-            JwtAlgorithm::ES256 => &self.es256,
-            JwtAlgorithm::EdDSA => &self.eddsa,
-        }
-    }
-
     fn slots_mut(&mut self, algorithm: JwtAlgorithm) -> &mut StoredSlots {
         match algorithm {
             JwtAlgorithm::ES256 => &mut self.es256,
@@ -147,22 +99,7 @@ impl StoredJwtKeys {
     pub fn from_data(data: &BTreeMap<String, Vec<u8>>) -> Self {
         let mut stored = Self::default();
         for algorithm in ALGORITHMS {
-            let read = |slot: &str| {
-                let name = format!("{}{slot}", prefix(algorithm));
-                let pkcs8 = data.get(&name)?;
-                let created = data
-                    .get(&format!("{name}{CREATED_SUFFIX}"))
-                    .and_then(|text| std::str::from_utf8(text).ok()?.parse().ok());
-                Some(StoredKey {
-                    pkcs8: Zeroizing::new(pkcs8.clone()),
-                    created,
-                })
-            };
-            *stored.slots_mut(algorithm) = StoredSlots {
-                next: read("next"),
-                current: read("current"),
-                previous: read("previous"),
-            };
+            *stored.slots_mut(algorithm) = StoredSlots::read(data, prefix(algorithm));
         }
         stored
     }
@@ -171,19 +108,17 @@ impl StoredJwtKeys {
     pub fn to_data(&self) -> BTreeMap<String, Zeroizing<Vec<u8>>> {
         let mut data = BTreeMap::new();
         for algorithm in ALGORITHMS {
-            for (slot, key) in self.slots(algorithm).named() {
-                let Some(key) = key else { continue };
-                let name = format!("{}{slot}", prefix(algorithm));
-                if let Some(created) = key.created {
-                    data.insert(
-                        format!("{name}{CREATED_SUFFIX}"),
-                        Zeroizing::new(created.to_string().into_bytes()),
-                    );
-                }
-                data.insert(name, key.pkcs8.clone());
-            }
+            self.slots(algorithm).write(prefix(algorithm), &mut data);
         }
         data
+    }
+
+    /// One algorithm's slots.
+    pub fn slots(&self, algorithm: JwtAlgorithm) -> &StoredSlots {
+        match algorithm {
+            JwtAlgorithm::ES256 => &self.es256,
+            JwtAlgorithm::EdDSA => &self.eddsa,
+        }
     }
 
     /// The keys to sign and publish with: per algorithm with a current key,
@@ -198,19 +133,12 @@ impl StoredJwtKeys {
             let published: Vec<&[u8]> = [&slots.next, &slots.previous]
                 .into_iter()
                 .flatten()
-                .map(|key| key.pkcs8.as_slice())
+                .map(|key| key.key.as_slice())
                 .collect();
-            keys = keys.with_algorithm(algorithm, &current.pkcs8, &published)?;
+            keys = keys.with_algorithm(algorithm, &current.key, &published)?;
         }
         Ok(keys)
     }
-}
-
-/// Whether a rotation is due: `next`, created at `next_created`, has been
-/// published for a full `period` at `now`.
-pub fn rotation_due(next_created: Timestamp, now: Timestamp, period: Duration) -> bool {
-    let published = now.duration_since(next_created);
-    published >= SignedDuration::try_from(period).unwrap_or(SignedDuration::MAX)
 }
 
 /// What [`maintain`] changed, for the log.
@@ -238,44 +166,14 @@ pub fn maintain(
     let mut keys = stored.clone();
     let mut changes = Vec::new();
     for algorithm in ALGORITHMS {
-        let mut fresh = || {
-            generate(algorithm).map(|pkcs8| StoredKey {
-                pkcs8,
-                created: Some(now),
-            })
-        };
-        let slots = keys.slots_mut(algorithm);
-        if slots.current.is_none() {
-            let Some(current) = slots.next.take().or_else(&mut fresh) else {
-                continue;
-            };
-            slots.current = Some(current);
-            changes.push(KeyChange::Created(algorithm));
-        }
-        match &mut slots.next {
-            None => {
-                let Some(next) = fresh() else { continue };
-                slots.next = Some(next);
-                if !changes.contains(&KeyChange::Created(algorithm)) {
-                    changes.push(KeyChange::Completed(algorithm));
-                }
-            }
-            Some(next) => match next.created {
-                None => {
-                    // Unknown age: start the clock now rather than guess.
-                    next.created = Some(now);
-                    changes.push(KeyChange::Completed(algorithm));
-                }
-                Some(created) if rotation_due(created, now, period) => {
-                    let Some(newer) = fresh() else { continue };
-                    slots.previous = slots.current.take();
-                    slots.current = slots.next.take();
-                    slots.next = Some(newer);
-                    changes.push(KeyChange::Rotated(algorithm));
-                }
-                Some(_) => {}
-            },
-        }
+        let change = maintain_slots(keys.slots_mut(algorithm), now, period, || {
+            generate(algorithm)
+        });
+        changes.extend(change.map(|change| match change {
+            SlotChange::Created => KeyChange::Created(algorithm),
+            SlotChange::Completed => KeyChange::Completed(algorithm),
+            SlotChange::Rotated => KeyChange::Rotated(algorithm),
+        }));
     }
     (!changes.is_empty()).then_some((keys, changes))
 }
@@ -283,6 +181,7 @@ pub fn maintain(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::key_slots::rotation_due;
 
     const DAY: Duration = Duration::from_secs(24 * 3600);
 
@@ -300,7 +199,7 @@ mod tests {
     }
 
     fn ids(slots: &StoredSlots) -> [Option<u8>; 3] {
-        [&slots.next, &slots.current, &slots.previous].map(|k| k.as_ref().map(|k| k.pkcs8[0]))
+        [&slots.next, &slots.current, &slots.previous].map(|k| k.as_ref().map(|k| k.key[0]))
     }
 
     #[test]

@@ -7,6 +7,8 @@
 //! Format: `<base64url(JSON claims)>.<base64url(HMAC)>`. The claims hold no
 //! secret material, only names, so an id may be logged.
 
+use std::sync::{Arc, PoisonError, RwLock};
+
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as BASE64URL;
 use ring::hmac;
@@ -136,19 +138,37 @@ pub enum LeaseIdError {
     Version(u8),
 }
 
-/// The keys lease ids are sealed and opened with: the current one seals;
-/// it and the previous ones open, so rotating the key does not void the
-/// leases already out.
-pub struct LeaseKeys {
+/// The MAC keys in use: `current` seals, all open.
+struct MacKeys {
     current: hmac::Key,
     previous: Vec<hmac::Key>,
+}
+
+impl MacKeys {
+    fn new(current: &[u8], previous: &[&[u8]]) -> Self {
+        let key = |bytes: &[u8]| hmac::Key::new(hmac::HMAC_SHA256, bytes);
+        Self {
+            current: key(current),
+            previous: previous.iter().map(|bytes| key(bytes)).collect(),
+        }
+    }
+}
+
+/// The keys lease ids are sealed and opened with: the current one seals;
+/// it and the others (the next key, published before it seals, and the
+/// previous one) open, so rotating the key voids no lease already out.
+/// Cheap to clone; clones share the keys, so [`LeaseKeys::replace`] after
+/// a rotation reaches every clone (and the [`Seal`] derived from them).
+#[derive(Clone)]
+pub struct LeaseKeys {
+    macs: Arc<RwLock<Arc<MacKeys>>>,
     seal: Seal,
 }
 
 impl std::fmt::Debug for LeaseKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LeaseKeys")
-            .field("previous", &self.previous.len())
+            .field("previous", &self.load().previous.len())
             .finish_non_exhaustive()
     }
 }
@@ -156,12 +176,22 @@ impl std::fmt::Debug for LeaseKeys {
 impl LeaseKeys {
     /// Keys from raw key bytes: `current` seals, all open.
     pub fn new(current: &[u8], previous: &[&[u8]]) -> Self {
-        let key = |bytes: &[u8]| hmac::Key::new(hmac::HMAC_SHA256, bytes);
         Self {
-            current: key(current),
-            previous: previous.iter().map(|bytes| key(bytes)).collect(),
+            macs: Arc::new(RwLock::new(Arc::new(MacKeys::new(current, previous)))),
             seal: Seal::new(current, previous),
         }
+    }
+
+    /// Makes `current` the sealing key and `previous` the other opening
+    /// ones, for these keys, every clone and their [`Seal`].
+    pub fn replace(&self, current: &[u8], previous: &[&[u8]]) {
+        *self.macs.write().unwrap_or_else(PoisonError::into_inner) =
+            Arc::new(MacKeys::new(current, previous));
+        self.seal.replace(current, previous);
+    }
+
+    fn load(&self) -> Arc<MacKeys> {
+        Arc::clone(&self.macs.read().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// What seals secrets a lease id carries (an `oauth2` lease's token),
@@ -174,7 +204,7 @@ impl LeaseKeys {
     pub fn seal(&self, claims: &LeaseClaims) -> String {
         // Serialising a struct of strings and integers cannot fail.
         let payload = serde_json::to_vec(claims).unwrap_or_default();
-        let tag = hmac::sign(&self.current, &payload);
+        let tag = hmac::sign(&self.load().current, &payload);
         format!(
             "{}.{}",
             BASE64URL.encode(&payload),
@@ -197,8 +227,9 @@ impl LeaseKeys {
         let tag = BASE64URL
             .decode(tag)
             .map_err(|_| LeaseIdError::Malformed("mac is not base64url"))?;
-        let verified = std::iter::once(&self.current)
-            .chain(&self.previous)
+        let keys = self.load();
+        let verified = std::iter::once(&keys.current)
+            .chain(&keys.previous)
             .any(|key| hmac::verify(key, &payload, &tag).is_ok());
         if !verified {
             return Err(LeaseIdError::Tampered);
@@ -312,6 +343,21 @@ mod tests {
             LeaseKeys::new(&[1; 32], &[]).open(&fresh),
             Err(LeaseIdError::Tampered)
         );
+    }
+
+    #[test]
+    fn replaced_keys_reach_every_clone_and_keep_old_ids_open() {
+        let keys = LeaseKeys::new(&[1; 32], &[&[2; 32]]);
+        let clone = keys.clone();
+        let old = keys.seal(&claims());
+        keys.replace(&[2; 32], &[&[3; 32], &[1; 32]]);
+        assert_eq!(clone.open(&old).unwrap(), claims());
+        let new = clone.seal(&claims());
+        assert_eq!(LeaseKeys::new(&[2; 32], &[]).open(&new).unwrap(), claims());
+        // The next key opens before it seals: a replica that has not
+        // re-read the Secret yet opens what a rotated one seals.
+        let lagging = LeaseKeys::new(&[1; 32], &[&[2; 32]]);
+        assert_eq!(lagging.open(&new).unwrap(), claims());
     }
 
     #[test]

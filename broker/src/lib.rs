@@ -14,13 +14,17 @@
 //! (`e2e/tests/dependencies.rs` checks). It signs the `x509` source's
 //! certificates (rcgen) but makes no key for them: pods make their own.
 
+pub mod admin_rotation;
 pub mod auth;
 pub mod consent;
+pub mod custody;
 pub mod jwt_keys;
+pub mod key_slots;
 pub mod keys;
 pub mod lease_api;
 pub mod lease_book;
 pub mod lease_id;
+pub mod lease_keys;
 pub mod live_leases;
 pub mod metrics;
 pub mod pods;

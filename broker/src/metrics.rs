@@ -20,6 +20,9 @@ pub struct BrokerMetrics {
     reap_failures: IntCounterVec,
     revocable: IntGaugeVec,
     oauth2_token_requests: IntCounter,
+    custody_age: IntGaugeVec,
+    custody_writes: IntCounter,
+    admin_rotations: IntCounterVec,
     withdrawals: IntCounterVec,
     watches: IntGauge,
 }
@@ -95,7 +98,28 @@ impl BrokerMetrics {
                 ),
                 &["provider"],
             )?,
+            custody_age: IntGaugeVec::new(
+                Opts::new(
+                    "ferry_broker_custody_age_seconds",
+                    "Seconds since each credential the broker holds was last rotated, by credential (lease_key, jwt_signing_key, postgres_admin, oauth2_client, x509_ca, kubernetes_secret), namespace and Secret; names only, never a value.",
+                ),
+                &["credential", "namespace", "secret"],
+            )?,
+            custody_writes: IntCounter::new(
+                "ferry_broker_custody_status_writes_total",
+                "Custody status writes to BrokeredSecrets (at most one a minute per secret for lastUsed alone).",
+            )?,
+            admin_rotations: IntCounterVec::new(
+                Opts::new(
+                    "ferry_broker_admin_rotations_total",
+                    "Rotations of postgres admin credentials by result (completed, rolled_back, failed).",
+                ),
+                &["result"],
+            )?,
         };
+        registry.register(Box::new(metrics.custody_age.clone()))?;
+        registry.register(Box::new(metrics.custody_writes.clone()))?;
+        registry.register(Box::new(metrics.admin_rotations.clone()))?;
         registry.register(Box::new(metrics.reaped.clone()))?;
         registry.register(Box::new(metrics.revocable.clone()))?;
         registry.register(Box::new(metrics.reap_failures.clone()))?;
@@ -107,6 +131,27 @@ impl BrokerMetrics {
         registry.register(Box::new(metrics.withdrawals.clone()))?;
         registry.register(Box::new(metrics.watches.clone()))?;
         Ok(metrics)
+    }
+
+    /// Sets the custody ages to exactly `ages` (credential, namespace,
+    /// Secret, seconds), forgetting credentials no longer held.
+    pub fn custody_ages(&self, ages: &[(&'static str, String, String, i64)]) {
+        self.custody_age.reset();
+        for (credential, namespace, secret, seconds) in ages {
+            self.custody_age
+                .with_label_values(&[credential, namespace.as_str(), secret.as_str()])
+                .set(*seconds);
+        }
+    }
+
+    /// Counts one custody status write.
+    pub fn custody_written(&self) {
+        self.custody_writes.inc();
+    }
+
+    /// Counts one rotation of an admin credential.
+    pub fn admin_rotation(&self, result: &str) {
+        self.admin_rotations.with_label_values(&[result]).inc();
     }
 
     /// Counts one decision.

@@ -46,6 +46,8 @@ pub struct BrokerState {
     pub authenticator: Authenticator,
     /// How often each service account may ask.
     pub limiter: ServiceAccountLimiter,
+    /// What this replica knows of the credentials it holds.
+    pub custody: Arc<crate::custody::CustodyLog>,
     /// Cancelled when the broker begins to shut down: held watches answer
     /// at once, so draining does not wait for them.
     pub stopping: tokio_util::sync::CancellationToken,

@@ -9,7 +9,7 @@
 //!
 //! Format: `base64url(nonce || ciphertext || tag)`.
 
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as BASE64URL;
@@ -24,17 +24,24 @@ const PURPOSE: &[u8] = b"ferry.dev/v1 sealed lease handle";
 /// An AES-256 key's bytes.
 type KeyBytes = Zeroizing<[u8; 32]>;
 
-/// The keys values are sealed and opened with. Cheap to clone.
+/// The derived keys in use: `current` seals, all open.
+struct SealKeys {
+    current: KeyBytes,
+    previous: Vec<KeyBytes>,
+}
+
+/// The keys values are sealed and opened with. Cheap to clone; clones
+/// share the keys, so a rotation of the lease keys
+/// ([`crate::lease_id::LeaseKeys::replace`]) reaches every clone.
 #[derive(Clone)]
 pub struct Seal {
-    current: Arc<KeyBytes>,
-    previous: Arc<Vec<KeyBytes>>,
+    keys: Arc<RwLock<Arc<SealKeys>>>,
 }
 
 impl std::fmt::Debug for Seal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Seal")
-            .field("previous", &self.previous.len())
+            .field("previous", &self.load().previous.len())
             .finish_non_exhaustive()
     }
 }
@@ -54,14 +61,25 @@ impl Seal {
     /// Keys derived from the lease keys' bytes: `current` seals, all open.
     pub fn new(current: &[u8], previous: &[&[u8]]) -> Self {
         Self {
-            current: Arc::new(derive(current)),
-            previous: Arc::new(previous.iter().map(|bytes| derive(bytes)).collect()),
+            keys: Arc::new(RwLock::new(Arc::new(SealKeys::derive(current, previous)))),
         }
+    }
+
+    /// Makes keys derived from `current` and `previous` the ones in use,
+    /// for this seal and every clone of it.
+    pub fn replace(&self, current: &[u8], previous: &[&[u8]]) {
+        *self.keys.write().unwrap_or_else(PoisonError::into_inner) =
+            Arc::new(SealKeys::derive(current, previous));
+    }
+
+    fn load(&self) -> Arc<SealKeys> {
+        Arc::clone(&self.keys.read().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// `value`, sealed.
     pub fn seal(&self, value: &[u8]) -> Result<String, SealError> {
-        let key = cipher(&self.current).ok_or(SealError::Seal)?;
+        let keys = self.load();
+        let key = cipher(&keys.current).ok_or(SealError::Seal)?;
         let mut nonce = [0u8; NONCE_LEN];
         SystemRandom::new()
             .fill(&mut nonce)
@@ -87,7 +105,8 @@ impl Seal {
             return Err(SealError::Open);
         }
         let (nonce, ciphertext) = bytes.split_at(NONCE_LEN);
-        for key in std::iter::once(&*self.current).chain(self.previous.iter()) {
+        let keys = self.load();
+        for key in std::iter::once(&keys.current).chain(keys.previous.iter()) {
             let Some(key) = cipher(key) else { continue };
             let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| SealError::Open)?;
             let mut buffer = Zeroizing::new(ciphertext.to_vec());
@@ -96,6 +115,15 @@ impl Seal {
             }
         }
         Err(SealError::Open)
+    }
+}
+
+impl SealKeys {
+    fn derive(current: &[u8], previous: &[&[u8]]) -> Self {
+        Self {
+            current: derive(current),
+            previous: previous.iter().map(|bytes| derive(bytes)).collect(),
+        }
     }
 }
 
@@ -154,5 +182,20 @@ mod tests {
         let sealed = Seal::new(&[1; 32], &[]).seal(b"token").unwrap();
         let rotated = Seal::new(&[2; 32], &[&[1; 32]]);
         assert_eq!(rotated.open(&sealed).unwrap().as_slice(), b"token");
+    }
+
+    #[test]
+    fn replacing_the_keys_reaches_every_clone() {
+        let seal = Seal::new(&[1; 32], &[]);
+        let clone = seal.clone();
+        let old = seal.seal(b"token").unwrap();
+        seal.replace(&[2; 32], &[&[1; 32]]);
+        let new = clone.seal(b"token").unwrap();
+        assert_eq!(clone.open(&old).unwrap().as_slice(), b"token");
+        assert_eq!(Seal::new(&[1; 32], &[]).open(&new), Err(SealError::Open));
+        assert_eq!(
+            Seal::new(&[2; 32], &[]).open(&new).unwrap().as_slice(),
+            b"token"
+        );
     }
 }

@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Authenticator, CacheLimits, ReviewLimits};
+use crate::custody::{self, CustodyLog};
 use crate::lease_api::{FrontProxy, LeaseApi, LeaseApiError, lease_api_routes};
 use crate::lease_book::LeaseBook;
 use crate::lease_id::LeaseKeys;
@@ -24,17 +25,19 @@ use crate::live_leases::LiveLeases;
 use crate::metrics::BrokerMetrics;
 use crate::pods::PodIndex;
 use crate::providers::jwt::JwtProvider;
+use crate::providers::jwt::jose_name;
 use crate::providers::kubernetes_secret::KubernetesSecretProvider;
 use crate::providers::oauth2::OAuth2Provider;
 use crate::providers::oauth2::custody::Custody;
 use crate::providers::postgres::PostgresProvider;
+use crate::providers::postgres::rotation::CRASH_AFTER_STEP_ENV;
 use crate::providers::secret_reader::SecretReader;
 use crate::providers::x509::X509Provider;
 use crate::revocation_index::RevocationIndex;
 use crate::revoked_leases::RevokedLeases;
 use crate::routes::{BrokerState, broker_routes};
 use crate::service::Broker;
-use crate::{jwt_keys, keys, reaper, sweeper};
+use crate::{admin_rotation, jwt_keys, keys, lease_keys, reaper, sweeper};
 use ferry_api::confinement::Installation;
 use ferry_api::resources::{AccessPolicy, BrokeredSecret, Grant};
 use ferry_runtime::admin::{self, AdminError, AdminState, Readiness};
@@ -70,9 +73,19 @@ pub struct BrokerArgs {
     #[arg(
         long,
         env = "FERRY_LEASE_KEY_SECRET",
-        default_value = "ferry-broker-lease-key"
+        default_value = ferry_contract::BROKER_LEASE_KEY_SECRET
     )]
     pub lease_key_secret: String,
+    /// How often the lease key rotates, like `30d` or `720h` (at least
+    /// `168h`, the longest maxTtl). A key opens lease ids one period
+    /// before it seals them and one after, so no lease id is voided.
+    #[arg(
+        long,
+        env = "FERRY_LEASE_KEY_ROTATION_PERIOD",
+        default_value = lease_keys::DEFAULT_ROTATION_PERIOD,
+        value_parser = lease_keys::parse_lease_key_rotation_period
+    )]
+    pub lease_key_rotation_period: Duration,
     /// The default `iss` of minted JWTs, and where the JWKS is published
     /// (`<issuer>/v1/jwks`): the broker's URL as clients reach it.
     #[arg(
@@ -138,6 +151,10 @@ pub struct BrokerArgs {
     pub lease_api_addr: String,
 }
 
+/// How often every replica re-reads the key Secrets: a rotation by one
+/// reaches the others within this, far inside the overlap a key has.
+const KEY_REFRESH_INTERVAL: Duration = Duration::from_secs(60);
+
 /// Serves the broker as `args` say until SIGTERM or SIGINT, then drains
 /// and returns.
 pub async fn run(args: BrokerArgs) -> Result<(), BrokerStartError> {
@@ -148,9 +165,14 @@ pub async fn run(args: BrokerArgs) -> Result<(), BrokerStartError> {
     let client = kube::Client::try_default()
         .await
         .map_err(BrokerStartError::Connect)?;
-    let lease_keys =
-        keys::load_or_create_lease_keys(&client, &args.namespace, &args.lease_key_secret).await?;
-    let jwt = keys::load_or_create_jwt_provider(
+    let (lease_keys, stored_lease_keys) = keys::load_or_create_lease_keys(
+        &client,
+        &args.namespace,
+        &args.lease_key_secret,
+        args.lease_key_rotation_period,
+    )
+    .await?;
+    let (jwt, stored_jwt_keys) = keys::load_or_create_jwt_provider(
         &client,
         &args.namespace,
         &args.jwt_key_secret,
@@ -158,6 +180,60 @@ pub async fn run(args: BrokerArgs) -> Result<(), BrokerStartError> {
         args.jwt_rotation_period,
     )
     .await?;
+    let custody = Arc::new(CustodyLog::default());
+    if let Some(key) = &stored_lease_keys.fingerprint {
+        custody.set_fingerprint_key(key);
+    }
+    let observe_lease_keys = {
+        let (custody, secret, period) = (
+            Arc::clone(&custody),
+            format!("{}/{}", args.namespace, args.lease_key_secret),
+            args.lease_key_rotation_period,
+        );
+        move |stored: &lease_keys::StoredLeaseKeys| {
+            let fingerprinter = custody.fingerprinter();
+            custody.installation_credential(
+                "lease-key",
+                custody::lease_key_inventory(
+                    secret.clone(),
+                    stored,
+                    period,
+                    fingerprinter.as_deref(),
+                ),
+            );
+        }
+    };
+    let observe_jwt_keys = {
+        let (custody, secret, period) = (
+            Arc::clone(&custody),
+            format!("{}/{}", args.namespace, args.jwt_key_secret),
+            args.jwt_rotation_period,
+        );
+        move |stored: &jwt_keys::StoredJwtKeys| {
+            for algorithm in jwt_keys::ALGORITHMS {
+                custody.installation_credential(
+                    &format!("jwt-{}", jose_name(algorithm).to_ascii_lowercase()),
+                    custody::jwt_inventory(
+                        secret.clone(),
+                        stored.slots(algorithm),
+                        algorithm,
+                        period,
+                    ),
+                );
+            }
+        }
+    };
+    observe_lease_keys(&stored_lease_keys);
+    observe_jwt_keys(&stored_jwt_keys);
+    let crash_after_rotation_step = std::env::var(CRASH_AFTER_STEP_ENV)
+        .ok()
+        .and_then(|step| step.parse().ok());
+    if let Some(step) = crash_after_rotation_step {
+        tracing::warn!(
+            step,
+            "{CRASH_AFTER_STEP_ENV} is set: this broker aborts after that step of an admin credential rotation (for tests only)"
+        );
+    }
     let listener = https::bind(&args.serving.listen_addr).await?;
     let lease_api = if args.lease_api_addr.is_empty() {
         None
@@ -171,14 +247,25 @@ pub async fn run(args: BrokerArgs) -> Result<(), BrokerStartError> {
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     // Other replicas' rotations reach this one within a minute.
+    tokio::spawn(keys::refresh_lease_keys_periodically(
+        client.clone(),
+        args.namespace.clone(),
+        args.lease_key_secret.clone(),
+        args.lease_key_rotation_period,
+        lease_keys.clone(),
+        KEY_REFRESH_INTERVAL,
+        shutdown.clone(),
+        observe_lease_keys,
+    ));
     tokio::spawn(keys::refresh_jwt_keys_periodically(
         client.clone(),
         args.namespace.clone(),
         args.jwt_key_secret.clone(),
         args.jwt_rotation_period,
         jwt.key_handle(),
-        Duration::from_secs(60),
+        KEY_REFRESH_INTERVAL,
         shutdown.clone(),
+        observe_jwt_keys,
     ));
     serve(
         client,
@@ -204,6 +291,8 @@ pub async fn run(args: BrokerArgs) -> Result<(), BrokerStartError> {
             unknown_pod_grace: Duration::from_secs(120),
             installation,
             lease_api,
+            custody,
+            crash_after_rotation_step,
         },
         Registry::new(),
         shutdown,
@@ -277,6 +366,12 @@ pub struct BrokerOptions {
     pub installation: Installation,
     /// The port of the live-lease API the apiserver aggregates, if served.
     pub lease_api: Option<LeaseApiPort>,
+    /// What this replica knows of the credentials it holds (with the
+    /// fingerprint key set, and the installation's keys listed).
+    pub custody: Arc<CustodyLog>,
+    /// Tests only: abort after this step of an admin credential rotation
+    /// (`FERRY_TEST_CRASH_AFTER_ROTATION_STEP`).
+    pub crash_after_rotation_step: Option<u8>,
 }
 
 /// Where the live-lease API is served, and how the apiserver's front
@@ -356,7 +451,10 @@ pub async fn serve(
         tasks.spawn(async move { orders.maintain(client, shutdown).await });
     }
     let grants_synced = grants.clone();
-    let secret_reader = Arc::new(SecretReader::new(client.clone()));
+    let secret_reader =
+        Arc::new(SecretReader::new(client.clone()).with_custody(Arc::clone(&options.custody)));
+    let custody_client = client.clone();
+    let ferry_namespace = options.installation.namespace.clone();
     let seal = options.keys.value_seal();
     let lease_api_client = client.clone();
     let state = Arc::new(BrokerState {
@@ -395,6 +493,7 @@ pub async fn serve(
         )
         .with_review_limits(options.review_limits),
         limiter: governor::RateLimiter::keyed(options.rate_limit),
+        custody: options.custody,
         stopping: shutdown.clone(),
     });
     {
@@ -425,6 +524,7 @@ pub async fn serve(
             shutdown.clone(),
         );
         let (interval, unknown_pod_grace) = (options.reap_interval, options.unknown_pod_grace);
+        let crash_after_rotation_step = options.crash_after_rotation_step;
         tasks.spawn(async move {
             tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -436,6 +536,21 @@ pub async fn serve(
                     state.broker.secrets.wait_until_ready().await
                 } => readiness.set_ready(),
             }
+            // Both read the BrokeredSecret store, filled by now.
+            tokio::spawn(admin_rotation::rotate_admin_credentials_until(
+                custody_client.clone(),
+                Arc::clone(&state),
+                crash_after_rotation_step,
+                shutdown.clone(),
+            ));
+            tokio::spawn(custody::write_custody_until(
+                custody_client,
+                state.broker.secrets.clone(),
+                Arc::clone(&state.custody),
+                state.broker.metrics.clone(),
+                ferry_namespace,
+                shutdown.clone(),
+            ));
             {
                 // Only once every index is filled may access be judged lost.
                 let (state, shutdown) = (Arc::clone(&state), shutdown.clone());

@@ -69,6 +69,40 @@ pub const BROKERABLE_SENSITIVE: &str = "including-kubernetes-credentials";
 /// admission policy on its Secret writes name it too).
 pub const BROKER_JWT_KEY_SECRET: &str = "ferry-broker-jwt-keys";
 
+/// The Secret in ferry's namespace holding the key that seals lease ids
+/// (rotated by every replica like the JWT keys) and the key custody
+/// fingerprints are made with (the broker's default; its RBAC and the
+/// admission policy on its Secret writes name it too).
+pub const BROKER_LEASE_KEY_SECRET: &str = "ferry-broker-lease-key";
+
+/// The ConfigMap in ferry's namespace where the broker lists the
+/// installation-wide credentials it holds (lease key, JWT keys): what
+/// they are, fingerprints, when made and rotated, never a value.
+pub const BROKER_CUSTODY_CONFIGMAP: &str = "ferry-broker-custody";
+
+/// Annotation on a postgres BrokeredSecret asking the broker to rotate its
+/// admin credential now; any new value (such as a timestamp) asks again.
+/// The value is at most 63 letters, digits, `.`, `_` or `-`; the broker
+/// records in status (`custody.rotationRequest`) the last one a
+/// completed rotation satisfied.
+pub const ROTATE_ADMIN_CREDENTIAL_ANNOTATION: &str = "ferry.dev/rotate-admin-credential";
+
+/// Annotation by which the owner of a postgres admin Secret lets the
+/// broker rotate the password in one of its keys (the value: that key,
+/// such as `dsn`). Without it the broker refuses to rotate; the admission
+/// policy on the broker's Secret writes lets it change only that key and
+/// `<key>.next`. The broker never changes this annotation.
+pub const ROTATABLE_KEY_ANNOTATION: &str = "ferry.dev/rotatable-key";
+
+/// Annotation the broker writes on an admin Secret when it promotes a
+/// rotated credential: when (RFC 3339).
+pub const ROTATED_AT_ANNOTATION: &str = "ferry.dev/rotated-at";
+
+/// The suffix of the Secret key where the broker stages a new admin
+/// connection string (`dsn.next` for `dsn`) before it changes the
+/// database, so a crash at any step leaves a working credential stored.
+pub const NEXT_KEY_SUFFIX: &str = ".next";
+
 /// Annotation on an oauth2 source's credentials Secret by which one broker
 /// replica at a time claims its refresh token (`<holder> <unix-seconds>`).
 /// The broker writes it; the admission policy that narrows the broker's

@@ -2,13 +2,15 @@
 //! over real TLS on 127.0.0.1.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use ferry_api::confinement::Installation;
 use ferry_api::resources::JwtAlgorithm;
 use ferry_broker::auth::ReviewLimits;
-use ferry_broker::lease_id::LeaseKeys;
+use ferry_broker::custody::CustodyLog;
+use ferry_broker::lease_id::{LeaseKeys, generate_lease_key};
 use ferry_broker::providers::jwt::{JwtProvider, SigningKeys, generate_key};
 use ferry_broker::routes::default_rate_limit;
 use ferry_broker::server::{BrokerOptions, LeaseApiPort, serve};
@@ -168,6 +170,12 @@ impl RunningBroker {
         }
         let jwt = JwtProvider::with_keys(&format!("https://{addr}"), signing_keys);
         let readiness = Readiness::not_ready("starting");
+        // Fingerprints keyed as a real broker keys them: by a key of its own.
+        let custody = Arc::new(CustodyLog::default());
+        custody.set_fingerprint_key(
+            &generate_lease_key()
+                .map_err(|_| HarnessError::Process("generating a fingerprint key".into()))?,
+        );
         let registry = prometheus::Registry::new();
         let (thread_readiness, thread_registry) = (readiness.clone(), registry.clone());
         let admin_config = cluster.config().clone();
@@ -218,6 +226,8 @@ impl RunningBroker {
                 unknown_pod_grace: Duration::from_secs(5),
                 installation,
                 lease_api,
+                custody,
+                crash_after_rotation_step: None,
             };
             if let Err(error) = serve(client, options, thread_registry, shutdown).await {
                 tracing::error!(%error, "broker stopped");

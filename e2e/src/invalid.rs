@@ -104,6 +104,14 @@ pub fn refused_by_schema() -> Vec<Refused> {
         ),
         (
             secret(
+                "admin-rotation-too-often",
+                json!({"source": {"postgres": {"connectionSecretRef": pg_ref, "adminRotationPeriod": "30m"}}}),
+            ),
+            "spec.source.postgres.adminRotationPeriod",
+            "adminRotationPeriod must be at least 1h",
+        ),
+        (
+            secret(
                 "file-traversal",
                 json!({"source": postgres(), "files": {"../etc/passwd": "x"}}),
             ),

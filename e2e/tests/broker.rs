@@ -15,8 +15,10 @@ use ferry_api::checks::oauth2_keys::REFRESH_TOKEN;
 use ferry_api::resources::JwtAlgorithm;
 use ferry_api::testing::{self, secret_access};
 use ferry_broker::jwt_keys::parse_rotation_period;
-use ferry_broker::keys::refresh_jwt_keys;
+use ferry_broker::keys::{refresh_jwt_keys, refresh_lease_keys};
 use ferry_broker::lease_id::LeaseKeys;
+use ferry_broker::lease_id::{CLAIMS_VERSION, LeaseClaims};
+use ferry_broker::lease_keys::parse_lease_key_rotation_period;
 use ferry_broker::providers::ProviderError;
 use ferry_broker::providers::oauth2::custody::Custody;
 use ferry_broker::providers::oauth2::token::{Refused, Token};
@@ -116,9 +118,9 @@ async fn issue_when_ready(broker: &HttpsClient, token: &str, body: &[u8]) -> Htt
     .await
 }
 
-/// Backdates the creation time of every `next` key in the JWT key Secret
+/// Backdates the creation time of every `next` key in the key Secret
 /// `namespace/name` by 40 days, so a 30-day rotation is due.
-async fn age_jwt_keys(client: &Client, namespace: &str, name: &str) {
+async fn age_next_keys(client: &Client, namespace: &str, name: &str) {
     let secrets = Api::<Secret>::namespaced(client.clone(), namespace);
     let mut secret = secrets.get(name).await.unwrap();
     let old = k8s_openapi::jiff::Timestamp::now()
@@ -132,6 +134,23 @@ async fn age_jwt_keys(client: &Client, namespace: &str, name: &str) {
         .replace(name, &Default::default(), &secret)
         .await
         .unwrap();
+}
+
+/// Claims of a lease id, for sealing and opening across key rotations.
+fn sample_claims() -> LeaseClaims {
+    LeaseClaims {
+        version: CLAIMS_VERSION,
+        secret_namespace: "payments".into(),
+        secret_name: "orders-db".into(),
+        pod_uid: "0b6d3b38-4a0e-4f43-9d0b-3c2d6c8a9e11".into(),
+        handle: String::new(),
+        issued_at: 1_800_000_000,
+        expires_at: 1_800_000_900,
+        max_expires_at: 1_800_003_600,
+        audience: vec![],
+        scopes: None,
+        serial: "00112233445566778899aabbccddeeff".into(),
+    }
 }
 
 fn message(reply: &HttpsReply) -> String {
@@ -401,6 +420,75 @@ async fn renewal_is_refused_once_the_policy_is_removed() {
     assert!(message(&reply).contains("has no Grant"));
 }
 
+#[tokio::test]
+async fn replicas_racing_to_rotate_the_lease_key_rotate_once_and_open_each_others_ids() {
+    let cluster = Cluster::shared().await.unwrap();
+    let client = cluster.client().unwrap();
+    let ns = cluster.create_namespace("lease-rotation").await.unwrap();
+    let period = parse_lease_key_rotation_period("30d").unwrap();
+    let first = refresh_lease_keys(&client, &ns, "keys", period)
+        .await
+        .unwrap();
+    let fingerprint_key = first.fingerprint.clone().unwrap();
+    // Two replicas on the keys as created: each opens what the other seals.
+    let (one, two) = (first.lease_keys().unwrap(), first.lease_keys().unwrap());
+    let sealed_before = one.seal(&sample_claims());
+    assert_eq!(two.open(&sealed_before).unwrap(), sample_claims());
+
+    age_next_keys(&client, &ns, "keys").await;
+    let replicas =
+        futures::future::join_all((0..4).map(|_| refresh_lease_keys(&client, &ns, "keys", period)))
+            .await;
+    let created: Vec<_> = replicas
+        .iter()
+        .map(|keys| keys.as_ref().unwrap().created())
+        .collect();
+    assert!(
+        created.iter().all(|c| *c == created[0]),
+        "rotated more than once: {created:?}"
+    );
+    let rotated = replicas[0].as_ref().unwrap();
+    // Rotated once: the old next seals, the old current opens as previous.
+    let key =
+        |slot: &Option<ferry_broker::key_slots::StoredKey>| slot.as_ref().unwrap().key.clone();
+    assert_eq!(key(&rotated.slots.current), key(&first.slots.next));
+    assert_eq!(key(&rotated.slots.previous), key(&first.slots.current));
+    assert_ne!(key(&rotated.slots.next), key(&first.slots.next));
+    assert_eq!(rotated.fingerprint.as_deref(), Some(&*fingerprint_key));
+
+    // Replica one adopts the rotation; two has not re-read the Secret yet.
+    assert!(rotated.install(&one));
+    let sealed_after = one.seal(&sample_claims());
+    assert_eq!(
+        two.open(&sealed_after).unwrap(),
+        sample_claims(),
+        "next opens before it seals"
+    );
+    assert_eq!(
+        one.open(&sealed_before).unwrap(),
+        sample_claims(),
+        "previous still opens"
+    );
+    let stored = Api::<Secret>::namespaced(client.clone(), &ns)
+        .get("keys")
+        .await
+        .unwrap();
+    let mut names: Vec<_> = stored.data.unwrap().into_keys().collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "current",
+            "current-created",
+            "fingerprint",
+            "next",
+            "next-created",
+            "previous",
+            "previous-created"
+        ]
+    );
+}
+
 /// A private cluster with ferry's CRDs and admission policies, ferry's
 /// namespace and the broker's RBAC as `rbac/broker.yaml` has it; and a
 /// client config that acts as the broker's service account.
@@ -470,13 +558,29 @@ async fn broker_does_its_job_with_exactly_its_documented_rbac() {
     }
 
     let broker_client = Client::try_from(as_broker.clone()).unwrap();
-    let keys = ferry_broker::keys::load_or_create_lease_keys(
+    let lease_period = parse_lease_key_rotation_period("30d").unwrap();
+    let (keys, _) = ferry_broker::keys::load_or_create_lease_keys(
         &broker_client,
         "ferry-system",
         "ferry-broker-lease-key",
+        lease_period,
     )
     .await
     .unwrap();
+    // The lease key: rotated (an update) under the same role, and the ids
+    // the keys in use sealed still open with the rotated ones.
+    let sealed_before = keys.seal(&sample_claims());
+    age_next_keys(&client, "ferry-system", "ferry-broker-lease-key").await;
+    let rotated_lease_keys = refresh_lease_keys(
+        &broker_client,
+        "ferry-system",
+        "ferry-broker-lease-key",
+        lease_period,
+    )
+    .await
+    .unwrap();
+    assert!(rotated_lease_keys.install(&keys));
+    assert_eq!(keys.open(&sealed_before).unwrap(), sample_claims());
     // The JWT keys: created, then rotated (an update) under the same role;
     // the policy narrowing the broker's Secret updates leaves them alone.
     let jwt_keys = |period: &str| {
@@ -491,7 +595,7 @@ async fn broker_does_its_job_with_exactly_its_documented_rbac() {
         }
     };
     let created = jwt_keys("30d").await;
-    age_jwt_keys(&client, "ferry-system", "ferry-broker-jwt-keys").await;
+    age_next_keys(&client, "ferry-system", "ferry-broker-jwt-keys").await;
     let rotated = jwt_keys("30d").await;
     assert_eq!(
         rotated.signing_kid(JwtAlgorithm::EdDSA),
@@ -708,7 +812,7 @@ async fn the_broker_updates_a_brokerable_secret_only_as_its_custody_does() {
             .unwrap()
     };
     let created = jwt_keys().await;
-    age_jwt_keys(&admin, "ferry-system", BROKER_JWT_KEY_SECRET).await;
+    age_next_keys(&admin, "ferry-system", BROKER_JWT_KEY_SECRET).await;
     let rotated = jwt_keys().await;
     assert_eq!(
         rotated.signing_kid(JwtAlgorithm::EdDSA),
@@ -1120,7 +1224,7 @@ async fn replicas_racing_to_rotate_the_jwt_keys_rotate_once() {
         first
     );
 
-    age_jwt_keys(&client, &ns, "keys").await;
+    age_next_keys(&client, &ns, "keys").await;
     let replicas =
         futures::future::join_all((0..4).map(|_| refresh_jwt_keys(&client, &ns, "keys", period)))
             .await;

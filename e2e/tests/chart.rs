@@ -612,7 +612,7 @@ async fn rendered_manifests_pass_a_server_side_dry_run() {
 /// `--all-namespaces` or `-n <ns>` etc.
 /// What RBAC cannot say about the broker installed in `ns`, the chart's
 /// admission policy does: of the Secrets it may update, it is refused
-/// ferry's own (but its JWT keys) and one its owner did not opt in.
+/// ferry's own (but its JWT and lease keys) and one its owner did not opt in.
 async fn broker_secret_updates_are_narrowed(cluster: &Cluster, client: &kube::Client, ns: &str) {
     use ferry_e2e::create_object;
     use k8s_openapi::api::core::v1::Secret;
@@ -620,10 +620,10 @@ async fn broker_secret_updates_are_narrowed(cluster: &Cluster, client: &kube::Cl
 
     let tenant = cluster.create_namespace("chart-tenant").await.unwrap();
     let secrets = [
-        (ns, "ferry-broker-lease-key"),
         (ns, "ferry-ca"),
         (tenant.as_str(), "not-opted-in"),
         (ns, "ferry-broker-jwt-keys"),
+        (ns, "ferry-broker-lease-key"),
     ];
     for (namespace, name) in secrets {
         create_object::<Secret>(
@@ -658,14 +658,16 @@ async fn broker_secret_updates_are_narrowed(cluster: &Cluster, client: &kube::Cl
         update(ns, "ferry-ca").await.is_err().then_some(())
     })
     .await;
-    for (namespace, name) in &secrets[..3] {
+    for (namespace, name) in &secrets[..2] {
         match update(namespace, name).await {
             Err(kube::Error::Api(status))
                 if status.code == 403 && status.message.contains("ferry-broker-secret-writes") => {}
             other => panic!("the broker updating Secret {namespace}/{name}: {other:?}"),
         }
     }
+    // Its own keys, which it rotates.
     update(ns, "ferry-broker-jwt-keys").await.unwrap();
+    update(ns, "ferry-broker-lease-key").await.unwrap();
 }
 
 fn can_i(cluster: &Cluster, account: &str, verb: &str, resource: &str, scope: &[&str]) -> bool {
@@ -759,6 +761,8 @@ async fn helm_install_upgrade_and_uninstall_store_the_objects_keep_the_crds_and_
         ("get", "secrets", &all),
         ("create", "secrets", &own),
         ("update", "secrets/ferry-broker-jwt-keys", &own),
+        ("update", "secrets/ferry-broker-lease-key", &own),
+        ("patch", "configmaps/ferry-broker-custody", &own),
         // Anywhere, for the oauth2 write-back: the chart's admission
         // policy narrows it (checked below by trying).
         ("update", "secrets", &other),
@@ -812,6 +816,8 @@ async fn helm_install_upgrade_and_uninstall_store_the_objects_keep_the_crds_and_
             &all,
         ),
         ("create", "grants.ferry.dev", &all),
+        ("patch", "configmaps", &own),
+        ("patch", "brokeredsecrets.ferry.dev", &all),
     ];
     let webhook_must_not: &[Check] = &[
         ("get", "secrets", &all),

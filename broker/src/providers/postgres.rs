@@ -34,6 +34,8 @@ use super::secret_reader::SecretReader;
 use super::{Files, IssueRequest, Issued, Provider, ProviderError, ReapContext, Reaped};
 use crate::lease_id::LeaseClaims;
 use crate::pods::PodPresence;
+
+pub mod rotation;
 use ferry_api::resources::{BrokeredSecret, SecretKeyRef};
 
 /// Every role ferry creates starts with this; the reaper looks at no other.
@@ -66,7 +68,7 @@ const PASSWORD_BYTES: usize = 32;
 
 /// Which admin connection string: the Secret and key holding it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct Database {
+pub struct Database {
     namespace: String,
     secret: String,
     key: String,
@@ -122,6 +124,9 @@ pub struct PostgresProvider {
     /// The database each BrokeredSecret used, so its leases can still be
     /// revoked and reaped after the BrokeredSecret is deleted.
     seen: std::sync::Mutex<HashMap<(String, String), Database>>,
+    /// Databases whose admin Secret was found with a staged rotation, for
+    /// the rotation to complete ([`Self::take_staged`]).
+    staged: std::sync::Mutex<HashSet<Database>>,
     random: SystemRandom,
 }
 
@@ -132,6 +137,7 @@ impl PostgresProvider {
             secrets,
             connections: std::sync::Mutex::default(),
             seen: std::sync::Mutex::default(),
+            staged: std::sync::Mutex::default(),
             random: SystemRandom::new(),
         }
     }
@@ -149,6 +155,29 @@ impl PostgresProvider {
             secret: name.clone(),
             key: key.clone(),
         })
+    }
+
+    /// The admin connection string a postgres BrokeredSecret uses.
+    pub fn admin_database(&self, secret: &BrokeredSecret) -> Option<Database> {
+        Self::database_of(secret).ok()
+    }
+
+    /// Reads the admin Secret of `database` afresh, so what custody knows
+    /// of it (fingerprint, rotation time) is current after a rotation.
+    pub async fn reread_admin_secret(&self, database: &Database) {
+        self.secrets.forget(&database.namespace, &database.secret);
+        if let Err(error) = self
+            .secrets
+            .data(&database.namespace, &database.secret)
+            .await
+        {
+            tracing::warn!(database = %database, %error, "could not re-read the admin Secret after a rotation");
+        }
+    }
+
+    /// The databases found with a staged rotation since the last call.
+    pub fn take_staged(&self) -> HashSet<Database> {
+        std::mem::take(&mut *self.staged.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
     fn remember(&self, secret: &BrokeredSecret, database: &Database) {
@@ -185,11 +214,19 @@ impl PostgresProvider {
         let dsn = data.get(&database.key).ok_or_else(|| {
             ProviderError::NotFound(format!("{database} not found (no such key)"))
         })?;
+        let staged = data.get(&rotation::next_key(&database.key));
+        if staged.is_some() {
+            self.staged
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(database.clone());
+        }
         let ca = data
             .get(super::postgres_tls::CA_KEY)
             .map(|ca| ca.as_slice());
         let dsn_digest: [u8; 32] = Sha256::new()
             .chain_update(dsn.as_slice())
+            .chain_update(staged.map(|next| next.as_slice()).unwrap_or_default())
             .chain_update(ca.unwrap_or_default())
             .finalize()
             .into();
@@ -218,7 +255,7 @@ impl PostgresProvider {
             }
             _ => {}
         }
-        match connect(database, dsn, ca).await {
+        match rotation::connect_stored(database, dsn, staged, ca).await {
             Ok((client, endpoint)) => {
                 let (client, endpoint) = (Arc::new(client), Arc::new(endpoint));
                 *state = ConnectionState::Open(Connection {
@@ -478,13 +515,30 @@ impl PostgresProvider {
     }
 }
 
+/// Why an admin connection could not be opened: the error to report, and
+/// whether the server refused the login itself (a wrong password), which
+/// the rotation of the admin credential tells apart from an outage.
+struct ConnectError {
+    error: ProviderError,
+    login_refused: bool,
+}
+
+impl From<ProviderError> for ConnectError {
+    fn from(error: ProviderError) -> Self {
+        Self {
+            error,
+            login_refused: false,
+        }
+    }
+}
+
 /// Opens an admin connection. Errors name the Secret, never the
 /// connection string.
 async fn connect(
     database: &Database,
     dsn: &[u8],
     ca: Option<&[u8]>,
-) -> Result<(tokio_postgres::Client, BTreeMap<String, String>), ProviderError> {
+) -> Result<(tokio_postgres::Client, BTreeMap<String, String>), ConnectError> {
     let invalid = || {
         ProviderError::Invalid(format!(
             "{database} is not a PostgreSQL connection string \
@@ -518,9 +572,12 @@ async fn connect(
             let cause = std::error::Error::source(&error)
                 .map(|cause| format!(": {cause}"))
                 .unwrap_or_default();
-            ProviderError::Unavailable(format!(
-                "connecting to the database of {database}: {error}{cause}"
-            ))
+            ConnectError {
+                login_refused: rotation::login_refused(&error),
+                error: ProviderError::Unavailable(format!(
+                    "connecting to the database of {database}: {error}{cause}"
+                )),
+            }
         })?;
     let name = database.to_string();
     tokio::spawn(async move {
@@ -535,7 +592,8 @@ async fn connect(
         return Err(ProviderError::Refused(format!(
             "{database}: a superuser admin connection is refused ({problem}); give the \
              broker a role with CREATEROLE that is not a superuser"
-        )));
+        ))
+        .into());
     }
     Ok((client, endpoint))
 }

@@ -19,6 +19,7 @@ use kube::Api;
 use zeroize::Zeroizing;
 
 use super::{Files, ProviderError};
+use crate::custody::CustodyLog;
 use ferry_api::confinement::SecretUse;
 
 /// How long a read Secret is reused.
@@ -70,6 +71,7 @@ pub fn files_of(data: Option<BTreeMap<String, ByteString>>) -> Files {
 pub struct SecretReader {
     client: kube::Client,
     cache: Mutex<Cache>,
+    custody: Option<Arc<CustodyLog>>,
 }
 
 impl SecretReader {
@@ -78,7 +80,25 @@ impl SecretReader {
         Self {
             client,
             cache: Mutex::default(),
+            custody: None,
         }
+    }
+
+    /// The same, telling `custody` of every Secret read and used.
+    pub fn with_custody(self, custody: Arc<CustodyLog>) -> Self {
+        Self {
+            custody: Some(custody),
+            ..self
+        }
+    }
+
+    /// Forgets what is cached of Secret `namespace/name` (the broker just
+    /// changed it).
+    pub fn forget(&self, namespace: &str, name: &str) {
+        self.cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|(ns, n, _), _| !(ns == namespace && n == name));
     }
 
     /// The data of Secret `namespace/name`: refused when missing or empty.
@@ -102,6 +122,9 @@ impl SecretReader {
             .get(&key)
             .filter(|(expires, _)| *expires > now)
         {
+            if let Some(custody) = &self.custody {
+                custody.used(namespace, name);
+            }
             return Ok(Arc::clone(files));
         }
         let secrets = Api::<Secret>::namespaced(self.client.clone(), namespace);
@@ -119,6 +142,9 @@ impl SecretReader {
                 ProviderError::NotFound(format!("Secret {namespace}/{name} not found"))
             })?;
         opted_in(used, namespace, name, &secret)?;
+        if let Some(custody) = &self.custody {
+            custody.read(namespace, name, &secret);
+        }
         let files = files_of(secret.data);
         if files.is_empty() {
             return Err(ProviderError::NotFound(format!(

@@ -10,15 +10,23 @@
 //! the broker's service account must leave everything but those entries
 //! as it was, on a Secret its owner labelled brokerable, outside ferry's
 //! own namespace (and the namespaces no BrokeredSecret is served from). The broker's JWT-key
-//! Secret in ferry's namespace, which a Role lets it rotate, is not
-//! matched. Should the broker's credentials leak, they cannot rewrite
-//! anyone's Secret.
+//! and lease-key Secrets in ferry's namespace, which a Role lets it
+//! rotate, are not matched. Should the broker's credentials leak, they
+//! cannot rewrite anyone's Secret.
+//!
+//! An admin connection string the broker rotates (postgres sources) is the
+//! one exception the Secret's owner grants: with the annotation
+//! `ferry.dev/rotatable-key: <key>` (which the broker cannot change) the
+//! broker may change that key (never add or remove it) and add, change or
+//! remove `<key>.next`, where it stages the new string, and note the
+//! rotation in the annotation `ferry.dev/rotated-at`.
 
 use ferry_api::checks::oauth2_keys;
 use ferry_contract::{
-    BROKER_JWT_KEY_SECRET, BROKERABLE, BROKERABLE_LABEL, BROKERABLE_SENSITIVE,
-    CURRENT_ACCESS_TOKEN_KEY, REFRESH_TOKEN_CLAIM_ANNOTATION, REFUSED_NAMESPACES,
-    SENSITIVE_SECRET_TYPES,
+    BROKER_JWT_KEY_SECRET, BROKER_LEASE_KEY_SECRET, BROKERABLE, BROKERABLE_LABEL,
+    BROKERABLE_SENSITIVE, CURRENT_ACCESS_TOKEN_KEY, NEXT_KEY_SUFFIX,
+    REFRESH_TOKEN_CLAIM_ANNOTATION, REFUSED_NAMESPACES, ROTATABLE_KEY_ANNOTATION,
+    ROTATED_AT_ANNOTATION, SENSITIVE_SECRET_TYPES,
 };
 use k8s_openapi::api::admissionregistration::v1::{
     MatchCondition, MatchResources, NamedRuleWithOperations, ValidatingAdmissionPolicy,
@@ -39,8 +47,8 @@ pub const ROTATED_KEYS: [&str; 1] = [oauth2_keys::REFRESH_TOKEN];
 pub const BROKER_KEYS: [&str; 1] = [CURRENT_ACCESS_TOKEN_KEY];
 
 /// The annotations the broker may add, change or remove: its claim on the
-/// refresh token.
-pub const WRITABLE_ANNOTATIONS: [&str; 1] = [REFRESH_TOKEN_CLAIM_ANNOTATION];
+/// refresh token, and when it last rotated an admin credential.
+pub const WRITABLE_ANNOTATIONS: [&str; 2] = [REFRESH_TOKEN_CLAIM_ANNOTATION, ROTATED_AT_ANNOTATION];
 
 /// The username of the broker's service account in `namespace`.
 pub fn broker_username(namespace: &str) -> String {
@@ -92,8 +100,34 @@ pub fn broker_secret_policy(
              variables.newLabels[k] != variables.oldLabels[k]) + \
              variables.newLabels.filter(k, !(k in variables.oldLabels))",
         ),
-        variable("rotatedKeys", cel_list(ROTATED_KEYS)),
-        variable("brokerKeys", cel_list(BROKER_KEYS)),
+        variable(
+            "oldAnnotations",
+            "oldObject.metadata.?annotations.orValue({})",
+        ),
+        // The key the owner lets the broker rotate (an admin connection
+        // string), as the Secret said before this update.
+        variable(
+            "rotatable",
+            format!(
+                "variables.oldAnnotations[?{}].orValue('')",
+                cel_string(ROTATABLE_KEY_ANNOTATION)
+            ),
+        ),
+        variable(
+            "rotatedKeys",
+            format!(
+                "{} + (variables.rotatable == '' ? [] : [variables.rotatable])",
+                cel_list(ROTATED_KEYS)
+            ),
+        ),
+        variable(
+            "brokerKeys",
+            format!(
+                "{} + (variables.rotatable == '' ? [] : [variables.rotatable + {}])",
+                cel_list(BROKER_KEYS),
+                cel_string(NEXT_KEY_SUFFIX)
+            ),
+        ),
         variable("oldData", "oldObject.?data.orValue({})"),
         variable("newData", "object.?data.orValue({})"),
         variable(
@@ -105,10 +139,6 @@ pub fn broker_secret_policy(
              !(k in variables.oldData))",
         ),
         variable("writableAnnotations", cel_list(WRITABLE_ANNOTATIONS)),
-        variable(
-            "oldAnnotations",
-            "oldObject.metadata.?annotations.orValue({})",
-        ),
         variable("newAnnotations", "object.metadata.?annotations.orValue({})"),
         variable(
             "changedAnnotations",
@@ -189,11 +219,11 @@ pub fn broker_secret_policy(
                     ),
                 },
                 MatchCondition {
-                    name: "not-its-jwt-keys".into(),
+                    name: "not-its-own-keys".into(),
                     expression: format!(
-                        "!(request.namespace == {} && request.name == {})",
+                        "!(request.namespace == {} && request.name in {})",
                         cel_string(namespace),
-                        cel_string(BROKER_JWT_KEY_SECRET)
+                        cel_list([BROKER_JWT_KEY_SECRET, BROKER_LEASE_KEY_SECRET])
                     ),
                 },
             ]),
@@ -224,7 +254,7 @@ mod tests {
             conditions,
             [
                 "request.userInfo.username == 'system:serviceaccount:ferry-system:ferry-broker'",
-                "!(request.namespace == 'ferry-system' && request.name == 'ferry-broker-jwt-keys')",
+                "!(request.namespace == 'ferry-system' && request.name in ['ferry-broker-jwt-keys', 'ferry-broker-lease-key'])",
             ]
         );
         assert_eq!(

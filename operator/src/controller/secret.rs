@@ -54,7 +54,13 @@ pub(super) async fn reconcile_secret(
     };
     let verdict = checks::judge(secret, found.as_ref(), &ctx.installation);
     let status = if verdict.ready { "True" } else { "False" };
-    let current = secret.status.clone().unwrap_or_default();
+    // The custody part of status is the broker's (its own field manager):
+    // left out of what is compared and applied, so it is neither taken
+    // over nor rewritten here.
+    let current = BrokeredSecretStatus {
+        custody: None,
+        ..secret.status.clone().unwrap_or_default()
+    };
     let ready = ready_condition(
         &current.conditions,
         status,
@@ -66,6 +72,7 @@ pub(super) async fn reconcile_secret(
         conditions: vec![ready.clone()],
         observed_generation: secret.metadata.generation,
         source: Some(verdict.source.to_string()),
+        custody: None,
     };
     write_status(ctx, secret, &current, &desired, &current.conditions, &ready).await?;
     Ok(Action::requeue(if verdict.ready {
