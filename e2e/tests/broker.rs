@@ -25,7 +25,7 @@ use ferry_broker::providers::oauth2::token::{Refused, Token};
 use ferry_broker::seal::Seal;
 use ferry_contract::{
     BROKER_JWT_KEY_SECRET, BROKERABLE, BROKERABLE_LABEL, CURRENT_ACCESS_TOKEN_KEY,
-    REFRESH_TOKEN_CLAIM_ANNOTATION,
+    REFRESH_TOKEN_CLAIM_ANNOTATION, ROTATED_AT_ANNOTATION,
 };
 use ferry_e2e::https_client::{HttpsClient, HttpsReply};
 use ferry_e2e::{
@@ -924,7 +924,7 @@ async fn the_broker_updates_a_brokerable_secret_only_as_its_custody_does() {
             }),
             format!(
                 "the ferry broker may not update Secret {ns}/crm: it may change annotation \
-                 {REFRESH_TOKEN_CLAIM_ANNOTATION} only (refused: example.com/note)"
+                 {REFRESH_TOKEN_CLAIM_ANNOTATION}, {ROTATED_AT_ANNOTATION} only (refused: example.com/note)"
             ),
         ),
         (
