@@ -489,8 +489,15 @@ async fn helm_runs_every_component_twice_injects_pods_rolls_without_refusals_and
         .items
         .into_iter()
         .filter_map(|c| c.metadata.name)
+        .filter(|name| name != "kube-root-ca.crt")
         .collect();
-    assert_eq!(config_maps, ["kube-root-ca.crt"]);
+    // The broker's custody ConfigMap is written at run time, not by the
+    // chart: it stays, and the README says so (it holds no secret).
+    assert_eq!(config_maps, ["ferry-broker-custody"]);
+    assert!(
+        stays.contains("`ferry-broker-custody`"),
+        "the custody ConfigMap stays but the README's Uninstall does not say so"
+    );
     let left = kubectl(
         cluster,
         &[
