@@ -16,7 +16,6 @@ use ferry_api::resources::AccessPolicy;
 use ferry_contract::SIDECAR_CONTAINER_NAME;
 use ferry_e2e::images::{BUSYBOX_IMAGE, PSQL_IMAGE};
 use ferry_e2e::pki::Authority;
-use ferry_e2e::sidecar_process::expiry_in_log;
 use ferry_e2e::{
     Postgres, RealNode, audit_lines, captured_logs, create_brokered_secret, create_object,
     eventually, grant,
@@ -536,7 +535,7 @@ while :; do [ -s "$f" ] || echo missing; sleep 0.2 & wait; done"#
 }
 
 #[tokio::test]
-async fn an_ungranted_pod_is_refused_and_a_revoked_one_loses_its_files_at_expiry() {
+async fn an_ungranted_pod_is_refused_and_one_whose_grant_goes_loses_its_files_at_once() {
     let (client, owner, app) = scenario("revoked").await;
     let refused = Api::<Pod>::namespaced(client.clone(), &app)
         .create(
@@ -573,31 +572,32 @@ async fn an_ungranted_pod_is_refused_and_a_revoked_one_loses_its_files_at_expiry
         .delete("checkout", &DeleteParams::default())
         .await
         .unwrap();
-    let log = wait_log_line(&client, &app, "api", "gone").await;
-    // At its expiry, not before: the app saw the file go no earlier than
-    // the end of the last lease the sidecar wrote.
-    let gone_at: i64 = log
-        .lines()
-        .skip_while(|line| *line != "gone")
-        .nth(1)
-        .and_then(|line| line.parse().ok())
-        .unwrap_or_else(|| panic!("no time after 'gone' in the app's log:\n{log}"));
+    wait_log_line(&client, &app, "api", "gone").await;
+    // At once, not at the lease's expiry: the broker told the sidecar,
+    // whose watch was waiting, and it wiped the file as revoked.
     let sidecar = container_log(&client, &app, "api", SIDECAR_CONTAINER_NAME).await;
-    let (expires_at, _) = expiry_in_log(&sidecar, &format!("{owner}/orders-token"))
-        .unwrap_or_else(|| panic!("no expiry in the sidecar's log:\n{sidecar}"));
     assert!(
-        gone_at >= expires_at.as_second() - 1,
-        "the file went at {gone_at}, before the lease's expiry at {expires_at}"
+        sidecar
+            .lines()
+            .any(|line| line.contains("\"event\":\"secret_revoked\"")),
+        "the file went without a revocation:\n{sidecar}"
+    );
+    assert!(
+        !sidecar.contains("\"event\":\"secret_expired\""),
+        "wiped at expiry, not revoked:\n{sidecar}"
     );
     // Without its secret the sidecar no longer reports ready (the marker
-    // its probe reads is gone), and the broker refused the renewal.
+    // its probe reads is gone), and the broker refuses it a new lease.
     wait_log_line(&client, &app, "api", "not-ready").await;
     let denied = audit_lines(|line| {
-        line["action"] == "renew"
+        (line["action"] == "issue" || line["action"] == "renew")
             && line["result"] == "denied"
             && line["pod"] == format!("{app}/api")
     });
-    assert!(!denied.is_empty(), "no refused renewal was audited");
+    let withdrawn =
+        audit_lines(|line| line["action"] == "withdraw" && line["pod"] == format!("{app}/api"));
+    assert!(!withdrawn.is_empty(), "the revocation was not audited");
+    assert!(!denied.is_empty(), "no refused lease was audited");
 }
 
 #[tokio::test]

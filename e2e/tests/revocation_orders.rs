@@ -301,8 +301,10 @@ async fn revoking_a_secret_answers_the_watch_refuses_renewal_and_publishes_the_t
         json!({}),
     )
     .await;
-    // The lease is revoked (409), and no new one is issued (403).
-    assert_eq!(status, 409, "{reply}");
+    // The lease is refused: as revoked (409) once the sweep has recorded
+    // the token, or as blocked by the Revocation (403) just before; and
+    // no new one is issued (403).
+    assert!(status == 409 || status == 403, "{reply}");
     let body = json!({"secrets": [{"namespace": tenant.owner, "name": "api-jwt"}]});
     let (status, reply) = post(&broker, &token, "/v1/leases", body).await;
     assert_eq!(status, 403, "{reply}");
