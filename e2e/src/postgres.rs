@@ -249,6 +249,34 @@ impl Postgres {
         SHARED.get_or_try_init(Self::start).await
     }
 
+    /// The shared server with a NOLOGIN role `reader` and the broker's
+    /// admin role `broker_admin` (password `admin-password`, CREATEROLE,
+    /// may grant `reader` and end sessions), made once per test binary.
+    pub async fn shared_with_broker_admin() -> Result<&'static Self, HarnessError> {
+        static ROLES: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+        let postgres = Self::shared().await?;
+        let sql = |error: tokio_postgres::Error| {
+            HarnessError::Process(format!("creating reader and broker_admin: {error}"))
+        };
+        ROLES
+            .get_or_try_init(|| async {
+                postgres
+                    .admin()
+                    .await
+                    .map_err(sql)?
+                    .batch_execute(
+                        "CREATE ROLE reader NOLOGIN;
+                         CREATE ROLE broker_admin LOGIN CREATEROLE PASSWORD 'admin-password';
+                         GRANT reader TO broker_admin WITH ADMIN OPTION;
+                         GRANT pg_signal_backend TO broker_admin;",
+                    )
+                    .await
+                    .map_err(sql)
+            })
+            .await?;
+        Ok(postgres)
+    }
+
     async fn wait_ready(&self) -> Result<(), HarnessError> {
         let started = Instant::now();
         loop {

@@ -18,7 +18,6 @@ use ferry_e2e::{
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{Api, DeleteParams, ListParams};
 use serde_json::{Value, json};
-use tokio::sync::OnceCell;
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -28,25 +27,7 @@ const PLANTED: &str = "planted-revocation-token-6f1d";
 /// The shared world; in the shared database a role `reader` and the
 /// broker's admin role `broker_admin`.
 async fn world() -> &'static World {
-    static SCHEMA: OnceCell<()> = OnceCell::const_new();
-    SCHEMA
-        .get_or_init(|| async {
-            Postgres::shared()
-                .await
-                .unwrap()
-                .admin()
-                .await
-                .unwrap()
-                .batch_execute(
-                    "CREATE ROLE reader NOLOGIN;
-                     CREATE ROLE broker_admin LOGIN CREATEROLE PASSWORD 'admin-password';
-                     GRANT reader TO broker_admin WITH ADMIN OPTION;
-                     GRANT pg_signal_backend TO broker_admin;",
-                )
-                .await
-                .unwrap();
-        })
-        .await;
+    Postgres::shared_with_broker_admin().await.unwrap();
     World::shared()
         .await
         .expect("the cluster, operator and broker")

@@ -17,32 +17,13 @@ use ferry_e2e::sidecar_process::{SidecarProcess, SidecarSpec};
 use ferry_e2e::{Cluster, Postgres, Tenant, World, error_message, eventually};
 use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::{Value, json};
-use tokio::sync::OnceCell;
 
 const WAIT: Duration = Duration::from_secs(60);
 
 /// The shared world; in the shared database a role `reader` and the
 /// broker's admin role `broker_admin`.
 async fn world() -> &'static World {
-    static SCHEMA: OnceCell<()> = OnceCell::const_new();
-    SCHEMA
-        .get_or_init(|| async {
-            Postgres::shared()
-                .await
-                .unwrap()
-                .admin()
-                .await
-                .unwrap()
-                .batch_execute(
-                    "CREATE ROLE reader NOLOGIN;
-                     CREATE ROLE broker_admin LOGIN CREATEROLE PASSWORD 'admin-password';
-                     GRANT reader TO broker_admin WITH ADMIN OPTION;
-                     GRANT pg_signal_backend TO broker_admin;",
-                )
-                .await
-                .unwrap();
-        })
-        .await;
+    Postgres::shared_with_broker_admin().await.unwrap();
     World::shared()
         .await
         .expect("the cluster, operator and broker")
