@@ -318,6 +318,16 @@ impl Postgres {
         )
     }
 
+    /// Whether a role `name` exists (asked as the superuser).
+    pub async fn role_exists(&self, name: &str) -> Result<bool, tokio_postgres::Error> {
+        Ok(self
+            .admin()
+            .await?
+            .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&name])
+            .await?
+            .is_some())
+    }
+
     /// A connection as the superuser.
     pub async fn admin(&self) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
         self.connect_as(SUPERUSER, &self.password).await

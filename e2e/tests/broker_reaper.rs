@@ -23,14 +23,7 @@ const WAIT: Duration = Duration::from_secs(60);
 const KEY: [u8; 32] = [9; 32];
 
 async fn role_exists(database: &Postgres, name: &str) -> bool {
-    database
-        .admin()
-        .await
-        .unwrap()
-        .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&name])
-        .await
-        .unwrap()
-        .is_some()
+    database.role_exists(name).await.unwrap()
 }
 
 #[tokio::test]

@@ -94,13 +94,9 @@ async fn role_exists(role: &str) -> bool {
     Postgres::shared()
         .await
         .unwrap()
-        .admin()
+        .role_exists(role)
         .await
         .unwrap()
-        .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&role])
-        .await
-        .unwrap()
-        .is_some()
 }
 
 async fn post(broker: &HttpsClient, token: &str, path: &str, body: Value) -> (u16, Value) {

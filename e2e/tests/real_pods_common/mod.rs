@@ -275,13 +275,9 @@ pub async fn role_exists(name: &str) -> bool {
     Postgres::shared()
         .await
         .unwrap()
-        .admin()
+        .role_exists(name)
         .await
         .unwrap()
-        .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&name])
-        .await
-        .unwrap()
-        .is_some()
 }
 
 /// The sidecar's host PID, from its container's cgroup.
