@@ -5,6 +5,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
+use ferry_api::resources::SecretReference;
+use ferry_api::revocation::Holder;
 use ferry_contract::INJECT_LABEL;
 use ferry_runtime::watch_index::{self, WatchedIndex};
 use k8s_openapi::api::core::v1::Pod;
@@ -24,6 +26,18 @@ pub struct PodState {
     pub service_account: String,
     /// Whether deletion has begun.
     pub terminating: bool,
+}
+
+impl PodState {
+    /// The pod as the holder of `secret`, as Revocations and Grants judge it.
+    pub fn holder<'a>(&'a self, secret: &'a SecretReference) -> Holder<'a> {
+        Holder {
+            namespace: &self.namespace,
+            pod: &self.name,
+            service_account: &self.service_account,
+            secret,
+        }
+    }
 }
 
 /// Whether a pod exists, as far as the index knows.

@@ -960,13 +960,7 @@ impl Broker {
                 namespace: namespace.to_owned(),
                 name: name.to_owned(),
             };
-            let holder = Holder {
-                namespace: &pod.namespace,
-                pod: &pod.name,
-                service_account: &pod.service_account,
-                secret: &secret,
-            };
-            self.withdrawal(&holder, now).is_some()
+            self.withdrawal(&pod.holder(&secret), now).is_some()
         };
         let context = ReapContext {
             secrets: &secrets,
