@@ -422,8 +422,8 @@ fn age(at: Timestamp, now: Timestamp) -> i64 {
     now.duration_since(at).as_secs().max(0)
 }
 
-/// Writes custody to status, the ConfigMap and the age metric every
-/// [`WRITE_INTERVAL`] until `shutdown`. `namespace` is ferry's.
+/// Writes custody to status, the ConfigMap and the age metric at start and
+/// every [`WRITE_INTERVAL`] until `shutdown`. `namespace` is ferry's.
 pub async fn write_custody_until(
     client: kube::Client,
     secrets: Store<BrokeredSecret>,
@@ -433,10 +433,14 @@ pub async fn write_custody_until(
     shutdown: CancellationToken,
 ) {
     let mut written_inventory = None;
+    // The first pass runs at once: the installation inventory is known at
+    // start, and a platform team looking right after install should find it.
+    let mut ticks = tokio::time::interval(WRITE_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(WRITE_INTERVAL) => {}
+            _ = ticks.tick() => {}
         }
         let now = Timestamp::now();
         let mut ages = Vec::new();

@@ -432,6 +432,17 @@ async fn helm_runs_every_component_twice_injects_pods_rolls_without_refusals_and
         );
     }
 
+    // The broker lists what it holds in its custody ConfigMap at start.
+    let config_maps = Api::<ConfigMap>::namespaced(client.clone(), &ns);
+    eventually("the broker's custody ConfigMap", WAIT, || async {
+        config_maps
+            .get_opt("ferry-broker-custody")
+            .await
+            .ok()
+            .flatten()
+    })
+    .await;
+
     // Uninstall: ferry's pods, Services and webhook configuration go; what
     // stays in its namespace is the Secrets the README names.
     let output = helm(
