@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -159,10 +160,88 @@ impl Drop for AddressSlot {
     }
 }
 
+/// A connection's shares of `max_connections` and of
+/// `max_connections_per_address`, in the extensions of each request it
+/// carries (read it with `warp::ext::optional::<ConnectionSlot>()`). A
+/// handler that holds a request open for long (a long poll) lends them
+/// back while it waits ([`ConnectionSlot::lend`]), so held requests never
+/// keep other clients waiting in the accept queue nor crowd out the pods
+/// behind one address; the handler bounds them with limits of its own.
+#[derive(Clone)]
+pub struct ConnectionSlot(Arc<SlotState>);
+
+struct SlotState {
+    connections: Arc<Semaphore>,
+    addresses: Arc<AddressCounts>,
+    address: IpAddr,
+    max_per_address: usize,
+    shares: Mutex<Option<(OwnedSemaphorePermit, AddressSlot)>>,
+    /// The shares could not be taken back after a loan: the connection
+    /// closes after its current response.
+    closing: AtomicBool,
+}
+
+impl ConnectionSlot {
+    fn new(
+        connections: Arc<Semaphore>,
+        addresses: Arc<AddressCounts>,
+        max_per_address: usize,
+        shares: (OwnedSemaphorePermit, AddressSlot),
+    ) -> Self {
+        Self(Arc::new(SlotState {
+            connections,
+            addresses,
+            address: shares.1.address,
+            max_per_address,
+            shares: Mutex::new(Some(shares)),
+            closing: AtomicBool::new(false),
+        }))
+    }
+
+    /// Gives the connection's shares back until the returned guard drops.
+    /// Then they are taken again if free; if not, the connection closes
+    /// after the response (its client reconnects and waits its turn like
+    /// any other).
+    pub fn lend(&self) -> LentSlot {
+        drop(
+            self.0
+                .shares
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
+        LentSlot(self.clone())
+    }
+
+    fn closing(&self) -> bool {
+        self.0.closing.load(Ordering::Relaxed)
+    }
+}
+
+/// A connection's shares lent back; see [`ConnectionSlot::lend`].
+pub struct LentSlot(ConnectionSlot);
+
+impl Drop for LentSlot {
+    fn drop(&mut self) {
+        let state = &self.0.0;
+        let mut shares = state.shares.lock().unwrap_or_else(PoisonError::into_inner);
+        if shares.is_some() {
+            return;
+        }
+        let taken = Arc::clone(&state.connections)
+            .try_acquire_owned()
+            .ok()
+            .zip(state.addresses.claim(state.address, state.max_per_address));
+        match taken {
+            Some(taken) => *shares = Some(taken),
+            None => state.closing.store(true, Ordering::Relaxed),
+        }
+    }
+}
+
 /// What a connection holds until it closes.
 struct Held {
-    _permit: OwnedSemaphorePermit,
-    _slot: AddressSlot,
+    _connection: ConnectionSlot,
     open: IntGauge,
 }
 
@@ -240,9 +319,14 @@ pub async fn serve_limited<H: Handshake>(
             continue;
         };
         metrics.open.inc();
+        let connection = ConnectionSlot::new(
+            Arc::clone(&connections),
+            Arc::clone(&addresses),
+            limits.max_connections_per_address,
+            (permit, slot),
+        );
         let held = Held {
-            _permit: permit,
-            _slot: slot,
+            _connection: connection.clone(),
             open: metrics.open.clone(),
         };
         // Replies are small and latency matters more than packet count.
@@ -250,6 +334,7 @@ pub async fn serve_limited<H: Handshake>(
             tracing::debug!(%peer, %error, "cannot set TCP_NODELAY");
         }
         let (handshake, filter, metrics) = (handshake.clone(), filter.clone(), metrics.clone());
+        let request_connection = connection;
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let _held = held;
@@ -269,8 +354,16 @@ pub async fn serve_limited<H: Handshake>(
             };
             let request_metrics = metrics.clone();
             let service = hyper::service::service_fn(move |request| {
-                let (filter, metrics) = (filter.clone(), request_metrics.clone());
-                async move { Ok::<_, Infallible>(answer(request, peer, filter, limits, &metrics).await) }
+                let (filter, metrics, connection) = (
+                    filter.clone(),
+                    request_metrics.clone(),
+                    request_connection.clone(),
+                );
+                async move {
+                    Ok::<_, Infallible>(
+                        answer(request, peer, connection, filter, limits, &metrics).await,
+                    )
+                }
             });
             let mut builder = http1::Builder::new();
             builder
@@ -301,12 +394,14 @@ pub async fn serve_limited<H: Handshake>(
 async fn answer(
     request: Request<Incoming>,
     peer: SocketAddr,
+    connection: ConnectionSlot,
     filter: BoxedFilter<(Response,)>,
     limits: ServingLimits,
     metrics: &ServingMetrics,
 ) -> Response {
     let (mut parts, body) = request.into_parts();
     parts.extensions.insert(PeerAddr(peer));
+    parts.extensions.insert(connection.clone());
     let declared = parts
         .headers
         .get(header::CONTENT_LENGTH)
@@ -348,6 +443,7 @@ async fn answer(
     )
     .await
     {
+        Ok(response) if connection.closing() => closing(response),
         Ok(response) => response,
         Err(never) => match never {},
     }
@@ -360,7 +456,8 @@ fn too_large(max: u64) -> Response {
     )
 }
 
-/// Asks the client to close: the rest of its body is never read.
+/// Asks the client to close the connection after this response (one whose
+/// body was cut off is never read further).
 fn closing(mut response: Response) -> Response {
     response
         .headers_mut()
@@ -371,6 +468,45 @@ fn closing(mut response: Response) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lent_slot_frees_its_shares_and_closes_the_connection_when_none_is_left_on_return() {
+        let connections = Arc::new(Semaphore::new(2));
+        let addresses = Arc::new(AddressCounts::default());
+        let address: IpAddr = [127, 0, 0, 2].into();
+        let connect = || {
+            let permit = Arc::clone(&connections).try_acquire_owned().unwrap();
+            let slot = addresses.claim(address, 1).unwrap();
+            ConnectionSlot::new(
+                Arc::clone(&connections),
+                Arc::clone(&addresses),
+                1,
+                (permit, slot),
+            )
+        };
+        let slot = connect();
+        assert_eq!(connections.available_permits(), 1);
+        assert!(addresses.claim(address, 1).is_none());
+
+        // Lent and returned while the shares are free: taken again, kept open.
+        drop(slot.lend());
+        assert_eq!(connections.available_permits(), 1);
+        assert!(addresses.claim(address, 1).is_none());
+        assert!(!slot.closing());
+
+        // While lent, another connection from the same address fits; it
+        // still holds the address's one share on return: close after this.
+        let lent = slot.lend();
+        assert_eq!(connections.available_permits(), 2);
+        let other = connect();
+        drop(lent);
+        assert!(slot.closing());
+        assert_eq!(connections.available_permits(), 1, "nothing half-taken");
+        drop(other);
+        drop(slot);
+        assert_eq!(connections.available_permits(), 2);
+        assert!(addresses.claim(address, 1).is_some());
+    }
 
     #[test]
     fn an_address_holds_at_most_its_share_and_gets_it_back_on_close() {
