@@ -18,6 +18,7 @@ pub mod admin_rotation;
 pub mod auth;
 pub mod consent;
 pub mod custody;
+pub mod held_watches;
 pub mod jwt_keys;
 pub mod key_slots;
 pub mod keys;

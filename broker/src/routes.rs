@@ -22,9 +22,10 @@ use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 
 use crate::auth::{AuthError, Authenticator};
+use crate::held_watches::{HeldWatches, RETRY_AFTER_SECONDS, WatchRefused};
 use crate::service::{Broker, BrokerError, audit_refused};
 use ferry_runtime::https::{json_error, rejection_reply};
-use ferry_runtime::serving::PeerAddr;
+use ferry_runtime::serving::{ConnectionSlot, PeerAddr};
 
 /// The largest request body accepted.
 pub const MAX_BODY_BYTES: u64 = 64 * 1024;
@@ -51,6 +52,8 @@ pub struct BrokerState {
     /// Cancelled when the broker begins to shut down: held watches answer
     /// at once, so draining does not wait for them.
     pub stopping: tokio_util::sync::CancellationToken,
+    /// The revocation watches held now, bounded.
+    pub watches: Arc<HeldWatches>,
 }
 
 /// The broker's routes, answering every failure with a JSON error body.
@@ -92,10 +95,14 @@ pub fn broker_routes(state: Arc<BrokerState>) -> BoxedFilter<(Response,)> {
         .and(warp::body::content_length_limit(MAX_BODY_BYTES))
         .and(warp::body::bytes())
         .and(bearer)
+        .and(warp::ext::optional::<ConnectionSlot>())
         .and(with_state.clone())
         .then(
-            |body: Bytes, caller: Caller, state: Arc<BrokerState>| async move {
-                watch(&state, caller, &body).await
+            |body: Bytes,
+             caller: Caller,
+             connection: Option<ConnectionSlot>,
+             state: Arc<BrokerState>| async move {
+                watch(&state, caller, connection, &body).await
             },
         );
     let revoke = warp::path!("v1" / "leases" / String)
@@ -281,7 +288,12 @@ async fn revoke(state: &BrokerState, caller: Caller, id: &str) -> Response {
     }
 }
 
-async fn watch(state: &BrokerState, caller: Caller, body: &[u8]) -> Response {
+async fn watch(
+    state: &BrokerState,
+    caller: Caller,
+    connection: Option<ConnectionSlot>,
+    body: &[u8],
+) -> Response {
     let result = async {
         let pod = authenticate(state, "watch", caller).await?;
         let request: WatchRequest = serde_json::from_slice(body).map_err(|error| {
@@ -291,7 +303,21 @@ async fn watch(state: &BrokerState, caller: Caller, body: &[u8]) -> Response {
             .wait_seconds
             .unwrap_or(DEFAULT_WATCH_SECONDS)
             .clamp(1, MAX_WATCH_SECONDS);
-        let _watching = WatchGauge::inc(state.broker.metrics.watches());
+        let _held = state.watches.hold(&pod.pod_uid).map_err(|refused| {
+            BrokerError::TooManyWatches(match refused {
+                WatchRefused::ReplicaFull => "this broker replica holds as many revocation \
+                    watches as --max-watches allows; revocations reach the pod at its next \
+                    renewal until a watch is held"
+                    .to_owned(),
+                WatchRefused::PodFull => format!(
+                    "this pod holds {} revocation watches already",
+                    crate::held_watches::MAX_WATCHES_PER_POD
+                ),
+            })
+        })?;
+        // While held, the watch counts against --max-watches, not against
+        // the connection limits issuance and renewal need.
+        let _lent = connection.as_ref().map(ConnectionSlot::lend);
         state
             .broker
             .watch(
@@ -310,23 +336,6 @@ async fn watch(state: &BrokerState, caller: Caller, body: &[u8]) -> Response {
     }
 }
 
-/// Counts one held watch for as long as it lives (also when the client
-/// goes away and the request is dropped).
-struct WatchGauge(prometheus::IntGauge);
-
-impl WatchGauge {
-    fn inc(gauge: prometheus::IntGauge) -> Self {
-        gauge.inc();
-        Self(gauge)
-    }
-}
-
-impl Drop for WatchGauge {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
-}
-
 fn error_reply(error: &BrokerError) -> Response {
     let code = StatusCode::from_u16(error.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     match error {
@@ -334,6 +343,12 @@ fn error_reply(error: &BrokerError) -> Response {
             json_error(code, error.to_string()),
             "retry-after",
             seconds.to_string(),
+        )
+        .into_response(),
+        BrokerError::TooManyWatches(_) => warp::reply::with_header(
+            json_error(code, error.to_string()),
+            "retry-after",
+            RETRY_AFTER_SECONDS.to_string(),
         )
         .into_response(),
         BrokerError::KeysRequired(keys) => {

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Authenticator, CacheLimits, ReviewLimits};
 use crate::custody::{self, CustodyLog};
+use crate::held_watches::HeldWatches;
 use crate::lease_api::{FrontProxy, LeaseApi, LeaseApiError, lease_api_routes};
 use crate::lease_book::LeaseBook;
 use crate::lease_id::LeaseKeys;
@@ -149,6 +150,12 @@ pub struct BrokerArgs {
     /// kube-system/extension-apiserver-authentication).
     #[arg(long, env = "FERRY_LEASE_API_ADDR", default_value = "")]
     pub lease_api_addr: String,
+    /// Revocation watches (one per running pod) this replica holds at once,
+    /// about 69 KiB of memory each; more are answered 429 and learn of
+    /// revocation at their next renewal. Held watches do not count against
+    /// `--max-connections` or `--max-connections-per-address`.
+    #[arg(long, env = "FERRY_MAX_WATCHES", default_value_t = crate::held_watches::DEFAULT_MAX_WATCHES)]
+    pub max_watches: usize,
 }
 
 /// How often every replica re-reads the key Secrets: a rotation by one
@@ -275,6 +282,7 @@ pub async fn run(args: BrokerArgs) -> Result<(), BrokerStartError> {
             certificate,
             reload_interval: args.serving.reload_interval(),
             limits: args.serving.limits(),
+            max_watches: args.max_watches,
             shutdown_delay: args.serving.shutdown_delay(),
             audience: args.audience,
             keys: lease_keys,
@@ -340,6 +348,8 @@ pub struct BrokerOptions {
     pub reload_interval: Duration,
     /// What the HTTPS port allows each client.
     pub limits: ServingLimits,
+    /// Revocation watches held at once.
+    pub max_watches: usize,
     /// How long both ports keep answering once shutdown begins.
     pub shutdown_delay: Duration,
     /// The audience tokens must carry.
@@ -457,6 +467,7 @@ pub async fn serve(
     let ferry_namespace = options.installation.namespace.clone();
     let seal = options.keys.value_seal();
     let lease_api_client = client.clone();
+    let watches_gauge = metrics.watches();
     let state = Arc::new(BrokerState {
         broker: Broker {
             grants,
@@ -495,6 +506,7 @@ pub async fn serve(
         limiter: governor::RateLimiter::keyed(options.rate_limit),
         custody: options.custody,
         stopping: shutdown.clone(),
+        watches: HeldWatches::new(options.max_watches, watches_gauge),
     });
     {
         // Forget service accounts and addresses that have been quiet long enough to be

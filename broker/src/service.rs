@@ -61,6 +61,10 @@ pub enum BrokerError {
     /// 429: the pod holds as many live leases for the secret as allowed.
     #[error("{0}")]
     TooManyLeases(String),
+    /// 429: the replica, or the pod, holds as many revocation watches as
+    /// allowed; retry after [`crate::held_watches::RETRY_AFTER_SECONDS`].
+    #[error("{0}")]
+    TooManyWatches(String),
     /// 429: the service account asks too often; retry after the seconds.
     #[error("too many requests from this service account; retry in {0}s")]
     RateLimited(u64),
@@ -84,7 +88,7 @@ impl BrokerError {
             Self::Forbidden(_) => 403,
             Self::NotFound(_) => 404,
             Self::Conflict(_) => 409,
-            Self::RateLimited(_) | Self::TooManyLeases(_) => 429,
+            Self::RateLimited(_) | Self::TooManyLeases(_) | Self::TooManyWatches(_) => 429,
             Self::KeysRequired(_) => 422,
             Self::NotImplemented(_) => 501,
             Self::Unavailable(_) => 503,
@@ -101,6 +105,7 @@ impl BrokerError {
             Self::Conflict(_) => "conflict",
             Self::RateLimited(_) => "rate_limited",
             Self::TooManyLeases(_) => "too_many_leases",
+            Self::TooManyWatches(_) => "too_many_watches",
             Self::KeysRequired(_) => "keys_required",
             Self::NotImplemented(_) => "not_implemented",
             Self::Unavailable(_) => "unavailable",

@@ -24,10 +24,9 @@ use ferry_broker::live_leases::DEFAULT_MAX_LIVE_LEASES;
 use ferry_broker::routes::default_rate_limit;
 use ferry_contract::{DEFAULT_BROKER_AUDIENCE, READY_MARKER, env};
 use ferry_e2e::{
-    Cluster, ColdPod, KillOnDrop, RunningBroker, bench_cold_pods, bench_setting, bench_tenant,
-    install_crds, percentile, pod_bound_token, workspace_binary,
+    BrokerLimits, Cluster, ColdPod, KillOnDrop, RunningBroker, bench_cold_pods, bench_setting,
+    bench_tenant, install_crds, percentile, pod_bound_token, workspace_binary,
 };
-use ferry_runtime::serving::ServingLimits;
 use serde_json::json;
 
 fn rss_kib(pid: u32) -> u64 {
@@ -80,7 +79,10 @@ async fn main() {
         cluster.config().clone(),
         LeaseKeys::new(&[3; 32], &[]),
         default_rate_limit(),
-        (ServingLimits::default(), review_limits),
+        BrokerLimits {
+            reviews: review_limits,
+            ..BrokerLimits::default()
+        },
     )
     .unwrap();
     let work = tempfile::tempdir_in("/dev/shm").unwrap();

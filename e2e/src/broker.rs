@@ -29,6 +29,27 @@ use crate::{Cluster, HarnessError};
 /// How long [`RunningBroker::start`] waits for the indexes to fill.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// What the broker allows its clients, for [`RunningBroker::start_limited`].
+#[derive(Debug, Clone, Copy)]
+pub struct BrokerLimits {
+    /// What the HTTPS port allows each client.
+    pub serving: ServingLimits,
+    /// How many TokenReviews may be made.
+    pub reviews: ReviewLimits,
+    /// How many revocation watches may be held at once.
+    pub max_watches: usize,
+}
+
+impl Default for BrokerLimits {
+    fn default() -> Self {
+        Self {
+            serving: ServingLimits::default(),
+            reviews: ReviewLimits::default(),
+            max_watches: ferry_broker::held_watches::DEFAULT_MAX_WATCHES,
+        }
+    }
+}
+
 /// The broker on a thread of its own, serving HTTPS on a free loopback
 /// port. Stopped on drop.
 pub struct RunningBroker {
@@ -66,7 +87,7 @@ impl RunningBroker {
             keys,
             rate_limit,
             Installation::default(),
-            (ServingLimits::default(), ReviewLimits::default()),
+            BrokerLimits::default(),
             None,
         )
     }
@@ -85,7 +106,7 @@ impl RunningBroker {
             keys,
             default_rate_limit(),
             Installation::default(),
-            (ServingLimits::default(), ReviewLimits::default()),
+            BrokerLimits::default(),
             Some(front_proxy),
         )
     }
@@ -110,19 +131,20 @@ impl RunningBroker {
             keys,
             rate_limit,
             installation,
-            (ServingLimits::default(), ReviewLimits::default()),
+            BrokerLimits::default(),
             None,
         )
     }
 
     /// Like [`Self::start_as`], holding clients to `limits`: what the HTTPS
-    /// port allows each, and how many TokenReviews may be made.
+    /// port allows each, how many TokenReviews may be made, how many
+    /// watches held.
     pub fn start_limited(
         cluster: &Cluster,
         kube_config: kube::Config,
         keys: LeaseKeys,
         rate_limit: governor::Quota,
-        limits: (ServingLimits, ReviewLimits),
+        limits: BrokerLimits,
     ) -> Result<Self, HarnessError> {
         Self::start_with(
             cluster,
@@ -142,10 +164,14 @@ impl RunningBroker {
         keys: LeaseKeys,
         rate_limit: governor::Quota,
         installation: Installation,
-        limits: (ServingLimits, ReviewLimits),
+        limits: BrokerLimits,
         front_proxy: Option<ferry_broker::lease_api::FrontProxy>,
     ) -> Result<Self, HarnessError> {
-        let (limits, review_limits) = limits;
+        let BrokerLimits {
+            serving: limits,
+            reviews: review_limits,
+            max_watches,
+        } = limits;
         let lease_api_listener = front_proxy
             .is_some()
             .then(|| bind_loopback("the broker's lease API"))
@@ -219,6 +245,7 @@ impl RunningBroker {
                 rate_limit,
                 review_limits,
                 limits,
+                max_watches,
                 // Tests stop it on purpose: no clients to move elsewhere.
                 shutdown_delay: Duration::ZERO,
                 // Tests wait on the reaper; production passes every minute.

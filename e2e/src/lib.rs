@@ -38,7 +38,7 @@ pub use admission_policies::{
     harness_grant_writers, install_access_request_policy, install_broker_secret_policy,
     install_grant_policy,
 };
-pub use broker::RunningBroker;
+pub use broker::{BrokerLimits, RunningBroker};
 pub use cluster::{Cluster, controlplane_bin_dir};
 pub use crds::install_crds;
 pub use fixtures::{

@@ -22,8 +22,8 @@ use ferry_broker::lease_id::{LeaseKeys, generate_lease_key};
 use ferry_broker::routes::default_rate_limit;
 use ferry_contract as contract;
 use ferry_e2e::{
-    Cluster, RunningBroker, RunningOperator, RunningWebhook, create_brokered_secret, eventually,
-    grant, install_crds, pod_bound_token, wait_webhook_active,
+    BrokerLimits, Cluster, RunningBroker, RunningOperator, RunningWebhook, create_brokered_secret,
+    eventually, grant, install_crds, pod_bound_token, wait_webhook_active,
 };
 use ferry_runtime::serving::ServingLimits;
 use ferry_webhook::config::InjectionConfig;
@@ -72,7 +72,7 @@ async fn servers() -> &'static Servers {
                 cluster.config().clone(),
                 LeaseKeys::new(&key, &[]),
                 default_rate_limit(),
-                (ServingLimits::default(), ReviewLimits::default()),
+                BrokerLimits::default(),
             )
             .unwrap();
             let webhook = RunningWebhook::start_limited(

@@ -25,10 +25,9 @@ use ferry_e2e::oidc_provider::{
     OidcProvider, OidcProviderOptions, TOKEN_EXCHANGE_GRANT, TokenExchangeTrust,
 };
 use ferry_e2e::{
-    ClientSpec, Cluster, Hydra, HydraOptions, LEASE_KEY, RunningBroker, Tenant, World,
-    captured_logs, error_message, eventually, grant, issue_once_known, lease_file,
+    BrokerLimits, ClientSpec, Cluster, Hydra, HydraOptions, LEASE_KEY, RunningBroker, Tenant,
+    World, captured_logs, error_message, eventually, grant, issue_once_known, lease_file,
 };
-use ferry_runtime::serving::ServingLimits;
 use futures::future::join_all;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::Api;
@@ -369,13 +368,13 @@ async fn shared_tokens_make_one_upstream_call_per_scope_set_for_fifty_pods_start
         cluster.config().clone(),
         LeaseKeys::new(&LEASE_KEY, &[]),
         many,
-        (
-            ServingLimits::default(),
-            ReviewLimits {
+        BrokerLimits {
+            reviews: ReviewLimits {
                 global: many,
                 per_address: many,
             },
-        ),
+            ..BrokerLimits::default()
+        },
     )
     .unwrap();
     let broker = broker_process.client().unwrap();
