@@ -535,7 +535,8 @@ while :; do [ -s "$f" ] || echo missing; sleep 0.2 & wait; done"#
 }
 
 #[tokio::test]
-async fn an_ungranted_pod_is_refused_and_one_whose_grant_goes_loses_its_files_at_once() {
+async fn an_ungranted_pod_is_refused_and_one_whose_grant_goes_loses_its_files_and_readiness_at_once()
+ {
     let (client, owner, app) = scenario("revoked").await;
     let refused = Api::<Pod>::namespaced(client.clone(), &app)
         .create(
@@ -589,6 +590,24 @@ async fn an_ungranted_pod_is_refused_and_one_whose_grant_goes_loses_its_files_at
     // Without its secret the sidecar no longer reports ready (the marker
     // its probe reads is gone), and the broker refuses it a new lease.
     wait_log_line(&client, &app, "api", "not-ready").await;
+    // The kubelet sees it too: the sidecar's readiness probe fails, so the
+    // pod turns NotReady and leaves its Services' endpoints.
+    let pods = Api::<Pod>::namespaced(client.clone(), &app);
+    eventually("the revoked pod to turn NotReady", WAIT, || async {
+        let pod = pods.get("api").await.ok()?;
+        let status = pod.status?;
+        let ready = status
+            .conditions?
+            .into_iter()
+            .find(|condition| condition.type_ == "Ready")?;
+        let sidecar_ready = status
+            .init_container_statuses?
+            .into_iter()
+            .find(|container| container.name == SIDECAR_CONTAINER_NAME)?
+            .ready;
+        (ready.status == "False" && !sidecar_ready).then_some(())
+    })
+    .await;
     let denied = audit_lines(|line| {
         (line["action"] == "issue" || line["action"] == "renew")
             && line["result"] == "denied"

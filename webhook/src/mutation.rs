@@ -4,7 +4,9 @@
 //!
 //! The sidecar is a native sidecar (an init container with `restartPolicy:
 //! Always`) placed first, whose startup probe passes only once every secret
-//! is written, so the kubelet starts nothing else before the secrets exist.
+//! is written, so the kubelet starts nothing else before the secrets exist;
+//! its readiness probe, the same check, makes the pod NotReady while it has
+//! lost them (revoked, or expired unrenewed).
 
 use std::collections::BTreeMap;
 
@@ -33,6 +35,10 @@ use crate::annotations::{
     validate_mount_path,
 };
 use crate::config::{InjectionConfig, MissingGrant};
+
+/// How often the kubelet checks that a started sidecar still has every
+/// secret written and current (its readiness probe).
+pub const READINESS_PERIOD_SECONDS: i32 = 5;
 
 /// Namespaces whose pods are never touched, besides ferry's own.
 pub const SYSTEM_NAMESPACES: &[&str] = &["kube-system"];
@@ -597,6 +603,18 @@ fn sidecar_container(
             period_seconds: Some(1),
             timeout_seconds: Some(1),
             failure_threshold: Some(config.startup_timeout_seconds),
+            ..Probe::default()
+        }),
+        // The same check keeps reporting once started: a pod whose secrets
+        // were revoked (or expired unrenewed) goes NotReady within a
+        // period and leaves its Services' endpoints until it has them again.
+        readiness_probe: Some(Probe {
+            exec: Some(ExecAction {
+                command: Some(vec![SIDECAR_COMMAND.into(), SIDECAR_PROBE_ARG.into()]),
+            }),
+            period_seconds: Some(READINESS_PERIOD_SECONDS),
+            timeout_seconds: Some(1),
+            failure_threshold: Some(1),
             ..Probe::default()
         }),
         resources: Some(ResourceRequirements {

@@ -132,6 +132,11 @@ fn opted_in_pod_gets_a_native_sidecar_first_with_probe_and_hardening() {
         &vec![contract::SIDECAR_COMMAND.to_owned(), "probe".to_owned()]
     );
     assert_eq!(probe.failure_threshold, Some(120));
+    // Once started, the same check decides readiness: a pod that lost its
+    // secrets (revoked) fails it at the first period.
+    let readiness = sidecar.readiness_probe.as_ref().unwrap();
+    assert_eq!(readiness.exec, probe.exec);
+    assert_eq!(readiness.failure_threshold, Some(1));
 
     let security = sidecar.security_context.as_ref().unwrap();
     assert_eq!(security.run_as_non_root, Some(true));
