@@ -232,10 +232,16 @@ fn opted_in_template(owner: &str) -> serde_json::Value {
 /// What `kubectl ferry leases -n <owner> -o json` printed for a user
 /// whose kubeconfig is `kubeconfig`, and whether it succeeded.
 async fn ferry_leases(kubeconfig: &std::path::Path, owner: &str) -> (bool, String, String) {
+    ferry(kubeconfig, &["leases", "-n", owner, "-o", "json"]).await
+}
+
+/// Runs `kubectl ferry` with `kubeconfig` and `args`: whether it
+/// succeeded, its stdout and its stderr.
+async fn ferry(kubeconfig: &std::path::Path, args: &[&str]) -> (bool, String, String) {
     let output = tokio::process::Command::new(workspace_binary("kubectl-ferry").unwrap())
         .arg("--kubeconfig")
         .arg(kubeconfig)
-        .args(["leases", "-n", owner, "-o", "json"])
+        .args(args)
         .output()
         .await
         .unwrap();
@@ -328,6 +334,10 @@ async fn live_leases_through_the_apiserver(
         "a lease id left the broker: {stdout}"
     );
     assert_not_in_logs(&stdout, "kubectl ferry leases'");
+    // The table a person reads (printed for the README's session).
+    let (ok, table, stderr) = ferry(&viewer, &["leases", "-n", owner]).await;
+    assert!(ok && table.contains("orders-api-key"), "{table}{stderr}");
+    println!("$ kubectl ferry leases -n {owner}\n{table}");
 
     // Allowed to list by the apiserver, but not to get the BrokeredSecrets:
     // the broker shows nothing.
