@@ -28,8 +28,8 @@ use std::time::{Duration, Instant};
 use ferry_api::resources::{AccessPolicy, BrokeredSecret, Grant};
 use ferry_e2e::pki::CertFiles;
 use ferry_e2e::{
-    Cluster, KillOnDrop, bench_setting, free_port, install_crds, percentile, wait_admin_ready,
-    workspace_binary,
+    Cluster, KillOnDrop, bench_setting, free_port, install_crds, memory_kib, percentile,
+    wait_admin_ready, workspace_binary,
 };
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
@@ -38,20 +38,6 @@ use serde_json::json;
 
 /// Objects created at once while filling etcd.
 const CONCURRENCY: usize = 64;
-
-/// VmRSS and VmHWM of `pid`, in KiB.
-fn memory_kib(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|line| line.starts_with(name))
-            .and_then(|line| line.split_whitespace().nth(1))
-            .and_then(|kib| kib.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
 
 fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
