@@ -20,10 +20,11 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::str::FromStr;
 use std::sync::{Arc, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD as BASE64, URL_SAFE_NO_PAD};
+use futures::StreamExt as _;
 use ring::rand::{SecureRandom, SystemRandom};
 use ring::{digest, hmac, pbkdf2};
 use sha2::{Digest as _, Sha256};
@@ -35,8 +36,10 @@ use super::{Files, IssueRequest, Issued, Provider, ProviderError, ReapContext, R
 use crate::lease_id::LeaseClaims;
 use crate::pods::PodPresence;
 
+mod pool;
 pub mod rotation;
 use ferry_api::resources::{BrokeredSecret, SecretKeyRef};
+pub use pool::{DEFAULT_ADMIN_CONNECTIONS, MAX_ADMIN_CONNECTIONS};
 
 /// Every role ferry creates starts with this; the reaper looks at no other.
 pub const ROLE_PREFIX: &str = "ferry_";
@@ -50,15 +53,19 @@ const MAX_IDENTIFIER: usize = 63;
 /// How long connecting to a database may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How long a failed connection is remembered: requests for that database
-/// are refused at once with the same error until then.
-const NEGATIVE_CACHE: Duration = Duration::from_secs(10);
-
 /// How long the reaper spends on one database in one pass.
 const REAP_DEADLINE: Duration = Duration::from_secs(30);
 
 /// How long one round of statements may take.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The SQLSTATE the statement creating a role raises when a `memberOf`
+/// role reaches power beyond data access (a class no PostgreSQL error
+/// uses), so that nothing is created.
+const MEMBER_OF_REFUSED: &str = "FR403";
+
+/// What creating a role is called in errors.
+const CREATING: &str = "creating a role";
 
 /// PBKDF2 iterations of the SCRAM verifier: PostgreSQL's own default.
 const SCRAM_ITERATIONS: u32 = 4096;
@@ -84,43 +91,30 @@ impl std::fmt::Display for Database {
     }
 }
 
-/// An open admin connection and the connection string it was opened with
-/// (by digest), so a rotated admin Secret gets a new connection.
-struct Connection {
-    dsn_digest: [u8; 32],
-    client: Arc<tokio_postgres::Client>,
+/// An open admin connection and where it points (`host`, `port`,
+/// `database`, for templates).
+struct AdminConnection {
+    client: tokio_postgres::Client,
     endpoint: Arc<BTreeMap<String, String>>,
 }
 
-/// What is known of one database's admin connection.
-#[derive(Default)]
-enum ConnectionState {
-    /// Never connected, or the last connection closed.
-    #[default]
-    Closed,
-    /// Open and usable.
-    Open(Connection),
-    /// Connecting failed at `at`: callers with the same connection string
-    /// are refused with `error` until [`NEGATIVE_CACHE`] has passed, so a
-    /// database that never answers costs one connect timeout per period,
-    /// not one per request.
-    Failed {
-        dsn_digest: [u8; 32],
-        at: Instant,
-        error: ProviderError,
-    },
+impl pool::Health for AdminConnection {
+    fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
 }
 
-/// One database's connection state behind a lock of its own: connecting to
-/// one database never waits for another.
-type Slot = Arc<tokio::sync::Mutex<ConnectionState>>;
+/// An admin connection lent by a database's pool; back in it when dropped.
+type Admin = pool::Pooled<AdminConnection>;
 
 /// The `postgres` provider.
 pub struct PostgresProvider {
     secrets: Arc<SecretReader>,
-    /// Per database; the map's own lock is held only to find or add a slot,
-    /// never across I/O.
-    connections: std::sync::Mutex<HashMap<Database, Slot>>,
+    /// Admin connections per database at most.
+    admin_connections: usize,
+    /// Per database; the map's own lock is held only to find or add a
+    /// pool, never across I/O.
+    pools: std::sync::Mutex<HashMap<Database, Arc<pool::Pool<AdminConnection>>>>,
     /// The database each BrokeredSecret used, so its leases can still be
     /// revoked and reaped after the BrokeredSecret is deleted.
     seen: std::sync::Mutex<HashMap<(String, String), Database>>,
@@ -131,11 +125,14 @@ pub struct PostgresProvider {
 }
 
 impl PostgresProvider {
-    /// A provider reading admin connection strings through `secrets`.
-    pub fn new(secrets: Arc<SecretReader>) -> Self {
+    /// A provider reading admin connection strings through `secrets`,
+    /// with at most `admin_connections` (clamped to 1 to
+    /// [`MAX_ADMIN_CONNECTIONS`]) open to each database.
+    pub fn new(secrets: Arc<SecretReader>, admin_connections: usize) -> Self {
         Self {
             secrets,
-            connections: std::sync::Mutex::default(),
+            admin_connections: admin_connections.clamp(1, MAX_ADMIN_CONNECTIONS),
+            pools: std::sync::Mutex::default(),
             seen: std::sync::Mutex::default(),
             staged: std::sync::Mutex::default(),
             random: SystemRandom::new(),
@@ -191,22 +188,12 @@ impl PostgresProvider {
             .insert(key, database.clone());
     }
 
-    /// An admin connection to `database`, reusing an open one unless the
-    /// connection string changed or the connection closed.
-    async fn client(
-        &self,
-        database: &Database,
-    ) -> Result<Arc<tokio_postgres::Client>, ProviderError> {
-        self.connection(database).await.map(|(client, _)| client)
-    }
-
-    /// An admin connection to `database` and where it points (`host`,
-    /// `port`, `database`, for templates), reusing an open one unless the
-    /// connection string changed or the connection closed.
-    async fn connection(
-        &self,
-        database: &Database,
-    ) -> Result<(Arc<tokio_postgres::Client>, Arc<BTreeMap<String, String>>), ProviderError> {
+    /// An admin connection to `database` from its pool: an idle one opened
+    /// with the current connection string, or a new one (through
+    /// [`rotation::connect_stored`], like every admin connection) while
+    /// fewer than `--postgres-admin-connections` are open. Waits for one
+    /// to come free at most [`QUERY_TIMEOUT`].
+    async fn admin(&self, database: &Database) -> Result<Admin, ProviderError> {
         let data = self
             .secrets
             .data(&database.namespace, &database.secret)
@@ -230,50 +217,33 @@ impl PostgresProvider {
             .chain_update(ca.unwrap_or_default())
             .finalize()
             .into();
-        let slot = Arc::clone(
-            self.connections
+        let pool = Arc::clone(
+            self.pools
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .entry(database.clone())
-                .or_default(),
+                .or_insert_with(|| pool::Pool::new(self.admin_connections)),
         );
-        // Only callers of this database wait here, and at most one connect
-        // timeout: the state says at once whether to reuse, refuse or retry.
-        let mut state = slot.lock().await;
-        match &*state {
-            ConnectionState::Open(open)
-                if open.dsn_digest == dsn_digest && !open.client.is_closed() =>
-            {
-                return Ok((Arc::clone(&open.client), Arc::clone(&open.endpoint)));
-            }
-            ConnectionState::Failed {
-                dsn_digest: failed,
-                at,
-                error,
-            } if *failed == dsn_digest && at.elapsed() < NEGATIVE_CACHE => {
-                return Err(remembered(error, at.elapsed()));
-            }
-            _ => {}
-        }
-        match rotation::connect_stored(database, dsn, staged, ca).await {
-            Ok((client, endpoint)) => {
-                let (client, endpoint) = (Arc::new(client), Arc::new(endpoint));
-                *state = ConnectionState::Open(Connection {
-                    dsn_digest,
-                    client: Arc::clone(&client),
-                    endpoint: Arc::clone(&endpoint),
-                });
-                Ok((client, endpoint))
-            }
-            Err(error) => {
-                *state = ConnectionState::Failed {
-                    dsn_digest,
-                    at: Instant::now(),
-                    error: error.clone(),
-                };
-                Err(error)
-            }
-        }
+        // Only callers of this database wait here: for a free connection,
+        // or for one connect timeout.
+        pool.acquire(
+            dsn_digest,
+            QUERY_TIMEOUT,
+            || async {
+                let (client, endpoint) =
+                    rotation::connect_stored(database, dsn, staged, ca).await?;
+                Ok(AdminConnection {
+                    client,
+                    endpoint: Arc::new(endpoint),
+                })
+            },
+            |size| {
+                ProviderError::Unavailable(format!(
+                    "all {size} admin connections to the database of {database} stayed busy                      for {QUERY_TIMEOUT:?}; the database is slow, or raise                      --postgres-admin-connections"
+                ))
+            },
+        )
+        .await
     }
 
     fn random_bytes<const N: usize>(&self) -> Result<[u8; N], ProviderError> {
@@ -300,19 +270,8 @@ impl Provider for PostgresProvider {
             .postgres
             .as_ref()
             .map_or(&[][..], |source| &source.member_of);
-        let (client, endpoint) = self.connection(&database).await?;
-        self.remember(request.secret, &database);
-        let refused = privileged_roles(&database, &client, member_of, false).await?;
-        if !refused.is_empty() {
-            return Err(ProviderError::Refused(format!(
-                "BrokeredSecret {}: memberOf would give a pod's role too much: {}; ferry \
-                 grants only roles without SUPERUSER, CREATEROLE, BYPASSRLS or REPLICATION \
-                 that are not (and are not members of) superuser or pg_* roles",
-                secret_name(request.secret),
-                refused.join("; ")
-            )));
-        }
-
+        // Everything but the round trip before a connection is taken: the
+        // verifier costs a few thousand HMACs.
         let role = role_name(&request.pod.namespace, &self.random_bytes::<8>()?);
         let password =
             Zeroizing::new(URL_SAFE_NO_PAD.encode(self.random_bytes::<PASSWORD_BYTES>()?));
@@ -324,7 +283,32 @@ impl Provider for PostgresProvider {
             expires_at: request.expires_at,
         };
         let sql = create_role(&role, &verifier, request.expires_at, member_of, &comment)?;
-        run(&database, "creating a role", client.batch_execute(&sql)).await?;
+
+        let admin = self.admin(&database).await?;
+        self.remember(request.secret, &database);
+        // One round trip, one transaction: the memberOf check, the role
+        // and its comment, or nothing.
+        match timed(&database, CREATING, admin.client.batch_execute(&sql)).await? {
+            Ok(()) => {}
+            Err(error) if error.code() == Some(&SqlState::from_code(MEMBER_OF_REFUSED)) => {
+                // Rare: ask again for which roles and why, to say so.
+                let refused = privileged_roles(&database, &admin.client, member_of, false).await?;
+                return Err(ProviderError::Refused(format!(
+                    "BrokeredSecret {}: memberOf would give a pod's role too much: {}; ferry \
+                     grants only roles without SUPERUSER, CREATEROLE, BYPASSRLS or REPLICATION \
+                     that are not (and are not members of) superuser or pg_* roles",
+                    secret_name(request.secret),
+                    if refused.is_empty() {
+                        "a role it reaches had such power when the role was being created".into()
+                    } else {
+                        refused.join("; ")
+                    }
+                )));
+            }
+            Err(error) => return Err(database_error(&database, CREATING, &error)),
+        }
+        let endpoint = Arc::clone(&admin.endpoint);
+        drop(admin);
 
         let files = Files::from([
             (
@@ -353,7 +337,7 @@ impl Provider for PostgresProvider {
     ) -> Result<Option<Issued>, ProviderError> {
         let role = own_role(&lease.handle)?;
         let database = Self::database_of(request.secret)?;
-        let client = self.client(&database).await?;
+        let admin = self.admin(&database).await?;
         self.remember(request.secret, &database);
         let comment = RoleComment {
             pod_uid: lease.pod_uid.clone(),
@@ -362,7 +346,13 @@ impl Provider for PostgresProvider {
             expires_at: request.expires_at,
         };
         let sql = extend_role(role, request.expires_at, &comment)?;
-        match run(&database, "extending a role", client.batch_execute(&sql)).await {
+        match run(
+            &database,
+            "extending a role",
+            admin.client.batch_execute(&sql),
+        )
+        .await
+        {
             Err(ProviderError::NotFound(_)) => Err(ProviderError::Gone(format!(
                 "role {role} no longer exists: the lease was revoked or reaped; request a new one"
             ))),
@@ -395,8 +385,8 @@ impl Provider for PostgresProvider {
                     ))
                 })?,
         };
-        let client = self.client(&database).await?;
-        drop_role(&database, &client, role).await
+        let admin = self.admin(&database).await?;
+        drop_role(&database, &admin.client, role).await
     }
 
     /// Drops, in every database the BrokeredSecrets (and those this
@@ -445,40 +435,30 @@ impl Provider for PostgresProvider {
     }
 }
 
-/// A remembered connection failure, saying so.
-fn remembered(error: &ProviderError, ago: Duration) -> ProviderError {
-    let message = format!(
-        "{error} ({}s ago; the next attempt is after {}s)",
-        ago.as_secs(),
-        NEGATIVE_CACHE.saturating_sub(ago).as_secs().max(1)
-    );
-    match error {
-        ProviderError::NotFound(_) => ProviderError::NotFound(message),
-        ProviderError::Invalid(_) => ProviderError::Invalid(message),
-        ProviderError::Gone(_) => ProviderError::Gone(message),
-        ProviderError::Refused(_) => ProviderError::Refused(message),
-        ProviderError::Unavailable(_) => ProviderError::Unavailable(message),
-    }
-}
-
 impl PostgresProvider {
+    /// Lists ferry's roles in `database` over one connection, then drops
+    /// those to go over up to half the pool's connections at once (the
+    /// rest stay free for issuing), counting into `reaped` as it goes.
     async fn reap_database(
         &self,
         database: &Database,
         context: ReapContext<'_>,
         reaped: &mut Reaped,
     ) -> Result<(), ProviderError> {
-        let client = self.client(database).await?;
-        let rows = run(
-            database,
-            "listing ferry roles",
-            client.query(
-                "SELECT rolname::text, shobj_description(oid, 'pg_authid') \
-                 FROM pg_roles WHERE left(rolname, length($1)) = $1",
-                &[&ROLE_PREFIX],
-            ),
-        )
-        .await?;
+        let rows = {
+            let admin = self.admin(database).await?;
+            run(
+                database,
+                "listing ferry roles",
+                admin.client.query(
+                    "SELECT rolname::text, shobj_description(oid, 'pg_authid') \
+                     FROM pg_roles WHERE left(rolname, length($1)) = $1",
+                    &[&ROLE_PREFIX],
+                ),
+            )
+            .await?
+        };
+        let mut doomed = Vec::new();
         for row in rows {
             let role: String = row.get(0);
             let comment: Option<String> = row.get(1);
@@ -486,12 +466,24 @@ impl PostgresProvider {
                 continue; // Not created by ferry: never touched.
             };
             reaped.found += 1;
-            let Some(reason) = comment.reap_reason(context) else {
-                continue;
-            };
+            if let Some(reason) = comment.reap_reason(context) {
+                doomed.push((role, comment, reason));
+            }
+        }
+        let drops = futures::stream::iter(doomed)
+            .map(|(role, comment, reason)| async move {
+                let dropped = match self.admin(database).await {
+                    Ok(admin) => drop_role(database, &admin.client, &role).await,
+                    Err(error) => Err(error),
+                };
+                (role, comment, reason, dropped)
+            })
+            .buffer_unordered(self.admin_connections.div_ceil(2));
+        let mut drops = std::pin::pin!(drops);
+        while let Some((role, comment, reason, dropped)) = drops.next().await {
             // One role that cannot be dropped (a lock, a privilege) must not
             // keep the others alive: note it and go on.
-            if let Err(error) = drop_role(database, &client, &role).await {
+            if let Err(error) = dropped {
                 reaped.failed += 1;
                 tracing::warn!(database = %database, role = %role, %error, "dropping a ferry role failed; retrying on the next pass");
                 continue;
@@ -694,14 +686,31 @@ async fn run<T>(
     what: &str,
     query: impl Future<Output = Result<T, tokio_postgres::Error>>,
 ) -> Result<T, ProviderError> {
-    let result = tokio::time::timeout(QUERY_TIMEOUT, query)
+    timed(database, what, query)
+        .await?
+        .map_err(|error| database_error(database, what, &error))
+}
+
+/// Runs `query` with the query timeout; the database's own error is left
+/// for the caller to look at.
+async fn timed<T>(
+    database: &Database,
+    what: &str,
+    query: impl Future<Output = Result<T, tokio_postgres::Error>>,
+) -> Result<Result<T, tokio_postgres::Error>, ProviderError> {
+    tokio::time::timeout(QUERY_TIMEOUT, query)
         .await
         .map_err(|_| {
             ProviderError::Unavailable(format!(
                 "{what} in the database of {database} took over {QUERY_TIMEOUT:?}"
             ))
-        })?;
-    result.map_err(|error| match error.as_db_error() {
+        })
+}
+
+/// What the caller should be told of a database error. Only the server's
+/// message, which names objects but never repeats a statement's text.
+fn database_error(database: &Database, what: &str, error: &tokio_postgres::Error) -> ProviderError {
+    match error.as_db_error() {
         Some(db) if *db.code() == SqlState::UNDEFINED_OBJECT => ProviderError::NotFound(format!(
             "{what} in the database of {database}: {}",
             db.message()
@@ -719,50 +728,36 @@ async fn run<T>(
         None => {
             ProviderError::Unavailable(format!("{what} in the database of {database}: {error}"))
         }
-    })
+    }
 }
 
 /// Takes login away, ends the role's sessions, and drops it with what it
-/// owns. A role already gone is fine. `DROP OWNED` needs the role's
-/// privileges, which an admin that is not a superuser gets by granting the
-/// role to itself first (CREATEROLE allows that).
+/// owns, in two round trips: login is gone (committed) before sessions
+/// are ended, so none can start in between. A role already gone is fine.
+/// `DROP OWNED` needs the role's privileges, which an admin that is not a
+/// superuser gets by granting the role to itself first (CREATEROLE allows
+/// that).
 async fn drop_role(
     database: &Database,
     client: &tokio_postgres::Client,
     role: &str,
 ) -> Result<(), ProviderError> {
-    let exists = run(
-        database,
-        "looking up a role",
-        client.query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&role]),
-    )
-    .await?;
-    if exists.is_none() {
-        return Ok(());
-    }
     let role_ident = quote_identifier(role)?;
-    run(
+    match run(
         database,
         "disabling a role",
         client.batch_execute(&format!("ALTER ROLE {role_ident} NOLOGIN")),
     )
-    .await?;
-    run(
-        database,
-        "ending a role's sessions",
-        client.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1",
-            &[&role],
-        ),
-    )
-    .await?;
+    .await
+    {
+        // Dropped already (a revocation, another replica's reaper).
+        Err(ProviderError::NotFound(_)) => return Ok(()),
+        other => other?,
+    }
     match run(
         database,
         "dropping a role",
-        client.batch_execute(&format!(
-            "GRANT {role_ident} TO CURRENT_USER; DROP OWNED BY {role_ident}; \
-             DROP ROLE IF EXISTS {role_ident}"
-        )),
+        client.batch_execute(&drop_statements(role)?),
     )
     .await
     {
@@ -770,6 +765,19 @@ async fn drop_role(
         Err(ProviderError::NotFound(_)) => Ok(()),
         other => other,
     }
+}
+
+/// The statements ending a role's sessions and dropping it with what it
+/// owns: one implicit transaction (the sessions end at once, whatever
+/// follows).
+pub fn drop_statements(role: &str) -> Result<String, ProviderError> {
+    let role_ident = quote_identifier(role)?;
+    Ok(format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = {}; \
+         GRANT {role_ident} TO CURRENT_USER; DROP OWNED BY {role_ident}; \
+         DROP ROLE IF EXISTS {role_ident}",
+        quote_literal(role)
+    ))
 }
 
 /// `namespace/name` of a BrokeredSecret.
@@ -853,6 +861,11 @@ fn timestamp_literal(unix: i64) -> Result<String, ProviderError> {
 }
 
 /// The statements creating a lease's role: one implicit transaction.
+/// With `member_of`, it starts with the check [`privileged_roles`] makes,
+/// on the server: should a `memberOf` role, or a role it is a member of,
+/// directly or not, be a superuser, a predefined `pg_*` role, or have
+/// CREATEROLE, BYPASSRLS or REPLICATION, it raises [`MEMBER_OF_REFUSED`]
+/// and nothing is created.
 pub fn create_role(
     role: &str,
     verifier: &str,
@@ -861,22 +874,40 @@ pub fn create_role(
     comment: &RoleComment,
 ) -> Result<String, ProviderError> {
     let role = quote_identifier(role)?;
-    let mut sql = format!(
-        "CREATE ROLE {role} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION \
-         NOBYPASSRLS INHERIT PASSWORD {} VALID UNTIL {}",
-        quote_literal(verifier),
-        timestamp_literal(expires_at)?
-    );
+    let mut sql = String::new();
+    let mut membership = String::new();
     if !member_of.is_empty() {
         let roles = member_of
             .iter()
             .map(|name| quote_identifier(name))
             .collect::<Result<Vec<_>, _>>()?;
-        let _ = write!(sql, " IN ROLE {}", roles.join(", "));
+        // Plain identifiers only (checked above): no quote or `$` can end
+        // the literals or the DO block's body.
+        let names = member_of
+            .iter()
+            .map(|name| quote_literal(name))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let _ = write!(
+            sql,
+            "DO $ferry$ BEGIN IF EXISTS (WITH RECURSIVE reach(oid) AS (\
+             SELECT oid FROM pg_catalog.pg_roles WHERE rolname = ANY (ARRAY[{names}]::name[]) \
+             UNION SELECT m.roleid FROM pg_catalog.pg_auth_members m \
+             JOIN reach r ON m.member = r.oid) \
+             SELECT FROM reach r JOIN pg_catalog.pg_roles p ON p.oid = r.oid \
+             WHERE p.rolsuper OR p.rolcreaterole OR p.rolbypassrls OR p.rolreplication \
+             OR left(p.rolname, 3) = 'pg_') \
+             THEN RAISE EXCEPTION 'ferry: a memberOf role has power beyond data access' \
+             USING ERRCODE = '{MEMBER_OF_REFUSED}'; END IF; END $ferry$; "
+        );
+        let _ = write!(membership, " IN ROLE {}", roles.join(", "));
     }
     let _ = write!(
         sql,
-        "; COMMENT ON ROLE {role} IS {}",
+        "CREATE ROLE {role} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION \
+         NOBYPASSRLS INHERIT PASSWORD {} VALID UNTIL {}{membership}; COMMENT ON ROLE {role} IS {}",
+        quote_literal(verifier),
+        timestamp_literal(expires_at)?,
         quote_literal(&comment.to_string())
     );
     Ok(sql)
@@ -1062,14 +1093,31 @@ mod tests {
             &comment,
         )
         .unwrap();
+        let (check, create) = sql.split_once("END $ferry$; ").unwrap();
+        assert!(
+            check.starts_with("DO $ferry$ BEGIN IF EXISTS (WITH RECURSIVE reach(oid)"),
+            "{check}"
+        );
+        assert!(
+            check.contains("rolname = ANY (ARRAY['orders_reader']::name[])"),
+            "{check}"
+        );
+        assert!(check.contains("USING ERRCODE = 'FR403'"), "{check}");
         assert_eq!(
-            sql,
+            create,
             "CREATE ROLE \"ferry_shop_01\" WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE \
              NOREPLICATION NOBYPASSRLS INHERIT PASSWORD 'SCRAM-SHA-256$4096:c2FsdA==$a:b' \
              VALID UNTIL '2027-01-15T08:15:00Z' IN ROLE \"orders_reader\"; COMMENT ON ROLE \
              \"ferry_shop_01\" IS 'ferry:v1 pod=uid-1 secret=payments/orders-db \
              issued=1800000000 expires=1800000900'"
         );
+        // Without memberOf, nothing to check: the role and its comment.
+        let plain = create_role("ferry_shop_01", "v", 1_800_000_900, &[], &comment).unwrap();
+        assert!(
+            plain.starts_with("CREATE ROLE \"ferry_shop_01\""),
+            "{plain}"
+        );
+        assert!(!plain.contains("IN ROLE"), "{plain}");
         let injected = create_role(
             "ferry_shop_01",
             "v",
@@ -1182,6 +1230,17 @@ mod tests {
             Some("\"ferry_app\"")
         );
         assert!(quote_identifier("x\" OR \"1").is_err());
+    }
+
+    #[test]
+    fn a_role_is_dropped_with_its_sessions_in_one_round_trip() {
+        assert_eq!(
+            drop_statements("ferry_shop_01").unwrap(),
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = \
+             'ferry_shop_01'; GRANT \"ferry_shop_01\" TO CURRENT_USER; DROP OWNED BY \
+             \"ferry_shop_01\"; DROP ROLE IF EXISTS \"ferry_shop_01\""
+        );
+        assert!(drop_statements("x'; DROP ROLE y; --").is_err());
     }
 
     #[test]
