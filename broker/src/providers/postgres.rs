@@ -59,14 +59,6 @@ const REAP_DEADLINE: Duration = Duration::from_secs(30);
 /// How long one round of statements may take.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The SQLSTATE the statement creating a role raises when a `memberOf`
-/// role reaches power beyond data access (a class no PostgreSQL error
-/// uses), so that nothing is created.
-const MEMBER_OF_REFUSED: &str = "FR403";
-
-/// What creating a role is called in errors.
-const CREATING: &str = "creating a role";
-
 /// PBKDF2 iterations of the SCRAM verifier: PostgreSQL's own default.
 const SCRAM_ITERATIONS: u32 = 4096;
 
@@ -96,6 +88,10 @@ impl std::fmt::Display for Database {
 struct AdminConnection {
     client: tokio_postgres::Client,
     endpoint: Arc<BTreeMap<String, String>>,
+    /// The memberOf check ([`privileged_sql`]), prepared once: each
+    /// issuance then sends only its parameters, and the server reuses
+    /// the plan.
+    member_check: tokio_postgres::Statement,
 }
 
 impl pool::Health for AdminConnection {
@@ -232,9 +228,16 @@ impl PostgresProvider {
             || async {
                 let (client, endpoint) =
                     rotation::connect_stored(database, dsn, staged, ca).await?;
+                let member_check = run(
+                    database,
+                    "preparing the memberOf check",
+                    client.prepare(&privileged_sql(false)),
+                )
+                .await?;
                 Ok(AdminConnection {
                     client,
                     endpoint: Arc::new(endpoint),
+                    member_check,
                 })
             },
             |size| {
@@ -270,7 +273,7 @@ impl Provider for PostgresProvider {
             .postgres
             .as_ref()
             .map_or(&[][..], |source| &source.member_of);
-        // Everything but the round trip before a connection is taken: the
+        // Everything but the round trips before a connection is taken: the
         // verifier costs a few thousand HMACs.
         let role = role_name(&request.pod.namespace, &self.random_bytes::<8>()?);
         let password =
@@ -286,27 +289,31 @@ impl Provider for PostgresProvider {
 
         let admin = self.admin(&database).await?;
         self.remember(request.secret, &database);
-        // One round trip, one transaction: the memberOf check, the role
-        // and its comment, or nothing.
-        match timed(&database, CREATING, admin.client.batch_execute(&sql)).await? {
-            Ok(()) => {}
-            Err(error) if error.code() == Some(&SqlState::from_code(MEMBER_OF_REFUSED)) => {
-                // Rare: ask again for which roles and why, to say so.
-                let refused = privileged_roles(&database, &admin.client, member_of, false).await?;
-                return Err(ProviderError::Refused(format!(
-                    "BrokeredSecret {}: memberOf would give a pod's role too much: {}; ferry \
-                     grants only roles without SUPERUSER, CREATEROLE, BYPASSRLS or REPLICATION \
-                     that are not (and are not members of) superuser or pg_* roles",
-                    secret_name(request.secret),
-                    if refused.is_empty() {
-                        "a role it reaches had such power when the role was being created".into()
-                    } else {
-                        refused.join("; ")
-                    }
-                )));
-            }
-            Err(error) => return Err(database_error(&database, CREATING, &error)),
+        // Two round trips: the memberOf check (prepared once per
+        // connection), then the role and its comment in one transaction.
+        let refused = privileged_roles(
+            &database,
+            &admin.client,
+            &admin.member_check,
+            member_of,
+            false,
+        )
+        .await?;
+        if !refused.is_empty() {
+            return Err(ProviderError::Refused(format!(
+                "BrokeredSecret {}: memberOf would give a pod's role too much: {}; ferry \
+                 grants only roles without SUPERUSER, CREATEROLE, BYPASSRLS or REPLICATION \
+                 that are not (and are not members of) superuser or pg_* roles",
+                secret_name(request.secret),
+                refused.join("; ")
+            )));
         }
+        run(
+            &database,
+            "creating a role",
+            admin.client.batch_execute(&sql),
+        )
+        .await?;
         let endpoint = Arc::clone(&admin.endpoint);
         drop(admin);
 
@@ -579,7 +586,8 @@ async fn connect(
     });
     // A superuser (or a member of one) could be steered into anything a
     // spec can reach; the README asks for CREATEROLE and no more.
-    let privileged = privileged_roles(database, &client, &[], true).await?;
+    let privileged =
+        privileged_roles(database, &client, privileged_sql(true).as_str(), &[], true).await?;
     if let Some(problem) = privileged.first() {
         return Err(ProviderError::Refused(format!(
             "{database}: a superuser admin connection is refused ({problem}); give the \
@@ -590,40 +598,55 @@ async fn connect(
     Ok((client, endpoint))
 }
 
-/// What makes roles too powerful to hand to a pod: for each role of
-/// `names` (or, with `current`, the connected role, `names` being ignored),
-/// itself or any role it is a member of, directly or not, that is a
-/// superuser, a `pg_*` role, or has CREATEROLE, BYPASSRLS or REPLICATION.
-/// With `current`, only superuser power counts: the admin role needs
-/// CREATEROLE and `pg_signal_backend`.
-async fn privileged_roles(
-    database: &Database,
-    client: &tokio_postgres::Client,
-    names: &[String],
-    current: bool,
-) -> Result<Vec<String>, ProviderError> {
-    if names.is_empty() && !current {
-        return Ok(Vec::new());
-    }
+/// The query [`privileged_roles`] asks: with `current`, of the connected
+/// role; else of the roles in `$1`.
+fn privileged_sql(current: bool) -> String {
     let start = if current {
         "SELECT oid, rolname::text FROM pg_roles WHERE rolname = current_user"
     } else {
         "SELECT oid, rolname::text FROM pg_roles WHERE rolname = ANY($1)"
     };
-    let sql = format!(
+    format!(
         "WITH RECURSIVE reach(oid, via) AS ({start} \
            UNION SELECT m.roleid, r.via FROM pg_auth_members m JOIN reach r ON m.member = r.oid) \
          SELECT r.via, p.rolname::text, p.rolsuper, p.rolcreaterole, p.rolbypassrls, \
                 p.rolreplication \
          FROM reach r JOIN pg_roles p ON p.oid = r.oid ORDER BY 1, 2"
-    );
+    )
+}
+
+/// What makes roles too powerful to hand to a pod: for each role of
+/// `names` (or, with `current`, the connected role, `names` being ignored),
+/// itself or any role it is a member of, directly or not, that is a
+/// superuser, a `pg_*` role, or has CREATEROLE, BYPASSRLS or REPLICATION.
+/// With `current`, only superuser power counts: the admin role needs
+/// CREATEROLE and `pg_signal_backend`. `statement` is
+/// [`privileged_sql`]`(current)`, as text or prepared.
+async fn privileged_roles<S>(
+    database: &Database,
+    client: &tokio_postgres::Client,
+    statement: &S,
+    names: &[String],
+    current: bool,
+) -> Result<Vec<String>, ProviderError>
+where
+    S: tokio_postgres::ToStatement + ?Sized + Sync,
+{
+    if names.is_empty() && !current {
+        return Ok(Vec::new());
+    }
     let rows = if current {
-        run(database, "checking the admin role", client.query(&sql, &[])).await?
+        run(
+            database,
+            "checking the admin role",
+            client.query(statement, &[]),
+        )
+        .await?
     } else {
         run(
             database,
             "checking memberOf roles",
-            client.query(&sql, &[&names]),
+            client.query(statement, &[&names]),
         )
         .await?
     };
@@ -680,37 +703,21 @@ fn endpoint(config: &tokio_postgres::Config) -> BTreeMap<String, String> {
 }
 
 /// Runs `query` with the query timeout, mapping database errors to what
-/// the caller should be told.
+/// the caller should be told: only the server's message, which names
+/// objects but never repeats a statement's text.
 async fn run<T>(
     database: &Database,
     what: &str,
     query: impl Future<Output = Result<T, tokio_postgres::Error>>,
 ) -> Result<T, ProviderError> {
-    timed(database, what, query)
-        .await?
-        .map_err(|error| database_error(database, what, &error))
-}
-
-/// Runs `query` with the query timeout; the database's own error is left
-/// for the caller to look at.
-async fn timed<T>(
-    database: &Database,
-    what: &str,
-    query: impl Future<Output = Result<T, tokio_postgres::Error>>,
-) -> Result<Result<T, tokio_postgres::Error>, ProviderError> {
-    tokio::time::timeout(QUERY_TIMEOUT, query)
+    let result = tokio::time::timeout(QUERY_TIMEOUT, query)
         .await
         .map_err(|_| {
             ProviderError::Unavailable(format!(
                 "{what} in the database of {database} took over {QUERY_TIMEOUT:?}"
             ))
-        })
-}
-
-/// What the caller should be told of a database error. Only the server's
-/// message, which names objects but never repeats a statement's text.
-fn database_error(database: &Database, what: &str, error: &tokio_postgres::Error) -> ProviderError {
-    match error.as_db_error() {
+        })?;
+    result.map_err(|error| match error.as_db_error() {
         Some(db) if *db.code() == SqlState::UNDEFINED_OBJECT => ProviderError::NotFound(format!(
             "{what} in the database of {database}: {}",
             db.message()
@@ -728,7 +735,7 @@ fn database_error(database: &Database, what: &str, error: &tokio_postgres::Error
         None => {
             ProviderError::Unavailable(format!("{what} in the database of {database}: {error}"))
         }
-    }
+    })
 }
 
 /// Takes login away, ends the role's sessions, and drops it with what it
@@ -861,11 +868,6 @@ fn timestamp_literal(unix: i64) -> Result<String, ProviderError> {
 }
 
 /// The statements creating a lease's role: one implicit transaction.
-/// With `member_of`, it starts with the check [`privileged_roles`] makes,
-/// on the server: should a `memberOf` role, or a role it is a member of,
-/// directly or not, be a superuser, a predefined `pg_*` role, or have
-/// CREATEROLE, BYPASSRLS or REPLICATION, it raises [`MEMBER_OF_REFUSED`]
-/// and nothing is created.
 pub fn create_role(
     role: &str,
     verifier: &str,
@@ -874,40 +876,22 @@ pub fn create_role(
     comment: &RoleComment,
 ) -> Result<String, ProviderError> {
     let role = quote_identifier(role)?;
-    let mut sql = String::new();
-    let mut membership = String::new();
+    let mut sql = format!(
+        "CREATE ROLE {role} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION \
+         NOBYPASSRLS INHERIT PASSWORD {} VALID UNTIL {}",
+        quote_literal(verifier),
+        timestamp_literal(expires_at)?
+    );
     if !member_of.is_empty() {
         let roles = member_of
             .iter()
             .map(|name| quote_identifier(name))
             .collect::<Result<Vec<_>, _>>()?;
-        // Plain identifiers only (checked above): no quote or `$` can end
-        // the literals or the DO block's body.
-        let names = member_of
-            .iter()
-            .map(|name| quote_literal(name))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let _ = write!(
-            sql,
-            "DO $ferry$ BEGIN IF EXISTS (WITH RECURSIVE reach(oid) AS (\
-             SELECT oid FROM pg_catalog.pg_roles WHERE rolname = ANY (ARRAY[{names}]::name[]) \
-             UNION SELECT m.roleid FROM pg_catalog.pg_auth_members m \
-             JOIN reach r ON m.member = r.oid) \
-             SELECT FROM reach r JOIN pg_catalog.pg_roles p ON p.oid = r.oid \
-             WHERE p.rolsuper OR p.rolcreaterole OR p.rolbypassrls OR p.rolreplication \
-             OR left(p.rolname, 3) = 'pg_') \
-             THEN RAISE EXCEPTION 'ferry: a memberOf role has power beyond data access' \
-             USING ERRCODE = '{MEMBER_OF_REFUSED}'; END IF; END $ferry$; "
-        );
-        let _ = write!(membership, " IN ROLE {}", roles.join(", "));
+        let _ = write!(sql, " IN ROLE {}", roles.join(", "));
     }
     let _ = write!(
         sql,
-        "CREATE ROLE {role} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION \
-         NOBYPASSRLS INHERIT PASSWORD {} VALID UNTIL {}{membership}; COMMENT ON ROLE {role} IS {}",
-        quote_literal(verifier),
-        timestamp_literal(expires_at)?,
+        "; COMMENT ON ROLE {role} IS {}",
         quote_literal(&comment.to_string())
     );
     Ok(sql)
@@ -1093,25 +1077,15 @@ mod tests {
             &comment,
         )
         .unwrap();
-        let (check, create) = sql.split_once("END $ferry$; ").unwrap();
-        assert!(
-            check.starts_with("DO $ferry$ BEGIN IF EXISTS (WITH RECURSIVE reach(oid)"),
-            "{check}"
-        );
-        assert!(
-            check.contains("rolname = ANY (ARRAY['orders_reader']::name[])"),
-            "{check}"
-        );
-        assert!(check.contains("USING ERRCODE = 'FR403'"), "{check}");
         assert_eq!(
-            create,
+            sql,
             "CREATE ROLE \"ferry_shop_01\" WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE \
              NOREPLICATION NOBYPASSRLS INHERIT PASSWORD 'SCRAM-SHA-256$4096:c2FsdA==$a:b' \
              VALID UNTIL '2027-01-15T08:15:00Z' IN ROLE \"orders_reader\"; COMMENT ON ROLE \
              \"ferry_shop_01\" IS 'ferry:v1 pod=uid-1 secret=payments/orders-db \
              issued=1800000000 expires=1800000900'"
         );
-        // Without memberOf, nothing to check: the role and its comment.
+        // Without memberOf: the role and its comment.
         let plain = create_role("ferry_shop_01", "v", 1_800_000_900, &[], &comment).unwrap();
         assert!(
             plain.starts_with("CREATE ROLE \"ferry_shop_01\""),
