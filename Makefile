@@ -8,7 +8,7 @@ SHELL := /bin/bash
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/ferry/target
 CARGO ?= cargo
 
-.PHONY: help demo test fuzz bench crds lint fmt controlplane postgres node hydra oidc-provider sidecar images images-check chart-lint
+.PHONY: help demo test fuzz bench bench-scale crds lint fmt controlplane postgres node hydra oidc-provider sidecar images images-check chart-lint
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -42,6 +42,9 @@ fuzz: ## Run the property-based fuzz tests (<crate>/tests/fuzz.rs) long: FUZZ_CA
 
 bench: ## Run the benchmarks and print their numbers.
 	$(CARGO) bench --workspace
+
+bench-scale: controlplane ## Only the scale benchmark (FERRY_BENCH_NAMESPACES=200 for a quick run of 10,000 Grants).
+	$(CARGO) bench -p ferry-e2e --bench scale
 
 crds: ## Regenerate the committed CRD YAML under crds/ (and the chart's copy).
 	$(CARGO) run --quiet -p ferry-operator -- crds --out-dir crds

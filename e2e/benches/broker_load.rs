@@ -45,7 +45,7 @@ use ferry_e2e::load::{LoadReport, LoadRequest, closed_loop, open_loop};
 use ferry_e2e::{
     ClientSpec, Cluster, Hydra, HydraOptions, KillOnDrop, Subject, bench_cold_pods, bench_setting,
     bench_tenant, broker_pod, create_brokered_secret_from, create_object, direct_grant, free_port,
-    install_crds, pod_bound_token, wait_admin_ready, workspace_binary,
+    install_crds, memory_kib, pod_bound_token, wait_admin_ready, workspace_binary,
 };
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::Namespace;
@@ -68,17 +68,6 @@ const OVERRIDES: &[(&str, &str, &str)] = &[
     ),
     ("--review-rate-limit-per-address-burst", "1000", "as above"),
 ];
-
-fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find(|line| line.starts_with("VmRSS:"))
-        .and_then(|line| line.split_whitespace().nth(1))
-        .and_then(|kib| kib.parse::<f64>().ok())
-        .unwrap_or(0.0)
-        / 1024.0
-}
 
 /// A 200 holding one lease with files.
 fn one_lease(reply: &HttpsReply) -> bool {
@@ -431,7 +420,10 @@ async fn main() {
             println!("    first failure: {failure}");
         }
     }
-    println!("  broker RSS after load: {:.1} MiB", rss_mib(broker.0.id()));
+    println!(
+        "  broker RSS after load: {:.1} MiB",
+        memory_kib(broker.0.id()).0 as f64 / 1024.0
+    );
     println!("  goal: p99 < 2 ms (client, broker and apiserver share this machine's 2 cores)");
 }
 

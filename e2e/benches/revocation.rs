@@ -19,24 +19,13 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use ferry_api::resources::Revocation;
-use ferry_e2e::{Postgres, bench_setting, eventually};
+use ferry_e2e::{Postgres, bench_setting, eventually, memory_kib};
 use kube::api::{Api, PostParams};
 use real_pods_common::*;
 use serde_json::json;
 
 /// The goal the issue sets for p99.
 const GOAL: Duration = Duration::from_secs(2);
-
-/// This process's resident memory, in KiB.
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|kib| kib.parse().ok())
-        .unwrap_or(0)
-}
 
 /// Established TCP connections to the local `port` (IPv4).
 fn connections_to(port: u16) -> usize {
@@ -78,7 +67,7 @@ async fn main() {
         .unwrap();
     let script = "trap 'exit 0' TERM; sleep 3600 & wait";
     let secrets = [format!("{owner}/orders-db")];
-    let rss_before = rss_kib();
+    let rss_before = memory_kib(std::process::id()).0;
     let connections_before = connections_to(broker_port);
 
     let started = Instant::now();
@@ -113,7 +102,7 @@ async fn main() {
     .await;
     // Let the pods settle: the numbers are of idle watches.
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let rss_watching = rss_kib();
+    let rss_watching = memory_kib(std::process::id()).0;
     let connections = connections_to(broker_port).saturating_sub(connections_before);
     println!(
         "idle cost: {connections} established connections to the broker for {pods_wanted} pods ({:.2} per pod); \

@@ -25,19 +25,9 @@ use ferry_broker::routes::default_rate_limit;
 use ferry_contract::{DEFAULT_BROKER_AUDIENCE, READY_MARKER, env};
 use ferry_e2e::{
     BrokerLimits, Cluster, ColdPod, KillOnDrop, RunningBroker, bench_cold_pods, bench_setting,
-    bench_tenant, install_crds, percentile, pod_bound_token, workspace_binary,
+    bench_tenant, install_crds, memory_kib, percentile, pod_bound_token, workspace_binary,
 };
 use serde_json::json;
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|line| line.starts_with("VmRSS:"))
-        .and_then(|line| line.split_whitespace().nth(1))
-        .and_then(|kib| kib.parse().ok())
-        .unwrap_or(0)
-}
 
 #[tokio::main]
 async fn main() {
@@ -170,7 +160,7 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let rss = rss_kib(running.0.id());
+    let rss = memory_kib(running.0.id()).0;
 
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let size = std::fs::metadata(&binary).unwrap().len();

@@ -26,27 +26,13 @@ use ferry_api::resources::{AccessPolicy, Grant};
 use ferry_e2e::https_client::{HttpsClient, HttpsReply};
 use ferry_e2e::load::{LoadRequest, Requests, closed_loop, open_loop};
 use ferry_e2e::{
-    Cluster, KillOnDrop, bench_setting, free_port, http_get, install_crds, wait_admin_ready,
-    workspace_binary,
+    Cluster, KillOnDrop, bench_setting, free_port, http_get, install_crds, memory_kib,
+    wait_admin_ready, workspace_binary,
 };
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, PostParams};
 use serde_json::json;
-
-/// VmRSS and VmHWM of `pid`, in KiB.
-fn memory_kib(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|line| line.starts_with(name))
-            .and_then(|line| line.split_whitespace().nth(1))
-            .and_then(|kib| kib.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
 
 /// An AdmissionReview answer that injects: allowed, with a JSON patch.
 fn injected(reply: &HttpsReply) -> bool {

@@ -36,6 +36,10 @@ endpointslice-controller";
 /// The username of the harness's admin (group `system:masters`).
 pub const ADMIN_USER: &str = "ferry-e2e-admin";
 
+/// The common name of the apiserver's front-proxy client certificate, the
+/// one name aggregated API servers accept caller headers from.
+pub const FRONT_PROXY_CLIENT: &str = "front-proxy-client";
+
 /// The service-account token issuer of harness clusters.
 pub const SERVICE_ACCOUNT_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
 
@@ -145,6 +149,14 @@ impl Cluster {
             "controller-manager",
         )?;
         let sa_key = pki::service_account_key(&pki_dir)?;
+        // API aggregation (the broker's live-lease API): the apiserver
+        // calls aggregated servers with a client certificate of its own
+        // CA, and they believe the caller headers only from it.
+        let front_proxy = Authority::generate("ferry-e2e-front-proxy-ca")?;
+        let front_proxy_ca = pki_dir.join("front-proxy-ca.crt");
+        pki::write_file(&front_proxy_ca, front_proxy.cert_pem().as_bytes())?;
+        let proxy_client =
+            front_proxy.client_cert(FRONT_PROXY_CLIENT, None, &pki_dir, "front-proxy-client")?;
         // How the apiserver reaches a real node's kubelet (logs, exec).
         let kubelet_client = authority.client_cert(
             "kube-apiserver-kubelet-client",
@@ -209,6 +221,24 @@ impl Cluster {
             // Webhooks behind a Service are called at their endpoints' pod
             // IPs: the host has no kube-proxy for ClusterIPs.
             .arg("--enable-aggregator-routing=true")
+            .arg(format!(
+                "--requestheader-client-ca-file={}",
+                front_proxy_ca.display()
+            ))
+            .arg(format!(
+                "--requestheader-allowed-names={FRONT_PROXY_CLIENT}"
+            ))
+            .arg("--requestheader-username-headers=X-Remote-User")
+            .arg("--requestheader-group-headers=X-Remote-Group")
+            .arg("--requestheader-extra-headers-prefix=X-Remote-Extra-")
+            .arg(format!(
+                "--proxy-client-cert-file={}",
+                proxy_client.cert.display()
+            ))
+            .arg(format!(
+                "--proxy-client-key-file={}",
+                proxy_client.key.display()
+            ))
             .arg(format!("--cert-dir={}", pki_dir.display()))
             .arg("--profiling=false");
         processes.spawn("kube-apiserver", apiserver)?;

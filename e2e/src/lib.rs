@@ -197,6 +197,21 @@ pub fn bench_setting(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// The resident memory of process `pid` now and at its peak (VmRSS and
+/// VmHWM), in KiB; zeros once it is gone. For benchmarks.
+pub fn memory_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|kib| kib.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
 /// One plain-HTTP reply, as read by [`http_get`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpReply {

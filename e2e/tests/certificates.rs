@@ -1,7 +1,8 @@
 //! The operator's certificate manager against a real apiserver, under
 //! exactly its documented RBAC (rbac/operator.yaml and
 //! rbac/operator-certificates.yaml): it creates the CA and serving
-//! certificate Secrets, patches the webhook configuration's caBundle, the
+//! certificate Secrets, patches the webhook configuration's and the
+//! live-lease APIService's caBundle, the
 //! certificates verify for the Services' DNS names, a second pass changes
 //! nothing, and a wrong or ageing certificate is reissued.
 
@@ -10,6 +11,7 @@
 use std::sync::Arc;
 
 use ferry_contract::WEBHOOK_CONFIGURATION_NAME;
+use ferry_contract::lease_api::API_SERVICE_NAME;
 use ferry_e2e::Cluster;
 use ferry_operator::certificates::{
     CA_KEY, CERT_KEY, CertificateConfig, DEFAULT_BROKER_TLS_SECRET, DEFAULT_CA_SECRET,
@@ -19,6 +21,7 @@ use ferry_operator::certificates::{
 use ferry_webhook::configuration::{WebhookEndpoint, mutating_webhook_configuration};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use rustls::client::danger::ServerCertVerifier;
 use rustls::pki_types::pem::PemObject;
@@ -42,6 +45,7 @@ fn config() -> CertificateConfig {
             serving("ferry-broker", DEFAULT_BROKER_TLS_SECRET),
         ],
         webhook_configuration: WEBHOOK_CONFIGURATION_NAME.into(),
+        api_service: Some(API_SERVICE_NAME.into()),
         ca_validity: 3650 * DAY,
         serving_validity: 365 * DAY,
     }
@@ -111,6 +115,24 @@ async fn operator_keeps_ca_serving_certificates_and_ca_bundle_with_exactly_its_r
         )
         .await
         .unwrap();
+    // The live-lease APIService as the chart installs it: no caBundle yet.
+    // (Its Service does not exist here: the group is simply unavailable.)
+    let api_services = Api::<APIService>::all(admin.clone());
+    let api_service: APIService = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": API_SERVICE_NAME},
+        "spec": {
+            "group": ferry_contract::lease_api::GROUP,
+            "version": ferry_contract::lease_api::VERSION,
+            "service": {"namespace": NAMESPACE, "name": "ferry-broker", "port": 8444},
+            "groupPriorityMinimum": 1000,
+            "versionPriority": 15,
+        },
+    }))
+    .unwrap();
+    api_services
+        .create(&PostParams::default(), &api_service)
+        .await
+        .unwrap();
 
     let operator = cluster
         .impersonating_client(
@@ -133,6 +155,7 @@ async fn operator_keeps_ca_serving_certificates_and_ca_bundle_with_exactly_its_r
         ]
     );
     assert!(first.ca_bundle_patched);
+    assert!(first.api_service_patched);
 
     let secrets = Api::<Secret>::namespaced(admin.clone(), NAMESPACE);
     let ca = secrets.get(DEFAULT_CA_SECRET).await.unwrap();
@@ -171,10 +194,23 @@ async fn operator_keeps_ca_serving_certificates_and_ca_bundle_with_exactly_its_r
         configuration.webhooks.as_ref().unwrap()[0].namespace_selector
     );
 
+    let spec = api_services
+        .get(API_SERVICE_NAME)
+        .await
+        .unwrap()
+        .spec
+        .unwrap();
+    assert_eq!(spec.ca_bundle.unwrap().0, ca_pem.as_bytes());
+    assert_eq!(
+        spec.service.unwrap().port,
+        Some(8444),
+        "only caBundle changed"
+    );
+
     // A second pass writes nothing.
     let second = ensure_certificates(&operator, &config, now).await.unwrap();
     assert!(
-        second.written.is_empty() && !second.ca_bundle_patched,
+        second.written.is_empty() && !second.ca_bundle_patched && !second.api_service_patched,
         "{second:?}"
     );
 
@@ -226,4 +262,8 @@ async fn operator_keeps_ca_serving_certificates_and_ca_bundle_with_exactly_its_r
         data(&secrets.get(DEFAULT_CA_SECRET).await.unwrap(), CERT_KEY),
         ca_pem
     );
+    api_services
+        .delete(API_SERVICE_NAME, &Default::default())
+        .await
+        .unwrap();
 }

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use ferry_contract::lease_api::{self, API_SERVICE_NAME};
 use ferry_e2e::{Cluster, controlplane_bin_dir, eventually};
 use ferry_webhook::configuration::{WebhookEndpoint, mutating_webhook_configuration};
 use serde::Deserialize;
@@ -161,6 +162,7 @@ fn chart_rbac_files_are_the_repository_rbac() {
         "operator.yaml",
         "operator-certificates.yaml",
         "broker.yaml",
+        "broker-lease-api.yaml",
         "webhook.yaml",
     ] {
         let ours = std::fs::read_to_string(repo().join("rbac").join(file)).unwrap();
@@ -206,6 +208,7 @@ fn rendered_rbac_is_exactly_the_repository_rbac() {
         "operator.yaml",
         "operator-certificates.yaml",
         "broker.yaml",
+        "broker-lease-api.yaml",
         "webhook.yaml",
     ];
     assert_eq!(
@@ -223,6 +226,74 @@ fn rendered_rbac_is_exactly_the_repository_rbac() {
                 .collect::<Vec<_>>(),
             "ferry-x"
         ))
+    );
+}
+
+#[test]
+fn the_live_lease_api_is_registered_served_and_readable_by_viewers_unless_turned_off() {
+    let rendered = render_in("ferry-x", &[]);
+    let api_service = find(&rendered, "APIService", API_SERVICE_NAME);
+    assert_eq!(api_service["spec"]["group"], lease_api::GROUP);
+    assert_eq!(api_service["spec"]["version"], lease_api::VERSION);
+    assert_eq!(
+        api_service["spec"]["service"],
+        json!({"namespace": "ferry-x", "name": "ferry-broker", "port": 8444})
+    );
+    // The operator keeps its caBundle; the broker serves it on that port.
+    let operator = find(&rendered, "Deployment", "ferry-operator");
+    assert!(args(operator).contains(&format!("--api-service={API_SERVICE_NAME}")));
+    let broker = find(&rendered, "Deployment", "ferry-broker");
+    assert!(args(broker).contains(&"--lease-api-addr=0.0.0.0:8444".to_owned()));
+    let service = find(&rendered, "Service", "ferry-broker");
+    assert!(
+        service["spec"]["ports"]
+            .as_array()
+            .unwrap()
+            .contains(&json!({"name": "leases", "port": 8444, "targetPort": "leases"})),
+        "{service}"
+    );
+    // The RoleBinding to the front-proxy settings stays in kube-system; the
+    // viewer role keeps its aggregation labels beside the chart's.
+    let reader = find(
+        &rendered,
+        "RoleBinding",
+        "ferry-broker-authentication-reader",
+    );
+    assert_eq!(reader["metadata"]["namespace"], "kube-system");
+    assert_eq!(reader["subjects"][0]["namespace"], "ferry-x");
+    let viewer = find(&rendered, "ClusterRole", "ferry-lease-viewer");
+    assert_eq!(
+        viewer["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"],
+        "true"
+    );
+    assert_eq!(
+        viewer["metadata"]["labels"]["app.kubernetes.io/part-of"],
+        "ferry"
+    );
+
+    // With cert-manager, cert-manager injects the broker's CA instead.
+    let with_cert_manager = render_in("ferry-x", &["certManager.enabled=true"]);
+    assert_eq!(
+        find(&with_cert_manager, "APIService", API_SERVICE_NAME)["metadata"]["annotations"]["cert-manager.io/inject-ca-from"],
+        "ferry-x/ferry-broker-tls"
+    );
+
+    // Turned off: nothing of it is rendered or granted.
+    let off = render_in("ferry-x", &["leaseApi.enabled=false"]);
+    assert!(!off.iter().any(|o| o["kind"] == "APIService"));
+    assert!(
+        !off.iter()
+            .any(|o| o["metadata"]["name"] == "ferry-lease-viewer")
+    );
+    assert!(
+        !args(find(&off, "Deployment", "ferry-broker"))
+            .iter()
+            .any(|a| a.starts_with("--lease-api-addr"))
+    );
+    assert!(
+        !args(find(&off, "Deployment", "ferry-operator"))
+            .iter()
+            .any(|a| a.starts_with("--api-service"))
     );
 }
 

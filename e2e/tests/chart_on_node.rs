@@ -24,11 +24,12 @@ use ferry_contract::{BROKERABLE, BROKERABLE_LABEL, SIDECAR_CONTAINER_NAME};
 use ferry_e2e::images::{self, BUSYBOX_IMAGE};
 use ferry_e2e::{
     Cluster, RealNode, controlplane_bin_dir, create_brokered_secret, create_object, eventually,
-    grant,
+    grant, workspace_binary,
 };
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::Client;
 use kube::api::{Api, ListParams, LogParams, PostParams};
 use serde_json::json;
@@ -228,6 +229,133 @@ fn opted_in_template(owner: &str) -> serde_json::Value {
     })
 }
 
+/// What `kubectl ferry leases -n <owner> -o json` printed for a user
+/// whose kubeconfig is `kubeconfig`, and whether it succeeded.
+async fn ferry_leases(kubeconfig: &std::path::Path, owner: &str) -> (bool, String, String) {
+    ferry(kubeconfig, &["leases", "-n", owner, "-o", "json"]).await
+}
+
+/// Runs `kubectl ferry` with `kubeconfig` and `args`: whether it
+/// succeeded, its stdout and its stderr.
+async fn ferry(kubeconfig: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+    let output = tokio::process::Command::new(workspace_binary("kubectl-ferry").unwrap())
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// The broker's live leases through the apiserver, as the chart registers
+/// them (APIService v1alpha1.leases.ferry.dev, its caBundle kept by the
+/// operator, RBAC from rbac/broker-lease-api.yaml): `kubectl ferry leases`
+/// shows the team's viewer the checkout pods' leases, names and times
+/// only; a user with `view` (which aggregates `list liveleases`) but no
+/// `get brokeredsecrets` there sees none; a user with neither is refused
+/// by the apiserver.
+async fn live_leases_through_the_apiserver(
+    cluster: &Cluster,
+    client: &Client,
+    owner: &str,
+    app: &str,
+) {
+    let bind = |name: &str, user: &str, kind: &str, role: &str| {
+        json!({"metadata": {"name": name},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": role},
+               "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}]})
+    };
+    create_object::<Role>(
+        client,
+        owner,
+        json!({"metadata": {"name": "brokeredsecret-reader"},
+               "rules": [{"apiGroups": ["ferry.dev"], "resources": ["brokeredsecrets"], "verbs": ["get"]}]}),
+    )
+    .await
+    .unwrap();
+    for (name, user, kind, role) in [
+        ("viewer-view", "lease-viewer", "ClusterRole", "view"),
+        (
+            "viewer-secrets",
+            "lease-viewer",
+            "Role",
+            "brokeredsecret-reader",
+        ),
+        ("stranger-view", "lease-stranger", "ClusterRole", "view"),
+    ] {
+        create_object::<RoleBinding>(client, owner, bind(name, user, kind, role))
+            .await
+            .unwrap();
+    }
+    let viewer = cluster.user_kubeconfig("lease-viewer", None).unwrap();
+    let stranger = cluster.user_kubeconfig("lease-stranger", None).unwrap();
+    let nobody = cluster.user_kubeconfig("lease-nobody", None).unwrap();
+
+    // Each broker replica answers from its own book: ask until the one
+    // answering holds a checkout pod's lease.
+    let leases = eventually(
+        "kubectl ferry leases to show a checkout pod's lease",
+        WAIT,
+        || async {
+            let (ok, stdout, _) = ferry_leases(&viewer, owner).await;
+            let listed: serde_json::Value = serde_json::from_str(&stdout).ok()?;
+            let leases = listed["leases"].as_array()?.clone();
+            (ok && leases.iter().any(|lease| {
+                lease["pod"]
+                    .as_str()
+                    .is_some_and(|pod| pod.starts_with(&format!("{app}/checkout-")))
+            }))
+            .then_some((listed, stdout))
+        },
+    )
+    .await;
+    let (listed, stdout) = leases;
+    println!(
+        "kubectl ferry leases through the apiserver: {} lease(s) from replica {}",
+        listed["leases"].as_array().map_or(0, Vec::len),
+        listed["replica"]
+    );
+    let lease = &listed["leases"][0];
+    assert_eq!(lease["secret"], format!("{owner}/orders-api-key"));
+    assert!(lease["serial"].as_str().is_some_and(|s| !s.is_empty()));
+    assert!(
+        listed["replica"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("ferry-broker-")),
+        "{listed}"
+    );
+    assert!(
+        !stdout.contains("\"id\""),
+        "a lease id left the broker: {stdout}"
+    );
+    assert_not_in_logs(&stdout, "kubectl ferry leases'");
+    // The table a person reads (printed for the README's session).
+    let (ok, table, stderr) = ferry(&viewer, &["leases", "-n", owner]).await;
+    assert!(ok && table.contains("orders-api-key"), "{table}{stderr}");
+    println!("$ kubectl ferry leases -n {owner}\n{table}");
+
+    // Allowed to list by the apiserver, but not to get the BrokeredSecrets:
+    // the broker shows nothing.
+    for _ in 0..4 {
+        let (ok, stdout, stderr) = ferry_leases(&stranger, owner).await;
+        assert!(ok, "{stderr}");
+        let listed: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        assert_eq!(listed["leases"], json!([]), "{stdout}");
+    }
+    // Not allowed to list liveleases at all: the apiserver refuses.
+    let (ok, _, stderr) = ferry_leases(&nobody, owner).await;
+    assert!(!ok, "a user without rights listed leases");
+    assert!(
+        stderr.contains("forbidden") || stderr.contains("Forbidden"),
+        "{stderr}"
+    );
+}
+
 #[tokio::test]
 async fn helm_runs_every_component_twice_injects_pods_rolls_without_refusals_and_uninstalls() {
     let cluster = Cluster::shared().await.unwrap();
@@ -341,6 +469,8 @@ async fn helm_runs_every_component_twice_injects_pods_rolls_without_refusals_and
         let log = pods.logs(&name, &LogParams::default()).await.unwrap();
         assert_not_in_logs(&log, &name);
     }
+
+    live_leases_through_the_apiserver(cluster, &client, &owner, &app).await;
 
     // Upgrade: every component's pods are replaced, one at a time, while
     // opted-in pods keep being admitted (server-side dry runs, so nothing

@@ -4,8 +4,9 @@
 //! lets it `get` BrokeredSecrets; no lease id or material leaves; a
 //! client without the front proxy's certificate cannot even connect.
 //!
-//! (The apiserver of the harness routes an APIService only to endpoints
-//! off loopback, so this test plays the aggregator with `curl`.)
+//! (The apiserver routes an APIService only to endpoints off loopback, so
+//! this test, with the broker on loopback, plays the aggregator with
+//! `curl`; `chart_on_node.rs` goes through the real apiserver.)
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

@@ -2,7 +2,8 @@
 //! cert-manager: a CA and serving certificates for the webhook and broker
 //! Services, kept in `kubernetes.io/tls` Secrets in ferry's namespace and
 //! renewed well before they expire, and the CA patched into the
-//! MutatingWebhookConfiguration's `caBundle`.
+//! MutatingWebhookConfiguration's `caBundle` (and the broker's live-lease
+//! APIService's, when it is installed).
 //!
 //! The pure part (generate, issue, decide whether a stored certificate is
 //! still good) is separate from the part that reads and writes Secrets.
@@ -18,6 +19,7 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
 use kube::api::{Api, Patch, PatchParams};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -246,6 +248,9 @@ pub struct CertificateConfig {
     pub serving: Vec<ServingCertificate>,
     /// The MutatingWebhookConfiguration whose webhooks get the CA as `caBundle`.
     pub webhook_configuration: String,
+    /// The APIService (the broker's live-lease API) that gets the CA as
+    /// `caBundle`, when the installation serves it.
+    pub api_service: Option<String>,
     /// Lifetime of a new CA.
     pub ca_validity: Duration,
     /// Lifetime of a new serving certificate.
@@ -259,6 +264,8 @@ pub struct EnsureOutcome {
     pub written: Vec<String>,
     /// Whether the webhook configuration's caBundle was patched.
     pub ca_bundle_patched: bool,
+    /// Whether the APIService's caBundle was patched.
+    pub api_service_patched: bool,
 }
 
 fn secret_data(secret: &Secret, key: &str) -> Option<String> {
@@ -427,7 +434,41 @@ pub async fn ensure_certificates(
     }
     outcome.ca_bundle_patched =
         patch_ca_bundle(client, &config.webhook_configuration, &ca.cert_pem).await?;
+    if let Some(api_service) = &config.api_service {
+        outcome.api_service_patched =
+            patch_api_service_ca(client, api_service, &ca.cert_pem).await?;
+    }
     Ok(outcome)
+}
+
+/// Sets the `caBundle` of the APIService `name` to `ca_pem`, unless it
+/// already is. Returns whether it patched.
+async fn patch_api_service_ca(
+    client: &kube::Client,
+    name: &str,
+    ca_pem: &str,
+) -> Result<bool, CertificateError> {
+    let api = Api::<APIService>::all(client.clone());
+    let kube_error = |what: &str| {
+        let what = format!("{what} APIService {name}");
+        move |source| CertificateError::Kube { what, source }
+    };
+    let service = api.get(name).await.map_err(kube_error("reading"))?;
+    let current = service
+        .spec
+        .as_ref()
+        .and_then(|spec| spec.ca_bundle.as_ref())
+        .map(|bundle| bundle.0.as_slice());
+    if current == Some(ca_pem.as_bytes()) {
+        return Ok(false);
+    }
+    let patch = serde_json::json!({
+        "spec": {"caBundle": ByteString(ca_pem.as_bytes().to_vec())},
+    });
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(kube_error("patching the caBundle of"))?;
+    Ok(true)
 }
 
 /// Sets `caBundle` of every webhook in the configuration `name` to
@@ -486,11 +527,15 @@ pub async fn run_certificate_manager(
     loop {
         let wait = match ensure_certificates(&client, &config, OffsetDateTime::now_utc()).await {
             Ok(outcome) => {
-                if !outcome.written.is_empty() || outcome.ca_bundle_patched {
+                if !outcome.written.is_empty()
+                    || outcome.ca_bundle_patched
+                    || outcome.api_service_patched
+                {
                     tracing::info!(
                         namespace = %config.namespace,
                         written = ?outcome.written,
                         ca_bundle_patched = outcome.ca_bundle_patched,
+                        api_service_patched = outcome.api_service_patched,
                         "certificates updated"
                     );
                 }

@@ -114,6 +114,10 @@ struct CertificateArgs {
         default_value = ferry_contract::WEBHOOK_CONFIGURATION_NAME
     )]
     webhook_configuration: String,
+    /// APIService of the broker's live-lease API whose caBundle is kept
+    /// (`v1alpha1.leases.ferry.dev` when the chart installs it); empty: none.
+    #[arg(long, env = "FERRY_API_SERVICE", default_value = "")]
+    api_service: String,
     /// The cluster's DNS domain.
     #[arg(long, env = "FERRY_CLUSTER_DOMAIN", default_value = "cluster.local")]
     cluster_domain: String,
@@ -141,6 +145,7 @@ impl CertificateArgs {
                 serving(&self.broker_service, &self.broker_tls_secret),
             ],
             webhook_configuration: self.webhook_configuration.clone(),
+            api_service: Some(self.api_service.clone()).filter(|name| !name.is_empty()),
             ca_validity: std::time::Duration::from_secs(self.ca_days * DAY),
             serving_validity: std::time::Duration::from_secs(self.certificate_days * DAY),
         }

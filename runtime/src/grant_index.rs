@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use std::sync::{Arc, PoisonError, RwLock};
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::Api;
 use kube::runtime::watcher;
@@ -25,43 +25,142 @@ use tokio_util::sync::CancellationToken;
 use crate::watch_index::{self, WatchedIndex};
 use ferry_api::duration::parse_duration;
 use ferry_api::grants::{GrantLookup, grant_is_valid_at};
-use ferry_api::resources::{AccessPolicy, Grant, SecretAccess, SecretReference};
+use ferry_api::resources::{
+    AccessPolicy, Grant, GrantSpec, PolicyReference, SecretAccess, SecretReference,
+};
 use ferry_contract::{MANAGED_BY_LABEL, OPERATOR_MANAGER};
 
+/// What the Grants one policy derives for one secret share: the whole spec
+/// but the service account. Kept once however many subjects hold it, so a
+/// policy over thousands of service accounts costs one of these.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct Terms {
+    secret: SecretReference,
+    max_ttl: String,
+    audience: Vec<String>,
+    scopes: Vec<String>,
+    dns_names: Option<Vec<String>>,
+    valid_until: Option<Timestamp>,
+    policy: PolicyReference,
+}
+
+/// One Grant as the index keeps it: its names (shared with every other
+/// Grant of the namespace and service account) and its [`Terms`]. Nothing
+/// else of the object is kept: watch events carry managedFields, labels
+/// and more, which would cost several times the index's memory.
+#[derive(Debug, Clone)]
+pub struct IndexedGrant {
+    namespace: Arc<str>,
+    name: Arc<str>,
+    service_account: Arc<str>,
+    terms: Arc<Terms>,
+}
+
+impl IndexedGrant {
+    /// The Grant object callers see, rebuilt on lookup.
+    fn grant(&self) -> Grant {
+        let terms = &self.terms;
+        Grant {
+            metadata: ObjectMeta {
+                name: Some(self.name.to_string()),
+                namespace: Some(self.namespace.to_string()),
+                labels: Some(BTreeMap::from([(
+                    MANAGED_BY_LABEL.to_owned(),
+                    OPERATOR_MANAGER.to_owned(),
+                )])),
+                ..ObjectMeta::default()
+            },
+            spec: GrantSpec {
+                service_account: self.service_account.to_string(),
+                secret: terms.secret.clone(),
+                max_ttl: terms.max_ttl.clone(),
+                audience: terms.audience.clone(),
+                scopes: terms.scopes.clone(),
+                dns_names: terms.dns_names.clone(),
+                valid_until: terms.valid_until.map(Time),
+                policy: terms.policy.clone(),
+            },
+        }
+    }
+}
+
+/// Shared copies of the names and terms the Grants repeat. An entry no
+/// Grant uses any more is dropped by [`Interner::sweep`].
+#[derive(Default)]
+struct Interner {
+    strings: HashSet<Arc<str>>,
+    terms: HashSet<Arc<Terms>>,
+}
+
+impl Interner {
+    fn string(&mut self, value: &str) -> Arc<str> {
+        if let Some(shared) = self.strings.get(value) {
+            return Arc::clone(shared);
+        }
+        let shared: Arc<str> = Arc::from(value);
+        self.strings.insert(Arc::clone(&shared));
+        shared
+    }
+
+    fn terms(&mut self, terms: Terms) -> Arc<Terms> {
+        if let Some(shared) = self.terms.get(&terms) {
+            return Arc::clone(shared);
+        }
+        let shared = Arc::new(terms);
+        self.terms.insert(Arc::clone(&shared));
+        shared
+    }
+
+    /// The Grant in the index's form, unless it is not the operator's.
+    fn intern(&mut self, grant: Grant) -> Option<IndexedGrant> {
+        if !is_operators(&grant) {
+            return None;
+        }
+        let namespace = self.string(grant.metadata.namespace.as_deref()?);
+        let name: Arc<str> = Arc::from(grant.metadata.name.as_deref()?);
+        let spec = grant.spec;
+        let service_account = self.string(&spec.service_account);
+        let terms = self.terms(Terms {
+            secret: spec.secret,
+            max_ttl: spec.max_ttl,
+            audience: spec.audience,
+            scopes: spec.scopes,
+            dns_names: spec.dns_names,
+            valid_until: spec.valid_until.map(|time| time.0),
+            policy: spec.policy,
+        });
+        Some(IndexedGrant {
+            namespace,
+            name,
+            service_account,
+            terms,
+        })
+    }
+
+    /// Forgets what no Grant holds any more.
+    fn sweep(&mut self) {
+        self.strings.retain(|shared| Arc::strong_count(shared) > 1);
+        self.terms.retain(|shared| Arc::strong_count(shared) > 1);
+    }
+}
+
+/// Removals between two sweeps of the interner at least.
+const SWEEP_AFTER: usize = 64;
+
 /// (namespace, service account): who a Grant is for.
-type Subject = (String, String);
+type Subject = (Arc<str>, Arc<str>);
 
 #[derive(Default)]
 struct Entries {
-    /// Subject -> secret -> Grants by name (several policies may grant the
-    /// same secret to the same service account).
-    by_subject: HashMap<Subject, HashMap<SecretReference, BTreeMap<String, Arc<Grant>>>>,
-    /// (namespace, Grant name) -> where the Grant sits in `by_subject`, so
-    /// a deletion or an edit that changes the subject finds the old entry.
-    by_name: HashMap<(String, String), (Subject, SecretReference)>,
-}
-
-/// The Grant as the index keeps it: the spec, and of the metadata only what
-/// names it and the managed-by label. Watch events carry managedFields,
-/// other labels and more, which would triple the index's memory for
-/// nothing. Compacting twice changes nothing: a relist's entries are
-/// compacted before the index inserts them.
-fn compact(grant: Grant) -> Grant {
-    let metadata = grant.metadata;
-    let managed_by = metadata
-        .labels
-        .and_then(|mut labels| labels.remove_entry(MANAGED_BY_LABEL));
-    Grant {
-        metadata: ObjectMeta {
-            name: metadata.name,
-            namespace: metadata.namespace,
-            uid: metadata.uid,
-            resource_version: metadata.resource_version,
-            labels: managed_by.map(|label| BTreeMap::from([label])),
-            ..ObjectMeta::default()
-        },
-        spec: grant.spec,
-    }
+    /// Subject -> its Grants (a service account holds a few; several
+    /// policies may grant it the same secret).
+    by_subject: HashMap<Subject, Vec<IndexedGrant>>,
+    /// (namespace, Grant name) -> the service account it is for, so a
+    /// deletion or an edit that changes the subject finds the old entry.
+    by_name: HashMap<(Arc<str>, Arc<str>), Arc<str>>,
+    interner: Interner,
+    /// Removals since the interner was last swept.
+    removed: usize,
 }
 
 /// Whether `grant` carries the operator's managed-by label.
@@ -75,49 +174,66 @@ fn is_operators(grant: &Grant) -> bool {
 }
 
 impl Entries {
-    fn insert(&mut self, grant: Grant) {
-        if !is_operators(&grant) {
-            // An edit that removed the label drops the Grant.
-            if let (Some(namespace), Some(name)) = (&grant.metadata.namespace, &grant.metadata.name)
-            {
-                self.remove(&(namespace.clone(), name.clone()));
-            }
-            return;
-        }
-        let grant = compact(grant);
-        let Some(namespace) = grant.metadata.namespace.clone() else {
-            return;
-        };
-        let Some(name) = grant.metadata.name.clone() else {
-            return;
-        };
-        let key = (namespace.clone(), name.clone());
-        self.remove(&key);
-        let subject = (namespace, grant.spec.service_account.clone());
-        let secret = grant.spec.secret.clone();
-        self.by_subject
-            .entry(subject.clone())
-            .or_default()
-            .entry(secret.clone())
-            .or_default()
-            .insert(name, Arc::new(grant));
-        self.by_name.insert(key, (subject, secret));
-    }
-
-    fn remove(&mut self, key: &(String, String)) {
-        let Some((subject, secret)) = self.by_name.remove(key) else {
-            return;
-        };
-        if let Some(secrets) = self.by_subject.get_mut(&subject) {
-            if let Some(grants) = secrets.get_mut(&secret) {
-                grants.remove(&key.1);
-                if grants.is_empty() {
-                    secrets.remove(&secret);
+    /// Adds `grant` (an edit that removed the managed-by label drops it).
+    fn apply(&mut self, grant: Grant) {
+        let key = grant
+            .metadata
+            .namespace
+            .clone()
+            .zip(grant.metadata.name.clone());
+        match self.interner.intern(grant) {
+            Some(indexed) => self.insert(indexed),
+            None => {
+                if let Some((namespace, name)) = key {
+                    self.remove(&namespace, &name);
                 }
             }
-            if secrets.is_empty() {
+        }
+    }
+
+    fn insert(&mut self, grant: IndexedGrant) {
+        self.remove(&grant.namespace, &grant.name);
+        self.by_name.insert(
+            (Arc::clone(&grant.namespace), Arc::clone(&grant.name)),
+            Arc::clone(&grant.service_account),
+        );
+        self.by_subject
+            .entry((
+                Arc::clone(&grant.namespace),
+                Arc::clone(&grant.service_account),
+            ))
+            .or_default()
+            .push(grant);
+    }
+
+    fn remove(&mut self, namespace: &str, name: &str) {
+        let Some(namespace) = self.interner.strings.get(namespace).cloned() else {
+            return;
+        };
+        let name: Arc<str> = Arc::from(name);
+        let Some(service_account) = self
+            .by_name
+            .remove(&(Arc::clone(&namespace), Arc::clone(&name)))
+        else {
+            return;
+        };
+        let subject = (namespace, service_account);
+        if let Some(grants) = self.by_subject.get_mut(&subject) {
+            grants.retain(|grant| grant.name != name);
+            if grants.is_empty() {
                 self.by_subject.remove(&subject);
             }
+        }
+        self.removed += 1;
+        // Sweeping costs a pass over the interner, whose size is bounded
+        // by what the live Grants hold plus what the removals since the
+        // last sweep left: once per as many removals as there are live
+        // Grants (at least SWEEP_AFTER), it is amortised O(1) per removal
+        // and the garbage stays a fraction of the index.
+        if self.removed >= SWEEP_AFTER.max(self.by_name.len()) {
+            drop(subject);
+            self.interner.sweep();
+            self.removed = 0;
         }
     }
 }
@@ -201,14 +317,14 @@ impl GrantIndex {
         secret: &SecretReference,
     ) -> Vec<Arc<Grant>> {
         let entries = self.entries.read().unwrap_or_else(PoisonError::into_inner);
-        // Borrowed lookups would need a custom key type; two short string
-        // copies cost less than the lock.
-        let subject = (namespace.to_owned(), service_account.to_owned());
-        let Some(grants) = entries
-            .by_subject
-            .get(&subject)
-            .and_then(|secrets| secrets.get(secret))
-        else {
+        let strings = &entries.interner.strings;
+        let (Some(namespace_key), Some(account)) = (
+            strings.get(namespace).cloned(),
+            strings.get(service_account).cloned(),
+        ) else {
+            return Vec::new();
+        };
+        let Some(grants) = entries.by_subject.get(&(namespace_key, account)) else {
             return Vec::new();
         };
         let policies = self
@@ -217,13 +333,15 @@ impl GrantIndex {
             .read()
             .unwrap_or_else(PoisonError::into_inner);
         grants
-            .values()
+            .iter()
+            .filter(|indexed| indexed.terms.secret == *secret)
+            .map(IndexedGrant::grant)
             .filter(|grant| {
                 policies
                     .get(&grant.spec.policy.uid)
                     .is_some_and(|policy| policy.still_grants(grant, namespace))
             })
-            .cloned()
+            .map(Arc::new)
             .collect()
     }
 
@@ -262,7 +380,7 @@ impl GrantIndex {
         self.entries
             .write()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(grant);
+            .apply(grant);
         bump(&self.changed);
     }
 
@@ -272,18 +390,35 @@ impl GrantIndex {
             self.entries
                 .write()
                 .unwrap_or_else(PoisonError::into_inner)
-                .remove(&(namespace.clone(), name.clone()));
+                .remove(namespace, name);
             bump(&self.changed);
         }
     }
 
     /// Replaces the whole content with `grants` and marks the index synced.
     pub fn replace(&self, grants: impl IntoIterator<Item = Grant>) {
-        let mut fresh = Entries::default();
+        let indexed: Vec<IndexedGrant> = grants
+            .into_iter()
+            .filter_map(|grant| WatchedIndex::entry(self, grant))
+            .collect();
+        self.replace_indexed(indexed);
+    }
+
+    /// Replaces the whole content with `grants`, already in the index's
+    /// form (interned as they were listed), and marks the index synced.
+    fn replace_indexed(&self, grants: Vec<IndexedGrant>) {
+        let mut entries = self.entries.write().unwrap_or_else(PoisonError::into_inner);
+        let interner = std::mem::take(&mut entries.interner);
+        *entries = Entries {
+            interner,
+            ..Entries::default()
+        };
         for grant in grants {
-            fresh.insert(grant);
+            entries.insert(grant);
         }
-        *self.entries.write().unwrap_or_else(PoisonError::into_inner) = fresh;
+        entries.interner.sweep();
+        entries.removed = 0;
+        drop(entries);
         self.grants_listed.send_replace(true);
         bump(&self.changed);
     }
@@ -297,11 +432,17 @@ impl GrantIndex {
 }
 
 impl WatchedIndex<Grant> for GrantIndex {
-    type Entry = Grant;
+    type Entry = IndexedGrant;
     const KIND: &'static str = "Grant";
 
-    fn entry(&self, grant: Grant) -> Option<Grant> {
-        is_operators(&grant).then(|| compact(grant))
+    /// Interned as listed, so a relist of many Grants never holds them
+    /// whole: only the compact form waits for the list to end.
+    fn entry(&self, grant: Grant) -> Option<IndexedGrant> {
+        self.entries
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .interner
+            .intern(grant)
     }
 
     fn apply(&self, grant: Grant) {
@@ -312,9 +453,9 @@ impl WatchedIndex<Grant> for GrantIndex {
         GrantIndex::delete(self, &grant);
     }
 
-    fn replace(&self, grants: Vec<Grant>) {
+    fn replace(&self, grants: Vec<IndexedGrant>) {
         tracing::debug!(grants = grants.len(), "grant index synced");
-        GrantIndex::replace(self, grants);
+        self.replace_indexed(grants);
     }
 }
 
@@ -583,6 +724,63 @@ mod tests {
             namespace: namespace.into(),
             name: name.into(),
         }
+    }
+
+    #[test]
+    fn a_lookup_gives_back_the_grant_as_written() {
+        let mut written = grant("app", "g1", "api", ("db", "orders"));
+        written.spec.audience = vec!["orders".into()];
+        written.spec.valid_until = Some(Time(Timestamp::from_second(4_000_000_000).unwrap()));
+        let index = index([written.clone()]);
+        let found = index.grants_for("app", "api", &secret("db", "orders"));
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].spec, written.spec);
+        assert_eq!(found[0].metadata.name, written.metadata.name);
+        assert_eq!(found[0].metadata.namespace, written.metadata.namespace);
+        assert!(is_operators(&found[0]));
+    }
+
+    #[test]
+    fn grants_of_one_policy_and_secret_share_their_terms_and_leave_nothing_behind() {
+        let index = index((0..100).map(|i| {
+            grant(
+                "app",
+                &format!("g{i}"),
+                &format!("sa-{i}"),
+                ("db", "orders"),
+            )
+        }));
+        {
+            let entries = index.entries.read().unwrap();
+            assert_eq!(
+                entries.interner.terms.len(),
+                1,
+                "one copy of the shared terms"
+            );
+            assert_eq!(entries.by_name.len(), 100);
+        }
+        for i in 0..100 {
+            index.delete(&grant(
+                "app",
+                &format!("g{i}"),
+                &format!("sa-{i}"),
+                ("db", "orders"),
+            ));
+        }
+        {
+            let entries = index.entries.read().unwrap();
+            assert!(entries.by_subject.is_empty() && entries.by_name.is_empty());
+            // Swept along the way: what is left is less than one sweep's worth.
+            let left = entries.interner.strings.len() + entries.interner.terms.len();
+            assert!(
+                left <= 2 * SWEEP_AFTER,
+                "{left} interned after deleting all"
+            );
+        }
+        // A relist sweeps the rest.
+        index.replace([]);
+        let entries = index.entries.read().unwrap();
+        assert!(entries.interner.strings.is_empty() && entries.interner.terms.is_empty());
     }
 
     #[test]
