@@ -284,16 +284,19 @@ async fn backends(superuser: &tokio_postgres::Client) -> i64 {
         .get(0)
 }
 
-/// Drops every ferry role, so each run starts from an empty catalog.
+/// Drops every ferry role, so each run starts from an empty catalog: a
+/// thousand a transaction (each holds a lock until its commit).
 async fn drop_ferry_roles(superuser: &tokio_postgres::Client) {
-    superuser
-        .batch_execute(
-            "DO $$ DECLARE r record; BEGIN \
-             FOR r IN SELECT rolname FROM pg_roles WHERE left(rolname, 6) = 'ferry_' LOOP \
-             EXECUTE format('DROP ROLE %I', r.rolname); END LOOP; END $$",
-        )
-        .await
-        .unwrap();
+    while ferry_roles(superuser).await > 0 {
+        superuser
+            .batch_execute(
+                "DO $$ DECLARE r record; BEGIN \
+                 FOR r IN SELECT rolname FROM pg_roles WHERE left(rolname, 6) = 'ferry_' \
+                 LIMIT 1000 LOOP EXECUTE format('DROP ROLE %I', r.rolname); END LOOP; END $$",
+            )
+            .await
+            .unwrap();
+    }
 }
 
 async fn ferry_roles(superuser: &tokio_postgres::Client) -> i64 {
