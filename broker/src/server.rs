@@ -156,6 +156,28 @@ pub struct BrokerArgs {
     /// `--max-connections` or `--max-connections-per-address`.
     #[arg(long, env = "FERRY_MAX_WATCHES", default_value_t = crate::held_watches::DEFAULT_MAX_WATCHES)]
     pub max_watches: usize,
+    /// Admin connections the broker opens to each PostgreSQL database (1
+    /// to 32); every role created, renewed or dropped there takes one for
+    /// its round trip. Each database has its own, so a slow one never
+    /// holds up another.
+    #[arg(
+        long,
+        env = "FERRY_POSTGRES_ADMIN_CONNECTIONS",
+        default_value_t = crate::providers::postgres::DEFAULT_ADMIN_CONNECTIONS,
+        value_parser = parse_admin_connections
+    )]
+    pub postgres_admin_connections: usize,
+}
+
+/// `--postgres-admin-connections`: 1 to [`MAX_ADMIN_CONNECTIONS`].
+///
+/// [`MAX_ADMIN_CONNECTIONS`]: crate::providers::postgres::MAX_ADMIN_CONNECTIONS
+fn parse_admin_connections(text: &str) -> Result<usize, String> {
+    use crate::providers::postgres::MAX_ADMIN_CONNECTIONS;
+    text.parse::<usize>()
+        .ok()
+        .filter(|n| (1..=MAX_ADMIN_CONNECTIONS).contains(n))
+        .ok_or_else(|| format!("must be a whole number from 1 to {MAX_ADMIN_CONNECTIONS}"))
 }
 
 /// How often every replica re-reads the key Secrets: a rotation by one
@@ -283,6 +305,7 @@ pub async fn run(args: BrokerArgs) -> Result<(), BrokerStartError> {
             reload_interval: args.serving.reload_interval(),
             limits: args.serving.limits(),
             max_watches: args.max_watches,
+            postgres_admin_connections: args.postgres_admin_connections,
             shutdown_delay: args.serving.shutdown_delay(),
             audience: args.audience,
             keys: lease_keys,
@@ -350,6 +373,8 @@ pub struct BrokerOptions {
     pub limits: ServingLimits,
     /// Revocation watches held at once.
     pub max_watches: usize,
+    /// Admin connections to each PostgreSQL database at most.
+    pub postgres_admin_connections: usize,
     /// How long both ports keep answering once shutdown begins.
     pub shutdown_delay: Duration,
     /// The audience tokens must carry.
@@ -487,7 +512,7 @@ pub async fn serve(
                 metrics.oauth2_token_requests(),
             ),
             jwt: options.jwt,
-            postgres: PostgresProvider::new(secret_reader),
+            postgres: PostgresProvider::new(secret_reader, options.postgres_admin_connections),
             metrics,
             installation: options.installation,
             live_leases: LiveLeases::default(),
@@ -609,4 +634,19 @@ pub async fn serve(
     )
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admin_connections_are_bounded_from_one_to_thirty_two() {
+        assert_eq!(parse_admin_connections("1"), Ok(1));
+        assert_eq!(parse_admin_connections("32"), Ok(32));
+        for bad in ["0", "33", "-1", "four", ""] {
+            let error = parse_admin_connections(bad).unwrap_err();
+            assert!(error.contains("from 1 to 32"), "{bad}: {error}");
+        }
+    }
 }

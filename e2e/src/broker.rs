@@ -38,6 +38,8 @@ pub struct BrokerLimits {
     pub reviews: ReviewLimits,
     /// How many revocation watches may be held at once.
     pub max_watches: usize,
+    /// Admin connections to each PostgreSQL database at most.
+    pub postgres_admin_connections: usize,
 }
 
 impl Default for BrokerLimits {
@@ -46,6 +48,8 @@ impl Default for BrokerLimits {
             serving: ServingLimits::default(),
             reviews: ReviewLimits::default(),
             max_watches: ferry_broker::held_watches::DEFAULT_MAX_WATCHES,
+            postgres_admin_connections:
+                ferry_broker::providers::postgres::DEFAULT_ADMIN_CONNECTIONS,
         }
     }
 }
@@ -171,6 +175,7 @@ impl RunningBroker {
             serving: limits,
             reviews: review_limits,
             max_watches,
+            postgres_admin_connections,
         } = limits;
         let lease_api_listener = front_proxy
             .is_some()
@@ -246,6 +251,7 @@ impl RunningBroker {
                 review_limits,
                 limits,
                 max_watches,
+                postgres_admin_connections,
                 // Tests stop it on purpose: no clients to move elsewhere.
                 shutdown_delay: Duration::ZERO,
                 // Tests wait on the reaper; production passes every minute.

@@ -398,9 +398,11 @@ fn default_render_replicates_and_hardens_every_component() {
     let operator = args(find(&objects, "Deployment", "ferry-operator"));
     assert_eq!(operator[0], "run");
     assert!(operator.contains(&"--manage-certificates".to_owned()));
-    assert_eq!(
-        args(find(&objects, "Deployment", "ferry-broker"))[0],
-        "broker"
+    let broker = args(find(&objects, "Deployment", "ferry-broker"));
+    assert_eq!(broker[0], "broker");
+    assert!(
+        broker.contains(&"--postgres-admin-connections=4".to_owned()),
+        "{broker:?}"
     );
     let webhook = args(find(&objects, "Deployment", "ferry-webhook"));
     for expected in [
@@ -489,6 +491,10 @@ fn bad_values_are_refused_by_the_schema_with_the_path() {
             "/sidecar/tokenExpirationSeconds",
         ),
         ("broker.jwtRotationPeriod=soon", "/broker/jwtRotationPeriod"),
+        (
+            "broker.postgresAdminConnections=33",
+            "/broker/postgresAdminConnections",
+        ),
         ("operator.replica=3", "replica"),
         ("image.pullPolicy=Sometimes", "/image/pullPolicy"),
     ] {

@@ -20,10 +20,11 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::str::FromStr;
 use std::sync::{Arc, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD as BASE64, URL_SAFE_NO_PAD};
+use futures::StreamExt as _;
 use ring::rand::{SecureRandom, SystemRandom};
 use ring::{digest, hmac, pbkdf2};
 use sha2::{Digest as _, Sha256};
@@ -35,8 +36,10 @@ use super::{Files, IssueRequest, Issued, Provider, ProviderError, ReapContext, R
 use crate::lease_id::LeaseClaims;
 use crate::pods::PodPresence;
 
+mod pool;
 pub mod rotation;
 use ferry_api::resources::{BrokeredSecret, SecretKeyRef};
+pub use pool::{DEFAULT_ADMIN_CONNECTIONS, MAX_ADMIN_CONNECTIONS};
 
 /// Every role ferry creates starts with this; the reaper looks at no other.
 pub const ROLE_PREFIX: &str = "ferry_";
@@ -49,10 +52,6 @@ const MAX_IDENTIFIER: usize = 63;
 
 /// How long connecting to a database may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// How long a failed connection is remembered: requests for that database
-/// are refused at once with the same error until then.
-const NEGATIVE_CACHE: Duration = Duration::from_secs(10);
 
 /// How long the reaper spends on one database in one pass.
 const REAP_DEADLINE: Duration = Duration::from_secs(30);
@@ -84,43 +83,34 @@ impl std::fmt::Display for Database {
     }
 }
 
-/// An open admin connection and the connection string it was opened with
-/// (by digest), so a rotated admin Secret gets a new connection.
-struct Connection {
-    dsn_digest: [u8; 32],
-    client: Arc<tokio_postgres::Client>,
+/// An open admin connection and where it points (`host`, `port`,
+/// `database`, for templates).
+struct AdminConnection {
+    client: tokio_postgres::Client,
     endpoint: Arc<BTreeMap<String, String>>,
+    /// The memberOf check ([`privileged_sql`]), prepared once: each
+    /// issuance then sends only its parameters, and the server reuses
+    /// the plan.
+    member_check: tokio_postgres::Statement,
 }
 
-/// What is known of one database's admin connection.
-#[derive(Default)]
-enum ConnectionState {
-    /// Never connected, or the last connection closed.
-    #[default]
-    Closed,
-    /// Open and usable.
-    Open(Connection),
-    /// Connecting failed at `at`: callers with the same connection string
-    /// are refused with `error` until [`NEGATIVE_CACHE`] has passed, so a
-    /// database that never answers costs one connect timeout per period,
-    /// not one per request.
-    Failed {
-        dsn_digest: [u8; 32],
-        at: Instant,
-        error: ProviderError,
-    },
+impl pool::Health for AdminConnection {
+    fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
 }
 
-/// One database's connection state behind a lock of its own: connecting to
-/// one database never waits for another.
-type Slot = Arc<tokio::sync::Mutex<ConnectionState>>;
+/// An admin connection lent by a database's pool; back in it when dropped.
+type Admin = pool::Pooled<AdminConnection>;
 
 /// The `postgres` provider.
 pub struct PostgresProvider {
     secrets: Arc<SecretReader>,
-    /// Per database; the map's own lock is held only to find or add a slot,
-    /// never across I/O.
-    connections: std::sync::Mutex<HashMap<Database, Slot>>,
+    /// Admin connections per database at most.
+    admin_connections: usize,
+    /// Per database; the map's own lock is held only to find or add a
+    /// pool, never across I/O.
+    pools: std::sync::Mutex<HashMap<Database, Arc<pool::Pool<AdminConnection>>>>,
     /// The database each BrokeredSecret used, so its leases can still be
     /// revoked and reaped after the BrokeredSecret is deleted.
     seen: std::sync::Mutex<HashMap<(String, String), Database>>,
@@ -131,11 +121,14 @@ pub struct PostgresProvider {
 }
 
 impl PostgresProvider {
-    /// A provider reading admin connection strings through `secrets`.
-    pub fn new(secrets: Arc<SecretReader>) -> Self {
+    /// A provider reading admin connection strings through `secrets`,
+    /// with at most `admin_connections` (clamped to 1 to
+    /// [`MAX_ADMIN_CONNECTIONS`]) open to each database.
+    pub fn new(secrets: Arc<SecretReader>, admin_connections: usize) -> Self {
         Self {
             secrets,
-            connections: std::sync::Mutex::default(),
+            admin_connections: admin_connections.clamp(1, MAX_ADMIN_CONNECTIONS),
+            pools: std::sync::Mutex::default(),
             seen: std::sync::Mutex::default(),
             staged: std::sync::Mutex::default(),
             random: SystemRandom::new(),
@@ -191,22 +184,12 @@ impl PostgresProvider {
             .insert(key, database.clone());
     }
 
-    /// An admin connection to `database`, reusing an open one unless the
-    /// connection string changed or the connection closed.
-    async fn client(
-        &self,
-        database: &Database,
-    ) -> Result<Arc<tokio_postgres::Client>, ProviderError> {
-        self.connection(database).await.map(|(client, _)| client)
-    }
-
-    /// An admin connection to `database` and where it points (`host`,
-    /// `port`, `database`, for templates), reusing an open one unless the
-    /// connection string changed or the connection closed.
-    async fn connection(
-        &self,
-        database: &Database,
-    ) -> Result<(Arc<tokio_postgres::Client>, Arc<BTreeMap<String, String>>), ProviderError> {
+    /// An admin connection to `database` from its pool: an idle one opened
+    /// with the current connection string, or a new one (through
+    /// [`rotation::connect_stored`], like every admin connection) while
+    /// fewer than `--postgres-admin-connections` are open. Waits for one
+    /// to come free at most [`QUERY_TIMEOUT`].
+    async fn admin(&self, database: &Database) -> Result<Admin, ProviderError> {
         let data = self
             .secrets
             .data(&database.namespace, &database.secret)
@@ -230,50 +213,40 @@ impl PostgresProvider {
             .chain_update(ca.unwrap_or_default())
             .finalize()
             .into();
-        let slot = Arc::clone(
-            self.connections
+        let pool = Arc::clone(
+            self.pools
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .entry(database.clone())
-                .or_default(),
+                .or_insert_with(|| pool::Pool::new(self.admin_connections)),
         );
-        // Only callers of this database wait here, and at most one connect
-        // timeout: the state says at once whether to reuse, refuse or retry.
-        let mut state = slot.lock().await;
-        match &*state {
-            ConnectionState::Open(open)
-                if open.dsn_digest == dsn_digest && !open.client.is_closed() =>
-            {
-                return Ok((Arc::clone(&open.client), Arc::clone(&open.endpoint)));
-            }
-            ConnectionState::Failed {
-                dsn_digest: failed,
-                at,
-                error,
-            } if *failed == dsn_digest && at.elapsed() < NEGATIVE_CACHE => {
-                return Err(remembered(error, at.elapsed()));
-            }
-            _ => {}
-        }
-        match rotation::connect_stored(database, dsn, staged, ca).await {
-            Ok((client, endpoint)) => {
-                let (client, endpoint) = (Arc::new(client), Arc::new(endpoint));
-                *state = ConnectionState::Open(Connection {
-                    dsn_digest,
-                    client: Arc::clone(&client),
-                    endpoint: Arc::clone(&endpoint),
-                });
-                Ok((client, endpoint))
-            }
-            Err(error) => {
-                *state = ConnectionState::Failed {
-                    dsn_digest,
-                    at: Instant::now(),
-                    error: error.clone(),
-                };
-                Err(error)
-            }
-        }
+        // Only callers of this database wait here: for a free connection,
+        // or for one connect timeout.
+        pool.acquire(
+            dsn_digest,
+            QUERY_TIMEOUT,
+            || async {
+                let (client, endpoint) =
+                    rotation::connect_stored(database, dsn, staged, ca).await?;
+                let member_check = run(
+                    database,
+                    "preparing the memberOf check",
+                    client.prepare(&privileged_sql(false)),
+                )
+                .await?;
+                Ok(AdminConnection {
+                    client,
+                    endpoint: Arc::new(endpoint),
+                    member_check,
+                })
+            },
+            |size| {
+                ProviderError::Unavailable(format!(
+                    "all {size} admin connections to the database of {database} stayed busy                      for {QUERY_TIMEOUT:?}; the database is slow, or raise                      --postgres-admin-connections"
+                ))
+            },
+        )
+        .await
     }
 
     fn random_bytes<const N: usize>(&self) -> Result<[u8; N], ProviderError> {
@@ -300,19 +273,8 @@ impl Provider for PostgresProvider {
             .postgres
             .as_ref()
             .map_or(&[][..], |source| &source.member_of);
-        let (client, endpoint) = self.connection(&database).await?;
-        self.remember(request.secret, &database);
-        let refused = privileged_roles(&database, &client, member_of, false).await?;
-        if !refused.is_empty() {
-            return Err(ProviderError::Refused(format!(
-                "BrokeredSecret {}: memberOf would give a pod's role too much: {}; ferry \
-                 grants only roles without SUPERUSER, CREATEROLE, BYPASSRLS or REPLICATION \
-                 that are not (and are not members of) superuser or pg_* roles",
-                secret_name(request.secret),
-                refused.join("; ")
-            )));
-        }
-
+        // Everything but the round trips before a connection is taken: the
+        // verifier costs a few thousand HMACs.
         let role = role_name(&request.pod.namespace, &self.random_bytes::<8>()?);
         let password =
             Zeroizing::new(URL_SAFE_NO_PAD.encode(self.random_bytes::<PASSWORD_BYTES>()?));
@@ -324,7 +286,36 @@ impl Provider for PostgresProvider {
             expires_at: request.expires_at,
         };
         let sql = create_role(&role, &verifier, request.expires_at, member_of, &comment)?;
-        run(&database, "creating a role", client.batch_execute(&sql)).await?;
+
+        let admin = self.admin(&database).await?;
+        self.remember(request.secret, &database);
+        // Two round trips: the memberOf check (prepared once per
+        // connection), then the role and its comment in one transaction.
+        let refused = privileged_roles(
+            &database,
+            &admin.client,
+            &admin.member_check,
+            member_of,
+            false,
+        )
+        .await?;
+        if !refused.is_empty() {
+            return Err(ProviderError::Refused(format!(
+                "BrokeredSecret {}: memberOf would give a pod's role too much: {}; ferry \
+                 grants only roles without SUPERUSER, CREATEROLE, BYPASSRLS or REPLICATION \
+                 that are not (and are not members of) superuser or pg_* roles",
+                secret_name(request.secret),
+                refused.join("; ")
+            )));
+        }
+        run(
+            &database,
+            "creating a role",
+            admin.client.batch_execute(&sql),
+        )
+        .await?;
+        let endpoint = Arc::clone(&admin.endpoint);
+        drop(admin);
 
         let files = Files::from([
             (
@@ -353,7 +344,7 @@ impl Provider for PostgresProvider {
     ) -> Result<Option<Issued>, ProviderError> {
         let role = own_role(&lease.handle)?;
         let database = Self::database_of(request.secret)?;
-        let client = self.client(&database).await?;
+        let admin = self.admin(&database).await?;
         self.remember(request.secret, &database);
         let comment = RoleComment {
             pod_uid: lease.pod_uid.clone(),
@@ -362,7 +353,13 @@ impl Provider for PostgresProvider {
             expires_at: request.expires_at,
         };
         let sql = extend_role(role, request.expires_at, &comment)?;
-        match run(&database, "extending a role", client.batch_execute(&sql)).await {
+        match run(
+            &database,
+            "extending a role",
+            admin.client.batch_execute(&sql),
+        )
+        .await
+        {
             Err(ProviderError::NotFound(_)) => Err(ProviderError::Gone(format!(
                 "role {role} no longer exists: the lease was revoked or reaped; request a new one"
             ))),
@@ -395,8 +392,8 @@ impl Provider for PostgresProvider {
                     ))
                 })?,
         };
-        let client = self.client(&database).await?;
-        drop_role(&database, &client, role).await
+        let admin = self.admin(&database).await?;
+        drop_role(&database, &admin.client, role).await
     }
 
     /// Drops, in every database the BrokeredSecrets (and those this
@@ -445,40 +442,30 @@ impl Provider for PostgresProvider {
     }
 }
 
-/// A remembered connection failure, saying so.
-fn remembered(error: &ProviderError, ago: Duration) -> ProviderError {
-    let message = format!(
-        "{error} ({}s ago; the next attempt is after {}s)",
-        ago.as_secs(),
-        NEGATIVE_CACHE.saturating_sub(ago).as_secs().max(1)
-    );
-    match error {
-        ProviderError::NotFound(_) => ProviderError::NotFound(message),
-        ProviderError::Invalid(_) => ProviderError::Invalid(message),
-        ProviderError::Gone(_) => ProviderError::Gone(message),
-        ProviderError::Refused(_) => ProviderError::Refused(message),
-        ProviderError::Unavailable(_) => ProviderError::Unavailable(message),
-    }
-}
-
 impl PostgresProvider {
+    /// Lists ferry's roles in `database` over one connection, then drops
+    /// those to go over up to half the pool's connections at once (the
+    /// rest stay free for issuing), counting into `reaped` as it goes.
     async fn reap_database(
         &self,
         database: &Database,
         context: ReapContext<'_>,
         reaped: &mut Reaped,
     ) -> Result<(), ProviderError> {
-        let client = self.client(database).await?;
-        let rows = run(
-            database,
-            "listing ferry roles",
-            client.query(
-                "SELECT rolname::text, shobj_description(oid, 'pg_authid') \
-                 FROM pg_roles WHERE left(rolname, length($1)) = $1",
-                &[&ROLE_PREFIX],
-            ),
-        )
-        .await?;
+        let rows = {
+            let admin = self.admin(database).await?;
+            run(
+                database,
+                "listing ferry roles",
+                admin.client.query(
+                    "SELECT rolname::text, shobj_description(oid, 'pg_authid') \
+                     FROM pg_roles WHERE left(rolname, length($1)) = $1",
+                    &[&ROLE_PREFIX],
+                ),
+            )
+            .await?
+        };
+        let mut doomed = Vec::new();
         for row in rows {
             let role: String = row.get(0);
             let comment: Option<String> = row.get(1);
@@ -486,12 +473,24 @@ impl PostgresProvider {
                 continue; // Not created by ferry: never touched.
             };
             reaped.found += 1;
-            let Some(reason) = comment.reap_reason(context) else {
-                continue;
-            };
+            if let Some(reason) = comment.reap_reason(context) {
+                doomed.push((role, comment, reason));
+            }
+        }
+        let drops = futures::stream::iter(doomed)
+            .map(|(role, comment, reason)| async move {
+                let dropped = match self.admin(database).await {
+                    Ok(admin) => drop_role(database, &admin.client, &role).await,
+                    Err(error) => Err(error),
+                };
+                (role, comment, reason, dropped)
+            })
+            .buffer_unordered(self.admin_connections.div_ceil(2));
+        let mut drops = std::pin::pin!(drops);
+        while let Some((role, comment, reason, dropped)) = drops.next().await {
             // One role that cannot be dropped (a lock, a privilege) must not
             // keep the others alive: note it and go on.
-            if let Err(error) = drop_role(database, &client, &role).await {
+            if let Err(error) = dropped {
                 reaped.failed += 1;
                 tracing::warn!(database = %database, role = %role, %error, "dropping a ferry role failed; retrying on the next pass");
                 continue;
@@ -587,7 +586,8 @@ async fn connect(
     });
     // A superuser (or a member of one) could be steered into anything a
     // spec can reach; the README asks for CREATEROLE and no more.
-    let privileged = privileged_roles(database, &client, &[], true).await?;
+    let privileged =
+        privileged_roles(database, &client, privileged_sql(true).as_str(), &[], true).await?;
     if let Some(problem) = privileged.first() {
         return Err(ProviderError::Refused(format!(
             "{database}: a superuser admin connection is refused ({problem}); give the \
@@ -598,40 +598,55 @@ async fn connect(
     Ok((client, endpoint))
 }
 
-/// What makes roles too powerful to hand to a pod: for each role of
-/// `names` (or, with `current`, the connected role, `names` being ignored),
-/// itself or any role it is a member of, directly or not, that is a
-/// superuser, a `pg_*` role, or has CREATEROLE, BYPASSRLS or REPLICATION.
-/// With `current`, only superuser power counts: the admin role needs
-/// CREATEROLE and `pg_signal_backend`.
-async fn privileged_roles(
-    database: &Database,
-    client: &tokio_postgres::Client,
-    names: &[String],
-    current: bool,
-) -> Result<Vec<String>, ProviderError> {
-    if names.is_empty() && !current {
-        return Ok(Vec::new());
-    }
+/// The query [`privileged_roles`] asks: with `current`, of the connected
+/// role; else of the roles in `$1`.
+fn privileged_sql(current: bool) -> String {
     let start = if current {
         "SELECT oid, rolname::text FROM pg_roles WHERE rolname = current_user"
     } else {
         "SELECT oid, rolname::text FROM pg_roles WHERE rolname = ANY($1)"
     };
-    let sql = format!(
+    format!(
         "WITH RECURSIVE reach(oid, via) AS ({start} \
            UNION SELECT m.roleid, r.via FROM pg_auth_members m JOIN reach r ON m.member = r.oid) \
          SELECT r.via, p.rolname::text, p.rolsuper, p.rolcreaterole, p.rolbypassrls, \
                 p.rolreplication \
          FROM reach r JOIN pg_roles p ON p.oid = r.oid ORDER BY 1, 2"
-    );
+    )
+}
+
+/// What makes roles too powerful to hand to a pod: for each role of
+/// `names` (or, with `current`, the connected role, `names` being ignored),
+/// itself or any role it is a member of, directly or not, that is a
+/// superuser, a `pg_*` role, or has CREATEROLE, BYPASSRLS or REPLICATION.
+/// With `current`, only superuser power counts: the admin role needs
+/// CREATEROLE and `pg_signal_backend`. `statement` is
+/// [`privileged_sql`]`(current)`, as text or prepared.
+async fn privileged_roles<S>(
+    database: &Database,
+    client: &tokio_postgres::Client,
+    statement: &S,
+    names: &[String],
+    current: bool,
+) -> Result<Vec<String>, ProviderError>
+where
+    S: tokio_postgres::ToStatement + ?Sized + Sync,
+{
+    if names.is_empty() && !current {
+        return Ok(Vec::new());
+    }
     let rows = if current {
-        run(database, "checking the admin role", client.query(&sql, &[])).await?
+        run(
+            database,
+            "checking the admin role",
+            client.query(statement, &[]),
+        )
+        .await?
     } else {
         run(
             database,
             "checking memberOf roles",
-            client.query(&sql, &[&names]),
+            client.query(statement, &[&names]),
         )
         .await?
     };
@@ -688,7 +703,8 @@ fn endpoint(config: &tokio_postgres::Config) -> BTreeMap<String, String> {
 }
 
 /// Runs `query` with the query timeout, mapping database errors to what
-/// the caller should be told.
+/// the caller should be told: only the server's message, which names
+/// objects but never repeats a statement's text.
 async fn run<T>(
     database: &Database,
     what: &str,
@@ -723,46 +739,32 @@ async fn run<T>(
 }
 
 /// Takes login away, ends the role's sessions, and drops it with what it
-/// owns. A role already gone is fine. `DROP OWNED` needs the role's
-/// privileges, which an admin that is not a superuser gets by granting the
-/// role to itself first (CREATEROLE allows that).
+/// owns, in two round trips: login is gone (committed) before sessions
+/// are ended, so none can start in between. A role already gone is fine.
+/// `DROP OWNED` needs the role's privileges, which an admin that is not a
+/// superuser gets by granting the role to itself first (CREATEROLE allows
+/// that).
 async fn drop_role(
     database: &Database,
     client: &tokio_postgres::Client,
     role: &str,
 ) -> Result<(), ProviderError> {
-    let exists = run(
-        database,
-        "looking up a role",
-        client.query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&role]),
-    )
-    .await?;
-    if exists.is_none() {
-        return Ok(());
-    }
     let role_ident = quote_identifier(role)?;
-    run(
+    match run(
         database,
         "disabling a role",
         client.batch_execute(&format!("ALTER ROLE {role_ident} NOLOGIN")),
     )
-    .await?;
-    run(
-        database,
-        "ending a role's sessions",
-        client.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1",
-            &[&role],
-        ),
-    )
-    .await?;
+    .await
+    {
+        // Dropped already (a revocation, another replica's reaper).
+        Err(ProviderError::NotFound(_)) => return Ok(()),
+        other => other?,
+    }
     match run(
         database,
         "dropping a role",
-        client.batch_execute(&format!(
-            "GRANT {role_ident} TO CURRENT_USER; DROP OWNED BY {role_ident}; \
-             DROP ROLE IF EXISTS {role_ident}"
-        )),
+        client.batch_execute(&drop_statements(role)?),
     )
     .await
     {
@@ -770,6 +772,19 @@ async fn drop_role(
         Err(ProviderError::NotFound(_)) => Ok(()),
         other => other,
     }
+}
+
+/// The statements ending a role's sessions and dropping it with what it
+/// owns: one implicit transaction (the sessions end at once, whatever
+/// follows).
+pub fn drop_statements(role: &str) -> Result<String, ProviderError> {
+    let role_ident = quote_identifier(role)?;
+    Ok(format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = {}; \
+         GRANT {role_ident} TO CURRENT_USER; DROP OWNED BY {role_ident}; \
+         DROP ROLE IF EXISTS {role_ident}",
+        quote_literal(role)
+    ))
 }
 
 /// `namespace/name` of a BrokeredSecret.
@@ -1070,6 +1085,13 @@ mod tests {
              \"ferry_shop_01\" IS 'ferry:v1 pod=uid-1 secret=payments/orders-db \
              issued=1800000000 expires=1800000900'"
         );
+        // Without memberOf: the role and its comment.
+        let plain = create_role("ferry_shop_01", "v", 1_800_000_900, &[], &comment).unwrap();
+        assert!(
+            plain.starts_with("CREATE ROLE \"ferry_shop_01\""),
+            "{plain}"
+        );
+        assert!(!plain.contains("IN ROLE"), "{plain}");
         let injected = create_role(
             "ferry_shop_01",
             "v",
@@ -1182,6 +1204,17 @@ mod tests {
             Some("\"ferry_app\"")
         );
         assert!(quote_identifier("x\" OR \"1").is_err());
+    }
+
+    #[test]
+    fn a_role_is_dropped_with_its_sessions_in_one_round_trip() {
+        assert_eq!(
+            drop_statements("ferry_shop_01").unwrap(),
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = \
+             'ferry_shop_01'; GRANT \"ferry_shop_01\" TO CURRENT_USER; DROP OWNED BY \
+             \"ferry_shop_01\"; DROP ROLE IF EXISTS \"ferry_shop_01\""
+        );
+        assert!(drop_statements("x'; DROP ROLE y; --").is_err());
     }
 
     #[test]
