@@ -43,6 +43,34 @@ pub async fn create_brokered_secret(
     create_resource(client, secret).await
 }
 
+/// Creates, in `namespace`, the admin Secret `db-admin` holding `dsn` under
+/// key `dsn` (brokerable, and its owner allowing the broker to rotate that
+/// key) and the postgres BrokeredSecret `orders-db` using it, whose roles
+/// join `member_of`: the fixture of the admin-rotation tests.
+pub async fn rotatable_orders_db(
+    client: &kube::Client,
+    namespace: &str,
+    dsn: &str,
+    member_of: &str,
+) -> Result<BrokeredSecret, HarnessError> {
+    create_object::<k8s_openapi::api::core::v1::Secret>(
+        client,
+        namespace,
+        json!({"metadata": {
+                "name": "db-admin",
+                "labels": {"ferry.dev/brokerable": "true"},
+                "annotations": {"ferry.dev/rotatable-key": "dsn"},
+            },
+            "stringData": {"dsn": dsn}}),
+    )
+    .await?;
+    let orders_db = testing::brokered_secret(namespace, "orders-db")
+        .postgres("db-admin", "dsn")
+        .member_of(&[member_of])
+        .build();
+    create_brokered_secret(client, &orders_db).await
+}
+
 /// Creates the BrokeredSecret `namespace/name` with `spec` as JSON, for
 /// tests whose point is the spec as a user writes it.
 pub async fn create_brokered_secret_from(

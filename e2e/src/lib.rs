@@ -44,6 +44,7 @@ pub use crds::install_crds;
 pub use fixtures::{
     ColdPod, Subject, bench_cold_pods, bench_tenant, create_brokered_secret,
     create_brokered_secret_from, create_resource, direct_grant, grant, grant_to,
+    rotatable_orders_db,
 };
 pub use hydra::{
     ClientSpec, HEADLESS_SUBJECT, Hydra, HydraOptions, client_secret_basic, hydra_bin_dir,

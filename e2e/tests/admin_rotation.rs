@@ -21,8 +21,8 @@ use ferry_api::testing;
 use ferry_broker::providers::postgres::rotation::CRASH_AFTER_STEP_ENV;
 use ferry_e2e::https_client::HttpsClient;
 use ferry_e2e::{
-    Cluster, Postgres, RunningOperator, broker_pod, create_brokered_secret, create_object,
-    eventually, free_port, grant, http_get, install_broker_secret_policy, install_crds, lease_file,
+    Cluster, Postgres, RunningOperator, broker_pod, create_object, eventually, free_port, grant,
+    http_get, install_broker_secret_policy, install_crds, lease_file, rotatable_orders_db,
     wait_admin_ready, workspace_binary,
 };
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
@@ -321,23 +321,9 @@ async fn a_broker_killed_after_any_rotation_step_leaves_a_working_credential_the
         .unwrap();
     let ns = cluster.create_namespace("rotation").await.unwrap();
     let initial = database.dsn("rotated_admin", "rotated-admin-initial");
-    create_object::<Secret>(
-        &client,
-        &ns,
-        json!({"metadata": {
-                "name": "db-admin",
-                "labels": {"ferry.dev/brokerable": "true"},
-                "annotations": {"ferry.dev/rotatable-key": "dsn"},
-            },
-            "stringData": {"dsn": initial}}),
-    )
-    .await
-    .unwrap();
-    let orders_db = testing::brokered_secret(&ns, "orders-db")
-        .postgres("db-admin", "dsn")
-        .member_of(&["rotated_reader"])
-        .build();
-    create_brokered_secret(&client, &orders_db).await.unwrap();
+    rotatable_orders_db(&client, &ns, &initial, "rotated_reader")
+        .await
+        .unwrap();
     let secrets = Api::<Secret>::namespaced(client.clone(), &ns);
     let brokered = Api::<BrokeredSecret>::namespaced(client.clone(), &ns);
     let mut passwords = vec![password(&initial)];

@@ -11,13 +11,12 @@ use std::collections::HashSet;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use ferry_api::testing;
 use ferry_broker::auth::ReviewLimits;
 use ferry_broker::lease_id::LeaseKeys;
 use ferry_e2e::https_client::HttpsClient;
 use ferry_e2e::{
-    BrokerLimits, Cluster, Postgres, RunningBroker, Subject, broker_pod, create_brokered_secret,
-    create_object, direct_grant, eventually, install_crds,
+    BrokerLimits, Cluster, Postgres, RunningBroker, Subject, broker_pod, create_object,
+    direct_grant, eventually, install_crds, rotatable_orders_db,
 };
 use governor::Quota;
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
@@ -97,23 +96,9 @@ async fn the_pool_opens_several_admin_connections_up_to_its_size_and_renews_them
     install_crds(&client).await.unwrap();
     let ns = cluster.create_namespace("pool").await.unwrap();
     let initial = postgres.dsn("pool_admin", "pool-admin-initial");
-    create_object::<Secret>(
-        &client,
-        &ns,
-        json!({"metadata": {
-                "name": "db-admin",
-                "labels": {"ferry.dev/brokerable": "true"},
-                "annotations": {"ferry.dev/rotatable-key": "dsn"},
-            },
-            "stringData": {"dsn": initial}}),
-    )
-    .await
-    .unwrap();
-    let orders_db = testing::brokered_secret(&ns, "orders-db")
-        .postgres("db-admin", "dsn")
-        .member_of(&["pool_reader"])
-        .build();
-    create_brokered_secret(&client, &orders_db).await.unwrap();
+    rotatable_orders_db(&client, &ns, &initial, "pool_reader")
+        .await
+        .unwrap();
     create_object::<ServiceAccount>(&client, &ns, json!({"metadata": {"name": "app"}}))
         .await
         .unwrap();
